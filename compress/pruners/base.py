@@ -1,0 +1,112 @@
+"""The pruner protocol every method implements.
+
+Lifecycle (called by the training loop):
+    attach(model, layers, plan)      before the optimizer is built (a pruner may add parameters)
+    begin_epoch(epoch)
+    after_backward(step)             gradients exist, optimizer has not stepped (penalties go here)
+    after_step(step, lr)             with the learning rate the optimizer just used
+    end_epoch(epoch)
+    freeze() -> nn.Module            a plain model whose weights hold exact zeros
+State for logs: log_state(); for checkpoints: state_dict() / load_state_dict().
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..selection import get_module
+
+
+@dataclass
+class TrainPlan:
+    """What a pruner may know about the training ahead of it."""
+    epochs: int
+    steps_per_epoch: int
+    lr_at: Callable[[int], float]
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def lr_sum(self, start: int, stop: int) -> float:
+        return sum(self.lr_at(s) for s in range(start, stop))
+
+
+def exact_zeros(w: torch.Tensor) -> torch.Tensor:
+    """Replace -0.0 by +0.0 so that zeros are zeros bit for bit (CSR round trips rely on it)."""
+    return torch.where(w == 0, torch.zeros_like(w), w)
+
+
+class Pruner:
+    """Base class: no pruning. Subclasses override the hooks they need."""
+
+    name = "dense"
+
+    def __init__(self, options: object = None):
+        self.options = options
+        self.model: nn.Module | None = None
+        self.layers: list[str] = []
+        self.plan: TrainPlan | None = None
+
+    def attach(self, model: nn.Module, layers: list[str], plan: TrainPlan) -> None:
+        self.model, self.layers, self.plan = model, list(layers), plan
+
+    def begin_epoch(self, epoch: int) -> None:
+        pass
+
+    def after_backward(self, step: int) -> None:
+        pass
+
+    def after_step(self, step: int, lr: float) -> None:
+        pass
+
+    def end_epoch(self, epoch: int) -> None:
+        pass
+
+    def log_state(self) -> dict:
+        """Small scalars for metrics.jsonl (thresholds, penalties, ...)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def freeze(self) -> nn.Module:
+        """Return the model as plain modules with exact zeros in pruned weights."""
+        with torch.no_grad():
+            for name in self.layers:
+                m = get_module(self.model, name)
+                m.weight.copy_(exact_zeros(m.weight))
+        return self.model
+
+
+class MaskPruner(Pruner):
+    """A pruner that keeps boolean masks and re-applies them after every optimizer step."""
+
+    def __init__(self, options: object = None):
+        super().__init__(options)
+        self.masks: dict[str, torch.Tensor] = {}
+
+    def apply_masks(self) -> None:
+        with torch.no_grad():
+            for name, mask in self.masks.items():
+                get_module(self.model, name).weight.mul_(mask)
+
+    def after_step(self, step: int, lr: float) -> None:
+        self.apply_masks()
+
+    def state_dict(self) -> dict:
+        return {"masks": {k: v.clone() for k, v in self.masks.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.masks = {k: v.to(get_module(self.model, k).weight.device) for k, v in state["masks"].items()}
+        self.apply_masks()
+
+    def freeze(self) -> nn.Module:
+        self.apply_masks()
+        return super().freeze()

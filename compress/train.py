@@ -1,0 +1,152 @@
+"""The training loop: SGD with a per-step LR schedule, pruner hooks, metrics and checkpoints."""
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import atomic
+from .data import Data, Split, batches
+from .errors import UserError
+from .pruners import Pruner, TrainPlan
+from .schedules import lr_at
+from .schema import opt
+from .sparsity import global_sparsity
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(20, "Training epochs (pruning included).", lo=1)
+    batch_size: int = opt(64, "Mini-batch size.", lo=1)
+    lr: float = opt(0.05, "Peak learning rate (SGD).", lo=0.0, lo_open=True)
+    lr_schedule: Literal["cosine", "constant"] = opt("cosine", "Per-step learning-rate schedule after warm-up.")
+    warmup_epochs: int = opt(0, "Linear warm-up epochs.", lo=0)
+    momentum: float = opt(0.9, "SGD momentum.", lo=0.0, hi=1.0, hi_open=True)
+    nesterov: bool = opt(False, "Nesterov momentum.")
+    weight_decay: float = opt(5e-4, "Weight decay on weights (not on biases or BatchNorm).", lo=0.0)
+    label_smoothing: float = opt(0.0, "Cross-entropy label smoothing.", lo=0.0, hi=1.0, hi_open=True)
+    device: str = opt("cpu", "Training device: cpu, cuda, cuda:N, or auto (CUDA when present).")
+
+    def check(self, where: str) -> None:
+        if self.warmup_epochs >= self.epochs:
+            raise UserError(f"{where}.warmup_epochs: must be smaller than epochs ({self.epochs})")
+        if not (self.device in ("cpu", "auto", "cuda") or self.device.startswith("cuda:")):
+            raise UserError(f"{where}.device: expected cpu, cuda, cuda:N or auto, got {self.device!r}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device: {name!r} requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def make_plan(cfg: TrainConfig, n_train: int) -> TrainPlan:
+    steps = math.ceil(n_train / cfg.batch_size)
+    lr = functools.partial(lr_at, total_steps=cfg.epochs * steps, base_lr=cfg.lr, kind=cfg.lr_schedule,
+                           warmup_steps=cfg.warmup_epochs * steps)
+    return TrainPlan(cfg.epochs, steps, lr)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 512,
+             device: torch.device | str = "cpu") -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of `model` on `split`."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for x, y in batches(split, batch_size, shuffle=False):
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    model.train(was_training)
+    return correct / len(split), loss_sum / len(split)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers: list[str], *,
+          seed: int = 0, out_dir: Path | None = None, desc: str = "train", progress: bool = True) -> list[dict]:
+    """Train `model` with `pruner` attached; returns one metrics dict per epoch.
+
+    With `out_dir`, writes metrics.jsonl and checkpoint.pt there after every epoch and
+    resumes from an existing checkpoint (weights, optimizer, pruner state, epoch).
+    """
+    device = resolve_device(cfg.device)
+    plan = make_plan(cfg, len(data.train))
+    pruner.attach(model, layers, plan)
+    model.to(device)
+    optimizer = _optimizer(model, cfg)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    history: list[dict] = []
+    start_epoch = 0
+    ckpt = out_dir / "checkpoint.pt" if out_dir else None
+    if ckpt and ckpt.exists():
+        state = load_checkpoint(ckpt)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        pruner.load_state_dict(state["pruner"])
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+
+    bar = tqdm(range(start_epoch, cfg.epochs), desc=desc, total=cfg.epochs, initial=start_epoch,
+               disable=not progress, leave=True, dynamic_ncols=True)
+    for epoch in bar:
+        model.train()
+        pruner.begin_epoch(epoch)
+        step = epoch * plan.steps_per_epoch
+        loss_sum, seen = 0.0, 0
+        for x, y in batches(data.train, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch):
+            x, y = x.to(device), y.to(device)
+            lr = plan.lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = loss_fn(model(x), y)
+            if not torch.isfinite(loss):
+                where = f"; last good checkpoint kept at {ckpt}" if ckpt and ckpt.exists() else ""
+                raise UserError(f"training diverged at epoch {epoch} step {step} (loss={float(loss)}); "
+                                f"lower train.lr{where}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            pruner.after_backward(step)
+            optimizer.step()
+            pruner.after_step(step, lr)
+            loss_sum += loss.item() * len(y)
+            seen += len(y)
+            step += 1
+        pruner.end_epoch(epoch)
+        test_acc, test_loss = evaluate(model, data.test, device=device)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "test_loss": test_loss,
+               "test_accuracy": test_acc, "sparsity": global_sparsity(model, layers), **pruner.log_state()}
+        history.append(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{test_acc:.3f}", sparsity=f"{row['sparsity']:.3f}")
+        if out_dir:
+            atomic.write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+            with atomic.atomic_path(ckpt) as tmp:
+                torch.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "pruner": pruner.state_dict(), "history": history}, tmp)
+    bar.close()
+    return history
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a training checkpoint without executing code (weights_only=True)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt or hostile file: one clear line, never a traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a loadable sparsepipe checkpoint ({first[:200]})") from None
