@@ -15,12 +15,28 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .schema import opt
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 DATASETS = ("digits", "mnist", "fashion-mnist")
+
+
+@dataclass
+class DataConfig:
+    name: str = opt("digits", "Dataset: " + ", ".join(DATASETS) + ".")
+    root: str = opt("", "Folder holding the dataset files (mnist, fashion-mnist: the four IDX files, "
+                    ".gz or plain). Relative paths are taken from the working directory.")
+    test_fraction: float = opt(0.2, "digits: held-out test fraction (stratified, seeded split).",
+                               lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    train_limit: int = opt(0, "Use only the first N training samples (0 = all).", lo=0)
+    test_limit: int = opt(0, "Use only the first N test samples (0 = all).", lo=0)
+
+    def check(self, where: str) -> None:
+        if self.name not in DATASETS:
+            raise UserError(f"{where}.name: unknown dataset {self.name!r} (expected one of: {', '.join(DATASETS)})")
 
 
 @dataclass
@@ -94,6 +110,12 @@ def _normalise(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tenso
 
 def _limit(split: Split, n: int) -> Split:
     return split if n <= 0 or n >= len(split) else Split(split.x[:n], split.y[:n])
+
+
+def load_config_data(cfg: DataConfig, seed: int = 0) -> "Data":
+    """`load_data` for a config section."""
+    return load_data(cfg.name, cfg.root, seed=seed, test_fraction=cfg.test_fraction,
+                     train_limit=cfg.train_limit, test_limit=cfg.test_limit)
 
 
 def load_data(name: str, root: str = "", *, seed: int = 0, test_fraction: float = 0.2,

@@ -31,7 +31,7 @@ def _type_name(tp: Any) -> str:
     if get_origin(tp) in (types.UnionType, typing.Union):
         return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
     if get_origin(tp) is list:
-        return f"a list of {_type_name(get_args(tp)[0])}"
+        return f"a list of ({_type_name(get_args(tp)[0])})"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 

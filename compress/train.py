@@ -104,7 +104,7 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
         start_epoch, history = int(state["epoch"]), list(state["history"])
 
     bar = tqdm(range(start_epoch, cfg.epochs), desc=desc, total=cfg.epochs, initial=start_epoch,
-               disable=not progress, leave=True, dynamic_ncols=True)
+               disable=not progress, leave=True, dynamic_ncols=True, mininterval=1.0)
     for epoch in bar:
         model.train()
         pruner.begin_epoch(epoch)

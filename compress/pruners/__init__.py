@@ -21,7 +21,7 @@ PRUNERS: dict[str, type[Pruner]] = {
 class PruneConfig:
     method: str = opt("lats", "Pruning method: " + ", ".join(PRUNERS) + ".")
     layers: LayerRule = opt(LayerRule(), "Which layers are pruned.")
-    lats: LATSOptions = opt(LATSOptions(threshold_final=0.05), "Options of method 'lats'.")
+    lats: LATSOptions = opt(LATSOptions(), "Options of method 'lats'.")
     magnitude: MagnitudeOptions = opt(MagnitudeOptions(), "Options of method 'magnitude'.")
 
     def check(self, where: str) -> None:

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import UserError
 from ..schema import opt
 from ..selection import get_module
 from .base import Pruner, exact_zeros
@@ -21,15 +20,12 @@ from .base import Pruner, exact_zeros
 
 @dataclass
 class LATSOptions:
-    threshold_final: float = opt(0.0, "D: the threshold reached at the last step "
-                                 "(d_t = D·Σ_{s<t} η_s / Σ_all η_s). Set this or l1_lambda.", lo=0.0)
-    l1_lambda: float = opt(0.0, "λ: the L1 coefficient, d_t = λ·Σ_{s<t} η_s. Set this or threshold_final.",
-                           lo=0.0)
+    threshold_final: float = opt(0.05, "D: the threshold reached at the last step, "
+                                 "d_t = D·Σ_{s<t} η_s / Σ_all η_s (used when l1_lambda is 0).",
+                                 lo=0.0, lo_open=True)
+    l1_lambda: float = opt(0.0, "λ: the L1 coefficient, d_t = λ·Σ_{s<t} η_s; when > 0 it replaces "
+                           "threshold_final.", lo=0.0)
     start_epoch: int = opt(0, "Epoch from which the threshold starts growing (dense before it).", lo=0)
-
-    def check(self, where: str) -> None:
-        if (self.threshold_final > 0) == (self.l1_lambda > 0):
-            raise UserError(f"{where}: set exactly one of threshold_final and l1_lambda to a value > 0")
 
 
 def soft_threshold(theta: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor:

@@ -1,0 +1,159 @@
+"""`sparsepipe` command line. Exit codes: 0 pass, 1 regression (gate failed), 2 bad input."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from compress.errors import UserError
+
+EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
+STAGE_HELP = {
+    "train": "train the dense baseline and the pruned model (resumes from the last epoch checkpoint)",
+    "freeze": "write plain weights with exact zeros, masks and per-layer sparsity",
+    "convert": "store every pruned weight as CSR (bit-exact round trip, storage report)",
+    "export": "export dense and sparse models to ONNX, checked and compared with PyTorch",
+    "validate": "accuracy and latency of both ONNX models in onnxruntime, gate, report",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sparsepipe", description="Train sparse models, ship them as CSR/ONNX, and "
+                                "prove accuracy and latency in onnxruntime against the dense baseline.",
+                                epilog="Exit codes: 0 pass, 1 regression (gate failed), 2 bad input.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run every stage for a config (skips up-to-date stages)",
+                       description="Run train → freeze → convert → export → validate. Re-running skips stages "
+                                   "whose inputs did not change; an interrupted run resumes.")
+    r.add_argument("config", type=Path, help="run config (TOML); see `sparsepipe config-reference`")
+    r.add_argument("--out", type=Path, help="run folder (default: runs/NAME)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config field, value in TOML syntax (repeatable), e.g. --set train.epochs=5")
+    r.add_argument("--force", action="store_true", help="re-run every stage even if up to date")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    for stage, text in STAGE_HELP.items():
+        s = sub.add_parser(stage, help=text, description=f"Run only the {stage} stage: {text}.")
+        s.add_argument("run_dir", type=Path, help="run folder made by `sparsepipe run` (holds config.toml)")
+        s.add_argument("--force", action="store_true", help="re-run even if up to date")
+        s.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    g = sub.add_parser("gate", help="check a report against thresholds or a reference report",
+                       description="Exit 0 when every check passes, 1 on a regression, 2 on bad input. "
+                                   "Without --reference: dense-vs-sparse thresholds. With --reference: the "
+                                   "sparse model must not be worse than the reference report's.")
+    g.add_argument("report", type=Path, help="report.json to check")
+    g.add_argument("--reference", type=Path, help="earlier report.json (e.g. from the main branch)")
+    g.add_argument("--max-accuracy-drop", type=float, default=None,
+                   help="allowed accuracy drop as a fraction (default 0.02 vs dense, 0.01 vs reference)")
+    g.add_argument("--min-sparsity", type=float, default=0.0, help="required global sparsity (no reference)")
+    g.add_argument("--max-latency-ratio", type=float, default=0.0,
+                   help="allowed sparse/dense p50 latency ratio (no reference; 0 = not checked)")
+    g.add_argument("--max-sparsity-drop", type=float, default=0.01,
+                   help="allowed drop in global sparsity vs the reference")
+    g.add_argument("--max-latency-ratio-increase", type=float, default=0.0,
+                   help="allowed increase of the latency ratio vs the reference (0 = not checked)")
+    g.add_argument("--junit", type=Path, help="also write the checks as JUnit XML here")
+
+    sub.add_parser("config-reference", help="print every config field as a Markdown table")
+    return p
+
+
+def print_summary(report: dict, run_dir: Path) -> None:
+    from .report import summary_rows
+
+    rows = [("", "dense", "sparse")] + summary_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for i, r in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    gate = report["gate"]
+    print(f"gate: {'PASSED' if gate['passed'] else 'FAILED'}"
+          + "".join(f"\n  - {m}" for m in gate["failures"]))
+    print(f"report: {run_dir / 'report' / 'report.md'} (also report.json, junit.xml, training.png)")
+
+
+def cmd_run(args) -> int:
+    from .config import load_config
+    from .pipeline import open_run, run_pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = args.out or Path("runs") / cfg.name
+    run = open_run(run_dir, cfg, progress=not args.no_progress)
+    report = run_pipeline(run, force=args.force)
+    print_summary(report, run_dir)
+    return EXIT_OK if report["gate"]["passed"] else EXIT_REGRESSION
+
+
+def cmd_stage(args) -> int:
+    from .pipeline import open_run, run_pipeline
+
+    run = open_run(args.run_dir, progress=not args.no_progress)
+    run_pipeline_one = run_pipeline if args.command == "validate" else None
+    if run_pipeline_one:
+        report = run_pipeline(run, stages=("validate",), force=args.force)
+        print_summary(report, args.run_dir)
+        return EXIT_OK if report["gate"]["passed"] else EXIT_REGRESSION
+    from .pipeline import run_stage
+
+    ran = run_stage(run, args.command, force=args.force)
+    print(f"{args.command}: {'done' if ran else 'up to date, skipped'}")
+    return EXIT_OK
+
+
+def cmd_gate(args) -> int:
+    from compress import atomic
+
+    from .gate import GateConfig, check, compare
+    from .report import junit_xml, load_report
+
+    report = load_report(args.report)
+    if args.reference:
+        reference = load_report(args.reference)
+        checks = compare(report, reference, max_accuracy_drop=0.01 if args.max_accuracy_drop is None
+                         else args.max_accuracy_drop, max_sparsity_drop=args.max_sparsity_drop,
+                         max_latency_ratio_increase=args.max_latency_ratio_increase,
+                         source=str(args.report), ref_source=str(args.reference))
+    else:
+        from compress.schema import parse
+
+        gate = parse(GateConfig, {"max_accuracy_drop": 0.02 if args.max_accuracy_drop is None
+                                  else args.max_accuracy_drop, "min_sparsity": args.min_sparsity,
+                                  "max_latency_ratio": args.max_latency_ratio}, "gate flags")
+        checks = check(report, gate, source=str(args.report))
+    for c in checks:
+        print(f"{'pass' if c['passed'] else 'FAIL'}  {c['name']}: {c['message']}")
+    if args.junit:
+        atomic.write_text(args.junit, junit_xml(checks))
+    passed = all(c["passed"] for c in checks)
+    print(f"gate: {'PASSED' if passed else 'FAILED'}")
+    return EXIT_OK if passed else EXIT_REGRESSION
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command in STAGE_HELP:
+            return cmd_stage(args)
+        if args.command == "gate":
+            return cmd_gate(args)
+        if args.command == "config-reference":
+            from .config import config_reference
+
+            print(config_reference(), end="")
+            return EXIT_OK
+    except UserError as e:
+        print(f"sparsepipe: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("sparsepipe: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

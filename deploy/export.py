@@ -1,0 +1,61 @@
+"""ONNX export for dense and sparse models through one code path, checked and compared with PyTorch."""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from compress import atomic
+from compress.schema import opt
+
+INPUT, OUTPUT = "input", "logits"
+
+
+@dataclass
+class ExportConfig:
+    opset: int = opt(18, "ONNX opset (>= 17).", lo=17, hi=23)
+
+
+def initializer_sparsity(model: onnx.ModelProto) -> float:
+    """Fraction of exact zeros over the ONNX file's weight matrices/kernels (initializers with ndim >= 2)."""
+    zeros = total = 0
+    for init in model.graph.initializer:
+        if len(init.dims) >= 2:
+            a = numpy_helper.to_array(init)
+            zeros += int((a == 0).sum())
+            total += a.size
+    return zeros / max(total, 1)
+
+
+def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path, opset: int = 18) -> dict:
+    """Export `model` (eval mode, dynamic batch) to `path`; check it and compare with PyTorch on `sample`.
+
+    Returns opset, max |ONNX − PyTorch| on `sample`, and how sparsity is carried in the file.
+    """
+    path = Path(path)
+    model = model.eval().cpu()
+    with atomic.atomic_path(path) as tmp, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (sample[:2],), str(tmp), dynamo=True, opset_version=opset,
+                          input_names=[INPUT], output_names=[OUTPUT], external_data=False,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        onnx.checker.check_model(str(tmp), full_check=True)
+    proto = onnx.load(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {INPUT: sample.numpy()})[0]
+    with torch.no_grad():
+        want = model(sample).numpy()
+    return {"path": path.name, "opset": opset, "bytes": path.stat().st_size,
+            "max_abs_diff_vs_torch": float(np.abs(got - want).max()),
+            "initializer_sparsity": initializer_sparsity(proto),
+            "sparsity_carrier": "exact zeros in dense initializers (plain ops, runs anywhere)"}

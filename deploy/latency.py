@@ -1,0 +1,42 @@
+"""Latency of ONNX models in onnxruntime, measured side by side: warm-up, then interleaved timed runs."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+def make_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
+    """A CPU session with a fixed thread count (sequential execution, so numbers compare)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def summarize(times_ms: list[float]) -> dict:
+    """Percentile summary of one model's timings (milliseconds)."""
+    a = np.asarray(times_ms)
+    return {"runs": int(a.size), "mean_ms": float(a.mean()), "std_ms": float(a.std()),
+            "min_ms": float(a.min()), "p50_ms": float(np.percentile(a, 50)),
+            "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99))}
+
+
+def compare_latency(sessions: dict[str, ort.InferenceSession], x: np.ndarray, *,
+                    warmup: int = 20, runs: int = 200) -> dict[str, dict]:
+    """Time every session on the same input, alternating the order each round so drift hits all alike."""
+    names = list(sessions)
+    feeds = {n: {sessions[n].get_inputs()[0].name: x} for n in names}
+    for _ in range(warmup):
+        for n in names:
+            sessions[n].run(None, feeds[n])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(runs):
+        for n in (names if i % 2 == 0 else reversed(names)):
+            t0 = time.perf_counter_ns()
+            sessions[n].run(None, feeds[n])
+            times[n].append((time.perf_counter_ns() - t0) / 1e6)
+    return {n: summarize(t) for n, t in times.items()}

@@ -1,0 +1,107 @@
+"""Reports people and CI read: report.json, report.md, junit.xml and a PNG of training and sparsity."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+from compress import atomic
+
+
+def junit_xml(checks: list[dict], suite: str = "sparsepipe.gate") -> str:
+    """One JUnit test case per gate check, failed checks as <failure>."""
+    failures = sum(not c["passed"] for c in checks)
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
+             f'<testsuite name={quoteattr(suite)} tests="{len(checks)}" failures="{failures}" errors="0">']
+    for c in checks:
+        lines.append(f'  <testcase classname={quoteattr(suite)} name={quoteattr(c["name"])}>')
+        if not c["passed"]:
+            lines.append(f'    <failure message={quoteattr(c["message"])}>{escape(c["message"])}</failure>')
+        else:
+            lines.append(f'    <system-out>{escape(c["message"])}</system-out>')
+        lines.append("  </testcase>")
+    lines.append("</testsuite>")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def summary_rows(report: dict) -> list[tuple[str, str, str]]:
+    """(metric, dense, sparse) rows shared by the Markdown report and the CLI's closing table."""
+    d, s, lat, size = report["dense"], report["sparse"], report["latency"], report["size"]
+    return [
+        ("accuracy (onnxruntime)", _pct(d["accuracy"]), _pct(s["accuracy"])),
+        ("accuracy (PyTorch)", _pct(d["torch_accuracy"]), _pct(s["torch_accuracy"])),
+        ("global sparsity", _pct(0.0), _pct(report["sparsity"]["global"])),
+        (f"latency p50, batch {lat['batch_size']}, {lat['threads']} thread(s)",
+         f"{lat['dense']['p50_ms']:.3f} ms", f"{lat['sparse']['p50_ms']:.3f} ms (x{lat['ratio']:.2f})"),
+        ("ONNX file size", f"{size['dense_onnx_bytes']:,} B", f"{size['sparse_onnx_bytes']:,} B"),
+        ("weights stored (dense vs CSR)", f"{size['dense_bytes']:,} B",
+         f"{size['sparse_bytes']:,} B (x{size['dense_bytes'] / max(size['sparse_bytes'], 1):.1f} smaller)"),
+    ]
+
+
+def markdown(report: dict) -> str:
+    gate = report["gate"]
+    lines = [f"# sparsepipe report: {report['run']}", "",
+             f"Method **{report['method']}**, model **{report['model']}**, data **{report['data']}**. "
+             f"Gate: **{'PASSED' if gate['passed'] else 'FAILED'}**.", "",
+             "| metric | dense | sparse |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in summary_rows(report)]
+    lines += ["", "## Gate", ""]
+    lines += [f"- {'pass' if c['passed'] else '**FAIL**'}: {c['message']}" for c in gate["checks"]]
+    lines += ["", "## Per-layer sparsity", "", "| layer | sparsity |", "|---|---|"]
+    lines += [f"| `{k}` | {_pct(v)} |" for k, v in report["sparsity"]["per_layer"].items()]
+    lat = report["latency"]
+    lines += ["", "## Latency (ms)", "", "| model | mean | p50 | p90 | p99 | std |", "|---|---|---|---|---|---|"]
+    for name in ("dense", "sparse"):
+        x = lat[name]
+        lines.append(f"| {name} | {x['mean_ms']:.3f} | {x['p50_ms']:.3f} | {x['p90_ms']:.3f} | "
+                     f"{x['p99_ms']:.3f} | {x['std_ms']:.3f} |")
+    if "training_plot" in report["artifacts"]:
+        lines += ["", f"![training](training.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_training(histories: dict[str, list[dict]], per_layer: dict[str, float], path: Path) -> None:
+    """Test accuracy and sparsity per epoch for each trained model, and the final per-layer sparsity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for name, rows in histories.items():
+        epochs = [r["epoch"] for r in rows]
+        axes[0].plot(epochs, [r["test_accuracy"] for r in rows], label=name)
+        axes[1].plot(epochs, [r["sparsity"] for r in rows], label=name)
+    axes[0].set(title="test accuracy", xlabel="epoch")
+    axes[1].set(title="global sparsity", xlabel="epoch", ylim=(0, 1))
+    axes[0].legend()
+    names = list(per_layer)
+    axes[2].barh(range(len(names)), [per_layer[n] for n in names])
+    axes[2].set_yticks(range(len(names)), names, fontsize=7)
+    axes[2].set(title="final sparsity per layer", xlim=(0, 1))
+    axes[2].invert_yaxis()
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def write_report(folder: Path, report: dict) -> None:
+    """report.json, report.md and junit.xml into `folder`, each written atomically."""
+    atomic.write_text(folder / "junit.xml", junit_xml(report["gate"]["checks"]))
+    atomic.write_text(folder / "report.md", markdown(report))
+    atomic.write_json(folder / "report.json", report)
+
+
+def load_report(path: str | Path) -> dict:
+    from compress.errors import UserError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read report JSON ({e})") from None

@@ -1,0 +1,71 @@
+"""Accuracy and agreement of ONNX models in onnxruntime against their PyTorch originals."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress.schema import opt
+
+from .latency import compare_latency, make_session
+
+
+@dataclass
+class ValidateConfig:
+    batch_size: int = opt(256, "Batch size for the accuracy pass.", lo=1)
+    latency_batch_size: int = opt(1, "Batch size of the latency measurement.", lo=1)
+    threads: int = opt(1, "onnxruntime intra-op threads for the latency measurement.", lo=1)
+    warmup_runs: int = opt(20, "Untimed runs per model before timing.", lo=0)
+    runs: int = opt(200, "Timed runs per model (interleaved dense/sparse).", lo=1)
+
+
+def onnx_logits(session, x: np.ndarray, batch_size: int) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i:i + batch_size]})[0]
+                           for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def torch_logits(model: nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
+    model.eval()
+    return np.concatenate([model(torch.from_numpy(x[i:i + batch_size])).numpy()
+                           for i in range(0, len(x), batch_size)])
+
+
+def check_input(session, x: np.ndarray, path: Path) -> None:
+    """Raise a one-line error when the data does not fit the model's declared input."""
+    from compress.errors import UserError
+
+    declared = session.get_inputs()[0].shape
+    if len(declared) != x.ndim or any(isinstance(d, int) and d != s for d, s in zip(declared[1:], x.shape[1:])):
+        raise UserError(f"{path}: model input shape {declared} does not match the data's {list(x.shape)}")
+
+
+def validate(onnx_paths: dict[str, Path], torch_models: dict[str, nn.Module], x: np.ndarray, y: np.ndarray,
+             cfg: ValidateConfig) -> dict:
+    """Accuracy (onnxruntime and PyTorch), ONNX↔PyTorch agreement and side-by-side latency per model."""
+    out: dict = {}
+    sessions = {}
+    for name, path in onnx_paths.items():
+        sessions[name] = make_session(path, threads=cfg.threads)
+        check_input(sessions[name], x, path)
+        ort_out = onnx_logits(sessions[name], x, cfg.batch_size)
+        pt_out = torch_logits(torch_models[name], x, cfg.batch_size)
+        out[name] = {
+            "accuracy": float((ort_out.argmax(1) == y).mean()),
+            "torch_accuracy": float((pt_out.argmax(1) == y).mean()),
+            "agreement_with_torch": float((ort_out.argmax(1) == pt_out.argmax(1)).mean()),
+            "max_abs_diff_vs_torch": float(np.abs(ort_out - pt_out).max()),
+            "samples": int(len(y)),
+        }
+    batch = np.ascontiguousarray(x[:cfg.latency_batch_size])
+    lat = compare_latency(sessions, batch, warmup=cfg.warmup_runs, runs=cfg.runs)
+    latency = {**lat, "batch_size": int(len(batch)), "threads": cfg.threads,
+               "interleaved": True, "warmup_runs": cfg.warmup_runs}
+    if "dense" in lat and "sparse" in lat:
+        latency["ratio"] = lat["sparse"]["p50_ms"] / lat["dense"]["p50_ms"]
+    out["latency"] = latency
+    return out
