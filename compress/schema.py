@@ -98,15 +98,20 @@ def describe_range(meta: dict) -> str:
     return f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
 
 
+def field_path(where: str, key: str) -> str:
+    """'run.toml' + 'train' → 'run.toml: train'; 'run.toml: train' + 'lr' → 'run.toml: train.lr'."""
+    return f"{where}.{key}" if ": " in where else f"{where}: {key}"
+
+
 def parse(cls: type[T], table: dict, where: str) -> T:
-    """Build a `cls` from a TOML table; `where` prefixes every error (e.g. 'run.toml: train')."""
+    """Build a `cls` from a TOML table; `where` prefixes every error ('run.toml' or 'run.toml: train')."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in table.items():
+        path = field_path(where, key)
         if key not in fields:
-            raise UserError(f"{where}: unknown field '{key}' (expected one of: {', '.join(fields)})")
-        path = f"{where}.{key}"
+            raise UserError(f"{path}: unknown field (expected one of: {', '.join(fields)})")
         kwargs[key] = _coerce(value, hints[key], path)
         _check_range(kwargs[key], fields[key].metadata, path)
     obj = cls(**kwargs)

@@ -1,0 +1,117 @@
+"""The whole pipeline through the real CLI, on the bundled digits data."""
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO
+from deploy.formats import load_csr
+
+QUICK = ["--set", "validate.runs=30", "--no-progress"]
+
+
+def sparsepipe(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "deploy", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "qs"
+    res = sparsepipe("run", "configs/quickstart.toml", "--out", out, *QUICK, "--set", "gate.min_sparsity=0.5")
+    assert res.returncode == 0, res.stderr
+    assert "gate: PASSED" in res.stdout and "accuracy (onnxruntime)" in res.stdout
+    return out
+
+
+def test_report_contract(run_dir):
+    r = json.loads((run_dir / "report" / "report.json").read_text())
+    for v in ("dense", "sparse"):
+        assert 0.8 < r[v]["accuracy"] <= 1.0 and 0.8 < r[v]["torch_accuracy"] <= 1.0
+    assert 0.5 < r["sparsity"]["global"] < 1.0
+    assert set(r["sparsity"]["per_layer"]) == {"net.1", "net.3", "net.5"}
+    assert r["latency"]["dense"]["p50_ms"] > 0 and r["latency"]["ratio"] > 0
+    assert r["size"]["sparse_bytes"] < r["size"]["dense_bytes"]
+    assert r["gate"]["passed"] is True and r["gate"]["failures"] == []
+    for rel in r["artifacts"].values():
+        for p in ([rel] if isinstance(rel, str) else rel):
+            assert (run_dir / p).exists(), p
+    assert ET.parse(run_dir / "report" / "junit.xml").getroot().get("failures") == "0"
+    assert "Gate: **PASSED**" in (run_dir / "report" / "report.md").read_text()
+
+
+def test_frozen_weights_csr_and_onnx_agree(run_dir):
+    frozen = load_file(str(run_dir / "frozen" / "sparse.safetensors"))
+    csr = load_csr(run_dir / "sparse", model_id="mlp")
+    sparsity = json.loads((run_dir / "frozen" / "sparsity.json").read_text())
+    for name in sparsity["layers"]:
+        w = frozen[f"{name}.weight"]
+        assert torch.equal(csr[name].view(torch.int32), w.view(torch.int32))
+        assert (w == 0).float().mean().item() == pytest.approx(sparsity["per_layer"][name])
+    masks = load_file(str(run_dir / "frozen" / "masks.safetensors"))
+    assert all(torch.equal(masks[n].bool(), frozen[f"{n}.weight"] != 0) for n in sparsity["layers"])
+    export = json.loads((run_dir / "onnx" / "export.json").read_text())
+    assert export["sparse"]["max_abs_diff_vs_torch"] < 1e-4
+    assert export["sparse"]["initializer_sparsity"] > 0.5
+
+
+def test_rerun_skips_and_changed_gate_reruns_only_validate(run_dir):
+    res = sparsepipe("run", "configs/quickstart.toml", "--out", run_dir, *QUICK, "--set", "gate.min_sparsity=0.5")
+    assert res.returncode == 0 and res.stdout.count("up to date, skipped") == 5
+    res = sparsepipe("run", "configs/quickstart.toml", "--out", run_dir, *QUICK, "--set", "gate.min_sparsity=0.999")
+    assert res.returncode == 1, res.stderr
+    assert res.stdout.count("up to date, skipped") == 4 and "[5/5] validate: done" in res.stdout
+    assert "gate: FAILED" in res.stdout and "global sparsity" in res.stdout
+    assert json.loads((run_dir / "report" / "report.json").read_text())["gate"]["passed"] is False
+
+
+def test_stage_commands_and_corrupt_output_is_rerun(run_dir):
+    res = sparsepipe("convert", run_dir)
+    assert res.returncode == 0 and "up to date" in res.stdout
+    (run_dir / "sparse" / "weights.safetensors").write_bytes(b"corrupted")
+    res = sparsepipe("convert", run_dir)
+    assert res.returncode == 0 and "convert: done" in res.stdout
+    assert load_csr(run_dir / "sparse")  # readable again
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepoch = 3\n")
+    res = sparsepipe("run", bad, "--out", tmp_path / "r")
+    assert res.returncode == 2
+    assert res.stderr.strip() == "sparsepipe: error: bad.toml: train.epoch: unknown field (expected one of: " \
+        "epochs, batch_size, lr, lr_schedule, warmup_epochs, momentum, nesterov, weight_decay, label_smoothing, device)"
+    assert not (tmp_path / "r").exists()  # validated before any work
+    res = sparsepipe("freeze", tmp_path)
+    assert res.returncode == 2 and "not a run folder" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_method_dense_and_magnitude(tmp_path):
+    res = sparsepipe("run", "configs/quickstart.toml", "--out", tmp_path / "d", *QUICK, "--set", "prune.method=dense",
+                     "--set", "gate.min_sparsity=0")
+    assert res.returncode == 0, res.stderr
+    r = json.loads((tmp_path / "d" / "report" / "report.json").read_text())
+    assert r["sparsity"]["global"] == 0 and r["sparse"]["accuracy"] == r["dense"]["accuracy"]
+    res = sparsepipe("run", "configs/quickstart.toml", "--out", tmp_path / "m", *QUICK,
+                     "--set", "prune.method=magnitude", "--set", "prune.magnitude.sparsity=0.8",
+                     "--set", "gate.min_sparsity=0.75")
+    assert res.returncode == 0, res.stdout + res.stderr
+    r = json.loads((tmp_path / "m" / "report" / "report.json").read_text())
+    assert r["sparsity"]["global"] == pytest.approx(0.8, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_mnist_lenet5_lats(tmp_path, mnist_root):
+    res = sparsepipe("run", "configs/mnist-lenet5-lats.toml", "--out", tmp_path / "mn", "--no-progress",
+                     "--set", f"data.root={json.dumps(str(mnist_root))}", "--set", "data.train_limit=12000",
+                     "--set", "train.epochs=4", "--set", "validate.runs=30",
+                     "--set", "gate.min_sparsity=0.5", "--set", "gate.max_accuracy_drop=0.03")
+    assert res.returncode == 0, res.stdout + res.stderr
+    r = json.loads((tmp_path / "mn" / "report" / "report.json").read_text())
+    assert r["dense"]["accuracy"] > 0.95 and r["sparse"]["accuracy"] > 0.94
+    assert r["sparsity"]["global"] > 0.5 and r["sparse"]["agreement_with_torch"] > 0.999

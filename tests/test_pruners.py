@@ -1,0 +1,160 @@
+"""Pruner behaviour that would break if the method were implemented wrongly."""
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from compress.errors import UserError
+from compress.models import LeNet5, MLP
+from compress.pruners import PruneConfig, Pruner, TrainPlan, build_pruner
+from compress.pruners.lats import LATSOptions, LATSPruner, soft_threshold
+from compress.pruners.magnitude import MagnitudeOptions, MagnitudePruner, magnitude_masks
+from compress.schedules import lr_at
+from compress.selection import LayerRule, select_layers
+from compress.sparsity import global_sparsity, layer_sparsity
+
+
+def plan(epochs=4, steps=10, warmup=5, base=0.1):
+    return TrainPlan(epochs, steps, lambda s: lr_at(s, epochs * steps, base, "cosine", warmup))
+
+
+def test_lats_gradient_is_straight_through():
+    torch.manual_seed(0)
+    model = MLP((1, 8, 8), 10, [32])
+    layers = select_layers(model, LayerRule())
+    pruner = LATSPruner(LATSOptions(threshold_final=0.5))
+    pruner.attach(model, layers, plan())
+    pruner._set_threshold(0.08)
+    layer = model.net[1]
+    theta = layer.parametrizations.weight.original
+    with parametrize.cached():  # the same effective weight tensor in forward and here
+        w = layer.weight
+        w.retain_grad()
+        model(torch.randn(16, 1, 8, 8)).logsumexp(1).sum().backward()
+    pruned = theta.abs() <= 0.08
+    assert 0.2 < pruned.float().mean() < 0.9 and torch.all(w[pruned] == 0)
+    # ∂L/∂θ = ∂L/∂w everywhere, including where the weight is pruned (so it can regrow).
+    assert torch.equal(theta.grad, w.grad)
+    assert theta.grad[pruned].abs().sum() > 0
+
+
+def test_lats_threshold_tracks_summed_learning_rate():
+    torch.manual_seed(0)
+    model = MLP((1, 8, 8), 10, [16])
+    p = plan()
+    pruner = LATSPruner(LATSOptions(l1_lambda=0.3))
+    pruner.attach(model, select_layers(model, LayerRule()), p)
+    prev = 0.0
+    for step in range(p.total_steps):
+        pruner.after_step(step, p.lr_at(step))
+        # λ = Δd_t / η_t is constant through warm-up and cosine decay.
+        assert (pruner.threshold - prev) / p.lr_at(step) == pytest.approx(0.3)
+        prev = pruner.threshold
+    assert pruner.threshold == pytest.approx(0.3 * p.lr_sum(0, p.total_steps))
+
+
+def test_lats_final_threshold_reached_exactly_and_start_epoch():
+    torch.manual_seed(0)
+    model = MLP((1, 8, 8), 10, [16])
+    p = plan()
+    pruner = LATSPruner(LATSOptions(threshold_final=0.2, start_epoch=2))
+    pruner.attach(model, select_layers(model, LayerRule()), p)
+    for step in range(p.total_steps):
+        pruner.after_step(step, p.lr_at(step))
+        if step < 2 * p.steps_per_epoch:
+            assert pruner.threshold == 0.0
+    assert pruner.threshold == pytest.approx(0.2)
+
+
+def test_lats_threshold_lives_in_state_dicts():
+    torch.manual_seed(0)
+    model = MLP((1, 8, 8), 10, [16])
+    layers = select_layers(model, LayerRule())
+    pruner = LATSPruner(LATSOptions(threshold_final=0.2))
+    pruner.attach(model, layers, plan())
+    for step in range(7):
+        pruner.after_step(step, 0.1)
+    sd = model.state_dict()
+    keys = [k for k in sd if k.endswith("threshold")]
+    assert len(keys) == len(layers) and all(float(sd[k]) == pytest.approx(pruner.threshold) for k in keys)
+    other_model = MLP((1, 8, 8), 10, [16])
+    other = LATSPruner(LATSOptions(threshold_final=0.2))
+    other.attach(other_model, layers, plan())
+    other_model.load_state_dict(sd)
+    other.load_state_dict(pruner.state_dict())
+    assert other.threshold == pruner.threshold and other.lr_accumulated == pruner.lr_accumulated
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(other_model(x), model(x))
+
+
+def test_lats_freeze_is_soft_threshold_not_mask():
+    torch.manual_seed(0)
+    model = LeNet5((1, 8, 8), 10)
+    layers = select_layers(model, LayerRule())
+    pruner = LATSPruner(LATSOptions(threshold_final=0.2))
+    pruner.attach(model, layers, plan())
+    pruner._set_threshold(0.05)
+    x = torch.randn(8, 1, 8, 8)
+    before = model(x)
+    thetas = {n: model.get_submodule(n).parametrizations.weight.original.detach().clone() for n in layers}
+    frozen = pruner.freeze()
+    assert not any(parametrize.is_parametrized(frozen.get_submodule(n)) for n in layers)
+    for n in layers:
+        w = frozen.get_submodule(n).weight
+        assert type(w) is nn.Parameter
+        assert torch.equal(w, soft_threshold(thetas[n], 0.05))
+        assert not torch.any(torch.signbit(w[w == 0]))  # +0.0 only
+    assert torch.equal(frozen(x), before)
+
+
+def test_magnitude_global_and_layerwise_counts():
+    torch.manual_seed(0)
+    model = LeNet5((1, 28, 28), 10)
+    layers = select_layers(model, LayerRule())
+    masks = magnitude_masks(model, layers, 0.9, "global")
+    total = sum(m.numel() for m in masks.values())
+    assert sum(int((~m).sum()) for m in masks.values()) == round(0.9 * total)
+    per_layer = {n: 1 - m.float().mean().item() for n, m in masks.items()}
+    assert max(per_layer.values()) - min(per_layer.values()) > 0.05  # global cut: layers differ
+    # kept weights are all larger than removed ones
+    kept = torch.cat([model.get_submodule(n).weight.detach().abs()[m] for n, m in masks.items()])
+    dropped = torch.cat([model.get_submodule(n).weight.detach().abs()[~m] for n, m in masks.items()])
+    assert kept.min() >= dropped.max()
+    layer_masks = magnitude_masks(model, layers, 0.75, "layer")
+    for n, m in layer_masks.items():
+        assert int((~m).sum()) == round(0.75 * m.numel())
+
+
+def test_magnitude_prunes_once_then_keeps_mask():
+    torch.manual_seed(0)
+    model = MLP((1, 8, 8), 10, [32])
+    layers = select_layers(model, LayerRule())
+    pruner = MagnitudePruner(MagnitudeOptions(sparsity=0.8, prune_after=0.5))
+    pruner.attach(model, layers, plan(epochs=4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for epoch in range(4):
+        pruner.begin_epoch(epoch)
+        loss = model(torch.randn(8, 1, 8, 8)).pow(2).mean()
+        opt.zero_grad(); loss.backward(); opt.step()
+        pruner.after_step(epoch, 0.1)
+        expected = 0.8 if epoch >= 2 else 0.0
+        assert global_sparsity(model, layers) == pytest.approx(expected, abs=1e-3)
+
+
+def test_layer_selection_rules_and_ddp_names():
+    model = LeNet5((1, 28, 28), 10)
+    all_layers = select_layers(model, LayerRule())
+    assert all_layers == ["features.0", "features.3", "classifier.0", "classifier.2", "classifier.4"]
+    assert select_layers(model, LayerRule(keep_first_dense=True, keep_last_dense=True)) == all_layers[1:-1]
+    assert select_layers(model, LayerRule(types=["conv"])) == ["features.0", "features.3"]
+    assert select_layers(model, LayerRule(exclude=["classifier.*"])) == ["features.0", "features.3"]
+    wrapped = nn.Module()
+    wrapped.module = model  # what DDP does to names
+    assert select_layers(wrapped, LayerRule()) == all_layers
+    with pytest.raises(UserError, match="matches no layer"):
+        select_layers(model, LayerRule(exclude=["*"]))
+
+
+def test_registry_builds_each_method():
+    for method, cls in (("dense", Pruner), ("lats", LATSPruner), ("magnitude", MagnitudePruner)):
+        assert type(build_pruner(PruneConfig(method=method))) is cls

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create .venv inside the checkout and install sparsepipe (+ test extras) into it.
+# Idempotent: re-installs only when pyproject.toml changed since the last install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "sparsepipe needs Python >= 3.11 (found $("$PY" --version 2>&1)); set PYTHON=..." >&2; exit 2; }
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.sparsepipe-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "sparsepipe: installing into .venv (torch + torchvision standard build, ~5 GB, about a minute)..." >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+  .venv/bin/python -c 'import torch, torchvision, onnx, onnxruntime' \
+    || { echo "sparsepipe: installed packages do not import (see above)" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi
