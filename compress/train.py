@@ -133,7 +133,8 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "test_loss": test_loss,
                "test_accuracy": test_acc, "sparsity": global_sparsity(model, layers), **pruner.log_state()}
         history.append(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{test_acc:.3f}", sparsity=f"{row['sparsity']:.3f}")
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{test_acc:.3f}", sparsity=f"{row['sparsity']:.3f}",
+                        refresh=False)
         if out_dir:
             atomic.write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
             with atomic.atomic_path(ckpt) as tmp:

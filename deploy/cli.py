@@ -88,16 +88,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_stage(args) -> int:
-    from .pipeline import open_run, run_pipeline
+    from .pipeline import open_run, run_pipeline, run_stage
 
     run = open_run(args.run_dir, progress=not args.no_progress)
-    run_pipeline_one = run_pipeline if args.command == "validate" else None
-    if run_pipeline_one:
+    if args.command == "validate":  # the stage that decides the verdict prints it
         report = run_pipeline(run, stages=("validate",), force=args.force)
         print_summary(report, args.run_dir)
         return EXIT_OK if report["gate"]["passed"] else EXIT_REGRESSION
-    from .pipeline import run_stage
-
     ran = run_stage(run, args.command, force=args.force)
     print(f"{args.command}: {'done' if ran else 'up to date, skipped'}")
     return EXIT_OK

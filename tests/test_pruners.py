@@ -18,12 +18,18 @@ def plan(epochs=4, steps=10, warmup=5, base=0.1):
     return TrainPlan(epochs, steps, lambda s: lr_at(s, epochs * steps, base, "cosine", warmup))
 
 
-def test_lats_gradient_is_straight_through():
+def lats_mlp(hidden=16, training_plan=None, **options):
+    """A seeded MLP on 8x8 inputs with a LATS pruner attached to all its Linear layers."""
     torch.manual_seed(0)
-    model = MLP((1, 8, 8), 10, [32])
+    model = MLP((1, 8, 8), 10, [hidden])
     layers = select_layers(model, LayerRule())
-    pruner = LATSPruner(LATSOptions(threshold_final=0.5))
-    pruner.attach(model, layers, plan())
+    pruner = LATSPruner(LATSOptions(**options))
+    pruner.attach(model, layers, training_plan or plan())
+    return model, layers, pruner
+
+
+def test_lats_gradient_is_straight_through():
+    model, layers, pruner = lats_mlp(hidden=32, threshold_final=0.5)
     pruner._set_threshold(0.08)
     layer = model.net[1]
     theta = layer.parametrizations.weight.original
@@ -39,11 +45,8 @@ def test_lats_gradient_is_straight_through():
 
 
 def test_lats_threshold_tracks_summed_learning_rate():
-    torch.manual_seed(0)
-    model = MLP((1, 8, 8), 10, [16])
     p = plan()
-    pruner = LATSPruner(LATSOptions(l1_lambda=0.3))
-    pruner.attach(model, select_layers(model, LayerRule()), p)
+    _, _, pruner = lats_mlp(training_plan=p, l1_lambda=0.3)
     prev = 0.0
     for step in range(p.total_steps):
         pruner.after_step(step, p.lr_at(step))
@@ -54,11 +57,8 @@ def test_lats_threshold_tracks_summed_learning_rate():
 
 
 def test_lats_final_threshold_reached_exactly_and_start_epoch():
-    torch.manual_seed(0)
-    model = MLP((1, 8, 8), 10, [16])
     p = plan()
-    pruner = LATSPruner(LATSOptions(threshold_final=0.2, start_epoch=2))
-    pruner.attach(model, select_layers(model, LayerRule()), p)
+    _, _, pruner = lats_mlp(training_plan=p, threshold_final=0.2, start_epoch=2)
     for step in range(p.total_steps):
         pruner.after_step(step, p.lr_at(step))
         if step < 2 * p.steps_per_epoch:
@@ -67,19 +67,13 @@ def test_lats_final_threshold_reached_exactly_and_start_epoch():
 
 
 def test_lats_threshold_lives_in_state_dicts():
-    torch.manual_seed(0)
-    model = MLP((1, 8, 8), 10, [16])
-    layers = select_layers(model, LayerRule())
-    pruner = LATSPruner(LATSOptions(threshold_final=0.2))
-    pruner.attach(model, layers, plan())
+    model, layers, pruner = lats_mlp(threshold_final=0.2)
     for step in range(7):
         pruner.after_step(step, 0.1)
     sd = model.state_dict()
     keys = [k for k in sd if k.endswith("threshold")]
     assert len(keys) == len(layers) and all(float(sd[k]) == pytest.approx(pruner.threshold) for k in keys)
-    other_model = MLP((1, 8, 8), 10, [16])
-    other = LATSPruner(LATSOptions(threshold_final=0.2))
-    other.attach(other_model, layers, plan())
+    other_model, _, other = lats_mlp(threshold_final=0.2)
     other_model.load_state_dict(sd)
     other.load_state_dict(pruner.state_dict())
     assert other.threshold == pruner.threshold and other.lr_accumulated == pruner.lr_accumulated

@@ -11,8 +11,10 @@ stamp=.venv/.sparsepipe-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "sparsepipe: installing into .venv (torch + torchvision standard build, ~5 GB, about a minute)..." >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+  log=.venv/install.log
+  { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip \
+      && .venv/bin/python -m pip install --disable-pip-version-check -e ".[test]"; } >"$log" 2>&1 \
+    || { tail -n 40 "$log" >&2; echo "sparsepipe: install failed; full log in $log" >&2; exit 1; }
   .venv/bin/python -c 'import torch, torchvision, onnx, onnxruntime' \
     || { echo "sparsepipe: installed packages do not import (see above)" >&2; exit 1; }
   echo "$want" > "$stamp"
