@@ -118,7 +118,7 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
             loss = loss_fn(model(x), y)
             if not torch.isfinite(loss):
                 where = f"; last good checkpoint kept at {ckpt}" if ckpt and ckpt.exists() else ""
-                raise UserError(f"training diverged at epoch {epoch} step {step} (loss={float(loss)}); "
+                raise UserError(f"training diverged at epoch {epoch} step {step} (loss={loss.item()}); "
                                 f"lower train.lr{where}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

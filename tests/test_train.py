@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from compress.errors import UserError
+from compress.models import ModelConfig, build_model
+from compress.pruners import PruneConfig, build_pruner
+from compress.selection import select_layers
+from compress.train import TrainConfig, load_checkpoint, train
+
+
+class Interrupt(Exception):
+    pass
+
+
+def setup(digits, method="lats"):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="mlp", hidden=[64]), digits.input_shape, digits.num_classes)
+    cfg = PruneConfig(method=method)
+    cfg.lats.threshold_final = 0.1
+    return model, build_pruner(cfg), select_layers(model, cfg.layers)
+
+
+@pytest.mark.parametrize("method", ["lats", "magnitude"])
+def test_interrupted_training_resumes_to_the_same_result(digits, tmp_path, method):
+    cfg = TrainConfig(epochs=6, batch_size=64, lr=0.05)
+    model, pruner, layers = setup(digits, method)
+    full = train(model, pruner, digits, cfg, layers, out_dir=tmp_path / "full", progress=False)
+    reference = {k: v.clone() for k, v in pruner.freeze().state_dict().items()}
+
+    model, pruner, layers = setup(digits, method)
+    original_begin = pruner.begin_epoch
+
+    def crash_at_epoch_4(epoch):
+        if epoch == 4:
+            raise Interrupt
+        original_begin(epoch)
+
+    pruner.begin_epoch = crash_at_epoch_4
+    with pytest.raises(Interrupt):
+        train(model, pruner, digits, cfg, layers, out_dir=tmp_path / "cut", progress=False)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 4
+
+    model, pruner, layers = setup(digits, method)  # a new process would start from scratch like this
+    resumed = train(model, pruner, digits, cfg, layers, out_dir=tmp_path / "cut", progress=False)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    assert resumed[-1]["sparsity"] == full[-1]["sparsity"] and resumed[-1]["test_accuracy"] == full[-1]["test_accuracy"]
+    for k, v in pruner.freeze().state_dict().items():
+        assert torch.equal(v, reference[k]), k
+
+
+def test_divergence_stops_with_a_clear_message(digits, tmp_path):
+    model, pruner, layers = setup(digits, "dense")
+    with pytest.raises(UserError, match="diverged at epoch 0"):
+        train(model, pruner, digits, TrainConfig(epochs=2, lr=1e12, momentum=0.0), layers, progress=False)
+
+
+def test_checkpoint_that_is_not_one_is_refused(tmp_path):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"\x80\x04garbage")
+    with pytest.raises(UserError, match="not a loadable sparsepipe checkpoint"):
+        load_checkpoint(bad)
+
+
+def test_user_model_by_import_path(digits):
+    model = build_model(ModelConfig(name="custom_model:make"), digits.input_shape, digits.num_classes)
+    assert model(digits.test.x[:3]).shape == (3, 10)
+    with pytest.raises(UserError, match="not a torch.nn.Module"):
+        build_model(ModelConfig(name="custom_model:not_a_model"), digits.input_shape, digits.num_classes)
+    with pytest.raises(UserError, match="cannot import 'no_such_module:make'"):
+        build_model(ModelConfig(name="no_such_module:make"), digits.input_shape, digits.num_classes)
