@@ -72,10 +72,16 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 512,
     return correct / len(split), loss_sum / len(split)
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _optimizer(model: nn.Module, pruner: Pruner, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD; weight decay on weights only (not biases, not BatchNorm), pruner parameters as the pruner says."""
+    own = pruner.param_groups()
+    taken = {id(p) for g in own for p in g["params"]}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+    groups = [{"params": [p for p in rest if p.ndim > 1], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0}]
+    for g in own:
+        wd = cfg.weight_decay if g.get("weight_decay") is None else g["weight_decay"]
+        groups.append({**g, "weight_decay": wd})
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
@@ -90,7 +96,8 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
     plan = make_plan(cfg, len(data.train))
     pruner.attach(model, layers, plan)
     model.to(device)
-    optimizer = _optimizer(model, cfg)
+    optimizer = _optimizer(model, pruner, cfg)
+    pruner.bind_optimizer(optimizer)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     history: list[dict] = []

@@ -121,7 +121,7 @@ def stage_train(run: Run) -> list[str]:
 
 
 def stage_freeze(run: Run) -> list[str]:
-    out, per_variant = [], {}
+    out, per_variant, summary = [], {}, {}
     for variant in run.variants:
         model, pruner = run.new_model(), run.new_pruner(variant)
         pruner.attach(model, run.layers, make_plan(run.cfg.train, len(run.data.train)))
@@ -136,6 +136,8 @@ def stage_freeze(run: Run) -> list[str]:
             raise UserError(f"{ckpt}: checkpoint does not fit model {run.cfg.model.name!r} "
                             f"({str(e).splitlines()[0][:200]})") from None
         pruner.load_state_dict(state["pruner"])
+        if variant == "sparse":
+            summary = pruner.summary()
         frozen = pruner.freeze().cpu()
         with atomic.atomic_path(run.dir / "frozen" / f"{variant}.safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in frozen.state_dict().items()}, str(tmp))
@@ -146,7 +148,7 @@ def stage_freeze(run: Run) -> list[str]:
     with atomic.atomic_path(run.dir / "frozen" / "masks.safetensors") as tmp:
         save_file(masks, str(tmp))
     atomic.write_json(run.dir / "frozen" / "sparsity.json", {
-        "method": run.cfg.prune.method, "layers": run.layers,
+        "method": run.cfg.prune.method, "pruner": summary, "layers": run.layers,
         "global": global_sparsity(sparse, run.layers), "per_layer": layer_sparsity(sparse, run.layers),
         "dense_global": global_sparsity(per_variant["dense"], run.layers)})
     return out + ["frozen/masks.safetensors", "frozen/sparsity.json"]
@@ -194,6 +196,7 @@ def stage_validate(run: Run) -> list[str]:
         "dense": result["dense"], "sparse": result["sparse"],
         "sparsity": {"global": sparsity["global"], "per_layer": sparsity["per_layer"],
                      "layers_pruned": len(sparsity["layers"])},
+        "pruner": sparsity["pruner"],
         "latency": result["latency"],
         "size": {"dense_bytes": dense_bytes,
                  "sparse_bytes": dense_bytes - csr["dense_bytes"] + csr["csr_bytes"],

@@ -20,7 +20,7 @@ def setup(digits, method="lats"):
     return model, build_pruner(cfg), select_layers(model, cfg.layers)
 
 
-@pytest.mark.parametrize("method", ["lats", "magnitude"])
+@pytest.mark.parametrize("method", ["lats", "magnitude", "str", "greg", "gmp"])
 def test_interrupted_training_resumes_to_the_same_result(digits, tmp_path, method):
     cfg = TrainConfig(epochs=6, batch_size=64, lr=0.05)
     model, pruner, layers = setup(digits, method)

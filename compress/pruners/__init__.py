@@ -8,12 +8,18 @@ from ..schema import opt
 from ..selection import LayerRule
 from .base import MaskPruner, Pruner, TrainPlan
 from .lats import LATSOptions, LATSPruner
-from .magnitude import MagnitudeOptions, MagnitudePruner
+from .greg import GRegOptions, GRegPruner
+from .magnitude import GMPOptions, GMPPruner, L1Options, L1Pruner, MagnitudeOptions, MagnitudePruner
+from .str_reparam import STROptions, STRPruner
 
 PRUNERS: dict[str, type[Pruner]] = {
     "dense": Pruner,
     "magnitude": MagnitudePruner,
     "lats": LATSPruner,
+    "str": STRPruner,
+    "greg": GRegPruner,
+    "l1": L1Pruner,
+    "gmp": GMPPruner,
 }
 
 
@@ -23,6 +29,10 @@ class PruneConfig:
     layers: LayerRule = opt(LayerRule(), "Which layers are pruned.")
     lats: LATSOptions = opt(LATSOptions(), "Options of method 'lats'.")
     magnitude: MagnitudeOptions = opt(MagnitudeOptions(), "Options of method 'magnitude'.")
+    str: STROptions = opt(STROptions(), "Options of method 'str'.")
+    greg: GRegOptions = opt(GRegOptions(), "Options of method 'greg' (GReg-1 / GReg-2).")
+    l1: L1Options = opt(L1Options(), "Options of method 'l1' (one-shot L1 with GReg-1's selection rule).")
+    gmp: GMPOptions = opt(GMPOptions(), "Options of method 'gmp' (gradual magnitude, cubic).")
 
     def check(self, where: str) -> None:
         if self.method not in PRUNERS:

@@ -70,6 +70,19 @@ class Pruner:
         """Small scalars for metrics.jsonl (thresholds, penalties, ...)."""
         return {}
 
+    def param_groups(self) -> list[dict]:
+        """Parameters the pruner added (e.g. STR's thresholds), as optimizer groups with their own
+        `weight_decay` (None: the training config's). Called after attach, before the optimizer exists."""
+        return []
+
+    def bind_optimizer(self, optimizer) -> None:
+        """The optimizer built over the model (and `param_groups`), for pruners that tune it."""
+        self.optimizer = optimizer
+
+    def summary(self) -> dict:
+        """How sparsity was controlled in this run, for the report."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 

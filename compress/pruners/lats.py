@@ -2,17 +2,29 @@
 
 Effective weight w = S_d(θ) = sign(θ)·max(|θ| − d, 0); the backward pass is straight-through
 (∂L/∂θ = ∂L/∂w everywhere), so pruned weights keep their gradient and can regrow. One global
-threshold d, kept in state_dict, grows as d_t = λ·Σ_{s<t} η_s over the learning rates
-actually used (or, given a final threshold D, d_t = D·Σ_{s<t} η_s / Σ_all η_s).
+threshold d, kept in state_dict, follows a schedule over the pruning window:
+
+- lats: d_t = λ·Σ_{s<t} η_s over the learning rates actually used (λ = D / Σ_window η_s when
+  D is given), right for any LR schedule;
+- s-lats, pgh, linear, constant: the closed forms of `schedules.threshold_fraction`.
+
+Modes: during (window = [start_epoch, epochs)), early (window = [start_epoch, end_epoch), then
+the mask is fixed: S_d(θ) is written into θ, d drops to 0 and the kept weights train on), init (pruning at initialisation: constant D from step 0
+with the latent init inflated, θ0 = sign(w0)(|w0| + D), so S_D(θ0) = w0).
+Target mode (target_sparsity > 0) recalibrates D between epochs to the global |θ| quantile that
+gives the target, leaving the mechanism itself unchanged.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..errors import UserError
+from ..schedules import threshold_fraction
 from ..schema import opt
 from ..selection import get_module
 from .base import Pruner, exact_zeros
@@ -20,12 +32,29 @@ from .base import Pruner, exact_zeros
 
 @dataclass
 class LATSOptions:
-    threshold_final: float = opt(0.05, "D: the threshold reached at the last step, "
-                                 "d_t = D·Σ_{s<t} η_s / Σ_all η_s (used when l1_lambda is 0).",
-                                 lo=0.0, lo_open=True)
-    l1_lambda: float = opt(0.0, "λ: the L1 coefficient, d_t = λ·Σ_{s<t} η_s; when > 0 it replaces "
-                           "threshold_final.", lo=0.0)
-    start_epoch: int = opt(0, "Epoch from which the threshold starts growing (dense before it).", lo=0)
+    schedule: Literal["lats", "s-lats", "pgh", "linear", "constant"] = opt(
+        "lats", "Threshold schedule over the pruning window (see the method notes in the README).")
+    mode: Literal["during", "early", "init"] = opt(
+        "during", "during: sparsify while training; early: reach D by end_epoch, then fix the mask and keep "
+        "training; init: pruning at initialisation (constant D from step 0, inflated latent init).")
+    threshold_final: float = opt(0.05, "D: the threshold at the end of the pruning window.", lo=0.0, lo_open=True)
+    l1_lambda: float = opt(0.0, "λ (schedule 'lats' only): d_t = λ·Σ_{s<t} η_s with no final value; "
+                           "when > 0 it replaces threshold_final.", lo=0.0)
+    start_epoch: int = opt(0, "Epoch at which the threshold starts growing (dense before it).", lo=0)
+    end_epoch: int = opt(0, "mode 'early': epoch by which the threshold reaches D (0 = half of the epochs).", lo=0)
+    pgh_beta: float = opt(10.0, "schedule 'pgh': λ grows geometrically by this factor over the window.",
+                          lo=0.0, lo_open=True)
+    target_sparsity: float = opt(0.0, "Target global sparsity (0 = off). Recalibrates D between epochs to hit "
+                                 "it within about a point; the report records the D that resulted.",
+                                 lo=0.0, hi=1.0, hi_open=True)
+
+    def check(self, where: str) -> None:
+        if self.l1_lambda > 0 and self.schedule != "lats":
+            raise UserError(f"{where}.l1_lambda: only schedule 'lats' takes λ; others need threshold_final")
+        if self.l1_lambda > 0 and self.target_sparsity > 0:
+            raise UserError(f"{where}.target_sparsity: calibrates D, so it cannot be combined with l1_lambda")
+        if self.mode == "init" and self.schedule not in ("lats", "constant"):
+            raise UserError(f"{where}.schedule: mode 'init' uses a constant threshold; leave schedule at 'lats'")
 
 
 def soft_threshold(theta: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor:
@@ -54,6 +83,13 @@ class SoftThreshold(nn.Module):
         return _SoftThresholdSTE.apply(theta, self.threshold)
 
 
+def latent_quantile(latents: list[torch.Tensor], sparsity: float) -> float:
+    """The threshold d at which a fraction `sparsity` of all |θ| is ≤ d."""
+    flat = torch.cat([t.detach().abs().flatten() for t in latents])
+    k = max(int(round(sparsity * flat.numel())), 1)
+    return float(flat.kthvalue(k).values)
+
+
 class LATSPruner(Pruner):
     name = "lats"
     options: LATSOptions
@@ -61,47 +97,118 @@ class LATSPruner(Pruner):
     def __init__(self, options: LATSOptions):
         super().__init__(options)
         self.threshold = 0.0
+        self.final = options.threshold_final     # D; moves only in target mode
         self.lr_accumulated = 0.0
-        self._lr_total = 0.0
+        self.fixed_masks: dict[str, torch.Tensor] = {}
+        self._lr_window = 0.0
+
+    # -- the pruning window in steps --
+    @property
+    def window(self) -> tuple[int, int]:
+        o, p = self.options, self.plan
+        if o.mode == "init":
+            return 0, p.total_steps
+        end_epoch = (o.end_epoch or max(p.epochs // 2, 1)) if o.mode == "early" else p.epochs
+        if not o.start_epoch < end_epoch <= p.epochs:
+            raise UserError(f"prune.lats: need start_epoch < end_epoch <= train.epochs, got "
+                            f"{o.start_epoch}, {end_epoch}, {p.epochs}")
+        return o.start_epoch * p.steps_per_epoch, end_epoch * p.steps_per_epoch
 
     def attach(self, model: nn.Module, layers: list[str], plan) -> None:
         super().attach(model, layers, plan)
+        start, end = self.window
+        self._lr_window = plan.lr_sum(start, end)
         for name in layers:
-            parametrize.register_parametrization(get_module(model, name), "weight", SoftThreshold())
-        start = self.options.start_epoch * plan.steps_per_epoch
-        self._lr_total = plan.lr_sum(start, plan.total_steps)
+            module = get_module(model, name)
+            if self.options.mode == "init":
+                with torch.no_grad():
+                    w = module.weight
+                    w.copy_(torch.sign(w) * (w.abs() + self.final))
+            parametrize.register_parametrization(module, "weight", SoftThreshold())
+        if self.options.mode == "init":
+            self._set_threshold(self.final)
 
-    def _parametrizations(self) -> list[SoftThreshold]:
-        return [get_module(self.model, n).parametrizations.weight[0] for n in self.layers]
+    def _modules(self) -> list[nn.Module]:
+        return [get_module(self.model, n) for n in self.layers]
+
+    def latents(self) -> list[torch.Tensor]:
+        return [m.parametrizations.weight.original for m in self._modules()]
 
     def _set_threshold(self, d: float) -> None:
         self.threshold = d
-        for p in self._parametrizations():
-            p.threshold.fill_(d)
+        for m in self._modules():
+            m.parametrizations.weight[0].threshold.fill_(d)
+
+    def _threshold_at(self, step: int) -> float:
+        """d after `step` optimizer steps have been taken (step = index of the last one, +1)."""
+        o = self.options
+        start, end = self.window
+        if o.mode == "init" or o.schedule == "constant":
+            return self.final if step > start or o.mode == "init" else 0.0
+        if o.schedule == "lats":
+            if o.l1_lambda > 0:
+                return o.l1_lambda * self.lr_accumulated
+            return self.final * min(self.lr_accumulated / max(self._lr_window, 1e-30), 1.0)
+        x = (min(step, end) - start) / max(end - start, 1)
+        return self.final * threshold_fraction(o.schedule, x, o.pgh_beta)
+
+    def after_backward(self, step: int) -> None:
+        for name, mask in self.fixed_masks.items():  # early pruning: the mask no longer moves
+            theta = get_module(self.model, name).parametrizations.weight.original
+            if theta.grad is not None:
+                theta.grad.mul_(mask)
 
     def after_step(self, step: int, lr: float) -> None:
-        if step < self.options.start_epoch * self.plan.steps_per_epoch:
-            return
-        self.lr_accumulated += lr
-        if self.options.l1_lambda > 0:
-            d = self.options.l1_lambda * self.lr_accumulated
-        else:
-            d = self.options.threshold_final * self.lr_accumulated / max(self._lr_total, 1e-30)
-        self._set_threshold(d)
+        start, end = self.window
+        if start <= step < end:
+            self.lr_accumulated += lr
+        if step >= start and not self.fixed_masks:
+            self._set_threshold(self._threshold_at(step + 1))
+        if self.fixed_masks:
+            with torch.no_grad():
+                for name, mask in self.fixed_masks.items():
+                    get_module(self.model, name).parametrizations.weight.original.mul_(mask)
+
+    def end_epoch(self, epoch: int) -> None:
+        o, p = self.options, self.plan
+        start, end = self.window
+        step = (epoch + 1) * p.steps_per_epoch
+        if o.target_sparsity > 0 and step < end:
+            self.final = max(latent_quantile(self.latents(), o.target_sparsity), 1e-12)
+            if o.mode == "init":
+                self._set_threshold(self.final)
+        if o.mode == "early" and step >= end and not self.fixed_masks:
+            self._fix_mask()
+
+    def _fix_mask(self) -> None:
+        """Early pruning: bake S_d(θ) into the latent and train the kept weights as a masked dense layer."""
+        with torch.no_grad():
+            for name, theta in zip(self.layers, self.latents()):
+                self.fixed_masks[name] = (theta.abs() > self.threshold).to(theta.dtype)
+                theta.copy_(soft_threshold(theta, self.threshold))
+        self._set_threshold(0.0)
 
     def log_state(self) -> dict:
-        return {"threshold": self.threshold}
+        return {"threshold": self.threshold, "threshold_final": self.final}
 
     def state_dict(self) -> dict:
-        return {"threshold": self.threshold, "lr_accumulated": self.lr_accumulated}
+        return {"threshold": self.threshold, "final": self.final, "lr_accumulated": self.lr_accumulated,
+                "fixed_masks": {k: v.clone() for k, v in self.fixed_masks.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.lr_accumulated = float(state["lr_accumulated"])
+        self.final = float(state.get("final", self.options.threshold_final))
+        self.fixed_masks = dict(state.get("fixed_masks", {}))
         self._set_threshold(float(state["threshold"]))
+
+    def summary(self) -> dict:
+        o = self.options
+        return {"schedule": o.schedule, "mode": o.mode, "threshold_final": self.final,
+                "sparsity_control": f"target {o.target_sparsity}" if o.target_sparsity > 0 else
+                ("l1_lambda" if o.l1_lambda > 0 else "threshold_final")}
 
     def freeze(self) -> nn.Module:
         """Write S_d(θ) into plain weights (not θ·mask, which would change the function)."""
-        for name in self.layers:
-            parametrize.remove_parametrizations(get_module(self.model, name), "weight",
-                                                leave_parametrized=True)
+        for module in self._modules():
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
         return super().freeze()

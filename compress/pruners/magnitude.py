@@ -7,9 +7,11 @@ from typing import Literal
 
 import torch
 
+from ..schedules import cubic_sparsity
 from ..schema import opt
 from ..selection import get_module
 from .base import MaskPruner
+from .groups import group_scores, pick_pruned, to_weight_shape
 
 
 @dataclass
@@ -60,3 +62,64 @@ def magnitude_masks(model, layers: list[str], sparsity: float, scope: str) -> di
         masks[n] = keep[offset:offset + w.numel()].view_as(w)
         offset += w.numel()
     return masks
+
+
+@dataclass
+class L1Options:
+    sparsity: float = opt(0.9, "Fraction of groups removed in every layer (at most n−1 per layer).",
+                          lo=0.0, hi=1.0, hi_open=True)
+    granularity: Literal["weight", "filter"] = opt("weight", "Single weights or whole filters / output rows "
+                                                   "(the last prunable layer is left whole in filter mode).")
+    prune_after: float = opt(0.3, "Fraction of the epochs trained dense before the one-shot prune. Set it to "
+                             "GReg's pick_after to remove exactly the groups GReg-1 picks.",
+                             lo=0.0, hi=1.0, hi_open=True)
+
+
+class L1Pruner(MaskPruner):
+    """One-shot layer-wise L1 pruning with GReg-1's selection rule: the fair baseline for GReg."""
+
+    name = "l1"
+    options: L1Options
+
+    def attach(self, model, layers: list[str], plan) -> None:
+        if self.options.granularity == "filter" and len(layers) > 1:
+            layers = layers[:-1]
+        super().attach(model, layers, plan)
+
+    def begin_epoch(self, epoch: int) -> None:
+        if epoch == math.floor(self.options.prune_after * self.plan.epochs) and not self.masks:
+            g = self.options.granularity
+            for n in self.layers:
+                w = get_module(self.model, n).weight
+                pruned = pick_pruned(group_scores(w, g), self.options.sparsity)
+                self.masks[n] = (~to_weight_shape(pruned, w, g)).contiguous()
+            self.apply_masks()
+
+
+@dataclass
+class GMPOptions:
+    sparsity: float = opt(0.9, "Final fraction of the selected weights set to zero.", lo=0.0, hi=1.0, hi_open=True)
+    scope: Literal["global", "layer"] = opt("global", "Magnitude cut over all layers or per layer.")
+    start: float = opt(0.1, "Fraction of training at which pruning starts.", lo=0.0, hi=1.0, hi_open=True)
+    end: float = opt(0.7, "Fraction of training at which the final sparsity is reached.", lo=0.0, hi=1.0,
+                     lo_open=True)
+    frequency: int = opt(20, "Steps between mask updates.", lo=1)
+
+
+class GMPPruner(MaskPruner):
+    """Gradual magnitude pruning (Zhu & Gupta 2017): sparsity follows a cubic ramp, masks by |w|."""
+
+    name = "gmp"
+    options: GMPOptions
+
+    def after_step(self, step: int, lr: float) -> None:
+        o, total = self.options, self.plan.total_steps
+        start, end = int(o.start * total), int(o.end * total)
+        if start <= step <= end and (step - start) % o.frequency == 0 or step == end:
+            target = cubic_sparsity(step, start, end, o.sparsity)
+            if target > 0:
+                self.masks = magnitude_masks(self.model, self.layers, target, o.scope)
+        self.apply_masks()
+
+    def log_state(self) -> dict:
+        return {"masked": bool(self.masks)}

@@ -1,0 +1,195 @@
+"""GReg-1 / GReg-2: pruning by growing L2 regularisation (Wang et al., ICLR 2021).
+
+After backward, grad += reg ⊙ w on top of weight decay, one reg value per group (weight or
+filter). GReg-1 picks the pruned groups once (lowest L1, `groups.pick_pruned`) and grows their
+reg by reg_granularity_prune every update_reg_interval steps until reg_upper_limit (filters may
+also stop when the kept/pruned magnitude ratio reaches mag_ratio_limit). GReg-2 first grows reg
+on all weights to reg_upper_limit_pick, picks by current magnitude (logging the overlap with the
+plain L1 pick), then grows the pruned groups and relaxes the kept ones (reg_granularity_recover).
+Then: stabilise for stabilize_steps with the penalty on, remove the pruned groups (mask), fine-tune.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..schema import opt
+from ..selection import get_module
+from .base import MaskPruner
+from .groups import group_scores, pick_pruned, to_weight_shape
+
+PHASES = ("dense", "pick", "prune", "stabilize", "finetune")
+
+
+@dataclass
+class GRegOptions:
+    variant: Literal[1, 2] = opt(1, "1: GReg-1 (fixed L1 pick, growing penalty); 2: GReg-2 (penalty on all, "
+                                 "pick by magnitude, then grow/recover).")
+    granularity: Literal["weight", "filter"] = opt("weight", "Groups: single weights (unstructured) or whole "
+                                                   "filters / output rows (structured; the last prunable layer "
+                                                   "is left whole since it yields the logits).")
+    sparsity: float = opt(0.9, "Fraction of groups pruned in every layer (at most n−1 per layer).",
+                          lo=0.0, hi=1.0, hi_open=True)
+    pick_after: float = opt(0.3, "Fraction of the epochs trained dense before regularisation starts.",
+                            lo=0.0, hi=1.0, hi_open=True)
+    reg_by: float = opt(0.7, "With reg_granularity_prune = 0: fraction of the epochs by which the penalty "
+                        "phases end (granularities are derived from it).", lo=0.0, hi=1.0, lo_open=True)
+    update_reg_interval: int = opt(5, "Steps between penalty updates.", lo=1)
+    reg_upper_limit: float = opt(1.0, "Penalty at which a layer's pruned groups are done.", lo=0.0, lo_open=True)
+    reg_granularity_prune: float = opt(0.0, "Penalty increment on pruned groups (official 1e-4; 0 = derived "
+                                       "from reg_by so that short runs finish).", lo=0.0)
+    reg_upper_limit_pick: float = opt(1e-2, "GReg-2: penalty on all weights before picking.", lo=0.0, lo_open=True)
+    reg_granularity_pick: float = opt(0.0, "GReg-2: increment while picking (official 1e-5; 0 = derived).", lo=0.0)
+    reg_granularity_recover: float = opt(-1e-4, "GReg-2: increment on kept groups after the pick (≤ 0).", hi=0.0)
+    stabilize_steps: int = opt(0, "Steps with the full penalty on before removal (official 10000 on CIFAR).", lo=0)
+    mag_ratio_limit: float = opt(1000.0, "Filter mode: a layer is also done when mean|kept|/mean|pruned| "
+                                 "(EMA 0.9) reaches this.", lo=1.0)
+
+
+class GRegPruner(MaskPruner):
+    name = "greg"
+    options: GRegOptions
+
+    def __init__(self, options: GRegOptions):
+        super().__init__(options)
+        self.phase = "dense"
+        self.reg: dict[str, torch.Tensor] = {}
+        self.pruned: dict[str, torch.Tensor] = {}    # per layer: bool per group
+        self.l1_pick: dict[str, torch.Tensor] = {}
+        self.done: dict[str, bool] = {}
+        self.mag_ratio: dict[str, float] = {}
+        self.l1_overlap: float | None = None
+        self.stable_steps = 0
+        self.gran_pick = self.gran_prune = 0.0
+
+    def attach(self, model: nn.Module, layers: list[str], plan) -> None:
+        if self.options.granularity == "filter" and len(layers) > 1:
+            layers = layers[:-1]
+        super().attach(model, layers, plan)
+        o = self.options
+        steps = max(int((o.reg_by - o.pick_after) * plan.total_steps), o.update_reg_interval)
+        updates = max(steps // o.update_reg_interval, 2)
+        if o.variant == 1:
+            self.gran_prune = o.reg_granularity_prune or o.reg_upper_limit / updates
+        else:
+            self.gran_pick = o.reg_granularity_pick or o.reg_upper_limit_pick / (updates // 2)
+            self.gran_prune = o.reg_granularity_prune or o.reg_upper_limit / (updates // 2)
+
+    def _weight(self, name: str) -> torch.Tensor:
+        return get_module(self.model, name).weight
+
+    def _groups(self, name: str) -> torch.Tensor:
+        return group_scores(self._weight(name), self.options.granularity)
+
+    def _pick(self) -> dict[str, torch.Tensor]:
+        return {n: pick_pruned(self._groups(n), self.options.sparsity) for n in self.layers}
+
+    def begin_epoch(self, epoch: int) -> None:
+        if self.phase == "dense" and epoch >= math.floor(self.options.pick_after * self.plan.epochs):
+            self.reg = {n: torch.zeros_like(self._groups(n)) for n in self.layers}
+            self.done = {n: False for n in self.layers}
+            if self.options.variant == 1:
+                self.pruned = self._pick()
+                self.phase = "prune"
+            else:
+                self.l1_pick = self._pick()  # what GReg-1 would remove, for the overlap log
+                self.phase = "pick"
+
+    def after_backward(self, step: int) -> None:
+        if self.phase not in ("pick", "prune", "stabilize"):
+            return
+        for n in self.layers:
+            w = self._weight(n)
+            if w.grad is not None:
+                w.grad.add_(to_weight_shape(self.reg[n], w, self.options.granularity) * w.detach())
+
+    def _update_mag_ratio(self, n: str) -> None:
+        scores, pruned = self._groups(n), self.pruned[n]
+        ratio = float(scores[~pruned].mean() / scores[pruned].mean().clamp_min(1e-12))
+        self.mag_ratio[n] = ratio if n not in self.mag_ratio else 0.9 * self.mag_ratio[n] + 0.1 * ratio
+
+    def after_step(self, step: int, lr: float) -> None:
+        o = self.options
+        if self.phase == "finetune":
+            self.apply_masks()
+            return
+        if self.phase == "stabilize":
+            self.stable_steps += 1
+            if self.stable_steps >= o.stabilize_steps:
+                self._remove()
+            return
+        if self.phase == "dense" or (step + 1) % o.update_reg_interval:
+            return
+        if self.phase == "pick":
+            for n in self.layers:
+                self.reg[n] += self.gran_pick
+            if min(float(r.max()) for r in self.reg.values()) >= o.reg_upper_limit_pick:
+                self.pruned = self._pick()
+                same = sum(int((self.l1_pick[n] & self.pruned[n]).sum()) for n in self.layers)
+                self.l1_overlap = same / max(sum(int(p.sum()) for p in self.pruned.values()), 1)
+                self.phase = "prune"
+            return
+        for n in self.layers:  # phase "prune"
+            if self.done[n]:
+                continue
+            reg, pruned = self.reg[n], self.pruned[n]
+            reg[pruned] += self.gran_prune
+            if o.variant == 2:
+                reg[~pruned] = (reg[~pruned] + o.reg_granularity_recover).clamp_min(0)
+            self._update_mag_ratio(n)
+            if float(reg[pruned].max()) > o.reg_upper_limit or (
+                    o.granularity == "filter" and self.mag_ratio[n] >= o.mag_ratio_limit):
+                self.done[n] = True
+        if all(self.done.values()):
+            self.phase = "stabilize"
+            if o.stabilize_steps == 0:
+                self._remove()
+
+    def _remove(self) -> None:
+        """Remove the pruned groups: from now on they are exact zeros (masks kept through fine-tuning)."""
+        self.masks = {n: ~to_weight_shape(self.pruned[n], self._weight(n), self.options.granularity)
+                      for n in self.layers}
+        self.masks = {n: m.contiguous() for n, m in self.masks.items()}
+        self.phase = "finetune"
+        self.apply_masks()
+
+    def end_epoch(self, epoch: int) -> None:
+        if epoch + 1 == self.plan.epochs and self.phase != "finetune" and self.pruned:
+            self._remove()  # budget ran out before the penalty finished: still deliver the pruned model
+
+    def log_state(self) -> dict:
+        state = {"phase": self.phase}
+        if self.reg:
+            state["reg_max"] = max(float(r.max()) for r in self.reg.values())
+        if self.mag_ratio:
+            state["mag_ratio_mean"] = sum(self.mag_ratio.values()) / len(self.mag_ratio)
+        if self.l1_overlap is not None:
+            state["l1_overlap"] = self.l1_overlap
+        return state
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "phase": self.phase, "reg": dict(self.reg), "pruned": dict(self.pruned),
+                "l1_pick": dict(self.l1_pick),
+                "done": {k: int(v) for k, v in self.done.items()}, "mag_ratio": dict(self.mag_ratio),
+                "l1_overlap": -1.0 if self.l1_overlap is None else self.l1_overlap,
+                "stable_steps": self.stable_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.phase = state["phase"]
+        self.reg, self.pruned, self.l1_pick = dict(state["reg"]), dict(state["pruned"]), dict(state["l1_pick"])
+        self.done = {k: bool(v) for k, v in state["done"].items()}
+        self.mag_ratio = dict(state["mag_ratio"])
+        self.l1_overlap = None if state["l1_overlap"] < 0 else state["l1_overlap"]
+        self.stable_steps = int(state["stable_steps"])
+        super().load_state_dict(state)
+
+    def summary(self) -> dict:
+        o = self.options
+        return {"variant": f"GReg-{o.variant}", "granularity": o.granularity, "phase_at_end": self.phase,
+                "reg_granularity_prune": self.gran_prune, "l1_overlap": self.l1_overlap,
+                "mag_ratio": dict(self.mag_ratio),
+                "pruned_groups": {n: int(p.sum()) for n, p in self.pruned.items()}}

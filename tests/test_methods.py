@@ -1,0 +1,182 @@
+"""Properties of the pruning methods of issue 3 that would fail if a method were wrong."""
+import math
+
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from compress.models import MLP, ModelConfig, build_model
+from compress.pruners import PruneConfig, TrainPlan, build_pruner
+from compress.pruners.greg import GRegOptions, GRegPruner
+from compress.pruners.groups import group_scores, pick_pruned
+from compress.pruners.lats import LATSOptions, LATSPruner
+from compress.pruners.magnitude import L1Options, L1Pruner
+from compress.pruners.str_reparam import STROptions, STRPruner
+from compress.schedules import cubic_sparsity, lr_at, threshold_fraction
+from compress.selection import LayerRule, select_layers
+from compress.sparsity import global_sparsity, layer_sparsity
+from compress.train import TrainConfig, train
+
+
+def plan(epochs=4, steps=10):
+    return TrainPlan(epochs, steps, lambda s: lr_at(s, epochs * steps, 0.1, "cosine", 5))
+
+
+def mlp(hidden=32):
+    torch.manual_seed(0)
+    model = MLP((1, 8, 8), 10, [hidden, hidden])
+    return model, select_layers(model, LayerRule())
+
+
+# ---- LATS family ----
+
+@pytest.mark.parametrize("kind", ["s-lats", "pgh"])
+def test_closed_forms_match_their_integrals(kind):
+    beta = 10.0
+    rate = (lambda u: 1 + math.cos(math.pi * u)) if kind == "s-lats" else (lambda u: beta ** u * (1 + math.cos(math.pi * u)))
+    n = 20000
+    total = sum(rate((i + 0.5) / n) for i in range(n))
+    for x in (0.1, 0.5, 0.9):
+        part = sum(rate((i + 0.5) / n) for i in range(int(x * n)))
+        assert threshold_fraction(kind, x, beta) == pytest.approx(part / total, abs=1e-4)
+    assert threshold_fraction("pgh", 0.37, 1.0) == pytest.approx(threshold_fraction("s-lats", 0.37))
+
+
+def test_init_mode_keeps_the_initial_function():
+    model, layers = mlp()
+    x = torch.randn(5, 1, 8, 8)
+    before = model(x)
+    pruner = LATSPruner(LATSOptions(mode="init", threshold_final=0.05))
+    pruner.attach(model, layers, plan())
+    assert pruner.threshold == 0.05
+    assert torch.allclose(model(x), before, atol=1e-6)  # S_D(sign(w)(|w| + D)) = w
+
+
+def test_early_mode_fixes_the_mask_after_end_epoch(digits):
+    model, layers = mlp()
+    pruner = LATSPruner(LATSOptions(mode="early", end_epoch=3, threshold_final=0.05))
+    history = train(model, pruner, digits, TrainConfig(epochs=6), layers, progress=False)
+    assert 0 < history[1]["threshold"] < 0.05 and history[2]["threshold_final"] == 0.05
+    assert pruner.fixed_masks and pruner.threshold == 0.0
+    masks_after = [row["sparsity"] for row in history[3:]]
+    assert max(masks_after) - min(masks_after) < 1e-9 and masks_after[0] > 0.2
+
+
+@pytest.mark.parametrize("method, target", [("lats", 0.9), ("lats", 0.95), ("str", 0.9)])
+def test_target_mode_within_one_point(digits, method, target):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="mlp"), digits.input_shape, digits.num_classes)
+    cfg = PruneConfig(method=method)
+    getattr(cfg, method).target_sparsity = target
+    pruner = build_pruner(cfg)
+    layers = select_layers(model, cfg.layers)
+    train(model, pruner, digits, TrainConfig(epochs=30), layers, progress=False)
+    assert global_sparsity(pruner.freeze(), layers) == pytest.approx(target, abs=0.01)
+    assert pruner.summary()["sparsity_control"] == f"target {target}"
+
+
+# ---- STR ----
+
+def test_str_gradient_is_zero_below_threshold_and_s_learns():
+    model, layers = mlp()
+    pruner = STRPruner(STROptions(s_init=-3.0))
+    pruner.attach(model, layers, plan())
+    layer = model.net[1]
+    theta = layer.parametrizations.weight.original
+    model(torch.randn(16, 1, 8, 8)).logsumexp(1).sum().backward()
+    below = theta.abs() <= torch.sigmoid(torch.tensor(-3.0))
+    assert 0.3 < below.float().mean() < 1.0
+    assert torch.all(theta.grad[below] == 0) and theta.grad[~below].abs().sum() > 0
+    assert layer.parametrizations.weight[0].s.grad is not None  # s is a trained parameter
+
+
+def test_str_learns_different_per_layer_sparsity(digits):
+    model, layers = mlp(64)
+    pruner = STRPruner(STROptions(s_init=-4.0, s_weight_decay=0.05))
+    train(model, pruner, digits, TrainConfig(epochs=15), layers, progress=False)
+    thresholds = pruner.summary()["thresholds"]
+    assert len({round(t, 4) for t in thresholds.values()}) == len(layers)
+    per_layer = layer_sparsity(pruner.freeze(), layers)
+    assert max(per_layer.values()) - min(per_layer.values()) > 0.05
+    assert not any(parametrize.is_parametrized(model.get_submodule(n)) for n in layers)
+
+
+def test_str_s_has_its_own_weight_decay(digits):
+    model, layers = mlp()
+    pruner = STRPruner(STROptions(s_weight_decay=0.123))
+    train(model, pruner, digits, TrainConfig(epochs=1, weight_decay=1e-4), layers, progress=False)
+    groups = {g.get("name"): g["weight_decay"] for g in pruner.optimizer.param_groups}
+    assert groups["str_s"] == 0.123 and groups[None] in (1e-4, 0.0)
+
+
+# ---- GReg and its L1 baseline ----
+
+@pytest.mark.parametrize("granularity", ["weight", "filter"])
+def test_greg1_penalty_grows_only_on_picked_groups_and_separates_magnitudes(digits, granularity):
+    model, layers = mlp(64)
+    pruner = GRegPruner(GRegOptions(variant=1, granularity=granularity, sparsity=0.5, pick_after=0.25, reg_by=0.9))
+    cfg = TrainConfig(epochs=8)
+    seen = []
+    original = pruner.after_step
+
+    def spy(step, lr):
+        original(step, lr)
+        if pruner.phase == "prune" and step % 25 == 0:
+            seen.append({n: r.clone() for n, r in pruner.reg.items()})
+
+    pruner.after_step = spy
+    history = train(model, pruner, digits, cfg, layers, progress=False)
+    assert len(seen) > 3
+    for n in pruner.layers:
+        picked = pruner.pruned[n]
+        assert torch.all(seen[-1][n][~picked] == 0) and torch.all(seen[-1][n][picked] > seen[0][n][picked])
+    ratios = [r["mag_ratio_mean"] for r in history if "mag_ratio_mean" in r]
+    assert ratios[-1] > 10 * ratios[0]
+    assert history[-1]["phase"] == "finetune"
+
+
+def test_l1_baseline_removes_exactly_grego1s_groups(digits):
+    picks = {}
+    for method in ("greg", "l1"):
+        model, layers = mlp(64)
+        cfg = PruneConfig(method=method)
+        cfg.greg = GRegOptions(variant=1, sparsity=0.7, pick_after=0.25)
+        cfg.l1 = L1Options(sparsity=0.7, prune_after=0.25)
+        pruner = build_pruner(cfg)
+        train(model, pruner, digits, TrainConfig(epochs=4), layers, progress=False)
+        picks[method] = {n: ~m for n, m in pruner.masks.items()}
+    assert picks["greg"].keys() == picks["l1"].keys()
+    for n in picks["greg"]:
+        assert torch.equal(picks["greg"][n], picks["l1"][n])
+
+
+def test_greg2_logs_overlap_with_l1(digits):
+    model, layers = mlp(64)
+    pruner = GRegPruner(GRegOptions(variant=2, sparsity=0.8, pick_after=0.25))
+    history = train(model, pruner, digits, TrainConfig(epochs=8), layers, progress=False)
+    assert 0.0 < history[-1]["l1_overlap"] <= 1.0
+    assert global_sparsity(pruner.freeze(), pruner.layers) == pytest.approx(0.8, abs=0.01)
+
+
+def test_pick_pruned_keeps_at_least_one_group():
+    scores = torch.tensor([3.0, 1.0, 2.0])
+    assert pick_pruned(scores, 0.99).tolist() == [False, True, True]  # n−1 at most: the best group stays
+    assert pick_pruned(scores, 0.3).tolist() == [False, True, False]  # ceil(0.3·3) = 1, the lowest
+    w = torch.arange(24.0).view(4, 6)
+    assert group_scores(w, "filter").shape == (4,)
+
+
+# ---- GMP ----
+
+def test_cubic_schedule_and_gmp_reaches_target(digits):
+    values = [cubic_sparsity(s, 10, 110, 0.9) for s in range(0, 130)]
+    assert values[9] == 0 and values[110] == pytest.approx(0.9) and values[-1] == pytest.approx(0.9)
+    assert all(b >= a for a, b in zip(values, values[1:]))
+    model, layers = mlp()
+    cfg = PruneConfig(method="gmp")
+    cfg.gmp.sparsity = 0.85
+    pruner = build_pruner(cfg)
+    history = train(model, pruner, digits, TrainConfig(epochs=8), layers, progress=False)
+    sparsities = [r["sparsity"] for r in history]
+    assert all(b >= a - 1e-9 for a, b in zip(sparsities, sparsities[1:]))
+    assert sparsities[-1] == pytest.approx(0.85, abs=1e-3)
