@@ -3,13 +3,19 @@
 - digits: scikit-learn's bundled 8x8 handwritten digits (1,797 real images), split
   deterministically into train/test.
 - mnist / fashion-mnist: the four standard IDX files (.gz or plain) in a folder.
+- cifar10 / cifar100: the binary distribution (data_batch_*.bin / train.bin ...), as a folder or
+  the original .tar.gz. The pickled "python version" is refused: unpickling runs code.
+- imagefolder: ROOT/train/CLASS/*.png|jpg and ROOT/test/CLASS/... (or val/), resized.
 """
 from __future__ import annotations
 
 import gzip
 import struct
+import io
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,7 +27,7 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-DATASETS = ("digits", "mnist", "fashion-mnist")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 
 
 @dataclass
@@ -33,6 +39,10 @@ class DataConfig:
                                lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     train_limit: int = opt(0, "Use only the first N training samples (0 = all).", lo=0)
     test_limit: int = opt(0, "Use only the first N test samples (0 = all).", lo=0)
+    augment: Literal["auto", "none", "crop-flip"] = opt(
+        "auto", "Training augmentation: crop-flip (pad 4, random crop, horizontal flip), none, or auto "
+        "(crop-flip for cifar10/cifar100, none otherwise).")
+    image_size: int = opt(32, "imagefolder: images are resized to this square size.", lo=4)
 
     def check(self, where: str) -> None:
         if self.name not in DATASETS:
@@ -54,6 +64,7 @@ class Data:
     train: Split
     test: Split
     num_classes: int
+    augment: str = "none"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -104,7 +115,10 @@ def load_idx_folder(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarra
 
 
 def _normalise(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, std = train_x.mean(), train_x.std().clamp_min(1e-8)
+    """Per-channel standardisation with the training split's statistics."""
+    dims = (0, 2, 3)
+    mean = train_x.mean(dims, keepdim=True)
+    std = train_x.std(dims, keepdim=True).clamp_min(1e-8)
     return (train_x - mean) / std, (test_x - mean) / std
 
 
@@ -114,12 +128,108 @@ def _limit(split: Split, n: int) -> Split:
 
 def load_config_data(cfg: DataConfig, seed: int = 0) -> "Data":
     """`load_data` for a config section."""
-    return load_data(cfg.name, cfg.root, seed=seed, test_fraction=cfg.test_fraction,
-                     train_limit=cfg.train_limit, test_limit=cfg.test_limit)
+    data = load_data(cfg.name, cfg.root, seed=seed, test_fraction=cfg.test_fraction,
+                     train_limit=cfg.train_limit, test_limit=cfg.test_limit, image_size=cfg.image_size)
+    data.augment = cfg.augment if cfg.augment != "auto" else (
+        "crop-flip" if cfg.name in ("cifar10", "cifar100") else "none")
+    return data
+
+
+CIFAR_FILES = {
+    "cifar10": {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]},
+    "cifar100": {"train": ["train.bin"], "test": ["test.bin"]},
+}
+
+
+def _cifar_blobs(root: Path, names: list[str]) -> list[tuple[str, bytes]]:
+    """The named .bin files from a folder (searched recursively) or from a .tar.gz archive."""
+    if root.is_file() and root.name.endswith((".tar.gz", ".tgz", ".tar")):
+        try:
+            with tarfile.open(root) as tar:
+                members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+                missing = [n for n in names if n not in members]
+                if missing:
+                    raise UserError(f"{root}: archive lacks {', '.join(missing)} (binary CIFAR expected)")
+                return [(n, tar.extractfile(members[n]).read()) for n in names]
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise UserError(f"{root}: cannot read archive ({e})") from None
+    if not root.is_dir():
+        raise UserError(f"data.root: folder or archive not found: {root}")
+    out = []
+    for n in names:
+        hits = sorted(root.rglob(n))
+        if not hits:
+            pickled = sorted(root.rglob("data_batch_1")) + sorted(root.rglob("train"))
+            hint = (" (found the pickled 'python version'; sparsepipe does not unpickle data: use the binary "
+                    "version)") if any(h.is_file() for h in pickled) else ""
+            raise UserError(f"{root}: missing {n}{hint}")
+        out.append((str(hits[0]), hits[0].read_bytes()))
+    return out
+
+
+def load_cifar(root: str | Path, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images [N, 3, 32, 32] uint8 and labels [N] of one CIFAR split (binary format)."""
+    label_bytes = 1 if name == "cifar10" else 2  # CIFAR-100: coarse, fine
+    record = label_bytes + 3072
+    images, labels = [], []
+    for source, blob in _cifar_blobs(Path(root), CIFAR_FILES[name][split]):
+        if len(blob) == 0 or len(blob) % record:
+            raise UserError(f"{source}: size {len(blob)} is not a whole number of {record}-byte {name} records")
+        arr = np.frombuffer(blob, dtype=np.uint8).reshape(-1, record)
+        labels.append(arr[:, label_bytes - 1].astype(np.int64))
+        images.append(arr[:, label_bytes:].reshape(-1, 3, 32, 32))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def load_imagefolder(root: str | Path, split: str, size: int, classes: list[str] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images [N, C, size, size] uint8 from ROOT/SPLIT/CLASS/*; grey if every image is grey, else RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(root) / split
+    if split == "test" and not folder.is_dir() and (Path(root) / "val").is_dir():
+        folder = Path(root) / "val"
+    if not folder.is_dir():
+        raise UserError(f"data.root: {folder} not found (imagefolder needs train/ and test/ or val/)")
+    classes = classes or sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"{folder}: no class folders")
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for path in sorted((folder / cls).glob("*")) if (folder / cls).is_dir() else []:
+            if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"):
+                continue
+            try:
+                with Image.open(path) as im:
+                    images.append(im.convert("RGB").resize((size, size), Image.BILINEAR))
+            except (UnidentifiedImageError, OSError) as e:
+                raise UserError(f"{path}: not a readable image ({e})") from None
+            labels.append(label)
+    if not images:
+        raise UserError(f"{folder}: no images found")
+    arr = np.stack([np.asarray(im) for im in images]).transpose(0, 3, 1, 2)
+    if np.all(arr[:, 0] == arr[:, 1]) and np.all(arr[:, 1] == arr[:, 2]):
+        arr = arr[:, :1]
+    return np.ascontiguousarray(arr), np.asarray(labels, dtype=np.int64), classes
+
+
+def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Standard CIFAR augmentation on a batch: zero-pad, random crop back to size, random h-flip."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
+    out = out.gather(3, cols)
+    flip = torch.rand(n, generator=generator) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out
 
 
 def load_data(name: str, root: str = "", *, seed: int = 0, test_fraction: float = 0.2,
-              train_limit: int = 0, test_limit: int = 0) -> Data:
+              train_limit: int = 0, test_limit: int = 0, image_size: int = 32) -> Data:
     """Load a dataset by name; `*_limit` > 0 keeps the first N samples (quick runs)."""
     if name == "digits":
         from sklearn.datasets import load_digits
@@ -140,6 +250,18 @@ def load_data(name: str, root: str = "", *, seed: int = 0, test_fraction: float 
             parts[split] = Split(torch.from_numpy(imgs.astype(np.float32) / 255.0).unsqueeze(1),
                                  torch.from_numpy(lbls.astype(np.int64)))
         train, test = parts["train"], parts["test"]
+    elif name in ("cifar10", "cifar100", "imagefolder"):
+        if not root:
+            raise UserError(f"data.root: {name} needs the folder (or archive) holding its files")
+        if name == "imagefolder":
+            tr_x, tr_y, classes = load_imagefolder(root, "train", image_size)
+            te_x, te_y, _ = load_imagefolder(root, "test", image_size, classes)
+            if tr_x.shape[1] != te_x.shape[1]:  # one split grey, the other colour: use colour for both
+                tr_x, te_x = (np.repeat(a, 3, axis=1) if a.shape[1] == 1 else a for a in (tr_x, te_x))
+        else:
+            (tr_x, tr_y), (te_x, te_y) = load_cifar(root, name, "train"), load_cifar(root, name, "test")
+        train = Split(torch.from_numpy(tr_x.astype(np.float32) / 255.0), torch.from_numpy(tr_y))
+        test = Split(torch.from_numpy(te_x.astype(np.float32) / 255.0), torch.from_numpy(te_y))
     else:
         raise UserError(f"data.name: unknown dataset {name!r} (expected one of: {', '.join(DATASETS)})")
     train, test = _limit(train, train_limit), _limit(test, test_limit)
@@ -153,14 +275,14 @@ def load_data(name: str, root: str = "", *, seed: int = 0, test_fraction: float 
     return Data(Split(train_x, train.y), Split(test_x, test.y), num_classes)
 
 
-def batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0):
-    """Yield (x, y) mini-batches. The order depends only on (seed, epoch), so a resumed run sees the same data."""
+def batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+            augment: str = "none"):
+    """Yield (x, y) mini-batches. Order and augmentation depend only on (seed, epoch), so a resumed
+    run sees the same data."""
     n = len(split)
-    if shuffle:
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=g)
-    else:
-        order = torch.arange(n)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
-        yield split.x[idx], split.y[idx]
+        x = split.x[idx]
+        yield (crop_flip(x, g) if augment == "crop-flip" else x), split.y[idx]

@@ -117,7 +117,8 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
         pruner.begin_epoch(epoch)
         step = epoch * plan.steps_per_epoch
         loss_sum, seen = 0.0, 0
-        for x, y in batches(data.train, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch):
+        for x, y in batches(data.train, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch,
+                            augment=data.augment):
             x, y = x.to(device), y.to(device)
             lr = plan.lr_at(step)
             for group in optimizer.param_groups:

@@ -1,5 +1,7 @@
 import gzip
 
+import torch
+
 import numpy as np
 import pytest
 
@@ -48,3 +50,79 @@ def test_missing_folder_and_files(tmp_path):
         load_data("mnist", str(tmp_path))
     with pytest.raises(UserError, match="needs the folder"):
         load_data("mnist", "")
+
+
+def cifar_records(digits, n, label_bytes):
+    """Real digit images (8x8, grey) placed into the CIFAR binary record layout (32x32 RGB)."""
+    from sklearn.datasets import load_digits
+    bunch = load_digits()
+    imgs = (bunch.images[:n] * 255 / 16).astype(np.uint8)
+    big = np.zeros((n, 3, 32, 32), dtype=np.uint8)
+    big[:, :, 12:20, 12:20] = imgs[:, None]
+    labels = bunch.target[:n].astype(np.uint8)
+    head = np.stack([labels] * label_bytes, 1)
+    return np.concatenate([head, big.reshape(n, -1)], 1).tobytes(), big, labels
+
+
+def test_cifar10_binary_folder_and_archive(tmp_path, digits):
+    import tarfile
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    expected = []
+    for i, name in enumerate([f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]):
+        blob, imgs, labels = cifar_records(digits, 20 + i, 1)
+        (folder / name).write_bytes(blob)
+        expected.append(labels)
+    data = load_data("cifar10", str(tmp_path))
+    assert data.input_shape == (3, 32, 32) and len(data.train) == sum(range(20, 25)) and len(data.test) == 25
+    assert data.test.y.tolist() == expected[-1].tolist()
+    archive = tmp_path / "cifar-10-binary.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-bin")
+    again = load_data("cifar10", str(archive))
+    assert torch.equal(again.train.x, data.train.x)
+    (folder / "test_batch.bin").write_bytes(b"\x01" * 100)
+    with pytest.raises(UserError, match="not a whole number of 3073-byte"):
+        load_data("cifar10", str(folder))
+
+
+def test_cifar100_uses_fine_labels_and_refuses_pickles(tmp_path, digits):
+    blob, _, labels = cifar_records(digits, 30, 2)
+    (tmp_path / "train.bin").write_bytes(blob)
+    (tmp_path / "test.bin").write_bytes(blob)
+    data = load_data("cifar100", str(tmp_path))
+    assert data.train.y.tolist() == labels.tolist()
+    pickled = tmp_path / "py"
+    pickled.mkdir()
+    (pickled / "data_batch_1").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(UserError, match="does not unpickle"):
+        load_data("cifar10", str(pickled))
+
+
+def test_imagefolder(tmp_path, digits):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    bunch = load_digits()
+    for split, rng in (("train", range(0, 60)), ("val", range(60, 80))):
+        for i in rng:
+            d = tmp_path / split / f"class_{bunch.target[i]}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((bunch.images[i] * 255 / 16).astype(np.uint8)).save(d / f"{i}.png")
+    data = load_data("imagefolder", str(tmp_path), image_size=16)
+    assert data.input_shape == (1, 16, 16) and len(data.train) == 60 and len(data.test) == 20
+    (tmp_path / "train" / "class_0" / "broken.png").write_bytes(b"nope")
+    with pytest.raises(UserError, match="broken.png: not a readable image"):
+        load_data("imagefolder", str(tmp_path))
+
+
+def test_crop_flip_is_deterministic_and_shape_preserving():
+    from compress.data import crop_flip
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8).repeat(8, 1, 1, 1)
+    a = crop_flip(x, torch.Generator().manual_seed(1))
+    b = crop_flip(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.equal(a, x)
+    flipped_only = crop_flip(x, torch.Generator().manual_seed(2), pad=0)
+    kinds = ["same" if torch.equal(o, i) else "mirror" if torch.equal(o, i.flip(2)) else "other"
+             for o, i in zip(flipped_only, x)]
+    assert "other" not in kinds and {"same", "mirror"} <= set(kinds)

@@ -1,0 +1,80 @@
+"""Model zoo by name. Input shape and class count always come from the data, never hard-coded."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..schema import opt
+from .mobilenet import MobileNetV1
+from .resnet import CifarResNet
+from .small import MLP, LeNet5
+from .vgg import VGG
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt("mlp", "Model: mlp, lenet5, resnet20/32/56, vgg16/19, mobilenet_v1, 'torchvision:NAME' "
+                    "(e.g. torchvision:resnet18), or 'package.module:factory' called as "
+                    "factory(input_shape=..., num_classes=...).")
+    hidden: list[int] = opt([256, 256], "mlp: widths of the hidden layers.", lo=1)
+    width: float = opt(1.0, "resnet/vgg/mobilenet_v1: channel width multiplier.", lo=0.0, lo_open=True)
+
+    def check(self, where: str) -> None:
+        if self.name not in MODELS and ":" not in self.name:
+            raise UserError(f"{where}.name: unknown model {self.name!r} "
+                            f"(expected one of: {', '.join(MODELS)}, or 'package.module:factory')")
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": lambda cfg, shape, classes: MLP(shape, classes, cfg.hidden),
+    "lenet5": lambda cfg, shape, classes: LeNet5(shape, classes),
+    "resnet20": lambda cfg, shape, classes: CifarResNet(20, shape[0], classes, cfg.width),
+    "resnet32": lambda cfg, shape, classes: CifarResNet(32, shape[0], classes, cfg.width),
+    "resnet56": lambda cfg, shape, classes: CifarResNet(56, shape[0], classes, cfg.width),
+    "vgg16": lambda cfg, shape, classes: VGG(16, shape[0], classes, cfg.width),
+    "vgg19": lambda cfg, shape, classes: VGG(19, shape[0], classes, cfg.width),
+    "mobilenet_v1": lambda cfg, shape, classes: MobileNetV1(shape[0], classes, cfg.width),
+}
+
+
+class RepeatChannels(nn.Module):
+    """Feeds grey images to models built for RGB by repeating the channel."""
+
+    def __init__(self, model: nn.Module, channels: int):
+        super().__init__()
+        self.model, self.channels = model, channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.expand(-1, self.channels, -1, -1))
+
+
+def torchvision_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    import torchvision
+
+    try:
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    except (ValueError, KeyError) as e:
+        raise UserError(f"model.name: torchvision has no model {name!r} ({e})") from None
+    return RepeatChannels(model, 3) if input_shape[0] == 1 else model
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Instantiate the configured model for data of `input_shape` with `num_classes` classes."""
+    if cfg.name in MODELS:
+        return MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
+    module_name, _, attr = cfg.name.partition(":")
+    if module_name == "torchvision":
+        return torchvision_model(attr, tuple(input_shape), num_classes)
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"model.name: cannot import {cfg.name!r} ({e})") from None
+    model = factory(input_shape=tuple(input_shape), num_classes=num_classes)
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model.name: {cfg.name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
