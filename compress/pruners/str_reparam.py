@@ -3,7 +3,7 @@
 w = sign(θ)·ReLU(|θ| − sigmoid(s_l)), one scalar s_l per layer trained by SGD with the rest.
 Unlike LATS the gradient is the true one: zero for weights below the threshold (only weight
 decay still shrinks them). Sparsity emerges from (s_init, weight decay on s, Σ η). Target mode
-tunes the weight decay on s between epochs (a larger decay pulls s up, raising the threshold).
+tunes the weight decay on s between epochs (a larger decay pulls s up, raising the threshold), every 1% of training.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ class STROptions:
                         "ImageNet; short or small runs need about -5..-10.")
     s_weight_decay: float = opt(-1.0, "Weight decay on s (negative: the same as train.weight_decay).")
     target_sparsity: float = opt(0.0, "Target global sparsity (0 = off): the weight decay on s is tuned "
-                                 "between epochs toward it.", lo=0.0, hi=1.0, hi_open=True)
+                                 "every 1% of training toward a cubic ramp ending at the target.",
+                                 lo=0.0, hi=1.0, hi_open=True)
     ramp_fraction: float = opt(0.75, "Target mode: fraction of the epochs over which sparsity ramps "
                                "(cubic) to the target.", lo=0.0, hi=1.0, lo_open=True)
 
@@ -55,6 +56,22 @@ class STRPruner(Pruner):
         for name in layers:
             parametrize.register_parametrization(get_module(model, name), "weight",
                                                  SoftThresholdLearned(self.options.s_init))
+        if self.options.target_sparsity > 0:
+            self.s_decay = self.calibrated_decay()
+
+    def calibrated_decay(self) -> float:
+        """Target mode's starting decay on s. With only decay acting, s_t = s_0·exp(−wd·Σ η), so
+        reaching s* = logit(g*) by the end of the ramp, g* being the |w| quantile at the target
+        sparsity now, takes wd = ln(s_0 / s*) / Σ_ramp η."""
+        o, plan = self.options, self.plan
+        weights = torch.cat([get_module(self.model, n).parametrizations.weight.original.detach().abs().flatten()
+                             for n in self.layers])
+        g = float(weights.kthvalue(max(int(o.target_sparsity * weights.numel()), 1)).values)
+        s_target = math.log(g / (1 - g)) if 0 < g < 0.5 else -1e-3
+        lr_sum = plan.lr_sum(0, max(int(o.ramp_fraction * plan.total_steps), 1))
+        if not s_target > o.s_init or o.s_init >= 0:
+            return 5e-4
+        return math.log(o.s_init / s_target) / max(lr_sum, 1e-12)
 
     def _params(self) -> list[nn.Parameter]:
         return [get_module(self.model, n).parametrizations.weight[0].s for n in self.layers]
@@ -65,20 +82,24 @@ class STRPruner(Pruner):
     def _s_group(self) -> dict:
         return next(g for g in self.optimizer.param_groups if g.get("name") == "str_s")
 
-    def end_epoch(self, epoch: int) -> None:
-        o = self.options
-        if o.target_sparsity <= 0 or epoch + 1 >= self.plan.epochs:
+    def after_step(self, step: int, lr: float) -> None:
+        o, total = self.options, self.plan.total_steps
+        interval = max(total // 100, 1)
+        if o.target_sparsity <= 0 or (step + 1) % interval or step + 1 >= total:
             return
-        x = min((epoch + 1) / (o.ramp_fraction * self.plan.epochs), 1.0)
+        x = min((step + 1) / (o.ramp_fraction * total), 1.0)
         wanted = o.target_sparsity * (1 - (1 - x) ** 3)
-        zeros = total = 0
+        zeros = total_weights = 0
         with torch.no_grad():
             for name in self.layers:
                 w = get_module(self.model, name).weight
-                zeros, total = zeros + int((w == 0).sum()), total + w.numel()
+                zeros, total_weights = zeros + int((w == 0).sum()), total_weights + w.numel()
         group = self._s_group()
-        # Multiplicative feedback: behind the ramp → more decay on s (higher threshold), ahead → less.
-        group["weight_decay"] = max(group["weight_decay"], 1e-6) * math.exp(8.0 * (wanted - zeros / total))
+        # Bounded multiplicative feedback: behind the ramp → more decay on s (higher threshold),
+        # ahead → less. Small steps often, because an overshoot to 100% cannot be undone (a fully
+        # pruned layer passes no gradient back to its s).
+        factor = min(max(math.exp(4.0 * (wanted - zeros / total_weights)), 0.8), 1.25)
+        group["weight_decay"] = min(max(group["weight_decay"], 1e-6) * factor, 1.0)
         self.s_decay = group["weight_decay"]
 
     def log_state(self) -> dict:
