@@ -52,6 +52,9 @@ def markdown(report: dict) -> str:
     lines += [f"| {a} | {b} | {c} |" for a, b, c in summary_rows(report)]
     lines += ["", "## Gate", ""]
     lines += [f"- {'pass' if c['passed'] else '**FAIL**'}: {c['message']}" for c in gate["checks"]]
+    if report.get("pruner"):
+        lines += ["", "## Pruner", ""]
+        lines += [f"- {k}: `{json.dumps(v) if isinstance(v, (dict, list)) else v}`" for k, v in report["pruner"].items()]
     lines += ["", "## Per-layer sparsity", "", "| layer | sparsity |", "|---|---|"]
     lines += [f"| `{k}` | {_pct(v)} |" for k, v in report["sparsity"]["per_layer"].items()]
     lat = report["latency"]

@@ -13,6 +13,12 @@ def write(tmp_path, text):
     return p
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+
+
 def test_shipped_configs_load():
     qs = load_config(REPO / "configs" / "quickstart.toml")
     assert qs.data.name == "digits" and qs.prune.method == "lats"
