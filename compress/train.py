@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import atomic
+from . import atomic, distributed
 from .data import Data, Split, batches
 from .errors import UserError
 from .pruners import Pruner, TrainPlan
@@ -43,9 +43,12 @@ class TrainConfig:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device: {name!r} requested but no CUDA device is available")
+    world = distributed.current()
+    if name == "cuda" and world.size > 1:
+        return torch.device("cuda", world.local_rank)  # one GPU per rank
     return torch.device(name)
 
 
@@ -93,12 +96,20 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
     resumes from an existing checkpoint (weights, optimizer, pruner state, epoch).
     """
     device = resolve_device(cfg.device)
+    world = distributed.current()
+    if cfg.batch_size % world.size:
+        raise UserError(f"train.batch_size: {cfg.batch_size} does not split over {world.size} processes")
     plan = make_plan(cfg, len(data.train))
     pruner.attach(model, layers, plan)
     model.to(device)
     optimizer = _optimizer(model, pruner, cfg)
     pruner.bind_optimizer(optimizer)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    net = model
+    if world.size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_amp else None)
 
     history: list[dict] = []
     start_epoch = 0
@@ -111,7 +122,7 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
         start_epoch, history = int(state["epoch"]), list(state["history"])
 
     bar = tqdm(range(start_epoch, cfg.epochs), desc=desc, total=cfg.epochs, initial=start_epoch,
-               disable=not progress, leave=True, dynamic_ncols=True, mininterval=1.0)
+               disable=not progress or not world.main, leave=True, dynamic_ncols=True, mininterval=1.0)
     for epoch in bar:
         model.train()
         pruner.begin_epoch(epoch)
@@ -119,35 +130,40 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
         loss_sum, seen = 0.0, 0
         for x, y in batches(data.train, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch,
                             augment=data.augment):
-            x, y = x.to(device), y.to(device)
+            x, y = x[world.rank::world.size].to(device), y[world.rank::world.size].to(device)
             lr = plan.lr_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = loss_fn(model(x), y)
+            with torch.autocast(device.type, enabled=use_amp):
+                loss = loss_fn(net(x), y)
             if not torch.isfinite(loss):
                 where = f"; last good checkpoint kept at {ckpt}" if ckpt and ckpt.exists() else ""
                 raise UserError(f"training diverged at epoch {epoch} step {step} (loss={loss.item()}); "
                                 f"lower train.lr{where}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # pruners see true gradients (GReg adds its penalty to them)
             pruner.after_backward(step)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             pruner.after_step(step, lr)
             loss_sum += loss.item() * len(y)
             seen += len(y)
             step += 1
         pruner.end_epoch(epoch)
+        loss_sum, seen = distributed.sum_across([loss_sum, seen])
         test_acc, test_loss = evaluate(model, data.test, device=device)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "test_loss": test_loss,
                "test_accuracy": test_acc, "sparsity": global_sparsity(model, layers), **pruner.log_state()}
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{test_acc:.3f}", sparsity=f"{row['sparsity']:.3f}",
                         refresh=False)
-        if out_dir:
+        if out_dir and world.main:
             atomic.write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
             with atomic.atomic_path(ckpt) as tmp:
                 torch.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "pruner": pruner.state_dict(), "history": history}, tmp)
+        distributed.barrier()  # no rank runs ahead of the checkpoint it would resume from
     bar.close()
     return history
 

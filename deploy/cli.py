@@ -76,21 +76,31 @@ def print_summary(report: dict, run_dir: Path) -> None:
 
 
 def cmd_run(args) -> int:
+    from compress.distributed import init_from_env
+
     from .config import load_config
     from .pipeline import open_run, run_pipeline
 
     cfg = load_config(args.config, args.overrides)
+    init_from_env(cfg.train.device)  # under torchrun: join the process group (DDP)
     run_dir = args.out or Path("runs") / cfg.name
     run = open_run(run_dir, cfg, progress=not args.no_progress)
     report = run_pipeline(run, force=args.force)
+    if report is None:  # a helper rank under torchrun: rank 0 reports
+        return EXIT_OK
     print_summary(report, run_dir)
     return EXIT_OK if report["gate"]["passed"] else EXIT_REGRESSION
 
 
 def cmd_stage(args) -> int:
+    from compress.distributed import current, init_from_env
+
     from .pipeline import open_run, run_pipeline, run_stage
 
     run = open_run(args.run_dir, progress=not args.no_progress)
+    init_from_env(run.cfg.train.device)
+    if args.command != "train" and not current().main:
+        return EXIT_OK
     if args.command == "validate":  # the stage that decides the verdict prints it
         report = run_pipeline(run, stages=("validate",), force=args.force)
         print_summary(report, args.run_dir)

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from compress import __version__, atomic
+from compress import __version__, atomic, distributed
 from compress.data import Data, load_config_data
 from compress.errors import UserError
 from compress.models import build_model
@@ -116,7 +116,8 @@ def stage_train(run: Run) -> list[str]:
         train(model, pruner, run.data, run.cfg.train, run.layers, seed=run.cfg.seed, out_dir=folder,
               desc=f"train {variant}", progress=run.progress)
         out += [f"train/{variant}/checkpoint.pt", f"train/{variant}/metrics.jsonl"]
-    atomic.write_json(run.dir / "train" / "layers.json", run.layers)
+    if distributed.current().main:
+        atomic.write_json(run.dir / "train" / "layers.json", run.layers)
     return out + ["train/layers.json"]
 
 
@@ -264,19 +265,33 @@ def up_to_date(run: Run, stage: str, fp: str) -> bool:
 
 
 def run_stage(run: Run, stage: str, force: bool = False) -> bool:
-    """Run one stage unless up to date; returns True when it ran."""
+    """Run one stage unless up to date; returns True when it ran.
+
+    Under torchrun every rank runs 'train'; rank 0 alone writes markers and manifests.
+    """
+    world = distributed.current()
     fp = fingerprint(run, stage)
     if not force and up_to_date(run, stage, fp):
         return False
     folder = run.dir / STAGE_DIRS[stage]
     marker = folder / ".inputs"
-    # Old outputs from other inputs must not leak in (e.g. a stale checkpoint to resume from).
-    if force or not marker.exists() or marker.read_text() != fp:
-        shutil.rmtree(folder, ignore_errors=True)
-    (folder / "stage.json").unlink(missing_ok=True)
-    atomic.write_text(marker, fp)
+    if world.main:
+        # Old outputs from other inputs must not leak in (e.g. a stale checkpoint to resume from).
+        if force or not marker.exists() or marker.read_text() != fp:
+            shutil.rmtree(folder, ignore_errors=True)
+        (folder / "stage.json").unlink(missing_ok=True)
+        for stale in folder.rglob(".*.tmp"):  # left by a process killed mid-write
+            stale.unlink()
+        atomic.write_text(marker, fp)
+    collective = stage == "train"  # the one stage all ranks run
+    if collective:
+        distributed.barrier()
     t0 = time.perf_counter()
     outputs = STAGE_FUNCS[stage](run)
+    if collective:
+        distributed.barrier()
+    if not world.main:
+        return True
     atomic.write_json(folder / "stage.json", {
         "stage": stage, "fingerprint": fp, "wall_time_s": round(time.perf_counter() - t0, 3),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -302,13 +317,22 @@ def open_run(run_dir: str | Path, cfg: RunConfig | None = None, **kwargs) -> Run
         if version != CONFIG_VERSION:
             raise UserError(f"{path}: config_version {version!r}, this sparsepipe reads version {CONFIG_VERSION}")
         cfg = load_config(path)
-    else:
+    elif distributed.current().main:
         atomic.write_text(path, to_toml(resolved_table(cfg)))
+    distributed.barrier()
     return Run(run_dir, cfg, **kwargs)
 
 
-def run_pipeline(run: Run, stages: tuple[str, ...] = STAGES, force: bool = False) -> dict:
-    """Run `stages` in order (skipping up-to-date ones) and return the report."""
+def run_pipeline(run: Run, stages: tuple[str, ...] = STAGES, force: bool = False) -> dict | None:
+    """Run `stages` in order (skipping up-to-date ones) and return the report.
+
+    Under torchrun, ranks other than 0 help with 'train' only and return None.
+    """
+    world = distributed.current()
+    if not world.main:
+        if "train" in stages:
+            run_stage(run, "train", force=force)
+        return None
     for i, stage in enumerate(stages, 1):
         t0 = time.perf_counter()
         ran = run_stage(run, stage, force=force)
