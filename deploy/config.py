@@ -67,7 +67,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         table = tomllib.loads(path.read_text())
     except OSError as e:
         raise UserError(f"{path}: cannot read config ({e.strerror})") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: invalid TOML ({e})") from None
     table.pop("config_version", None)
     cfg = parse(RunConfig, apply_overrides(table, list(overrides)), path.name)

@@ -60,8 +60,8 @@ def load_csr(folder: str | Path, model_id: str | None = None) -> dict[str, torch
     manifest_path = folder / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{manifest_path}: cannot read sparse-format manifest ({e})") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{manifest_path}: cannot read sparse-format manifest ({str(e)[:200]})") from None
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise UserError(f"{manifest_path}: format {manifest.get('format')!r} version {manifest.get('version')!r}, "
                         f"expected {FORMAT!r} version {VERSION}")

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from compress.errors import UserError
+
 
 def make_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
     """A CPU session with a fixed thread count (sequential execution, so numbers compare)."""
@@ -14,7 +16,13 @@ def make_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if not Path(path).is_file():
+        raise UserError(f"{path}: ONNX file not found")
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own types for corrupt or unsupported files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: onnxruntime cannot load this model ({first[:200]})") from None
 
 
 def summarize(times_ms: list[float]) -> dict:

@@ -276,8 +276,9 @@ def run_stage(run: Run, stage: str, force: bool = False) -> bool:
     folder = run.dir / STAGE_DIRS[stage]
     marker = folder / ".inputs"
     if world.main:
-        # Old outputs from other inputs must not leak in (e.g. a stale checkpoint to resume from).
-        if force or not marker.exists() or marker.read_text() != fp:
+        # Training must not resume from a checkpoint made with other inputs; the other stages
+        # overwrite their files atomically, so what they produced before survives a failed re-run.
+        if stage == "train" and (force or not marker.exists() or marker.read_text() != fp):
             shutil.rmtree(folder, ignore_errors=True)
         (folder / "stage.json").unlink(missing_ok=True)
         for stale in folder.rglob(".*.tmp"):  # left by a process killed mid-write
@@ -317,10 +318,13 @@ def open_run(run_dir: str | Path, cfg: RunConfig | None = None, **kwargs) -> Run
         if version != CONFIG_VERSION:
             raise UserError(f"{path}: config_version {version!r}, this sparsepipe reads version {CONFIG_VERSION}")
         cfg = load_config(path)
-    elif distributed.current().main:
+        return Run(run_dir, cfg, **kwargs)
+    run = Run(run_dir, cfg, **kwargs)
+    run.data  # bad or missing data fails here, before anything is written
+    if distributed.current().main:
         atomic.write_text(path, to_toml(resolved_table(cfg)))
     distributed.barrier()
-    return Run(run_dir, cfg, **kwargs)
+    return run
 
 
 def run_pipeline(run: Run, stages: tuple[str, ...] = STAGES, force: bool = False) -> dict | None:

@@ -106,5 +106,5 @@ def load_report(path: str | Path) -> dict:
 
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot read report JSON ({e})") from None
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or not text at all
+        raise UserError(f"{path}: cannot read report JSON ({str(e)[:200]})") from None

@@ -1,0 +1,128 @@
+"""Hostile and broken inputs: each is one line naming the problem, exit code 2, nothing left behind."""
+import json
+import os
+import pickle
+
+import pytest
+
+from conftest import REPO
+from deploy.cli import main
+
+
+class RunsCode:
+    """A pickle payload that would create a file when unpickled."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ok") / "run"
+    assert main(["run", str(REPO / "configs/quickstart.toml"), "--out", str(out), "--no-progress",
+                 "--set", "train.epochs=10", "--set", "validate.runs=5", "--set", "gate.min_sparsity=0",
+                 "--set", "gate.max_accuracy_drop=1"]) == 0
+    return out
+
+
+def config(tmp_path, text, counter=[0]):
+    counter[0] += 1
+    p = tmp_path / f"bad{counter[0]}.toml"
+    p.write_text(text)
+    return str(p)
+
+
+def cases(tmp_path, finished_run):
+    """(name, argv, expected words in the one-line error)."""
+    truncated = tmp_path / "mnist"
+    truncated.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (truncated / name).write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x05\x00\x00\x00\x1c\x00\x00\x00\x1c" + b"\x00" * 99)
+    corrupt_onnx = tmp_path / "corrupt.onnx"
+    corrupt_onnx.write_bytes(b"\x08\x07garbage")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.toml").write_text('config_version = 0\nname = "x"\n')
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "report.json").write_bytes(pickle.dumps(RunsCode(tmp_path / "pwned")))
+    q = str(REPO / "configs/quickstart.toml")
+    return [
+        ("unknown field", ["run", config(tmp_path, "[train]\nepoch = 1\n")], ["train.epoch", "unknown field"]),
+        ("mistyped value", ["run", config(tmp_path, "[train]\nlr = 'fast'\n")], ["train.lr", "expected a number"]),
+        ("sparsity 1.0", ["run", q, "--set", "prune.magnitude.sparsity=1.0"], ["prune.magnitude.sparsity", "[0.0, 1.0)"]),
+        ("negative sparsity", ["run", q, "--set", "prune.lats.target_sparsity=-0.1"], ["target_sparsity", "-0.1"]),
+        ("missing data folder", ["run", q, "--set", "data.name=mnist", "--set", f"data.root={json.dumps(str(tmp_path / 'none'))}"],
+         ["data.root", "not found"]),
+        ("truncated data", ["run", q, "--set", "data.name=mnist", "--set", f"data.root={json.dumps(str(truncated))}"],
+         ["train-images-idx3-ubyte", "truncated"]),
+        ("unknown dataset", ["run", q, "--set", "data.name=imagenet"], ["data.name", "imagenet"]),
+        ("unreadable config", ["run", str(tmp_path / "missing.toml")], ["missing.toml", "cannot read config"]),
+        ("invalid TOML", ["run", config(tmp_path, "[train\n")], ["invalid TOML"]),
+        ("bad --set", ["run", q, "--set", "train.epochs"], ["--set", "section.key=value"]),
+        ("not a run folder", ["freeze", str(tmp_path)], ["not a run folder"]),
+        ("run folder of another version", ["validate", str(old)], ["config_version 0"]),
+        ("stage before its input", ["export", str(tmp_path / "fresh")], ["not a run folder"]),
+        ("gate on a pickle", ["gate", str(evil / "report.json")], ["report.json", "cannot read report JSON"]),
+        ("binary config", ["run", str(evil / "report.json")], ["report.json", "invalid TOML"]),
+        ("gate on a missing field", ["gate", str(config(tmp_path, "{}"))], ["missing field 'dense.accuracy'"]),
+        ("bad gate flag", ["gate", str(finished_run / "report/report.json"), "--max-accuracy-drop", "2"],
+         ["max_accuracy_drop", "[0.0, 1.0]"]),
+    ]
+
+
+def test_bad_inputs(tmp_path, finished_run, capsys):
+    results = []
+    for name, argv, words in cases(tmp_path, finished_run):
+        before = sorted(p.name for p in tmp_path.iterdir())
+        code = main(argv + (["--out", str(tmp_path / "out")] if argv[0] == "run" else []))
+        err = capsys.readouterr().err.strip()
+        ok = (code == 2 and len(err.splitlines()) == 1 and err.startswith("sparsepipe: error: ")
+              and all(w in err for w in words) and "Traceback" not in err
+              and not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == before)
+        results.append((name, ok, code, err))
+    assert not (tmp_path / "pwned").exists()  # nothing was unpickled
+    bad = [r for r in results if not r[1]]
+    assert not bad, "\n".join(f"{n}: exit {c}: {e}" for n, _, c, e in bad)
+
+
+def test_corrupt_checkpoint_and_crafted_pickle_are_refused(tmp_path, finished_run, capsys):
+    import shutil
+    import torch
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    ckpt = run / "train" / "sparse" / "checkpoint.pt"
+    frozen_before = (run / "frozen" / "sparse.safetensors").read_bytes()
+    torch.save({"payload": RunsCode(tmp_path / "pwned")}, ckpt)  # what an attacker would ship
+    assert main(["freeze", str(run), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt: not a loadable sparsepipe checkpoint" in err and "Traceback" not in err
+    assert not (tmp_path / "pwned").exists()
+    assert (run / "frozen" / "sparse.safetensors").read_bytes() == frozen_before  # nothing produced is lost
+
+
+def test_checkpoint_of_another_architecture(tmp_path, finished_run, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    text = (run / "config.toml").read_text().replace("hidden = [256, 256]", "hidden = [64]")
+    (run / "config.toml").write_text(text)
+    # the old checkpoint now faces a different model: freeze must say so, not crash
+    from deploy.pipeline import open_run, stage_freeze
+    from compress.errors import UserError
+    with pytest.raises(UserError, match="checkpoint does not fit model 'mlp'"):
+        stage_freeze(open_run(run, progress=False))
+
+
+def test_corrupt_onnx_and_mismatched_input(tmp_path, finished_run):
+    from compress.errors import UserError
+    from deploy.latency import make_session
+    (tmp_path / "c.onnx").write_bytes(b"\x08\x07garbage")
+    with pytest.raises(UserError, match="onnxruntime cannot load this model"):
+        make_session(tmp_path / "c.onnx")
+    with pytest.raises(UserError, match="ONNX file not found"):
+        make_session(tmp_path / "none.onnx")
