@@ -83,3 +83,10 @@ def test_any_value_is_accepted_or_rejected_cleanly(tmp_path_factory, value):
             assert "\n" not in str(e) and field.split(".")[-1] in str(e)
         else:
             assert isinstance(cfg, RunConfig)
+
+
+def test_readme_reference_is_current():
+    """The README's configuration reference is `sparsepipe config-reference`, verbatim."""
+    readme = (REPO / "README.md").read_text()
+    missing = [row for row in config_reference().splitlines() if row not in readme]
+    assert not missing, "regenerate the README's reference with `sparsepipe config-reference`:\n" + "\n".join(missing[:5])
