@@ -108,7 +108,8 @@ def load_idx_folder(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarra
     img_stem, lbl_stem = IDX_FILES[split]
     images, labels = read_idx(_find(root, img_stem)), read_idx(_find(root, lbl_stem))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise UserError(f"{root}: {split} images {images.shape} and labels {labels.shape} do not match")
+        raise UserError(f"{root}: {split} images have shape {list(images.shape)}, expected [{len(labels)}, H, W] "
+                        f"to match {len(labels)} labels")
     if len(labels) == 0:
         raise UserError(f"{root}: {split} split is empty")
     return images, labels

@@ -42,6 +42,21 @@ def cases(tmp_path, finished_run):
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
         (truncated / name).write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x05\x00\x00\x00\x1c\x00\x00\x00\x1c" + b"\x00" * 99)
+    def idx_folder(name, image_dims, n_labels):
+        folder = tmp_path / name
+        folder.mkdir()
+        header = bytes([0, 0, 8, len(image_dims)]) + b"".join(d.to_bytes(4, "big") for d in image_dims)
+        size = 1
+        for d in image_dims:
+            size *= d
+        for split in ("train", "t10k"):
+            (folder / f"{split}-images-idx3-ubyte").write_bytes(header + bytes(size))
+            (folder / f"{split}-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + n_labels.to_bytes(4, "big")
+                                                                + bytes(n_labels))
+        return json.dumps(str(folder))
+
+    empty = idx_folder("empty", (0, 28, 28), 0)
+    flat = idx_folder("flat", (5, 784), 5)
     corrupt_onnx = tmp_path / "corrupt.onnx"
     corrupt_onnx.write_bytes(b"\x08\x07garbage")
     old = tmp_path / "old"
@@ -60,6 +75,9 @@ def cases(tmp_path, finished_run):
          ["data.root", "not found"]),
         ("truncated data", ["run", q, "--set", "data.name=mnist", "--set", f"data.root={json.dumps(str(truncated))}"],
          ["train-images-idx3-ubyte", "truncated"]),
+        ("empty dataset", ["run", q, "--set", "data.name=mnist", "--set", f"data.root={empty}"], ["split is empty"]),
+        ("wrong image shape", ["run", q, "--set", "data.name=mnist", "--set", f"data.root={flat}"],
+         ["images have shape [5, 784]", "expected [5, H, W]"]),
         ("unknown dataset", ["run", q, "--set", "data.name=imagenet"], ["data.name", "imagenet"]),
         ("unreadable config", ["run", str(tmp_path / "missing.toml")], ["missing.toml", "cannot read config"]),
         ("invalid TOML", ["run", config(tmp_path, "[train\n")], ["invalid TOML"]),
