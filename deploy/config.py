@@ -8,6 +8,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from compress.data import DataConfig
 from compress.errors import UserError
@@ -17,10 +18,22 @@ from compress.schema import opt, parse, reference, to_dict
 from compress.train import TrainConfig
 
 from .export import ExportConfig
+from .formats import BLOCKS
 from .gate import GateConfig
 from .validate import ValidateConfig
 
 CONFIG_VERSION = 1
+
+
+@dataclass
+class ConvertConfig:
+    format: Literal["best", "csr", "bsr"] = opt("best", "Per-layer storage: csr, bsr (best block size per layer) "
+                                                "or best (the smaller of the two per layer).")
+    block_sizes: list[list[int]] = opt([list(b) for b in BLOCKS], "BSR block sizes to try, [rows, cols].", lo=1)
+
+    def check(self, where: str) -> None:
+        if not self.block_sizes or any(len(b) != 2 for b in self.block_sizes):
+            raise UserError(f"{where}.block_sizes: expected a non-empty list of [rows, cols] pairs")
 
 
 @dataclass
@@ -31,6 +44,7 @@ class RunConfig:
     model: ModelConfig = opt(ModelConfig(), "Model.")
     prune: PruneConfig = opt(PruneConfig(), "Pruning method and layers.")
     train: TrainConfig = opt(TrainConfig(), "Training.")
+    convert: ConvertConfig = opt(ConvertConfig(), "Sparse weight storage.")
     export: ExportConfig = opt(ExportConfig(), "ONNX export.")
     validate: ValidateConfig = opt(ValidateConfig(), "Validation in onnxruntime.")
     gate: GateConfig = opt(GateConfig(), "Regression thresholds.")

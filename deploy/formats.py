@@ -1,12 +1,15 @@
-"""CSR storage of pruned weights: one safetensors file plus a versioned JSON manifest.
+"""Sparse weight storage: per layer CSR or BSR (block size chosen per layer), one safetensors file
+plus a versioned JSON manifest.
 
-Conv weights are flattened the usual way, (out, in·kh·kw). Loading gives back the frozen
-weights bit for bit (explicit zeros are +0.0 by construction of the frozen model).
+Conv weights are flattened the usual way, (out, in·kh·kw). Loading gives back the frozen weights
+bit for bit (explicit zeros are +0.0 by construction of the frozen model; BSR keeps the zeros
+inside its blocks as they are).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,57 +19,98 @@ from safetensors.numpy import load_file, save_file
 from compress import atomic
 from compress.errors import UserError
 
-FORMAT = "sparsepipe-csr"
-VERSION = 1
+FORMAT = "sparsepipe-sparse"
+VERSION = 2
+BLOCKS = ((1, 4), (4, 4), (8, 8), (16, 16))
+Choice = Literal["best", "csr", "bsr"]
+
+
+def as_2d(weight: torch.Tensor) -> np.ndarray:
+    w = weight.detach().cpu().numpy()
+    return w.reshape(w.shape[0], -1)
 
 
 def to_csr(weight: torch.Tensor) -> sp.csr_array:
     """The weight as a 2-D CSR array (out, rest); only nonzero entries are stored."""
-    w = weight.detach().cpu().numpy()
-    return sp.csr_array(w.reshape(w.shape[0], -1))
+    m = sp.csr_array(as_2d(weight))
+    m.sort_indices()
+    return m
 
 
-def csr_bytes(m: sp.csr_array) -> int:
-    return m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
+def to_bsr(weight: torch.Tensor, block: tuple[int, int]) -> sp.bsr_array:
+    """The weight as a 2-D BSR array with `block`-sized dense blocks; all-zero blocks are dropped."""
+    m = sp.bsr_array(as_2d(weight), blocksize=block)
+    m.eliminate_zeros()  # removes all-zero blocks only; zeros inside kept blocks stay
+    return m
 
 
-def save_csr(folder: str | Path, weights: dict[str, torch.Tensor], model_id: str = "") -> dict:
-    """Write `weights.safetensors` + `manifest.json` into `folder`; returns the manifest."""
+def nbytes(m: sp.csr_array | sp.bsr_array) -> int:
+    return m.data.nbytes + m.indices.astype(np.int32).nbytes + m.indptr.astype(np.int64).nbytes
+
+
+def storage_report(weight: torch.Tensor, blocks=BLOCKS) -> dict:
+    """Bytes of one weight: dense, CSR, and BSR for every block size that tiles it."""
+    rows, cols = as_2d(weight).shape
+    bsr = {f"{r}x{c}": nbytes(to_bsr(weight, (r, c))) for r, c in blocks if rows % r == 0 and cols % c == 0}
+    best_block = min(bsr, key=bsr.get) if bsr else None
+    return {"dense_bytes": weight.numel() * weight.element_size(), "csr_bytes": nbytes(to_csr(weight)),
+            "bsr_bytes": bsr, "best_bsr": best_block}
+
+
+def save_sparse(folder: str | Path, weights: dict[str, torch.Tensor], model_id: str = "", choice: Choice = "best",
+                blocks=BLOCKS) -> dict:
+    """Write `weights.safetensors` + `manifest.json` into `folder`; returns the manifest.
+
+    choice: csr, bsr (best block size per layer), or best (whichever is smaller per layer).
+    """
     folder = Path(folder)
     arrays: dict[str, np.ndarray] = {}
     layers = {}
     for name, w in weights.items():
-        m = to_csr(w)
-        m.sort_indices()
-        arrays[f"{name}.data"] = m.data
+        report = storage_report(w, blocks)
+        use_bsr = report["best_bsr"] is not None and (
+            choice == "bsr" or (choice == "best" and report["bsr_bytes"][report["best_bsr"]] < report["csr_bytes"]))
+        if use_bsr:
+            block = tuple(int(v) for v in report["best_bsr"].split("x"))
+            m = to_bsr(w, block)
+        else:
+            block, m = None, to_csr(w)
+        arrays[f"{name}.data"] = np.ascontiguousarray(m.data)
         arrays[f"{name}.indices"] = m.indices.astype(np.int32)
         arrays[f"{name}.indptr"] = m.indptr.astype(np.int64)
-        dense = w.numel() * w.element_size()
+        stored = nbytes(m)
         layers[name] = {"shape": list(w.shape), "dtype": str(w.dtype).removeprefix("torch."),
-                        "nnz": int(m.nnz), "dense_bytes": dense, "csr_bytes": csr_bytes(m),
-                        "compression": dense / max(csr_bytes(m), 1)}
+                        "format": "bsr" if use_bsr else "csr", "block": list(block) if block else None,
+                        "nnz": int((w != 0).sum()), "stored_bytes": stored,
+                        "compression": report["dense_bytes"] / max(stored, 1), **report}
     with atomic.atomic_path(folder / "weights.safetensors") as tmp:
         save_file(arrays, str(tmp))
-    manifest = {"format": FORMAT, "version": VERSION, "model_id": model_id, "layers": layers,
+    manifest = {"format": FORMAT, "version": VERSION, "model_id": model_id, "choice": choice, "layers": layers,
                 "dense_bytes": sum(v["dense_bytes"] for v in layers.values()),
+                "stored_bytes": sum(v["stored_bytes"] for v in layers.values()),
                 "csr_bytes": sum(v["csr_bytes"] for v in layers.values())}
     atomic.write_json(folder / "manifest.json", manifest)
     return manifest
 
 
-def load_csr(folder: str | Path, model_id: str | None = None) -> dict[str, torch.Tensor]:
-    """Dense tensors back from a CSR folder, checking format, version and (optionally) model id."""
-    folder = Path(folder)
-    manifest_path = folder / "manifest.json"
+def read_manifest(folder: str | Path, model_id: str | None = None) -> dict:
+    path = Path(folder) / "manifest.json"
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise UserError(f"{manifest_path}: cannot read sparse-format manifest ({str(e)[:200]})") from None
+        raise UserError(f"{path}: cannot read sparse-format manifest ({str(e)[:200]})") from None
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise UserError(f"{manifest_path}: format {manifest.get('format')!r} version {manifest.get('version')!r}, "
+        raise UserError(f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}, "
                         f"expected {FORMAT!r} version {VERSION}")
     if model_id is not None and manifest.get("model_id") != model_id:
-        raise UserError(f"{manifest_path}: written for model {manifest.get('model_id')!r}, not {model_id!r}")
+        raise UserError(f"{path}: written for model {manifest.get('model_id')!r}, not {model_id!r}")
+    return manifest
+
+
+def load_sparse_arrays(folder: str | Path, model_id: str | None = None) -> dict[str, sp.csr_array | sp.bsr_array]:
+    """The stored scipy arrays (2-D), checking format, version and (optionally) model id."""
+    folder = Path(folder)
+    manifest = read_manifest(folder, model_id)
     try:
         arrays = load_file(str(folder / "weights.safetensors"))
     except Exception as e:
@@ -74,10 +118,20 @@ def load_csr(folder: str | Path, model_id: str | None = None) -> dict[str, torch
     out = {}
     for name, info in manifest["layers"].items():
         shape = info["shape"]
+        shape2d = (shape[0], int(np.prod(shape[1:])) if len(shape) > 1 else 1)
         try:
-            m = sp.csr_array((arrays[f"{name}.data"], arrays[f"{name}.indices"], arrays[f"{name}.indptr"]),
-                             shape=(shape[0], int(np.prod(shape[1:])) if len(shape) > 1 else 1))
+            parts = (arrays[f"{name}.data"], arrays[f"{name}.indices"], arrays[f"{name}.indptr"])
+            if info["format"] == "bsr":
+                out[name] = sp.bsr_array(parts, shape=shape2d, blocksize=tuple(info["block"]))
+            else:
+                out[name] = sp.csr_array(parts, shape=shape2d)
         except (KeyError, ValueError) as e:
             raise UserError(f"{folder}: layer {name!r} is missing or malformed ({e})") from None
-        out[name] = torch.from_numpy(m.toarray().reshape(shape))
     return out
+
+
+def load_sparse(folder: str | Path, model_id: str | None = None) -> dict[str, torch.Tensor]:
+    """Dense tensors back, bit for bit, in the weights' original shapes."""
+    manifest = read_manifest(folder, model_id)
+    return {name: torch.from_numpy(m.toarray().reshape(manifest["layers"][name]["shape"]))
+            for name, m in load_sparse_arrays(folder, model_id).items()}

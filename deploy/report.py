@@ -38,7 +38,7 @@ def summary_rows(report: dict) -> list[tuple[str, str, str]]:
         (f"latency p50, batch {lat['batch_size']}, {lat['threads']} thread(s)",
          f"{lat['dense']['p50_ms']:.3f} ms", f"{lat['sparse']['p50_ms']:.3f} ms (x{lat['ratio']:.2f})"),
         ("ONNX file size", f"{size['dense_onnx_bytes']:,} B", f"{size['sparse_onnx_bytes']:,} B"),
-        ("weights stored (dense vs CSR)", f"{size['dense_bytes']:,} B",
+        ("weights stored (dense vs CSR/BSR)", f"{size['dense_bytes']:,} B",
          f"{size['sparse_bytes']:,} B (x{size['dense_bytes'] / max(size['sparse_bytes'], 1):.1f} smaller)"),
     ]
 

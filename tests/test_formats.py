@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from compress.errors import UserError
 from compress.pruners.base import exact_zeros
-from deploy.formats import load_csr, save_csr, to_csr
+from deploy.formats import load_sparse, save_sparse, storage_report, to_csr
 
 
 def sparse_tensor(shape, density, seed):
@@ -24,38 +24,53 @@ def bits(t):
 def test_round_trip_is_bit_exact_for_conv_and_linear(tmp_path):
     weights = {"conv": sparse_tensor((16, 6, 5, 5), 0.1, 0), "fc": sparse_tensor((120, 400), 0.05, 1),
                "empty": torch.zeros(4, 3), "full": sparse_tensor((3, 7), 1.0, 2)}
-    manifest = save_csr(tmp_path, weights, model_id="lenet5")
-    back = load_csr(tmp_path, model_id="lenet5")
+    manifest = save_sparse(tmp_path, weights, model_id="lenet5", choice="csr")
+    back = load_sparse(tmp_path, model_id="lenet5")
     for name, w in weights.items():
         assert back[name].shape == w.shape and torch.equal(bits(back[name]), bits(w))
     fc = manifest["layers"]["fc"]
     assert fc["nnz"] == int((weights["fc"] != 0).sum())
-    assert fc["csr_bytes"] < fc["dense_bytes"] / 5  # 95% zeros: CSR is much smaller
+    assert fc["csr_bytes"] < fc["dense_bytes"] / 5 and fc["format"] == "csr"  # 95% zeros: CSR is much smaller
     assert to_csr(weights["conv"]).shape == (16, 150)  # conv flattened to (out, in·kh·kw)
 
 
 @settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 20), cols=st.integers(1, 20), density=st.floats(0, 1), seed=st.integers(0, 10_000))
-def test_round_trip_property(tmp_path_factory, rows, cols, density, seed):
-    folder = tmp_path_factory.mktemp("csr")
+@given(rows=st.sampled_from([1, 4, 7, 16, 32]), cols=st.sampled_from([1, 4, 8, 12, 48]), density=st.floats(0, 1),
+       seed=st.integers(0, 10_000), choice=st.sampled_from(["best", "csr", "bsr"]))
+def test_round_trip_property(tmp_path_factory, rows, cols, density, seed, choice):
+    folder = tmp_path_factory.mktemp("sp")
     w = sparse_tensor((rows, cols), density, seed)
-    save_csr(folder, {"w": w})
-    assert torch.equal(bits(load_csr(folder)["w"]), bits(w))
+    save_sparse(folder, {"w": w}, choice=choice)
+    assert torch.equal(bits(load_sparse(folder)["w"]), bits(w))
+
+
+def test_block_sparse_weights_choose_bsr(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    blocks = (torch.rand(16, 16, generator=g) < 0.1).float()  # 90% of 8x8 blocks are zero
+    w = exact_zeros(torch.randn(128, 128, generator=g) * blocks.repeat_interleave(8, 0).repeat_interleave(8, 1))
+    report = storage_report(w)
+    assert report["best_bsr"] in ("8x8", "16x16") and report["bsr_bytes"]["8x8"] < report["csr_bytes"]
+    manifest = save_sparse(tmp_path, {"w": w})
+    layer = manifest["layers"]["w"]
+    assert layer["format"] == "bsr" and layer["stored_bytes"] < layer["csr_bytes"]
+    assert torch.equal(bits(load_sparse(tmp_path)["w"]), bits(w))
+    scattered = sparse_tensor((128, 128), 0.1, 3)  # unstructured: CSR wins
+    assert save_sparse(tmp_path / "s", {"w": scattered})["layers"]["w"]["format"] == "csr"
 
 
 def test_foreign_or_mismatched_files_are_clear_errors(tmp_path):
-    save_csr(tmp_path, {"w": torch.eye(3)}, model_id="mlp")
+    save_sparse(tmp_path, {"w": torch.eye(3)}, model_id="mlp")
     with pytest.raises(UserError, match="written for model 'mlp', not 'lenet5'"):
-        load_csr(tmp_path, model_id="lenet5")
+        load_sparse(tmp_path, model_id="lenet5")
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     manifest["version"] = 99
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="version 99"):
-        load_csr(tmp_path)
+        load_sparse(tmp_path)
     (tmp_path / "manifest.json").write_text("{broken")
     with pytest.raises(UserError, match="cannot read sparse-format manifest"):
-        load_csr(tmp_path)
-    save_csr(tmp_path, {"w": torch.eye(3)})
+        load_sparse(tmp_path)
+    save_sparse(tmp_path, {"w": torch.eye(3)})
     (tmp_path / "weights.safetensors").write_bytes(b"garbage")
     with pytest.raises(UserError, match="cannot read"):
-        load_csr(tmp_path)
+        load_sparse(tmp_path)

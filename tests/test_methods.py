@@ -180,3 +180,19 @@ def test_cubic_schedule_and_gmp_reaches_target(digits):
     sparsities = [r["sparsity"] for r in history]
     assert all(b >= a - 1e-9 for a, b in zip(sparsities, sparsities[1:]))
     assert sparsities[-1] == pytest.approx(0.85, abs=1e-3)
+
+
+def test_block_magnitude_prunes_whole_blocks():
+    from compress.pruners.magnitude import magnitude_masks
+    from compress.models import LeNet5
+    torch.manual_seed(0)
+    model = LeNet5((1, 28, 28), 10)
+    layers = ["classifier.0", "classifier.2"]  # 120x400 and 84x120: both tile by 4x4
+    masks = magnitude_masks(model, layers, 0.9, "global", (4, 4))
+    split = 0
+    for n, m in masks.items():
+        blocks = m.reshape(m.shape[0] // 4, 4, m.shape[1] // 4, 4).float().mean((1, 3))
+        split += int(((blocks > 0) & (blocks < 1)).sum())
+    assert split <= 1  # whole blocks, except at most the one at the cut
+    total = sum(m.numel() for m in masks.values())
+    assert sum(int((~m).sum()) for m in masks.values()) == round(0.9 * total)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO
-from deploy.formats import load_csr
+from deploy.formats import load_sparse
 
 QUICK = ["--set", "validate.runs=30", "--no-progress"]
 
@@ -47,7 +47,7 @@ def test_report_contract(run_dir):
 
 def test_frozen_weights_csr_and_onnx_agree(run_dir):
     frozen = load_file(str(run_dir / "frozen" / "sparse.safetensors"))
-    csr = load_csr(run_dir / "sparse", model_id="mlp")
+    csr = load_sparse(run_dir / "sparse", model_id="mlp")
     sparsity = json.loads((run_dir / "frozen" / "sparsity.json").read_text())
     for name in sparsity["layers"]:
         w = frozen[f"{name}.weight"]
@@ -76,7 +76,7 @@ def test_stage_commands_and_corrupt_output_is_rerun(run_dir):
     (run_dir / "sparse" / "weights.safetensors").write_bytes(b"corrupted")
     res = sparsepipe("convert", run_dir)
     assert res.returncode == 0 and "convert: done" in res.stdout
-    assert load_csr(run_dir / "sparse")  # readable again
+    assert load_sparse(run_dir / "sparse")  # readable again
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path):
