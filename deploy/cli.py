@@ -56,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allowed increase of the latency ratio vs the reference (0 = not checked)")
     g.add_argument("--junit", type=Path, help="also write the checks as JUnit XML here")
 
+    pr = sub.add_parser("profile", help="latency profile of an ONNX model (optionally against a baseline)",
+                        description="Interleaved A/B timing over batch sizes and thread counts: mean, p50, p90, "
+                                    "p99, std, throughput, and onnxruntime's per-operator time breakdown.")
+    pr.add_argument("model", type=Path, help="a .onnx file or a sparse-compute folder")
+    pr.add_argument("--baseline", type=Path, help="model to compare with (e.g. dense.onnx); ratios are vs it")
+    pr.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    pr.add_argument("--threads", default="1", help="comma-separated intra-op thread counts (default 1)")
+    pr.add_argument("--seconds", type=float, default=2.0, help="timed seconds per setting (default 2)")
+    pr.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per setting (default 0.5)")
+    pr.add_argument("--json", type=Path, help="write the full profile here")
+    pr.add_argument("--png", type=Path, help="write box plots of the latency distributions here")
+
     sub.add_parser("config-reference", help="print every config field as a Markdown table")
     return p
 
@@ -139,6 +151,40 @@ def cmd_gate(args) -> int:
     return EXIT_OK if passed else EXIT_REGRESSION
 
 
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UserError(f"{flag}: expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def cmd_profile(args) -> int:
+    from compress import atomic
+
+    from .profile import plot, profile, without_raw_times
+
+    models = {"baseline": args.baseline, "model": args.model} if args.baseline else {"model": args.model}
+    if args.seconds <= 0 or args.warmup < 0:
+        raise UserError("--seconds must be > 0 and --warmup >= 0")
+    report = profile(models, _int_list(args.batch, "--batch"), _int_list(args.threads, "--threads"),
+                     seconds=args.seconds, warmup_seconds=args.warmup)
+    for r in report["results"]:
+        for name, st in r["models"].items():
+            ratio = f"  x{st['ratio_vs_baseline']:.2f} vs baseline" if "ratio_vs_baseline" in st else ""
+            print(f"batch {r['batch']:>4} threads {r['threads']}  {name:8s} p50 {st['p50_ms']:.4f} ms  "
+                  f"p90 {st['p90_ms']:.4f}  p99 {st['p99_ms']:.4f}  {st['throughput_per_s']:.0f}/s{ratio}")
+    for name, ops in report.get("operators", {}).items():
+        print(f"{name}: " + ", ".join(f"{op} {100 * share:.0f}%" for op, share in list(ops.items())[:5]))
+    if args.json:
+        atomic.write_json(args.json, without_raw_times(report))
+    if args.png:
+        plot(report, args.png)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -148,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_stage(args)
         if args.command == "gate":
             return cmd_gate(args)
+        if args.command == "profile":
+            return cmd_profile(args)
         if args.command == "config-reference":
             from .config import config_reference
 

@@ -23,6 +23,13 @@ INPUT, OUTPUT = "input", "logits"
 @dataclass
 class ExportConfig:
     opset: int = opt(18, "ONNX opset (>= 17).", lo=17, hi=23)
+    compact: bool = opt(True, "Also write sparse-compact.onnx (weights as ONNX sparse initializers).")
+    compute: bool = opt(True, "Also write the sparse-compute/ folder (SparseToDenseMatMul where measured faster).")
+    compute_batch: int = opt(1, "Batch size at which sparse-compute times each layer to choose sparse or dense.",
+                             lo=1)
+    compute_threads: int = opt(1, "onnxruntime threads for that timing.", lo=1)
+    compute_min_sparsity: float = opt(0.5, "Linear layers with fewer zeros are never considered for sparse compute.",
+                                      lo=0.0, hi=1.0)
 
 
 def initializer_sparsity(model: onnx.ModelProto) -> float:

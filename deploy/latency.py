@@ -33,18 +33,29 @@ def summarize(times_ms: list[float]) -> dict:
             "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99))}
 
 
-def compare_latency(sessions: dict[str, ort.InferenceSession], x: np.ndarray, *,
-                    warmup: int = 20, runs: int = 200) -> dict[str, dict]:
-    """Time every session on the same input, alternating the order each round so drift hits all alike."""
+def compare_latency(sessions: dict, x: np.ndarray, *, warmup: int = 20, runs: int = 200,
+                    seconds: float = 0.0, warmup_seconds: float = 0.0, keep_times: bool = False) -> dict[str, dict]:
+    """Time every session on the same input in interleaved rounds (the order alternates, so drift
+    and thermal effects hit all alike). Runs at least `runs` rounds, and until `seconds` have passed."""
     names = list(sessions)
     feeds = {n: {sessions[n].get_inputs()[0].name: x} for n in names}
-    for _ in range(warmup):
+    start = time.perf_counter()
+    i = 0
+    while i < warmup or time.perf_counter() - start < warmup_seconds:
         for n in names:
             sessions[n].run(None, feeds[n])
+        i += 1
     times: dict[str, list[float]] = {n: [] for n in names}
-    for i in range(runs):
+    start, i = time.perf_counter(), 0
+    while i < runs or time.perf_counter() - start < seconds:
         for n in (names if i % 2 == 0 else reversed(names)):
             t0 = time.perf_counter_ns()
             sessions[n].run(None, feeds[n])
             times[n].append((time.perf_counter_ns() - t0) / 1e6)
-    return {n: summarize(t) for n, t in times.items()}
+        i += 1
+    out = {n: summarize(t) for n, t in times.items()}
+    for n in names:
+        out[n]["throughput_per_s"] = len(x) * 1000.0 / out[n]["mean_ms"]
+        if keep_times:
+            out[n]["times_ms"] = times[n]
+    return out

@@ -34,6 +34,8 @@ from compress.train import load_checkpoint, make_plan, train
 from . import formats
 from .config import CONFIG_VERSION, RunConfig, load_config, resolved_table, to_toml
 from .export import export_onnx
+from .onnx_variants import make_compact, make_sparse_compute
+from .runtime import open_model
 from .gate import check
 from .report import plot_training, write_report
 from .validate import validate
@@ -42,7 +44,7 @@ STAGES = ("train", "freeze", "convert", "export", "validate")
 STAGE_DIRS = {"train": "train", "freeze": "frozen", "convert": "sparse", "export": "onnx", "validate": "report"}
 # Which config sections and which earlier stages each stage depends on.
 CONFIG_INPUTS = {"train": ("seed", "data", "model", "prune", "train"), "freeze": ("model", "prune", "train"),
-                 "convert": ("convert",), "export": ("export",), "validate": ("data", "validate", "gate")}
+                 "convert": ("convert",), "export": ("export",), "validate": ("data", "export", "validate", "gate")}
 UPSTREAM = {"train": (), "freeze": ("train",), "convert": ("freeze",), "export": ("freeze",),
             "validate": ("train", "freeze", "convert", "export")}
 
@@ -172,11 +174,31 @@ def stage_convert(run: Run) -> list[str]:
 
 
 def stage_export(run: Run) -> list[str]:
+    cfg, folder = run.cfg.export, run.dir / "onnx"
     sample = run.data.test.x[:64]
-    info = {v: export_onnx(run.frozen_model(v), sample, run.dir / "onnx" / f"{v}.onnx", run.cfg.export.opset)
-            for v in ("dense", "sparse")}
-    atomic.write_json(run.dir / "onnx" / "export.json", info)
-    return ["onnx/dense.onnx", "onnx/sparse.onnx", "onnx/export.json"]
+    info = {v: export_onnx(run.frozen_model(v), sample, folder / f"{v}.onnx", cfg.opset) for v in ("dense", "sparse")}
+    out = ["onnx/dense.onnx", "onnx/sparse.onnx"]
+    with torch.no_grad():
+        want = run.frozen_model("sparse")(sample).numpy()
+    if cfg.compact:
+        info["sparse-compact"] = make_compact(folder / "sparse.onnx", folder / "sparse-compact.onnx")
+        info["sparse-compact"]["sparsity_carrier"] = "ONNX sparse initializers (densified by onnxruntime at load)"
+        out.append("onnx/sparse-compact.onnx")
+    if cfg.compute:
+        manifest = make_sparse_compute(folder / "sparse.onnx", folder / "sparse-compute", batch=cfg.compute_batch,
+                                       threads=cfg.compute_threads, min_sparsity=cfg.compute_min_sparsity)
+        info["sparse-compute"] = {"path": "sparse-compute/", "sparse_layers": list(manifest["layers"]),
+                                  "considered": manifest["considered"],
+                                  "sparsity_carrier": "CSR weights bound at run time to SparseToDenseMatMul"}
+        out += [f"onnx/sparse-compute/{f}" for f in ("model.onnx", "weights.safetensors", "manifest.json")]
+    for name in ("sparse-compact", "sparse-compute"):
+        if name in info:
+            path = folder / ("sparse-compact.onnx" if name == "sparse-compact" else "sparse-compute")
+            session = open_model(path)
+            got = session.run(None, {session.get_inputs()[0].name: sample.numpy()})[0]
+            info[name]["max_abs_diff_vs_torch"] = float(np.abs(got - want).max())
+    atomic.write_json(folder / "export.json", info)
+    return out + ["onnx/export.json"]
 
 
 def param_bytes(model: nn.Module) -> int:
@@ -186,8 +208,14 @@ def param_bytes(model: nn.Module) -> int:
 def stage_validate(run: Run) -> list[str]:
     cfg, d = run.cfg, run.dir
     models = {v: run.frozen_model(v) for v in ("dense", "sparse")}
+    paths = {v: d / "onnx" / f"{v}.onnx" for v in models}
+    if cfg.export.compact:
+        paths["sparse-compact"] = d / "onnx" / "sparse-compact.onnx"
+    if cfg.export.compute:
+        paths["sparse-compute"] = d / "onnx" / "sparse-compute"
+    models.update({v: models["sparse"] for v in paths if v not in models})
     x, y = run.data.test.x.numpy(), run.data.test.y.numpy()
-    result = validate({v: d / "onnx" / f"{v}.onnx" for v in models}, models, x, y, cfg.validate)
+    result = validate(paths, models, x, y, cfg.validate)
     sparsity = json.loads((d / "frozen" / "sparsity.json").read_text())
     csr = json.loads((d / "sparse" / "manifest.json").read_text())
     exported = json.loads((d / "onnx" / "export.json").read_text())
@@ -197,6 +225,7 @@ def stage_validate(run: Run) -> list[str]:
     report = {
         "run": cfg.name, "method": cfg.prune.method, "model": cfg.model.name, "data": cfg.data.name,
         "dense": result["dense"], "sparse": result["sparse"],
+        "variants": {v: {**result[v], "latency": result["latency"][v]} for v in paths if v not in ("dense", "sparse")},
         "sparsity": {"global": sparsity["global"], "per_layer": sparsity["per_layer"],
                      "layers_pruned": len(sparsity["layers"])},
         "pruner": sparsity["pruner"],
@@ -205,7 +234,9 @@ def stage_validate(run: Run) -> list[str]:
                  "sparse_bytes": dense_bytes - csr["dense_bytes"] + csr["stored_bytes"],
                  "per_layer": {n: {k: v[k] for k in ("format", "block", "dense_bytes", "csr_bytes", "bsr_bytes",
                                                      "stored_bytes")} for n, v in csr["layers"].items()},
-                 "dense_onnx_bytes": exported["dense"]["bytes"], "sparse_onnx_bytes": exported["sparse"]["bytes"]},
+                 "dense_onnx_bytes": exported["dense"]["bytes"], "sparse_onnx_bytes": exported["sparse"]["bytes"],
+                 **({"sparse_compact_onnx_bytes": exported["sparse-compact"]["bytes"]}
+                    if "sparse-compact" in exported else {})},
         "export": exported,
         "training": {v: h[-1] for v, h in histories.items()},
         "versions": versions(),
@@ -221,7 +252,10 @@ def stage_validate(run: Run) -> list[str]:
     report["artifacts"] = {
         "config": "config.toml", "checkpoints": [f"train/{v}/checkpoint.pt" for v in run.variants],
         "frozen": [f"frozen/{v}.safetensors" for v in run.variants], "sparse": "sparse/weights.safetensors",
-        "dense_onnx": "onnx/dense.onnx", "sparse_onnx": "onnx/sparse.onnx", "report_md": "report/report.md",
+        "dense_onnx": "onnx/dense.onnx", "sparse_onnx": "onnx/sparse.onnx",
+        **({"sparse_compact_onnx": "onnx/sparse-compact.onnx"} if cfg.export.compact else {}),
+        **({"sparse_compute": "onnx/sparse-compute"} if cfg.export.compute else {}),
+        "report_md": "report/report.md",
         "junit": "report/junit.xml", "training_plot": "report/training.png"}
     write_report(folder, report)
     return ["report/report.json", "report/report.md", "report/junit.xml", "report/training.png"]

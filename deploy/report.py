@@ -31,16 +31,22 @@ def _pct(x: float) -> str:
 def summary_rows(report: dict) -> list[tuple[str, str, str]]:
     """(metric, dense, sparse) rows shared by the Markdown report and the CLI's closing table."""
     d, s, lat, size = report["dense"], report["sparse"], report["latency"], report["size"]
-    return [
+    rows = [
         ("accuracy (onnxruntime)", _pct(d["accuracy"]), _pct(s["accuracy"])),
         ("accuracy (PyTorch)", _pct(d["torch_accuracy"]), _pct(s["torch_accuracy"])),
         ("global sparsity", _pct(0.0), _pct(report["sparsity"]["global"])),
         (f"latency p50, batch {lat['batch_size']}, {lat['threads']} thread(s)",
          f"{lat['dense']['p50_ms']:.3f} ms", f"{lat['sparse']['p50_ms']:.3f} ms (x{lat['ratio']:.2f})"),
-        ("ONNX file size", f"{size['dense_onnx_bytes']:,} B", f"{size['sparse_onnx_bytes']:,} B"),
+        ("ONNX file size", f"{size['dense_onnx_bytes']:,} B", f"{size['sparse_onnx_bytes']:,} B"
+         + (f" (compact: {size['sparse_compact_onnx_bytes']:,} B)" if "sparse_compact_onnx_bytes" in size else "")),
         ("weights stored (dense vs CSR/BSR)", f"{size['dense_bytes']:,} B",
          f"{size['sparse_bytes']:,} B (x{size['dense_bytes'] / max(size['sparse_bytes'], 1):.1f} smaller)"),
     ]
+    compute = report.get("variants", {}).get("sparse-compute")
+    if compute:
+        rows.insert(4, ("  sparse-compute latency p50", "", f"{compute['latency']['p50_ms']:.3f} ms "
+                        f"(x{compute['latency']['ratio_vs_dense']:.2f})"))
+    return rows
 
 
 def markdown(report: dict) -> str:
@@ -59,7 +65,7 @@ def markdown(report: dict) -> str:
     lines += [f"| `{k}` | {_pct(v)} |" for k, v in report["sparsity"]["per_layer"].items()]
     lat = report["latency"]
     lines += ["", "## Latency (ms)", "", "| model | mean | p50 | p90 | p99 | std |", "|---|---|---|---|---|---|"]
-    for name in ("dense", "sparse"):
+    for name in ["dense", "sparse"] + list(report.get("variants", {})):
         x = lat[name]
         lines.append(f"| {name} | {x['mean_ms']:.3f} | {x['p50_ms']:.3f} | {x['p90_ms']:.3f} | "
                      f"{x['p99_ms']:.3f} | {x['std_ms']:.3f} |")

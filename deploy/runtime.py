@@ -50,10 +50,17 @@ class SparseSession:
         return self.session.get_outputs()
 
     def run(self, output_names, feeds: dict) -> list[np.ndarray]:
-        values = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
-        values.update(self.weights)
-        out = self.session.run_with_ort_values(output_names or self._outputs, values)
-        return [o.numpy() for o in out]
+        if not self.weights:  # every layer stayed dense: a plain session, no extra cost
+            return self.session.run(output_names, feeds)
+        binding = self.session.io_binding()
+        for name, value in self.weights.items():
+            binding.bind_ortvalue_input(name, value)
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in output_names or self._outputs:
+            binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
 
 def open_model(path: str | Path, threads: int = 1):

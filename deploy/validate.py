@@ -10,7 +10,8 @@ from torch import nn
 
 from compress.schema import opt
 
-from .latency import compare_latency, make_session
+from .latency import compare_latency
+from .runtime import open_model
 
 
 @dataclass
@@ -50,7 +51,7 @@ def validate(onnx_paths: dict[str, Path], torch_models: dict[str, nn.Module], x:
     out: dict = {}
     sessions = {}
     for name, path in onnx_paths.items():
-        sessions[name] = make_session(path, threads=cfg.threads)
+        sessions[name] = open_model(path, threads=cfg.threads)
         check_input(sessions[name], x, path)
         ort_out = onnx_logits(sessions[name], x, cfg.batch_size)
         pt_out = torch_logits(torch_models[name], x, cfg.batch_size)
@@ -65,7 +66,11 @@ def validate(onnx_paths: dict[str, Path], torch_models: dict[str, nn.Module], x:
     lat = compare_latency(sessions, batch, warmup=cfg.warmup_runs, runs=cfg.runs)
     latency = {**lat, "batch_size": int(len(batch)), "threads": cfg.threads,
                "interleaved": True, "warmup_runs": cfg.warmup_runs}
-    if "dense" in lat and "sparse" in lat:
-        latency["ratio"] = lat["sparse"]["p50_ms"] / lat["dense"]["p50_ms"]
+    if "dense" in lat:
+        for name in lat:
+            if name != "dense":
+                lat[name]["ratio_vs_dense"] = lat[name]["p50_ms"] / lat["dense"]["p50_ms"]
+        if "sparse" in lat:
+            latency["ratio"] = lat["sparse"]["ratio_vs_dense"]
     out["latency"] = latency
     return out
