@@ -57,7 +57,8 @@ def _gemm_candidates(model: onnx.ModelProto, min_sparsity: float) -> list[tuple[
         if (node.op_type == "Gemm" and attrs.get("transA", 0) == 0 and attrs.get("transB", 0) == 1
                 and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and node.input[1] in inits):
             w = numpy_helper.to_array(inits[node.input[1]])
-            if w.ndim == 2 and (w == 0).mean() >= min_sparsity:
+            # an all-zero W stays dense: onnxruntime rejects an empty CSR tensor
+            if w.ndim == 2 and (w == 0).mean() >= min_sparsity and w.any():
                 out.append((pos, node, w))
     return out
 

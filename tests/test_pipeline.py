@@ -38,6 +38,9 @@ def test_report_contract(run_dir):
     assert r["latency"]["dense"]["p50_ms"] > 0 and r["latency"]["ratio"] > 0
     assert r["size"]["sparse_bytes"] < r["size"]["dense_bytes"]
     assert r["gate"]["passed"] is True and r["gate"]["failures"] == []
+    assert r["variants"]["sparse-compact"]["accuracy"] == r["sparse"]["accuracy"]
+    assert r["variants"]["sparse-compute"]["agreement_with_torch"] >= 0.999
+    assert r["size"]["sparse_compact_onnx_bytes"] < r["size"]["sparse_onnx_bytes"]
     for rel in r["artifacts"].values():
         for p in ([rel] if isinstance(rel, str) else rel):
             assert (run_dir / p).exists(), p

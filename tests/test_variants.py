@@ -1,0 +1,92 @@
+"""ONNX variants of one sparse model: compact (sparse initializers) and compute (SparseToDenseMatMul)."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from compress.models import MLP
+from compress.pruners.magnitude import magnitude_masks
+from compress.selection import LayerRule, select_layers
+from deploy.cli import main
+from deploy.export import export_onnx
+from deploy.onnx_variants import make_compact, make_sparse_compute
+from deploy.runtime import SparseSession, open_model
+
+
+@pytest.fixture(scope="module")
+def sparse_mlp(tmp_path_factory, digits):
+    torch.manual_seed(0)
+    model = MLP(digits.input_shape, digits.num_classes, [512, 512]).eval()
+    layers = select_layers(model, LayerRule())
+    with torch.no_grad():
+        for n, m in magnitude_masks(model, layers, 0.95, "layer").items():
+            model.get_submodule(n).weight.mul_(m)
+    folder = tmp_path_factory.mktemp("variants")
+    export_onnx(model, digits.test.x[:8], folder / "sparse.onnx")
+    dense = MLP(digits.input_shape, digits.num_classes, [512, 512]).eval()
+    export_onnx(dense, digits.test.x[:8], folder / "dense.onnx")
+    return model, folder, digits.test.x[:50]
+
+
+def run(path, x):
+    s = open_model(path)
+    return s.run(None, {s.get_inputs()[0].name: x.numpy()})[0]
+
+
+def test_compact_has_sparse_initializers_and_identical_outputs(sparse_mlp):
+    model, folder, x = sparse_mlp
+    info = make_compact(folder / "sparse.onnx", folder / "compact.onnx")
+    proto = onnx.load(str(folder / "compact.onnx"))
+    assert len(proto.graph.sparse_initializer) == 3 and set(info["sparse_initializers"]) == {
+        "net.1.weight", "net.3.weight", "net.5.weight"}
+    assert info["bytes"] < 0.25 * (folder / "sparse.onnx").stat().st_size
+    assert np.array_equal(run(folder / "compact.onnx", x), run(folder / "sparse.onnx", x))
+
+
+@pytest.mark.parametrize("force", [True, False])
+def test_compute_matches_the_frozen_model(sparse_mlp, force, tmp_path):
+    model, folder, x = sparse_mlp
+    manifest = make_sparse_compute(folder / "sparse.onnx", tmp_path / "c", batch=1, force=force)
+    assert set(manifest["considered"]) == {"net.1.weight", "net.3.weight", "net.5.weight"}
+    assert bool(manifest["layers"]) is force
+    session = SparseSession(tmp_path / "c")
+    assert [i.name for i in session.get_inputs()] == ["input"]  # CSR weights are bound, not fed
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert np.abs(run(tmp_path / "c", x) - want).max() < 1e-5
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "c" / "model.onnx")).graph.node}
+    assert ("SparseToDenseMatMul" in ops) is force
+
+
+def test_compute_choice_follows_the_measurement(sparse_mlp, tmp_path):
+    _, folder, _ = sparse_mlp
+    manifest = make_sparse_compute(folder / "sparse.onnx", tmp_path / "m", batch=1)
+    for name, layer in manifest["considered"].items():
+        assert layer["dense_ms"] > 0 and layer["sparse_ms"] > 0
+        assert layer["sparse"] == (layer["sparse_ms"] < layer["dense_ms"])
+        assert (name in manifest["layers"]) == layer["sparse"]
+
+
+def test_profile_command(sparse_mlp, tmp_path, capsys):
+    _, folder, _ = sparse_mlp
+    make_sparse_compute(folder / "sparse.onnx", tmp_path / "c", batch=1, force=True)
+    out, png = tmp_path / "p.json", tmp_path / "p.png"
+    code = main(["profile", str(tmp_path / "c"), "--baseline", str(folder / "dense.onnx"), "--batch", "1,4",
+                 "--seconds", "0.05", "--warmup", "0.01", "--json", str(out), "--png", str(png)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [(r["batch"], r["threads"]) for r in report["results"]] == [(1, 1), (4, 1)]
+    for r in report["results"]:
+        m = r["models"]["model"]
+        assert m["p50_ms"] <= m["p90_ms"] <= m["p99_ms"] and m["runs"] >= 20 and "times_ms" not in m
+        assert m["ratio_vs_baseline"] == pytest.approx(m["p50_ms"] / r["models"]["baseline"]["p50_ms"])
+    assert "SparseToDenseMatMul" in report["operators"]["model"]
+    assert abs(sum(report["operators"]["baseline"].values()) - 1) < 1e-6
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "x" in capsys.readouterr().out
+    assert main(["profile", str(folder / "dense.onnx"), "--batch", "one"]) == 2
+    (tmp_path / "bad.onnx").write_bytes(b"junk")
+    assert main(["profile", str(tmp_path / "bad.onnx")]) == 2
+    assert "onnxruntime cannot load this model" in capsys.readouterr().err
