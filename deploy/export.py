@@ -6,6 +6,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -30,6 +31,9 @@ class ExportConfig:
     compute_threads: int = opt(1, "onnxruntime threads for that timing.", lo=1)
     compute_min_sparsity: float = opt(0.5, "Linear layers with fewer zeros are never considered for sparse compute.",
                                       lo=0.0, hi=1.0)
+    int8: Literal["none", "dynamic", "static"] = opt("none", "Also write dense-int8.onnx and sparse-int8.onnx: "
+                                                     "dynamic, or static (calibrated on training data).")
+    calibration_samples: int = opt(256, "int8 static: training samples used for calibration.", lo=1)
 
 
 def initializer_sparsity(model: onnx.ModelProto) -> float:

@@ -35,6 +35,7 @@ from . import formats
 from .config import CONFIG_VERSION, RunConfig, load_config, resolved_table, to_toml
 from .export import export_onnx
 from .onnx_variants import make_compact, make_sparse_compute
+from .quantize import quantize
 from .runtime import open_model
 from .gate import check
 from .report import plot_training, write_report
@@ -191,6 +192,11 @@ def stage_export(run: Run) -> list[str]:
                                   "considered": manifest["considered"],
                                   "sparsity_carrier": "CSR weights bound at run time to SparseToDenseMatMul"}
         out += [f"onnx/sparse-compute/{f}" for f in ("model.onnx", "weights.safetensors", "manifest.json")]
+    if cfg.int8 != "none":
+        calibration = run.data.train.x[:cfg.calibration_samples].numpy()
+        for v in ("dense", "sparse"):
+            info[f"{v}-int8"] = quantize(folder / f"{v}.onnx", folder / f"{v}-int8.onnx", cfg.int8, calibration)
+            out.append(f"onnx/{v}-int8.onnx")
     for name in ("sparse-compact", "sparse-compute"):
         if name in info:
             path = folder / ("sparse-compact.onnx" if name == "sparse-compact" else "sparse-compute")
@@ -213,7 +219,9 @@ def stage_validate(run: Run) -> list[str]:
         paths["sparse-compact"] = d / "onnx" / "sparse-compact.onnx"
     if cfg.export.compute:
         paths["sparse-compute"] = d / "onnx" / "sparse-compute"
-    models.update({v: models["sparse"] for v in paths if v not in models})
+    if cfg.export.int8 != "none":
+        paths.update({f"{v}-int8": d / "onnx" / f"{v}-int8.onnx" for v in ("dense", "sparse")})
+    models.update({v: models["dense" if v.startswith("dense") else "sparse"] for v in paths if v not in models})
     x, y = run.data.test.x.numpy(), run.data.test.y.numpy()
     result = validate(paths, models, x, y, cfg.validate)
     sparsity = json.loads((d / "frozen" / "sparsity.json").read_text())

@@ -31,21 +31,28 @@ def _pct(x: float) -> str:
 def summary_rows(report: dict) -> list[tuple[str, str, str]]:
     """(metric, dense, sparse) rows shared by the Markdown report and the CLI's closing table."""
     d, s, lat, size = report["dense"], report["sparse"], report["latency"], report["size"]
-    rows = [
-        ("accuracy (onnxruntime)", _pct(d["accuracy"]), _pct(s["accuracy"])),
-        ("accuracy (PyTorch)", _pct(d["torch_accuracy"]), _pct(s["torch_accuracy"])),
-        ("global sparsity", _pct(0.0), _pct(report["sparsity"]["global"])),
-        (f"latency p50, batch {lat['batch_size']}, {lat['threads']} thread(s)",
-         f"{lat['dense']['p50_ms']:.3f} ms", f"{lat['sparse']['p50_ms']:.3f} ms (x{lat['ratio']:.2f})"),
-        ("ONNX file size", f"{size['dense_onnx_bytes']:,} B", f"{size['sparse_onnx_bytes']:,} B"
-         + (f" (compact: {size['sparse_compact_onnx_bytes']:,} B)" if "sparse_compact_onnx_bytes" in size else "")),
-        ("weights stored (dense vs CSR/BSR)", f"{size['dense_bytes']:,} B",
-         f"{size['sparse_bytes']:,} B (x{size['dense_bytes'] / max(size['sparse_bytes'], 1):.1f} smaller)"),
-    ]
-    compute = report.get("variants", {}).get("sparse-compute")
-    if compute:
-        rows.insert(4, ("  sparse-compute latency p50", "", f"{compute['latency']['p50_ms']:.3f} ms "
-                        f"(x{compute['latency']['ratio_vs_dense']:.2f})"))
+    variants = report.get("variants", {})
+    int8 = "dense-int8" in variants and "sparse-int8" in variants
+
+    def ms(entry: dict) -> str:
+        return f"{entry['p50_ms']:.3f} ms (x{entry['ratio_vs_dense']:.2f})"
+
+    rows = [("accuracy (onnxruntime)", _pct(d["accuracy"]), _pct(s["accuracy"]))]
+    if int8:
+        rows.append(("accuracy int8 (onnxruntime)", _pct(variants["dense-int8"]["accuracy"]),
+                     _pct(variants["sparse-int8"]["accuracy"])))
+    rows += [("accuracy (PyTorch)", _pct(d["torch_accuracy"]), _pct(s["torch_accuracy"])),
+             ("global sparsity", _pct(0.0), _pct(report["sparsity"]["global"])),
+             (f"latency p50, batch {lat['batch_size']}, {lat['threads']} thread(s)",
+              f"{lat['dense']['p50_ms']:.3f} ms", ms(lat["sparse"]))]
+    if "sparse-compute" in variants:
+        rows.append(("  sparse-compute", "", ms(variants["sparse-compute"]["latency"])))
+    if int8:
+        rows.append(("  int8", ms(variants["dense-int8"]["latency"]), ms(variants["sparse-int8"]["latency"])))
+    compact = f" (compact: {size['sparse_compact_onnx_bytes']:,} B)" if "sparse_compact_onnx_bytes" in size else ""
+    rows += [("ONNX file size", f"{size['dense_onnx_bytes']:,} B", f"{size['sparse_onnx_bytes']:,} B{compact}"),
+             ("weights stored (dense vs CSR/BSR)", f"{size['dense_bytes']:,} B",
+              f"{size['sparse_bytes']:,} B (x{size['dense_bytes'] / max(size['sparse_bytes'], 1):.1f} smaller)")]
     return rows
 
 

@@ -118,3 +118,15 @@ def test_mnist_lenet5_lats(tmp_path, mnist_root):
     r = json.loads((tmp_path / "mn" / "report" / "report.json").read_text())
     assert r["dense"]["accuracy"] > 0.95 and r["sparse"]["accuracy"] > 0.94
     assert r["sparsity"]["global"] > 0.5 and r["sparse"]["agreement_with_torch"] > 0.999
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_variants_are_validated_side_by_side(tmp_path, mode):
+    res = sparsepipe("run", "configs/quickstart.toml", "--out", tmp_path / mode, *QUICK, "--set", f"export.int8=\"{mode}\"")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "accuracy int8 (onnxruntime)" in res.stdout
+    r = json.loads((tmp_path / mode / "report" / "report.json").read_text())
+    for v in ("dense", "sparse"):
+        q = r["variants"][f"{v}-int8"]
+        assert abs(q["accuracy"] - r[v]["accuracy"]) < 0.03 and q["latency"]["p50_ms"] > 0
+        assert q["agreement_with_torch"] > 0.95 and (tmp_path / mode / "onnx" / f"{v}-int8.onnx").exists()
