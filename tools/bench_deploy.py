@@ -136,6 +136,8 @@ def plot(meta: dict, path: Path) -> None:
         for variant in ("sparse", "sparse-compact", "sparse-compute"):
             ax.plot([100 * r["target"] for r in rows], [r[variant]["ratio"] for r in rows], "o-", label=variant)
         ax.axhline(1.0, color="grey", ls="--")
+        top = max(r[v]["ratio"] for r in rows for v in ("sparse", "sparse-compact", "sparse-compute"))
+        ax.set_ylim(0, max(1.2, 1.05 * top))  # from 0: ±1% noise must not look like an effect
         ax.set(title=f"{model}, batch {batch}", xlabel="sparsity (%)", ylabel="latency / dense (p50)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
