@@ -207,6 +207,16 @@ def stage_export(run: Run) -> list[str]:
     return out + ["onnx/export.json"]
 
 
+def spiking_summary(models: dict[str, nn.Module], x: torch.Tensor) -> dict:
+    """Firing rate of every neuron layer (PyTorch, dense and sparse) and the layers that never fire."""
+    from compress.models.spiking import firing_rates
+
+    rates = {v: firing_rates(models[v], x) for v in ("dense", "sparse")}
+    return {"time_steps": getattr(models["sparse"], "time_steps", None), "firing_rates": rates,
+            "silent_layers": {v: [n for n, r in rates[v].items() if r == 0.0] for v in rates},
+            "agreement_measure": "argmax agreement and mean |difference| (spikes are discontinuous)"}
+
+
 def param_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.state_dict().values())
 
@@ -251,6 +261,8 @@ def stage_validate(run: Run) -> list[str]:
         "machine": {"platform": platform.platform(), "processor": platform.machine(),
                     "cpus": torch.get_num_threads()},
     }
+    if any(hasattr(m, "export_copy") for m in models.values()):
+        report["spiking"] = spiking_summary(models, run.data.test.x[:256])
     checks = check(report, cfg.gate)
     report["gate"] = {"passed": all(c["passed"] for c in checks),
                       "failures": [c["message"] for c in checks if not c["passed"]],

@@ -76,6 +76,15 @@ def markdown(report: dict) -> str:
         x = lat[name]
         lines.append(f"| {name} | {x['mean_ms']:.3f} | {x['p50_ms']:.3f} | {x['p90_ms']:.3f} | "
                      f"{x['p99_ms']:.3f} | {x['std_ms']:.3f} |")
+    if report.get("spiking"):
+        sp = report["spiking"]
+        lines += ["", f"## Spiking network (T = {sp['time_steps']})", "", "| neuron layer | dense rate | sparse rate |",
+                  "|---|---|---|"]
+        lines += [f"| `{n}` | {r:.4f} | {sp['firing_rates']['sparse'].get(n, float('nan')):.4f} |"
+                  for n, r in sp["firing_rates"]["dense"].items()]
+        for v, silent in sp["silent_layers"].items():
+            if silent:
+                lines.append(f"\n**Warning**: {v} model has layers that never fired: {', '.join(silent)}")
     if "training_plot" in report["artifacts"]:
         lines += ["", f"![training](training.png)"]
     return "\n".join(lines) + "\n"

@@ -60,6 +60,7 @@ def validate(onnx_paths: dict[str, Path], torch_models: dict[str, nn.Module], x:
             "torch_accuracy": float((pt_out.argmax(1) == y).mean()),
             "agreement_with_torch": float((ort_out.argmax(1) == pt_out.argmax(1)).mean()),
             "max_abs_diff_vs_torch": float(np.abs(ort_out - pt_out).max()),
+            "mean_abs_diff_vs_torch": float(np.abs(ort_out - pt_out).mean()),
             "samples": int(len(y)),
         }
     batch = np.ascontiguousarray(x[:cfg.latency_batch_size])
