@@ -1,0 +1,115 @@
+"""Cut channels out of every module of a group (physically smaller layers), or zero them (the mask).
+
+`zero_channels` gives the masked model the removal must reproduce: producers' output rows and
+biases and the passthrough per-channel parameters (BatchNorm γ and β, depthwise filters) are set
+to exact zeros, so those channels carry exact zeros to every consumer.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .graph import ChannelGroup
+
+
+def _index(t: torch.Tensor, keep: torch.Tensor, dim: int) -> nn.Parameter | torch.Tensor:
+    out = t.detach().index_select(dim, keep).clone()
+    return nn.Parameter(out, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else out
+
+
+def _consumer_columns(keep: torch.Tensor, per_channel: int) -> torch.Tensor:
+    return (keep[:, None] * per_channel + torch.arange(per_channel)[None, :]).flatten()
+
+
+@torch.no_grad()
+def zero_channels(model: nn.Module, group: ChannelGroup, drop: torch.Tensor) -> None:
+    for name in group.producers:
+        m = model.get_submodule(name)
+        m.weight[drop] = 0
+        if m.bias is not None:
+            m.bias[drop] = 0
+    for name in group.passthrough:
+        m = model.get_submodule(name)
+        if isinstance(m, nn.Conv2d):  # depthwise: its filter for the channel
+            m.weight[drop] = 0
+            if m.bias is not None:
+                m.bias[drop] = 0
+        else:  # BatchNorm: γ = β = 0 makes the channel exactly 0 whatever its statistics
+            m.weight[drop] = 0
+            m.bias[drop] = 0
+
+
+@torch.no_grad()
+def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
+    """Keep only channels `keep` (sorted indices) of `group` in every coupled module, in place."""
+    if not group.prunable:
+        raise ValueError(f"group of {group.producers or group.passthrough} cannot be pruned: {group.blockers}")
+    if len(keep) == 0:
+        raise ValueError(f"refusing to prune {group.producers} to zero width")
+    keep = torch.as_tensor(keep, dtype=torch.long).sort().values
+    for name in group.producers:
+        m = model.get_submodule(name)
+        m.weight = _index(m.weight, keep, 0)
+        if m.bias is not None:
+            m.bias = _index(m.bias, keep, 0)
+        if isinstance(m, nn.Conv2d):
+            m.out_channels = len(keep)
+        else:
+            m.out_features = len(keep)
+    for name in group.passthrough:
+        m = model.get_submodule(name)
+        if isinstance(m, nn.Conv2d):
+            m.weight = _index(m.weight, keep, 0)
+            if m.bias is not None:
+                m.bias = _index(m.bias, keep, 0)
+            m.in_channels = m.out_channels = m.groups = len(keep)
+        else:
+            for attr in ("weight", "bias", "running_mean", "running_var"):
+                t = getattr(m, attr)
+                if t is not None:
+                    setattr(m, attr, _index(t, keep, 0))
+            m.num_features = len(keep)
+    for name, per_channel in group.consumers:
+        m = model.get_submodule(name)
+        cols = _consumer_columns(keep, per_channel)
+        m.weight = _index(m.weight, cols, 1)
+        if isinstance(m, nn.Conv2d):
+            m.in_channels = len(cols)
+        else:
+            m.in_features = len(cols)
+    group.size = len(keep)
+
+
+@torch.no_grad()
+def _zero_output_channels(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """Channels whose output is provably exactly 0: zero producer rows and biases, and BatchNorm
+    outputs exactly 0 for a zero input (β − γ·mean/√(var + ε) == 0)."""
+    zero = torch.ones(group.size, dtype=torch.bool)
+    for name in group.producers:
+        m = model.get_submodule(name)
+        zero &= (m.weight.flatten(1) == 0).all(1)
+        if m.bias is not None:
+            zero &= m.bias == 0
+    for name in group.passthrough:
+        m = model.get_submodule(name)
+        if isinstance(m, nn.Conv2d):
+            if m.bias is not None:
+                zero &= m.bias == 0
+        else:
+            out = m.bias - m.weight * m.running_mean / torch.sqrt(m.running_var + m.eps)
+            zero &= out == 0
+    return zero
+
+
+def harvest_zero_channels(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, int]:
+    """Physically remove every channel that only ever carries zeros; exact by construction.
+    Returns removed channels per group (named by its first producer)."""
+    removed = {}
+    for group in groups:
+        if not group.prunable:
+            continue
+        zero = _zero_output_channels(model, group)
+        if zero.any() and not zero.all():
+            remove_channels(model, group, torch.nonzero(~zero).flatten())
+            removed[group.producers[0]] = int(zero.sum())
+    return removed

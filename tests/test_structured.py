@@ -1,0 +1,93 @@
+"""Physical channel removal: the smaller model computes exactly what the masked model computes."""
+import copy
+
+import pytest
+import torch
+
+from compress.models import ModelConfig, build_model
+from compress.structured import channel_groups, harvest_zero_channels, remove_channels, zero_channels
+
+ARCHS = ["lenet5", "mlp", "resnet20", "resnet56", "vgg16", "mobilenet_v1", "torchvision:resnet18",
+         "torchvision:mobilenet_v2"]
+
+
+def randomize_bn(model):
+    """Non-trivial BatchNorm statistics, so a mistake in the BN cut shows up in the outputs."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_removal_equals_masking(name):
+    shape = (3, 32, 32) if name.startswith("torchvision") else (1, 28, 28)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, width=0.5, hidden=[64, 32]), shape, 10).eval()
+    randomize_bn(model)
+    x = torch.randn(4, *shape)
+    groups = channel_groups(model, x)
+    prunable = [g for g in groups if g.prunable]
+    assert prunable, "nothing prunable found"
+    gen = torch.Generator().manual_seed(0)
+    masked = copy.deepcopy(model)
+    smaller = copy.deepcopy(model)
+    before = sum(p.numel() for p in smaller.parameters())
+    for group in prunable:
+        keep = torch.randperm(group.size, generator=gen)[: max(group.size // 2, 1)].sort().values
+        drop = torch.tensor(sorted(set(range(group.size)) - set(keep.tolist())), dtype=torch.long)
+        zero_channels(masked, group, drop)
+        remove_channels(smaller, group, keep)
+    with torch.no_grad():
+        want, got = masked(x), smaller(x)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() < 1e-4 * max(1.0, want.abs().max().item())
+    assert sum(p.numel() for p in smaller.parameters()) < 0.7 * before
+    # the logits layer and the input stay whole
+    assert all(not g.prunable for g in groups if "model output" in g.blockers or "model input" in g.blockers)
+
+
+def test_residual_channels_are_coupled():
+    model = build_model(ModelConfig(name="resnet20"), (1, 28, 28), 10).eval()
+    groups = channel_groups(model, torch.randn(2, 1, 28, 28))
+    stage1 = [g for g in groups if "conv1" in g.producers]
+    assert stage1 and len(stage1[0].producers) >= 4  # stem + every block output of stage 1 share channels
+    inner = [g for g in groups if g.producers == ["layers.0.conv1"]]
+    assert inner and inner[0].consumers == [("layers.0.conv2", 1)]
+
+
+def test_unsupported_operation_blocks_instead_of_cutting_wrongly():
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 8, 3)
+            self.head = torch.nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.head(torch.roll(y, 1, dims=1))  # mixes channels: cannot be cut
+
+    groups = channel_groups(Odd(), torch.randn(1, 1, 8, 8))
+    conv = [g for g in groups if g.producers == ["conv"]][0]
+    assert not conv.prunable and any("roll" in b for b in conv.blockers)
+    with pytest.raises(ValueError, match="cannot be pruned"):
+        remove_channels(Odd(), conv, torch.arange(4))
+
+
+def test_harvest_removes_only_provably_zero_channels():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="mlp", hidden=[32, 16]), (1, 8, 8), 10).eval()
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        model.net[1].weight[:10] = 0
+        model.net[1].bias[:10] = 0      # 10 dead neurons: zero in, zero out
+        model.net[1].weight[10:12] = 0  # zero rows but a bias: not provably zero, must stay
+        want = model(x)
+    groups = channel_groups(model, x)
+    removed = harvest_zero_channels(model, groups)
+    assert removed == {"net.1": 10} and model.net[1].out_features == 22 and model.net[3].in_features == 22
+    with torch.no_grad():
+        assert torch.allclose(model(x), want, atol=1e-6)
