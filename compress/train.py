@@ -52,11 +52,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_plan(cfg: TrainConfig, n_train: int) -> TrainPlan:
+def make_plan(cfg: TrainConfig, n_train: int, input_shape: tuple[int, ...] | None = None) -> TrainPlan:
     steps = math.ceil(n_train / cfg.batch_size)
     lr = functools.partial(lr_at, total_steps=cfg.epochs * steps, base_lr=cfg.lr, kind=cfg.lr_schedule,
                            warmup_steps=cfg.warmup_epochs * steps)
-    return TrainPlan(cfg.epochs, steps, lr)
+    return TrainPlan(cfg.epochs, steps, lr, input_shape)
 
 
 @torch.no_grad()
@@ -99,7 +99,7 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
     world = distributed.current()
     if cfg.batch_size % world.size:
         raise UserError(f"train.batch_size: {cfg.batch_size} does not split over {world.size} processes")
-    plan = make_plan(cfg, len(data.train))
+    plan = make_plan(cfg, len(data.train), data.input_shape)
     pruner.attach(model, layers, plan)
     model.to(device)
     optimizer = _optimizer(model, pruner, cfg)

@@ -68,19 +68,23 @@ def save_sparse(folder: str | Path, weights: dict[str, torch.Tensor], model_id: 
     layers = {}
     for name, w in weights.items():
         report = storage_report(w, blocks)
-        use_bsr = report["best_bsr"] is not None and (
-            choice == "bsr" or (choice == "best" and report["bsr_bytes"][report["best_bsr"]] < report["csr_bytes"]))
-        if use_bsr:
-            block = tuple(int(v) for v in report["best_bsr"].split("x"))
-            m = to_bsr(w, block)
+        bsr_bytes = report["bsr_bytes"].get(report["best_bsr"], float("inf"))
+        fmt = "bsr" if report["best_bsr"] is not None and (
+            choice == "bsr" or (choice == "best" and bsr_bytes < report["csr_bytes"])) else "csr"
+        if choice == "best" and report["dense_bytes"] <= min(bsr_bytes, report["csr_bytes"]):
+            fmt = "dense"  # e.g. a layer whose zero channels were cut out: sparse storage would be larger
+        block = tuple(int(v) for v in report["best_bsr"].split("x")) if fmt == "bsr" else None
+        if fmt == "dense":
+            arrays[f"{name}.data"] = np.ascontiguousarray(as_2d(w))
+            stored = arrays[f"{name}.data"].nbytes
         else:
-            block, m = None, to_csr(w)
-        arrays[f"{name}.data"] = np.ascontiguousarray(m.data)
-        arrays[f"{name}.indices"] = m.indices.astype(np.int32)
-        arrays[f"{name}.indptr"] = m.indptr.astype(np.int64)
-        stored = nbytes(m)
+            m = to_bsr(w, block) if fmt == "bsr" else to_csr(w)
+            arrays[f"{name}.data"] = np.ascontiguousarray(m.data)
+            arrays[f"{name}.indices"] = m.indices.astype(np.int32)
+            arrays[f"{name}.indptr"] = m.indptr.astype(np.int64)
+            stored = nbytes(m)
         layers[name] = {"shape": list(w.shape), "dtype": str(w.dtype).removeprefix("torch."),
-                        "format": "bsr" if use_bsr else "csr", "block": list(block) if block else None,
+                        "format": fmt, "block": list(block) if block else None,
                         "nnz": int((w != 0).sum()), "stored_bytes": stored,
                         "compression": report["dense_bytes"] / max(stored, 1), **report}
     with atomic.atomic_path(folder / "weights.safetensors") as tmp:
@@ -120,6 +124,9 @@ def load_sparse_arrays(folder: str | Path, model_id: str | None = None) -> dict[
         shape = info["shape"]
         shape2d = (shape[0], int(np.prod(shape[1:])) if len(shape) > 1 else 1)
         try:
+            if info["format"] == "dense":
+                out[name] = sp.csr_array(arrays[f"{name}.data"].reshape(shape2d))  # zeros are +0.0: exact
+                continue
             parts = (arrays[f"{name}.data"], arrays[f"{name}.indices"], arrays[f"{name}.indptr"])
             if info["format"] == "bsr":
                 out[name] = sp.bsr_array(parts, shape=shape2d, blocksize=tuple(info["block"]))
@@ -133,5 +140,8 @@ def load_sparse_arrays(folder: str | Path, model_id: str | None = None) -> dict[
 def load_sparse(folder: str | Path, model_id: str | None = None) -> dict[str, torch.Tensor]:
     """Dense tensors back, bit for bit, in the weights' original shapes."""
     manifest = read_manifest(folder, model_id)
-    return {name: torch.from_numpy(m.toarray().reshape(manifest["layers"][name]["shape"]))
-            for name, m in load_sparse_arrays(folder, model_id).items()}
+    out = {}
+    for name, m in load_sparse_arrays(folder, model_id).items():
+        dense = m.toarray()
+        out[name] = torch.from_numpy(dense.reshape(manifest["layers"][name]["shape"]))
+    return out

@@ -29,6 +29,7 @@ from compress.models import build_model
 from compress.pruners import Pruner, build_pruner
 from compress.selection import get_module, select_layers
 from compress.sparsity import global_sparsity, layer_sparsity
+from compress.structured import channel_groups, harvest_zero_channels, remove_channels
 from compress.train import load_checkpoint, make_plan, train
 
 from . import formats
@@ -98,15 +99,48 @@ class Run:
         return json.loads(path.read_text()) if path.exists() else select_layers(self.new_model(), self.cfg.prune.layers)
 
     def frozen_model(self, variant: str) -> nn.Module:
-        """A plain model with the frozen weights of `variant` (dense or sparse)."""
-        path = self.dir / "frozen" / f"{self.trained(variant)}.safetensors"
+        """A plain model with the frozen weights of `variant` (dense or sparse), physically smaller
+        where the freeze stage removed channels (frozen/structure.json)."""
+        trained = self.trained(variant)
+        path = self.dir / "frozen" / f"{trained}.safetensors"
         model = self.new_model()
+        structure = self.dir / "frozen" / "structure.json"
+        if trained == "sparse" and structure.exists():
+            apply_structure(model, json.loads(structure.read_text())["keep"], self.data.input_shape)
         try:
             model.load_state_dict(load_file(str(path)))
         except Exception as e:
             raise UserError(f"{path}: does not fit model {self.cfg.model.name!r} ({str(e).splitlines()[0][:200]})") \
                 from None
         return model.eval()
+
+
+def apply_structure(model: nn.Module, keep: dict[str, list[int]], input_shape: tuple[int, ...]) -> None:
+    """Cut `model` to the recorded widths: for each group (named by its first producer), keep those channels."""
+    if not keep:
+        return
+    groups = {g.producers[0]: g for g in channel_groups(model, torch.zeros(2, *input_shape)) if g.producers}
+    for producer, indices in keep.items():
+        remove_channels(model, groups[producer], torch.tensor(indices, dtype=torch.long))
+
+
+def harvest(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
+    """Remove channels that carry only zeros, in place: the kept channels per group, and sizes."""
+    from .flops import count_macs
+
+    def sizes(prefix: str) -> dict:
+        return {f"params_{prefix}": sum(p.numel() for p in model.parameters()),
+                f"macs_{prefix}": count_macs(model, input_shape)["dense"]}
+
+    before = sizes("before")
+    try:
+        groups = channel_groups(model, torch.zeros(2, *input_shape))
+    except ValueError as e:  # e.g. a model torch.fx cannot trace: nothing removed, and the report says why
+        return {"keep": {}, "skipped": str(e), **before, **sizes("after")}
+    widths = {g.producers[0]: g.size for g in groups if g.producers}
+    keep = harvest_zero_channels(model, groups)
+    return {"keep": keep, "widths": {p: (widths[p], len(k)) for p, k in keep.items()},
+            "channels_removed": sum(widths[p] - len(k) for p, k in keep.items()), **before, **sizes("after")}
 
 
 # ---- stages: each returns the files it wrote, relative to the run folder ----
@@ -128,7 +162,7 @@ def stage_freeze(run: Run) -> list[str]:
     out, per_variant, summary = [], {}, {}
     for variant in run.variants:
         model, pruner = run.new_model(), run.new_pruner(variant)
-        pruner.attach(model, run.layers, make_plan(run.cfg.train, len(run.data.train)))
+        pruner.attach(model, run.layers, make_plan(run.cfg.train, len(run.data.train), run.data.input_shape))
         ckpt = run.dir / "train" / variant / "checkpoint.pt"
         state = load_checkpoint(ckpt)
         if state.get("epoch") != run.cfg.train.epochs:
@@ -155,6 +189,13 @@ def stage_freeze(run: Run) -> list[str]:
         "method": run.cfg.prune.method, "pruner": summary, "layers": run.layers,
         "global": global_sparsity(sparse, run.layers), "per_layer": layer_sparsity(sparse, run.layers),
         "dense_global": global_sparsity(per_variant["dense"], run.layers)})
+    if "sparse" in run.variants:  # channels that carry only zeros are cut out: a smaller dense model
+        structure = harvest(sparse, run.data.input_shape)
+        if structure["keep"]:
+            with atomic.atomic_path(run.dir / "frozen" / "sparse.safetensors") as tmp:
+                save_file({k: v.contiguous() for k, v in sparse.state_dict().items()}, str(tmp))
+        atomic.write_json(run.dir / "frozen" / "structure.json", structure)
+        out.append("frozen/structure.json")
     return out + ["frozen/masks.safetensors", "frozen/sparsity.json"]
 
 
@@ -247,9 +288,11 @@ def stage_validate(run: Run) -> list[str]:
         "sparsity": {"global": sparsity["global"], "per_layer": sparsity["per_layer"],
                      "layers_pruned": len(sparsity["layers"])},
         "pruner": sparsity["pruner"],
+        "structure": (json.loads((d / "frozen" / "structure.json").read_text())
+                      if (d / "frozen" / "structure.json").exists() else None),
         "latency": result["latency"],
         "size": {"dense_bytes": dense_bytes,
-                 "sparse_bytes": dense_bytes - csr["dense_bytes"] + csr["stored_bytes"],
+                 "sparse_bytes": param_bytes(models["sparse"]) - csr["dense_bytes"] + csr["stored_bytes"],
                  "per_layer": {n: {k: v[k] for k in ("format", "block", "dense_bytes", "csr_bytes", "bsr_bytes",
                                                      "stored_bytes")} for n, v in csr["layers"].items()},
                  "dense_onnx_bytes": exported["dense"]["bytes"], "sparse_onnx_bytes": exported["sparse"]["bytes"],

@@ -87,7 +87,47 @@ def test_harvest_removes_only_provably_zero_channels():
         model.net[1].weight[10:12] = 0  # zero rows but a bias: not provably zero, must stay
         want = model(x)
     groups = channel_groups(model, x)
-    removed = harvest_zero_channels(model, groups)
-    assert removed == {"net.1": 10} and model.net[1].out_features == 22 and model.net[3].in_features == 22
+    kept = harvest_zero_channels(model, groups)
+    assert kept == {"net.1": list(range(10, 32))} and model.net[1].out_features == 22 and model.net[3].in_features == 22
     with torch.no_grad():
         assert torch.allclose(model(x), want, atol=1e-6)
+
+
+def test_filter_method_gives_a_physically_smaller_model_through_the_pipeline(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    import onnx
+
+    from conftest import REPO
+    from deploy.pipeline import open_run
+    res = subprocess.run([sys.executable, "-m", "deploy", "run", "configs/quickstart.toml", "--out", str(tmp_path / "f"),
+                          "--no-progress", "--set", "model.name='lenet5'", "--set", "prune.method='filter'",
+                          "--set", "prune.filter.ratio=0.5", "--set", "gate.min_sparsity=0", "--set",
+                          "gate.max_accuracy_drop=0.05", "--set", "validate.runs=10"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    r = json.loads((tmp_path / "f" / "report" / "report.json").read_text())
+    s = r["structure"]
+    assert s["widths"]["features.0"] == [6, 3] and s["widths"]["classifier.0"] == [120, 60]
+    assert s["macs_after"] < 0.4 * s["macs_before"] and s["params_after"] < 0.4 * s["params_before"]
+    assert r["size"]["sparse_onnx_bytes"] < 0.5 * r["size"]["dense_onnx_bytes"]
+    assert r["sparse"]["agreement_with_torch"] == 1.0
+    # the smaller model's outputs equal the masked model's (before the cut) on real data
+    run = open_run(tmp_path / "f", progress=False)
+    small = run.frozen_model("sparse")
+    ckpt_model, pruner = run.new_model(), run.new_pruner("sparse")
+    from compress.train import load_checkpoint, make_plan
+    pruner.attach(ckpt_model, run.layers, make_plan(run.cfg.train, len(run.data.train), run.data.input_shape))
+    ckpt_model.load_state_dict(load_checkpoint(tmp_path / "f" / "train" / "sparse" / "checkpoint.pt")["model"])
+    masked = pruner.freeze().eval()
+    x = run.data.test.x[:64]
+    with torch.no_grad():
+        assert (small(x) - masked(x)).abs().max() < 1e-5
+    graph = onnx.load(str(tmp_path / "f" / "onnx" / "sparse.onnx")).graph
+    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    assert shapes["features.0.weight"] == [3, 1, 5, 5] and shapes["classifier.2.weight"] == [42, 60]

@@ -8,6 +8,7 @@ from ..schema import opt
 from ..selection import LayerRule
 from .base import MaskPruner, Pruner, TrainPlan
 from .lats import LATSOptions, LATSPruner
+from .filters import FilterOptions, FilterPruner
 from .greg import GRegOptions, GRegPruner
 from .magnitude import GMPOptions, GMPPruner, L1Options, L1Pruner, MagnitudeOptions, MagnitudePruner
 from .str_reparam import STROptions, STRPruner
@@ -20,6 +21,7 @@ PRUNERS: dict[str, type[Pruner]] = {
     "greg": GRegPruner,
     "l1": L1Pruner,
     "gmp": GMPPruner,
+    "filter": FilterPruner,
 }
 
 
@@ -33,6 +35,8 @@ class PruneConfig:
     greg: GRegOptions = opt(GRegOptions(), "Options of method 'greg' (GReg-1 / GReg-2).")
     l1: L1Options = opt(L1Options(), "Options of method 'l1' (one-shot L1 with GReg-1's selection rule).")
     gmp: GMPOptions = opt(GMPOptions(), "Options of method 'gmp' (gradual magnitude, cubic).")
+    filter: FilterOptions = opt(FilterOptions(), "Options of method 'filter' (one-shot channel pruning, removed "
+                                "physically at freeze).")
 
     def check(self, where: str) -> None:
         if self.method not in PRUNERS:

@@ -26,6 +26,7 @@ class TrainPlan:
     epochs: int
     steps_per_epoch: int
     lr_at: Callable[[int], float]
+    input_shape: tuple[int, ...] | None = None  # one sample's shape, for pruners that trace the model
 
     @property
     def total_steps(self) -> int:

@@ -101,15 +101,16 @@ def _zero_output_channels(model: nn.Module, group: ChannelGroup) -> torch.Tensor
     return zero
 
 
-def harvest_zero_channels(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, int]:
+def harvest_zero_channels(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, list[int]]:
     """Physically remove every channel that only ever carries zeros; exact by construction.
-    Returns removed channels per group (named by its first producer)."""
-    removed = {}
+    Returns, per group that was cut (named by its first producer), the channel indices kept."""
+    kept = {}
     for group in groups:
         if not group.prunable:
             continue
         zero = _zero_output_channels(model, group)
         if zero.any() and not zero.all():
-            remove_channels(model, group, torch.nonzero(~zero).flatten())
-            removed[group.producers[0]] = int(zero.sum())
-    return removed
+            keep = torch.nonzero(~zero).flatten()
+            remove_channels(model, group, keep)
+            kept[group.producers[0]] = keep.tolist()
+    return kept
