@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from compress import atomic
 from compress.errors import UserError
 
 from .latency import compare_latency
+from .report import save_png
 from .runtime import open_model
 
 
@@ -105,9 +105,7 @@ def plot(report: dict, path: Path) -> None:
         ax.set_title(f"batch {r['batch']}, {r['threads']} thread(s)", fontsize=9)
         ax.set_ylabel("ms")
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def without_raw_times(report: dict) -> dict:

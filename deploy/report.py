@@ -90,6 +90,15 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_png(fig, path: Path, dpi: int = 90) -> None:
+    """Write a matplotlib figure atomically as PNG and release it."""
+    import matplotlib.pyplot as plt
+
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
+
 def plot_training(histories: dict[str, list[dict]], per_layer: dict[str, float], path: Path) -> None:
     """Test accuracy and sparsity per epoch for each trained model, and the final per-layer sparsity."""
     import matplotlib
@@ -111,9 +120,7 @@ def plot_training(histories: dict[str, list[dict]], per_layer: dict[str, float],
     axes[2].set(title="final sparsity per layer", xlim=(0, 1))
     axes[2].invert_yaxis()
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def write_report(folder: Path, report: dict) -> None:

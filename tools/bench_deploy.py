@@ -30,6 +30,7 @@ from compress.selection import select_layers  # noqa: E402
 from compress.sparsity import global_sparsity  # noqa: E402
 from compress.train import TrainConfig, train  # noqa: E402
 from deploy.export import export_onnx  # noqa: E402
+from deploy.report import save_png  # noqa: E402
 from deploy.latency import compare_latency  # noqa: E402
 from deploy.onnx_variants import make_compact, make_sparse_compute  # noqa: E402
 from deploy.runtime import open_model  # noqa: E402
@@ -142,9 +143,7 @@ def plot(meta: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 if __name__ == "__main__":

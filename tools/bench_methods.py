@@ -28,6 +28,7 @@ from compress.selection import select_layers  # noqa: E402
 from compress.sparsity import global_sparsity  # noqa: E402
 from compress.train import TrainConfig, train  # noqa: E402
 from deploy.export import export_onnx  # noqa: E402
+from deploy.report import save_png  # noqa: E402
 from deploy.flops import count_macs  # noqa: E402
 from deploy.latency import make_session  # noqa: E402
 from deploy.validate import onnx_logits  # noqa: E402
@@ -125,9 +126,7 @@ def plot(meta: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 if __name__ == "__main__":
