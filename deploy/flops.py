@@ -17,7 +17,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
 
     def hook(name):
         def fn(module, inputs, output):
-            positions = output.shape[2:].numel() if isinstance(module, nn.Conv2d) else 1
+            # H·W are the last two dims, also for multi-step spiking layers ([T, B, C, H, W]);
+            # a spiking model's MACs are per time step.
+            positions = output.shape[-2:].numel() if isinstance(module, nn.Conv2d) else 1
             w = module.weight
             per_layer[name] = (positions * w.numel(), positions * int((w != 0).sum()))
         return fn
