@@ -54,6 +54,8 @@ class Pruner:
 
     def attach(self, model: nn.Module, layers: list[str], plan: TrainPlan) -> None:
         self.model, self.layers, self.plan = model, list(layers), plan
+        # resolved once: hooks run every optimizer step, and a by-name lookup scans the whole model
+        self.modules = {n: get_module(model, n) for n in self.layers}
 
     def begin_epoch(self, epoch: int) -> None:
         pass
@@ -94,7 +96,7 @@ class Pruner:
         """Return the model as plain modules with exact zeros in pruned weights."""
         with torch.no_grad():
             for name in self.layers:
-                m = get_module(self.model, name)
+                m = self.modules[name]
                 m.weight.copy_(exact_zeros(m.weight))
         return self.model
 
@@ -109,7 +111,7 @@ class MaskPruner(Pruner):
     def apply_masks(self) -> None:
         with torch.no_grad():
             for name, mask in self.masks.items():
-                get_module(self.model, name).weight.mul_(mask)
+                self.modules[name].weight.mul_(mask)
 
     def after_step(self, step: int, lr: float) -> None:
         self.apply_masks()
@@ -118,7 +120,7 @@ class MaskPruner(Pruner):
         return {"masks": {k: v.clone() for k, v in self.masks.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.masks = {k: v.to(get_module(self.model, k).weight.device) for k, v in state["masks"].items()}
+        self.masks = {k: v.to(self.modules[k].weight.device) for k, v in state["masks"].items()}
         self.apply_masks()
 
     def freeze(self) -> nn.Module:

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from ..schema import opt
-from ..selection import get_module
 from .base import MaskPruner
 from .groups import group_scores, pick_pruned, to_weight_shape
 
@@ -80,7 +79,7 @@ class GRegPruner(MaskPruner):
             self.gran_prune = o.reg_granularity_prune or o.reg_upper_limit / (updates // 2)
 
     def _weight(self, name: str) -> torch.Tensor:
-        return get_module(self.model, name).weight
+        return self.modules[name].weight
 
     def _groups(self, name: str) -> torch.Tensor:
         return group_scores(self._weight(name), self.options.granularity)

@@ -129,7 +129,7 @@ class LATSPruner(Pruner):
             self._set_threshold(self.final)
 
     def _modules(self) -> list[nn.Module]:
-        return [get_module(self.model, n) for n in self.layers]
+        return [self.modules[n] for n in self.layers]
 
     def latents(self) -> list[torch.Tensor]:
         return [m.parametrizations.weight.original for m in self._modules()]
@@ -154,7 +154,7 @@ class LATSPruner(Pruner):
 
     def after_backward(self, step: int) -> None:
         for name, mask in self.fixed_masks.items():  # early pruning: the mask no longer moves
-            theta = get_module(self.model, name).parametrizations.weight.original
+            theta = self.modules[name].parametrizations.weight.original
             if theta.grad is not None:
                 theta.grad.mul_(mask)
 
@@ -167,7 +167,7 @@ class LATSPruner(Pruner):
         if self.fixed_masks:
             with torch.no_grad():
                 for name, mask in self.fixed_masks.items():
-                    get_module(self.model, name).parametrizations.weight.original.mul_(mask)
+                    self.modules[name].parametrizations.weight.original.mul_(mask)
 
     def end_epoch(self, epoch: int) -> None:
         o, p = self.options, self.plan

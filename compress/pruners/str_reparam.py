@@ -74,7 +74,7 @@ class STRPruner(Pruner):
         return math.log(o.s_init / s_target) / max(lr_sum, 1e-12)
 
     def _params(self) -> list[nn.Parameter]:
-        return [get_module(self.model, n).parametrizations.weight[0].s for n in self.layers]
+        return [self.modules[n].parametrizations.weight[0].s for n in self.layers]
 
     def param_groups(self) -> list[dict]:
         return [{"params": self._params(), "weight_decay": self.s_decay, "name": "str_s"}]
@@ -92,7 +92,7 @@ class STRPruner(Pruner):
         zeros = total_weights = 0
         with torch.no_grad():
             for name in self.layers:
-                w = get_module(self.model, name).weight
+                w = self.modules[name].weight
                 zeros, total_weights = zeros + int((w == 0).sum()), total_weights + w.numel()
         group = self._s_group()
         # Bounded multiplicative feedback: behind the ramp → more decay on s (higher threshold),
