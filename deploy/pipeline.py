@@ -27,7 +27,7 @@ from compress.data import Data, load_config_data
 from compress.errors import UserError
 from compress.models import build_model
 from compress.pruners import Pruner, build_pruner
-from compress.selection import get_module, select_layers
+from compress.selection import clean_name, get_module, select_layers
 from compress.sparsity import global_sparsity, layer_sparsity
 from compress.structured import channel_groups, harvest_zero_channels, remove_channels
 from compress.train import load_checkpoint, make_plan, train
@@ -162,8 +162,13 @@ def stage_freeze(run: Run) -> list[str]:
     out, per_variant, summary = [], {}, {}
     for variant in run.variants:
         model, pruner = run.new_model(), run.new_pruner(variant)
-        pruner.attach(model, run.layers, make_plan(run.cfg.train, len(run.data.train), run.data.input_shape))
         ckpt = run.dir / "train" / variant / "checkpoint.pt"
+        names = {clean_name(n) for n, _ in model.named_modules()}
+        missing = [n for n in run.layers if n not in names]
+        if missing:
+            raise UserError(f"{ckpt}: checkpoint does not fit model {run.cfg.model.name!r} "
+                            f"(trained layer {missing[0]!r} does not exist in it)")
+        pruner.attach(model, run.layers, make_plan(run.cfg.train, len(run.data.train), run.data.input_shape))
         state = load_checkpoint(ckpt)
         if state.get("epoch") != run.cfg.train.epochs:
             raise UserError(f"{ckpt}: training stopped at epoch {state.get('epoch')} of {run.cfg.train.epochs}; "
