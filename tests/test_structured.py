@@ -131,3 +131,17 @@ def test_filter_method_gives_a_physically_smaller_model_through_the_pipeline(tmp
     graph = onnx.load(str(tmp_path / "f" / "onnx" / "sparse.onnx")).graph
     shapes = {i.name: list(i.dims) for i in graph.initializer}
     assert shapes["features.0.weight"] == [3, 1, 5, 5] and shapes["classifier.2.weight"] == [42, 60]
+
+
+def test_filter_pruner_keeps_widths_a_multiple_of_round_to():
+    from compress.pruners import TrainPlan
+    from compress.pruners.filters import FilterOptions, FilterPruner
+    from compress.selection import LayerRule, select_layers
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="resnet20"), (1, 28, 28), 10)
+    pruner = FilterPruner(FilterOptions(ratio=0.3, prune_after=0.0, round_to=8))
+    pruner.attach(model, select_layers(model, LayerRule()), TrainPlan(1, 1, lambda s: 0.1, (1, 28, 28)))
+    pruner.begin_epoch(0)
+    kept = {g.producers[0]: g.size - len(pruner.dropped[g.producers[0]]) for g in pruner.groups}
+    assert kept and all(k % 8 == 0 and k > 0 for k in kept.values())
+    assert {16: 8, 32: 24, 64: 48}[pruner.groups[0].size] in kept.values()

@@ -26,6 +26,8 @@ class FilterOptions:
                        lo=0.0, hi=1.0, hi_open=True)
     prune_after: float = opt(0.3, "Fraction of the epochs trained dense before the one-shot cut.",
                              lo=0.0, hi=1.0, hi_open=True)
+    round_to: int = opt(1, "Keep a multiple of this many channels per group (e.g. 8: SIMD-friendly widths).",
+                        lo=1)
 
 
 class FilterPruner(Pruner):
@@ -55,8 +57,17 @@ class FilterPruner(Pruner):
     def begin_epoch(self, epoch: int) -> None:
         if epoch == math.floor(self.options.prune_after * self.plan.epochs) and not self.dropped:
             for g in self.groups:
-                self.dropped[g.producers[0]] = torch.nonzero(pick_pruned(self._score(g), self.options.ratio)).flatten()
+                self.dropped[g.producers[0]] = self._pick(g)
             self._apply()
+
+    def _pick(self, group) -> torch.Tensor:
+        """Indices of the channels to drop: the lowest scores, keeping a multiple of round_to."""
+        scores, r = self._score(group), self.options.round_to
+        if r == 1:
+            return torch.nonzero(pick_pruned(scores, self.options.ratio)).flatten()
+        n = scores.numel()
+        keep = min(max(r, int(round(n * (1 - self.options.ratio) / r)) * r), n)
+        return torch.argsort(scores, stable=True)[: n - keep].sort().values
 
     def _apply(self) -> None:
         for g in self.groups:
