@@ -65,7 +65,9 @@ def test_kill_9_mid_training_then_rerun_resumes_to_the_same_result(tmp_path):
     assert 3 <= done < 12
     assert not (out / "train" / "stage.json").exists()  # the stage did not complete
     from compress.train import load_checkpoint
-    assert load_checkpoint(out / "train" / "sparse" / "checkpoint.pt")["epoch"] >= 3  # never half-written
+    # never half-written; metrics.jsonl is written just before the checkpoint, so a kill between the
+    # two leaves the checkpoint one epoch behind the metrics
+    assert load_checkpoint(out / "train" / "sparse" / "checkpoint.pt")["epoch"] in (done - 1, done)
     again = run([*args, "--out", out])
     assert again.returncode == 0, again.stderr
     assert not list(out.rglob("*.tmp"))  # temporaries of the killed run are swept
