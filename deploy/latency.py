@@ -10,9 +10,13 @@ import onnxruntime as ort
 from compress.errors import UserError
 
 
-def make_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
-    """A CPU session with a fixed thread count (sequential execution, so numbers compare)."""
+def make_session(path: str | Path, threads: int = 1, profile_prefix: str | None = None) -> ort.InferenceSession:
+    """A CPU session with a fixed thread count (sequential execution, so numbers compare);
+    with `profile_prefix`, onnxruntime's profiler writes its trace there."""
     options = ort.SessionOptions()
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -33,24 +33,10 @@ def input_for(session, batch: int, seed: int = 0) -> np.ndarray:
 
 
 def operator_breakdown(path: str | Path, batch: int, threads: int, runs: int = 30) -> dict[str, float]:
-    """Share of node time per operator type, from onnxruntime's own profiler (plain .onnx files)."""
-    path = Path(path)
-    model_file = path / "model.onnx" if path.is_dir() else path
-    if path.is_dir():  # sparse-compute: profile through the session that binds the CSR weights
-        from .runtime import SparseSession
-
-        holder = SparseSession(path, threads)
-        session = holder.session
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.enable_profiling = True
+    """Share of node time per operator type, from onnxruntime's own profiler."""
     with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = os.path.join(tmp, "ort")
-        session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-        runner = session
-        if path.is_dir():
-            holder.session = session
-            runner = holder
+        runner = open_model(path, threads, profile_prefix=os.path.join(tmp, "ort"))
+        session = getattr(runner, "session", runner)  # a SparseSession wraps the InferenceSession
         x = input_for(runner, batch)
         for _ in range(runs):
             runner.run(None, {runner.get_inputs()[0].name: x})

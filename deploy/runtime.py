@@ -20,7 +20,7 @@ FORMAT, VERSION = "sparsepipe-sparse-compute", 1
 class SparseSession:
     """`run(output_names, feeds)` and `get_inputs()` as on onnxruntime.InferenceSession."""
 
-    def __init__(self, folder: str | Path, threads: int = 1):
+    def __init__(self, folder: str | Path, threads: int = 1, profile_prefix: str | None = None):
         from .latency import make_session
 
         folder = Path(folder)
@@ -31,7 +31,7 @@ class SparseSession:
                 from None
         if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
             raise UserError(f"{folder}: not a sparse-compute folder of version {VERSION}")
-        self.session = make_session(folder / "model.onnx", threads)
+        self.session = make_session(folder / "model.onnx", threads, profile_prefix)
         arrays = load_file(str(folder / "weights.safetensors")) if self.manifest["layers"] else {}
         self._keep = arrays  # OrtValues borrow these buffers
         self.weights = {}
@@ -63,9 +63,11 @@ class SparseSession:
         return binding.copy_outputs_to_cpu()
 
 
-def open_model(path: str | Path, threads: int = 1):
+def open_model(path: str | Path, threads: int = 1, profile_prefix: str | None = None):
     """An InferenceSession for a .onnx file, a SparseSession for a sparse-compute folder."""
     from .latency import make_session
 
     path = Path(path)
-    return SparseSession(path, threads) if path.is_dir() else make_session(path, threads)
+    if path.is_dir():
+        return SparseSession(path, threads, profile_prefix)
+    return make_session(path, threads, profile_prefix)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress.errors import UserError
 from compress.schema import opt
 
 from .latency import compare_latency
@@ -38,8 +39,6 @@ def torch_logits(model: nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray
 
 def check_input(session, x: np.ndarray, path: Path) -> None:
     """Raise a one-line error when the data does not fit the model's declared input."""
-    from compress.errors import UserError
-
     declared = session.get_inputs()[0].shape
     if len(declared) != x.ndim or any(isinstance(d, int) and d != s for d, s in zip(declared[1:], x.shape[1:])):
         raise UserError(f"{path}: model input shape {declared} does not match the data's {list(x.shape)}")

@@ -150,9 +150,8 @@ class GRegPruner(MaskPruner):
 
     def _remove(self) -> None:
         """Remove the pruned groups: from now on they are exact zeros (masks kept through fine-tuning)."""
-        self.masks = {n: ~to_weight_shape(self.pruned[n], self._weight(n), self.options.granularity)
+        self.masks = {n: (~to_weight_shape(self.pruned[n], self._weight(n), self.options.granularity)).contiguous()
                       for n in self.layers}
-        self.masks = {n: m.contiguous() for n, m in self.masks.items()}
         self.phase = "finetune"
         self.apply_masks()
 
