@@ -32,6 +32,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
     if get_origin(tp) is list:
         return f"a list of ({_type_name(get_args(tp)[0])})"
+    if dataclasses.is_dataclass(tp):
+        return "tables with " + ", ".join(f.name for f in dataclasses.fields(tp))
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 

@@ -127,7 +127,7 @@ def test_greg1_penalty_grows_only_on_picked_groups_and_separates_magnitudes(digi
     pruner.after_step = spy
     history = train(model, pruner, digits, cfg, layers, progress=False)
     assert len(seen) > 3
-    for n in pruner.layers:
+    for n in pruner.units:
         picked = pruner.pruned[n]
         assert torch.all(seen[-1][n][~picked] == 0) and torch.all(seen[-1][n][picked] > seen[0][n][picked])
     ratios = [r["mag_ratio_mean"] for r in history if "mag_ratio_mean" in r]

@@ -142,6 +142,109 @@ def test_filter_pruner_keeps_widths_a_multiple_of_round_to():
     pruner = FilterPruner(FilterOptions(ratio=0.3, prune_after=0.0, round_to=8))
     pruner.attach(model, select_layers(model, LayerRule()), TrainPlan(1, 1, lambda s: 0.1, (1, 28, 28)))
     pruner.begin_epoch(0)
-    kept = {g.producers[0]: g.size - len(pruner.dropped[g.producers[0]]) for g in pruner.groups}
+    kept = {k: g.size - len(pruner.dropped[k]) for k, g in pruner.groups.items()}
     assert kept and all(k % 8 == 0 and k > 0 for k in kept.values())
-    assert {16: 8, 32: 24, 64: 48}[pruner.groups[0].size] in kept.values()
+    assert {16: 8, 32: 24, 64: 48}[next(iter(pruner.groups.values())).size] in kept.values()
+
+
+def filter_pruner(model, shape=(1, 28, 28), epochs=1, **options):
+    from compress.pruners import TrainPlan
+    from compress.pruners.filters import FilterOptions, FilterPruner
+    from compress.selection import LayerRule, select_layers
+    pruner = FilterPruner(FilterOptions(**options))
+    pruner.attach(model, select_layers(model, LayerRule()), TrainPlan(epochs, 1, lambda s: 0.1, shape))
+    return pruner
+
+
+def cut(model, shape=(1, 28, 28)):
+    """Freeze's harvest: the physically smaller model."""
+    harvest_zero_channels(model.eval(), channel_groups(model, torch.zeros(2, *shape)))
+    return model
+
+
+@pytest.mark.parametrize("factor", [2.0, 3.0])
+def test_flops_target_is_met_with_the_smallest_uniform_ratio(factor):
+    from compress.structured import keep_count, macs_with_widths
+    from deploy.flops import count_macs
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="resnet20"), (1, 28, 28), 10)
+    dense = count_macs(model, (1, 28, 28))["dense"]
+    pruner = filter_pruner(model, prune_after=0.0, flops_target=factor)
+    pruner.begin_epoch(0)
+    after = count_macs(cut(pruner.freeze()), (1, 28, 28))["dense"]
+    assert dense / after >= factor and after == pruner.planned["macs_after"]
+    # a slightly smaller ratio would miss the target: the search did not overshoot
+    fresh = build_model(ModelConfig(name="resnet20"), (1, 28, 28), 10)
+    prunable = [g for g in channel_groups(fresh, torch.zeros(2, 1, 28, 28)) if g.prunable]
+    less = {g.producers[0]: keep_count(g.size, pruner.planned["ratio"] - 0.03) for g in prunable}
+    assert dense / macs_with_widths(fresh, prunable, less, (1, 28, 28)) < factor
+
+
+def test_flops_target_out_of_reach_is_a_clear_error():
+    from compress.errors import UserError
+    model = build_model(ModelConfig(name="lenet5"), (1, 28, 28), 10)
+    with pytest.raises(UserError, match="flops_target.*out of reach"):
+        filter_pruner(model, flops_target=1000.0)
+    with pytest.raises(UserError, match="flops_target.*above 1"):
+        filter_pruner(model, flops_target=0.5)
+
+
+def test_layer_ratios_override_the_default_ratio():
+    from compress.pruners.filters import LayerRatio
+    model = build_model(ModelConfig(name="lenet5"), (1, 28, 28), 10)
+    pruner = filter_pruner(model, ratio=0.5, layer_ratios=[LayerRatio("features.3", 0.25)])
+    assert pruner.final_keep == {"features.0": 3, "features.3": 12, "classifier.0": 60, "classifier.2": 42}
+
+
+def test_gradual_filter_pruning_grows_monotonically_to_the_final_widths():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="resnet20"), (1, 28, 28), 10)
+    pruner = filter_pruner(model, epochs=10, ratio=0.5, schedule="gradual", prune_after=0.2, prune_until=0.6)
+    seen = []
+    for epoch in range(10):
+        pruner.begin_epoch(epoch)
+        with torch.no_grad():  # training moves the kept weights; dropped ones must stay dropped
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+        pruner.after_step(epoch, 0.1)
+        seen.append({k: set(v.tolist()) for k, v in pruner.dropped.items()})
+    counts = [sum(len(v) for v in s.values()) for s in seen]
+    assert counts[:2] == [0, 0] and 0 < counts[2] < counts[3] < counts[4] < counts[6] == counts[9]
+    for before, after in zip(seen, seen[1:]):
+        assert all(before[k] <= after[k] for k in before)
+    assert all(len(v) == g.size - pruner.final_keep[k] for k, g in pruner.groups.items() for v in [seen[-1][k]])
+
+
+def test_greg_filter_mode_penalises_coupled_filters_and_is_cut_physically():
+    from compress.pruners import TrainPlan
+    from compress.pruners.greg import GRegOptions, GRegPruner
+    from compress.selection import LayerRule, select_layers
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="resnet20", width=0.5), (1, 28, 28), 10)
+    twin = copy.deepcopy(model)
+    plan = TrainPlan(4, 10, lambda s: 0.1, (1, 28, 28))
+    greg = GRegPruner(GRegOptions(variant=1, granularity="filter", sparsity=0.5, pick_after=0.25))
+    greg.attach(model, select_layers(model, LayerRule()), plan)
+    greg.begin_epoch(1)
+    l1 = filter_pruner(twin, epochs=4, ratio=0.5, prune_after=0.25)
+    l1.begin_epoch(1)
+    assert set(greg.pruned) == set(l1.dropped)  # same channels as the L1 filter method on the same weights
+    for k in greg.pruned:
+        assert torch.nonzero(greg.pruned[k]).flatten().tolist() == l1.dropped[k].tolist()
+    key, stem = next((k, g) for k, g in greg.groups.items() if "conv1" in g.producers)
+    assert len(stem.producers) >= 4  # the residual stage: every block's output conv shares these channels
+    greg.reg[key][greg.pruned[key]] = 1.0
+    for p in stem.producers:
+        model.get_submodule(p).weight.grad = torch.zeros_like(model.get_submodule(p).weight)
+    greg.after_backward(0)
+    for p in stem.producers:
+        w = model.get_submodule(p).weight
+        picked = greg.pruned[key]
+        assert torch.equal(w.grad[picked], w.detach()[picked]) and torch.all(w.grad[~picked] == 0)
+    greg._remove()
+    masked = copy.deepcopy(greg.freeze()).eval()
+    x = torch.randn(3, 1, 28, 28)
+    small = cut(model)
+    assert small.conv1.out_channels == stem.size - int(greg.pruned[key].sum())
+    with torch.no_grad():
+        assert (small(x) - masked(x)).abs().max() < 1e-5

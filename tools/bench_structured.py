@@ -1,16 +1,18 @@
 """Channel pruning that makes models physically smaller: latency ratio next to the MAC ratio.
 
-For each ratio, the `filter` method cuts that fraction of every prunable channel group during
-training; the zero channels are then removed (exactly) and dense and pruned models are timed side
-by side in onnxruntime (interleaved, 1 thread). Writes results/structured/results.json + PNG.
+For each model and MAC-reduction factor, the `filter` method (one-shot L1, `flops_target`) cuts
+channels during training on MNIST; the zero channels are then removed (exactly) and the dense and
+pruned models are timed side by side in onnxruntime (interleaved, 1 thread), with their accuracy
+on the 10,000 MNIST test images. Writes results/structured/results.json + latency_vs_macs.png.
 
-    .venv/bin/python tools/bench_structured.py --model resnet20 --data-root ../shared/data/mnist
+    .venv/bin/python tools/bench_structured.py --models resnet20,resnet56,vgg16 --factors 2,3
 """
 from __future__ import annotations
 
 import argparse
 import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,65 +36,77 @@ from deploy.report import save_png  # noqa: E402
 from deploy.validate import onnx_logits  # noqa: E402
 
 
-def trained(model_name: str, data, ratio: float, args) -> torch.nn.Module:
+def train_and_cut(model_name: str, data, cfg: PruneConfig, epochs: int, lr: float):
+    """Train with the configured pruner from seed 0, freeze, and cut the zero channels out.
+    Returns (smaller model, pruner, seconds)."""
     torch.manual_seed(0)
+    start = time.perf_counter()
     model = build_model(ModelConfig(name=model_name), data.input_shape, data.num_classes)
-    cfg = PruneConfig(method="filter" if ratio else "dense")
-    cfg.filter.ratio = ratio or 0.5
-    cfg.filter.round_to = args.round_to
     pruner = build_pruner(cfg)
-    train(model, pruner, data, TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=128, weight_decay=1e-4),
+    train(model, pruner, data, TrainConfig(epochs=epochs, lr=lr, batch_size=128, weight_decay=1e-4),
           select_layers(model, cfg.layers), progress=False)
     model = pruner.freeze().eval()
     harvest_zero_channels(model, channel_groups(model, torch.zeros(2, *data.input_shape)))
-    return model
+    return model, pruner, time.perf_counter() - start
+
+
+def accuracy(session, data) -> float:
+    x, y = data.test.x.numpy(), data.test.y.numpy()
+    return float((onnx_logits(session, x, 256).argmax(1) == y).mean())
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet20")
+    p.add_argument("--models", default="resnet20,resnet56,vgg16")
     p.add_argument("--data-root", default="../shared/data/mnist")
     p.add_argument("--train-limit", type=int, default=12000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--ratios", default="0.3,0.45")
+    p.add_argument("--factors", default="2,3", help="MAC reduction factors (prune.filter.flops_target)")
     p.add_argument("--batches", default="1,32")
-    p.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of this")
-    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--round-to", type=int, default=8, help="keep channel counts a multiple of this")
+    p.add_argument("--seconds", type=float, default=4.0, help="timed seconds per model and batch size")
     p.add_argument("--out", type=Path, default=Path("results/structured"))
     args = p.parse_args(argv)
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     data = load_data("mnist", str(Path(args.data_root).resolve()), train_limit=args.train_limit)
-    x_all, y_all = data.test.x.numpy(), data.test.y.numpy()
-    meta = {"model": args.model, "train_samples": len(data.train), "epochs": args.epochs, "threads": 1,
-            "round_to": args.round_to,
-            "machine": platform.platform(), "onnxruntime": ort.__version__, "rows": []}
-    models = {"dense": trained(args.model, data, 0.0, args)}
-    for ratio in tqdm([float(r) for r in args.ratios.split(",")], desc="ratios"):
-        models[f"filter-{ratio}"] = trained(args.model, data, ratio, args)
-    paths = {}
-    for name, model in models.items():
-        paths[name] = out / f"{args.model}-{name}.onnx"
-        export_onnx(model, data.test.x[:32], paths[name])
-    sessions = {n: make_session(p, threads=1) for n, p in paths.items()}
-    macs = {n: count_macs(m, data.input_shape)["dense"] for n, m in models.items()}
-    params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
-    acc = {n: float((onnx_logits(sessions[n], x_all, 256).argmax(1) == y_all).mean()) for n in models}
-    for batch in [int(b) for b in args.batches.split(",")]:
-        lat = compare_latency(sessions, np.ascontiguousarray(x_all[:batch]), warmup=10, runs=30,
-                              seconds=args.seconds, warmup_seconds=0.5)
-        for n in models:
-            meta["rows"].append({"model": n, "batch": batch, "accuracy": acc[n], "macs": macs[n], "params": params[n],
-                                 "macs_ratio": macs[n] / macs["dense"], "p50_ms": lat[n]["p50_ms"],
-                                 "latency_ratio": lat[n]["p50_ms"] / lat["dense"]["p50_ms"]})
-            r = meta["rows"][-1]
-            tqdm.write(f"{n:12s} b{batch:<3} acc {acc[n]:.4f} MACs x{r['macs_ratio']:.2f} "
-                       f"latency x{r['latency_ratio']:.2f} ({r['p50_ms']:.3f} ms)")
-    atomic.write_json(out / "results.json", meta)
-    for pth in paths.values():
-        pth.unlink()
-    plot(meta, out / "latency_vs_macs.png")
+    meta = {"data": "MNIST", "train_samples": len(data.train), "test_samples": len(data.test), "epochs": args.epochs,
+            "threads": 1, "round_to": args.round_to, "machine": platform.platform(), "cpus": torch.get_num_threads(),
+            "onnxruntime": ort.__version__, "torch": torch.__version__, "rows": []}
+    jobs = [(m, float(f)) for m in args.models.split(",") for f in ["0", *args.factors.split(",")]]
+    for model_name, factor in tqdm(jobs, desc="train + cut"):
+        cfg = PruneConfig(method="filter" if factor else "dense")
+        cfg.filter.flops_target, cfg.filter.round_to = factor, args.round_to
+        model, pruner, seconds = train_and_cut(model_name, data, cfg, args.epochs, args.lr)
+        name = f"{model_name}-x{factor:g}" if factor else f"{model_name}-dense"
+        path = args.out / f"{name}.onnx"
+        export_onnx(model, data.test.x[:32], path)
+        meta["rows"].append({"model": model_name, "variant": name, "target": factor, "path": str(path),
+                             "train_seconds": seconds, "macs": count_macs(model, data.input_shape)["dense"],
+                             "params": sum(q.numel() for q in model.parameters())})
+    rows = []
+    for model_name in args.models.split(","):
+        mine = [r for r in meta["rows"] if r["model"] == model_name]
+        sessions = {r["variant"]: make_session(Path(r["path"]), threads=1) for r in mine}
+        dense = mine[0]
+        for r in mine:
+            r["accuracy"] = accuracy(sessions[r["variant"]], data)
+        for batch in [int(b) for b in args.batches.split(",")]:
+            x = np.ascontiguousarray(data.test.x[:batch].numpy())
+            lat = compare_latency(sessions, x, warmup=10, runs=30, seconds=args.seconds, warmup_seconds=0.5)
+            for r in mine:
+                row = {k: v for k, v in r.items() if k != "path"}
+                row.update(batch=batch, macs_ratio=r["macs"] / dense["macs"], p50_ms=lat[r["variant"]]["p50_ms"],
+                           latency_ratio=lat[r["variant"]]["p50_ms"] / lat[dense["variant"]]["p50_ms"])
+                row["within_15pct"] = abs(row["latency_ratio"] - row["macs_ratio"]) <= 0.15 * row["macs_ratio"]
+                rows.append(row)
+                tqdm.write(f"{row['variant']:16s} b{batch:<3} acc {row['accuracy']:.4f} MACs x{row['macs_ratio']:.3f} "
+                           f"latency x{row['latency_ratio']:.3f} ({row['p50_ms']:.3f} ms)")
+    for r in meta["rows"]:
+        Path(r["path"]).unlink()
+    meta["rows"] = rows
+    atomic.write_json(args.out / "results.json", meta)
+    plot(meta, args.out / "latency_vs_macs.png")
     return 0
 
 
@@ -102,14 +116,19 @@ def plot(meta: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for batch in sorted({r["batch"] for r in meta["rows"]}):
-        rows = [r for r in meta["rows"] if r["batch"] == batch]
-        ax.plot([r["macs_ratio"] for r in rows], [r["latency_ratio"] for r in rows], "o", label=f"batch {batch}")
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="latency = MACs")
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    markers = dict(zip(sorted({r["model"] for r in meta["rows"]}), "os^Dv"))
+    for batch, color in zip(sorted({r["batch"] for r in meta["rows"]}), ("tab:blue", "tab:orange", "tab:green")):
+        for model, marker in markers.items():
+            rows = [r for r in meta["rows"] if r["batch"] == batch and r["model"] == model and r["target"]]
+            ax.plot([r["macs_ratio"] for r in rows], [r["latency_ratio"] for r in rows], marker, color=color,
+                    label=f"{model} b{batch}")
+    xs = np.linspace(0, 1, 50)
+    ax.plot(xs, xs, "--", color="grey", label="latency = MACs")
+    ax.fill_between(xs, 0.85 * xs, 1.15 * xs, color="grey", alpha=0.15, label="±15% of MACs")
     ax.set(xlabel="MACs / dense", ylabel="latency / dense (p50, onnxruntime, 1 thread)",
-           title=f"{meta['model']}: channels removed", xlim=(0, 1.05), ylim=(0, 1.2))
-    ax.legend(fontsize=8)
+           title="Channels removed (MNIST-trained; round_to %d)" % meta["round_to"], xlim=(0, 1.05), ylim=(0, 1.2))
+    ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_png(fig, path)

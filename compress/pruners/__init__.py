@@ -45,6 +45,8 @@ class PruneConfig:
 
 def build_pruner(cfg: PruneConfig) -> Pruner:
     """The configured pruner, not yet attached to a model."""
+    if cfg.method == "l1" and cfg.l1.granularity == "filter":  # the channel baseline is the filter method
+        return FilterPruner(FilterOptions(ratio=cfg.l1.sparsity, prune_after=cfg.l1.prune_after))
     options = getattr(cfg, cfg.method, None)
     return PRUNERS[cfg.method](options)
 

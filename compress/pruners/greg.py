@@ -7,6 +7,11 @@ also stop when the kept/pruned magnitude ratio reaches mag_ratio_limit). GReg-2 
 on all weights to reg_upper_limit_pick, picks by current magnitude (logging the overlap with the
 plain L1 pick), then grows the pruned groups and relaxes the kept ones (reg_granularity_recover).
 Then: stabilise for stabilize_steps with the penalty on, remove the pruned groups (mask), fine-tune.
+
+Filter mode works on coupled channel groups (compress.structured): a channel's score and penalty
+cover every filter that produces it (a residual add couples several), and removal zeroes the
+channel in every coupled module (BatchNorm γ and β included), so the freeze stage cuts it out
+physically. The channels picked are those the `filter` method picks from the same weights.
 """
 from __future__ import annotations
 
@@ -18,8 +23,11 @@ import torch
 from torch import nn
 
 from ..schema import opt
+from ..selection import get_module
+from ..structured import channel_importance
 from .base import MaskPruner
-from .groups import group_scores, pick_pruned, to_weight_shape
+from .channels import selected_groups, zero_dropped
+from .groups import pick_pruned, to_weight_shape
 
 PHASES = ("dense", "pick", "prune", "stabilize", "finetune")
 
@@ -28,10 +36,10 @@ PHASES = ("dense", "pick", "prune", "stabilize", "finetune")
 class GRegOptions:
     variant: Literal[1, 2] = opt(1, "1: GReg-1 (fixed L1 pick, growing penalty); 2: GReg-2 (penalty on all, "
                                  "pick by magnitude, then grow/recover).")
-    granularity: Literal["weight", "filter"] = opt("weight", "Groups: single weights (unstructured) or whole "
-                                                   "filters / output rows (structured; the last prunable layer "
-                                                   "is left whole since it yields the logits).")
-    sparsity: float = opt(0.9, "Fraction of groups pruned in every layer (at most n−1 per layer).",
+    granularity: Literal["weight", "filter"] = opt("weight", "Groups: single weights (unstructured) or channels "
+                                                   "(structured: coupled filters cut together, removed "
+                                                   "physically at freeze; the logits stay whole).")
+    sparsity: float = opt(0.9, "Fraction of groups pruned in every layer or channel group (at most n−1).",
                           lo=0.0, hi=1.0, hi_open=True)
     pick_after: float = opt(0.3, "Fraction of the epochs trained dense before regularisation starts.",
                             lo=0.0, hi=1.0, hi_open=True)
@@ -64,12 +72,17 @@ class GRegPruner(MaskPruner):
         self.l1_overlap: float | None = None
         self.stable_steps = 0
         self.gran_pick = self.gran_prune = 0.0
+        self.groups = {}       # filter mode: channel groups by key
+        self.dropped: dict[str, torch.Tensor] = {}
 
     def attach(self, model: nn.Module, layers: list[str], plan) -> None:
-        if self.options.granularity == "filter" and len(layers) > 1:
-            layers = layers[:-1]
         super().attach(model, layers, plan)
         o = self.options
+        self.units = list(self.layers)  # what carries one reg vector: a layer, or a channel group
+        if o.granularity == "filter":
+            self.groups = selected_groups(model, layers, plan.input_shape, "prune.greg (filter granularity)")
+            self.units = list(self.groups)
+            self.producers = {p: get_module(model, p) for g in self.groups.values() for p in g.producers}
         steps = max(int((o.reg_by - o.pick_after) * plan.total_steps), o.update_reg_interval)
         updates = max(steps // o.update_reg_interval, 2)
         if o.variant == 1:
@@ -81,16 +94,19 @@ class GRegPruner(MaskPruner):
     def _weight(self, name: str) -> torch.Tensor:
         return self.modules[name].weight
 
-    def _groups(self, name: str) -> torch.Tensor:
-        return group_scores(self._weight(name), self.options.granularity)
+    def _groups(self, unit: str) -> torch.Tensor:
+        """Score per group of a unit: |w| per weight, or the channel importance of a channel group."""
+        if self.groups:
+            return channel_importance(self.model, self.groups[unit])
+        return self._weight(unit).detach().abs()
 
     def _pick(self) -> dict[str, torch.Tensor]:
-        return {n: pick_pruned(self._groups(n), self.options.sparsity) for n in self.layers}
+        return {n: pick_pruned(self._groups(n), self.options.sparsity) for n in self.units}
 
     def begin_epoch(self, epoch: int) -> None:
         if self.phase == "dense" and epoch >= math.floor(self.options.pick_after * self.plan.epochs):
-            self.reg = {n: torch.zeros_like(self._groups(n)) for n in self.layers}
-            self.done = {n: False for n in self.layers}
+            self.reg = {n: torch.zeros_like(self._groups(n)) for n in self.units}
+            self.done = {n: False for n in self.units}
             if self.options.variant == 1:
                 self.pruned = self._pick()
                 self.phase = "prune"
@@ -101,10 +117,16 @@ class GRegPruner(MaskPruner):
     def after_backward(self, step: int) -> None:
         if self.phase not in ("pick", "prune", "stabilize"):
             return
-        for n in self.layers:
-            w = self._weight(n)
-            if w.grad is not None:
-                w.grad.add_(to_weight_shape(self.reg[n], w, self.options.granularity) * w.detach())
+        for n in self.units:
+            for w in self._penalised(n):
+                if w.grad is not None:
+                    reg = self.reg[n].to(w.device)
+                    w.grad.add_((reg if not self.groups else to_weight_shape(reg, w, "filter")) * w.detach())
+
+    def _penalised(self, unit: str) -> list[torch.Tensor]:
+        if self.groups:
+            return [self.producers[p].weight for p in self.groups[unit].producers]
+        return [self._weight(unit)]
 
     def _update_mag_ratio(self, n: str) -> None:
         scores, pruned = self._groups(n), self.pruned[n]
@@ -115,6 +137,7 @@ class GRegPruner(MaskPruner):
         o = self.options
         if self.phase == "finetune":
             self.apply_masks()
+            zero_dropped(self.model, self.groups, self.dropped)
             return
         if self.phase == "stabilize":
             self.stable_steps += 1
@@ -124,15 +147,15 @@ class GRegPruner(MaskPruner):
         if self.phase == "dense" or (step + 1) % o.update_reg_interval:
             return
         if self.phase == "pick":
-            for n in self.layers:
+            for n in self.units:
                 self.reg[n] += self.gran_pick
             if min(float(r.max()) for r in self.reg.values()) >= o.reg_upper_limit_pick:
                 self.pruned = self._pick()
-                same = sum(int((self.l1_pick[n] & self.pruned[n]).sum()) for n in self.layers)
+                same = sum(int((self.l1_pick[n] & self.pruned[n]).sum()) for n in self.units)
                 self.l1_overlap = same / max(sum(int(p.sum()) for p in self.pruned.values()), 1)
                 self.phase = "prune"
             return
-        for n in self.layers:  # phase "prune"
+        for n in self.units:  # phase "prune"
             if self.done[n]:
                 continue
             reg, pruned = self.reg[n], self.pruned[n]
@@ -150,10 +173,13 @@ class GRegPruner(MaskPruner):
 
     def _remove(self) -> None:
         """Remove the pruned groups: from now on they are exact zeros (masks kept through fine-tuning)."""
-        self.masks = {n: (~to_weight_shape(self.pruned[n], self._weight(n), self.options.granularity)).contiguous()
-                      for n in self.layers}
+        if self.groups:
+            self.dropped = {n: torch.nonzero(self.pruned[n]).flatten() for n in self.units}
+        else:
+            self.masks = {n: (~self.pruned[n]).contiguous() for n in self.layers}
         self.phase = "finetune"
         self.apply_masks()
+        zero_dropped(self.model, self.groups, self.dropped)
 
     def end_epoch(self, epoch: int) -> None:
         if epoch + 1 == self.plan.epochs and self.phase != "finetune" and self.pruned:
@@ -184,6 +210,12 @@ class GRegPruner(MaskPruner):
         self.l1_overlap = None if state["l1_overlap"] < 0 else state["l1_overlap"]
         self.stable_steps = int(state["stable_steps"])
         super().load_state_dict(state)
+        if self.groups and self.phase == "finetune":
+            self._remove()
+
+    def freeze(self) -> nn.Module:
+        zero_dropped(self.model, self.groups, self.dropped)
+        return super().freeze()
 
     def summary(self) -> dict:
         o = self.options

@@ -5,10 +5,11 @@ remove exactly the same groups.
 """
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
+
+from ..structured.budget import keep_count
 
 Granularity = Literal["weight", "filter"]
 
@@ -23,7 +24,7 @@ def pick_pruned(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """Boolean mask of pruned groups: the min(ceil(ratio·n), n−1) lowest scores (stable order)."""
     flat = scores.flatten()
     n = flat.numel()
-    n_pruned = min(math.ceil(ratio * n), n - 1)
+    n_pruned = n - keep_count(n, ratio)
     pruned = torch.zeros(n, dtype=torch.bool, device=flat.device)
     if n_pruned > 0:
         pruned[torch.argsort(flat, stable=True)[:n_pruned]] = True

@@ -11,7 +11,7 @@ from ..schedules import cubic_sparsity
 from ..schema import opt
 from ..selection import get_module
 from .base import MaskPruner
-from .groups import group_scores, pick_pruned, to_weight_shape
+from .groups import pick_pruned
 
 
 @dataclass
@@ -91,8 +91,9 @@ def magnitude_masks(model, layers: list[str], sparsity: float, scope: str,
 class L1Options:
     sparsity: float = opt(0.9, "Fraction of groups removed in every layer (at most n−1 per layer).",
                           lo=0.0, hi=1.0, hi_open=True)
-    granularity: Literal["weight", "filter"] = opt("weight", "Single weights or whole filters / output rows "
-                                                   "(the last prunable layer is left whole in filter mode).")
+    granularity: Literal["weight", "filter"] = opt("weight", "Single weights, or channels: then it is method "
+                                                   "'filter' cutting `sparsity` of every coupled channel group "
+                                                   "at prune_after (what GReg's filter mode picks).")
     prune_after: float = opt(0.3, "Fraction of the epochs trained dense before the one-shot prune. Set it to "
                              "GReg's pick_after to remove exactly the groups GReg-1 picks.",
                              lo=0.0, hi=1.0, hi_open=True)
@@ -104,18 +105,11 @@ class L1Pruner(MaskPruner):
     name = "l1"
     options: L1Options
 
-    def attach(self, model, layers: list[str], plan) -> None:
-        if self.options.granularity == "filter" and len(layers) > 1:
-            layers = layers[:-1]
-        super().attach(model, layers, plan)
-
     def begin_epoch(self, epoch: int) -> None:
         if epoch == math.floor(self.options.prune_after * self.plan.epochs) and not self.masks:
-            g = self.options.granularity
             for n in self.layers:
                 w = get_module(self.model, n).weight
-                pruned = pick_pruned(group_scores(w, g), self.options.sparsity)
-                self.masks[n] = (~to_weight_shape(pruned, w, g)).contiguous()
+                self.masks[n] = (~pick_pruned(w.detach().abs(), self.options.sparsity)).contiguous()
             self.apply_masks()
 
 

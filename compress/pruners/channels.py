@@ -1,0 +1,31 @@
+"""What the channel pruners share: the coupled groups among the selected layers, and keeping
+dropped channels at exact zeros in every module of their group."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..structured import ChannelGroup, channel_groups, group_key, zero_channels
+
+
+def selected_groups(model: nn.Module, layers: list[str], input_shape: tuple[int, ...] | None,
+                    where: str) -> dict[str, ChannelGroup]:
+    """Prunable channel groups with a producer among `layers`, by group key."""
+    if input_shape is None:
+        raise UserError(f"{where} needs the input shape to trace the model")
+    try:
+        groups = channel_groups(model, torch.zeros(2, *input_shape))
+    except ValueError as e:
+        raise UserError(f"{where}: {e}") from None
+    chosen = {group_key(g): g for g in groups if g.prunable and set(g.producers) & set(layers)}
+    if not chosen:
+        raise UserError(f"{where}: no prunable channel group among the selected layers")
+    return chosen
+
+
+def zero_dropped(model: nn.Module, groups: dict[str, ChannelGroup], dropped: dict[str, torch.Tensor]) -> None:
+    """Set the dropped channels of every group to exact zeros (filters, biases, BatchNorm γ and β)."""
+    for key, idx in dropped.items():
+        if len(idx):
+            zero_channels(model, groups[key], idx)

@@ -1,0 +1,67 @@
+"""How many channels each group keeps: per-group ratios, or one ratio found for a MAC target.
+
+Pure counting plus a bisection: the MACs of a candidate set of widths are measured on a pruned
+copy of the model, so every layer kind the removal supports is counted the way it will run.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from .graph import ChannelGroup
+from .remove import remove_channels
+
+
+def keep_count(n: int, ratio: float, round_to: int = 1) -> int:
+    """Channels kept of `n` when cutting `ratio` of them: never 0; a multiple of round_to when n allows.
+
+    With round_to = 1 this keeps n − min(ceil(ratio·n), n − 1), GReg's and the L1 rule's count.
+    """
+    if round_to == 1:
+        return n - min(math.ceil(ratio * n - 1e-9), n - 1)
+    return min(max(round_to, int(round(n * (1 - ratio) / round_to)) * round_to), n)
+
+
+def group_key(group: ChannelGroup) -> str:
+    """A group's stable name: its first producer."""
+    return group.producers[0]
+
+
+def macs_with_widths(model: nn.Module, groups: list[ChannelGroup], keep: dict[str, int],
+                     input_shape: tuple[int, ...]) -> int:
+    """MACs of one sample after cutting each group to keep[group key] channels (on a copy)."""
+    from deploy.flops import count_macs  # deploy depends on compress, not the other way round at import
+
+    smaller, groups = copy.deepcopy(model), copy.deepcopy(groups)
+    for g in groups:
+        k = keep.get(group_key(g), g.size)
+        if k < g.size:
+            remove_channels(smaller, g, torch.arange(k))
+    return count_macs(smaller, input_shape)["dense"]
+
+
+def ratio_for_macs(model: nn.Module, groups: list[ChannelGroup], input_shape: tuple[int, ...], factor: float,
+                   round_to: int = 1, fixed: dict[str, float] | None = None) -> tuple[float, int, int]:
+    """The smallest ratio, cut from every group not in `fixed` (group key → its own ratio), that
+    divides the model's MACs by at least `factor`. Returns (ratio, dense MACs, MACs after).
+    Raises ValueError when even the deepest cut allowed misses the target."""
+    fixed = fixed or {}
+    dense = macs_with_widths(model, [], {}, input_shape)
+    goal = dense / factor
+
+    def macs(ratio: float) -> int:
+        keep = {group_key(g): keep_count(g.size, fixed.get(group_key(g), ratio), round_to) for g in groups}
+        return macs_with_widths(model, groups, keep, input_shape)
+
+    hi = 0.999
+    if macs(hi) > goal:
+        raise ValueError(f"a {factor:g}x MAC reduction is out of reach: cutting all but one channel "
+                         f"(or round_to) of every prunable group leaves {dense / macs(hi):.2f}x")
+    lo = 0.0
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if macs(mid) <= goal else (mid, hi)
+    return hi, dense, macs(hi)

@@ -1,0 +1,30 @@
+"""How important each channel of a coupled group is: the norms of the filters that produce it."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .graph import ChannelGroup
+
+Norm = Literal["l1", "l2"]
+
+
+@torch.no_grad()
+def channel_importance(model: nn.Module, group: ChannelGroup, norm: Norm = "l1") -> torch.Tensor:
+    """Per channel: the L1 (or L2) norm of its filter, summed over the producers a residual add couples.
+
+    GReg's filter mode and the `filter` method both score with this, so on the same weights they pick
+    the same channels.
+    """
+    total = torch.zeros(group.size)
+    for name in group.producers:
+        rows = model.get_submodule(name).weight.detach().flatten(1).float().cpu()
+        total += rows.abs().sum(1) if norm == "l1" else rows.pow(2).sum(1).sqrt()
+    return total
+
+
+def lowest(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Sorted indices of all but the `keep` highest scores (ties: the earlier index goes first)."""
+    return torch.argsort(scores, stable=True)[: scores.numel() - keep].sort().values
