@@ -29,7 +29,7 @@ from compress.models import build_model
 from compress.pruners import Pruner, build_pruner
 from compress.selection import clean_name, get_module, select_layers
 from compress.sparsity import global_sparsity, layer_sparsity
-from compress.structured import channel_groups, harvest_zero_channels, remove_channels
+from compress.structured import channel_groups, harvest_channels, remove_channels
 from compress.train import load_checkpoint, make_plan, train
 
 from . import formats
@@ -106,7 +106,7 @@ class Run:
         model = self.new_model()
         structure = self.dir / "frozen" / "structure.json"
         if trained == "sparse" and structure.exists():
-            apply_structure(model, json.loads(structure.read_text())["keep"], self.data.input_shape)
+            apply_structure(model, json.loads(structure.read_text()), self.data.input_shape)
         try:
             model.load_state_dict(load_file(str(path)))
         except Exception as e:
@@ -115,17 +115,21 @@ class Run:
         return model.eval()
 
 
-def apply_structure(model: nn.Module, keep: dict[str, list[int]], input_shape: tuple[int, ...]) -> None:
-    """Cut `model` to the recorded widths: for each group (named by its first producer), keep those channels."""
-    if not keep:
+def apply_structure(model: nn.Module, structure: dict, input_shape: tuple[int, ...]) -> None:
+    """Cut `model` to the recorded widths (for each group, named by its first producer, keep those
+    channels), with a bias on the consumers the harvest folded constant channels into."""
+    if not structure.get("keep"):
         return
+    for name in structure.get("biased", []):
+        m = model.get_submodule(name)
+        m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], dtype=m.weight.dtype))
     groups = {g.producers[0]: g for g in channel_groups(model, torch.zeros(2, *input_shape)) if g.producers}
-    for producer, indices in keep.items():
+    for producer, indices in structure["keep"].items():
         remove_channels(model, groups[producer], torch.tensor(indices, dtype=torch.long))
 
 
 def harvest(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
-    """Remove channels that carry only zeros, in place: the kept channels per group, and sizes."""
+    """Remove dead channels in place (constants folded where exact): the kept channels per group, and sizes."""
     from .flops import count_macs
 
     def sizes(prefix: str) -> dict:
@@ -138,8 +142,10 @@ def harvest(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
     except ValueError as e:  # e.g. a model torch.fx cannot trace: nothing removed, and the report says why
         return {"keep": {}, "skipped": str(e), **before, **sizes("after")}
     widths = {g.producers[0]: g.size for g in groups if g.producers}
-    keep = harvest_zero_channels(model, groups)
-    return {"keep": keep, "widths": {p: (widths[p], len(k)) for p, k in keep.items()},
+    result = harvest_channels(model.eval(), groups, input_shape)
+    keep = result.keep
+    return {"keep": keep, "biased": result.biased, "constant_channels_folded": result.folded,
+            "widths": {p: (widths[p], len(k)) for p, k in keep.items()},
             "channels_removed": sum(widths[p] - len(k) for p, k in keep.items()), **before, **sizes("after")}
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from compress.models import ModelConfig, build_model
-from compress.structured import channel_groups, harvest_zero_channels, remove_channels, zero_channels
+from compress.structured import channel_groups, harvest_channels, remove_channels, zero_channels
 
 ARCHS = ["lenet5", "mlp", "resnet20", "resnet56", "vgg16", "mobilenet_v1", "torchvision:resnet18",
          "torchvision:mobilenet_v2"]
@@ -77,18 +77,19 @@ def test_unsupported_operation_blocks_instead_of_cutting_wrongly():
         remove_channels(Odd(), conv, torch.arange(4))
 
 
-def test_harvest_removes_only_provably_zero_channels():
+def test_harvest_removes_dead_neurons_and_folds_their_constant_output():
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="mlp", hidden=[32, 16]), (1, 8, 8), 10).eval()
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
         model.net[1].weight[:10] = 0
         model.net[1].bias[:10] = 0      # 10 dead neurons: zero in, zero out
-        model.net[1].weight[10:12] = 0  # zero rows but a bias: not provably zero, must stay
+        model.net[1].weight[10:12] = 0  # zero rows but a bias: a constant, folded into the next layer's bias
+        model.net[1].bias[10:12] = torch.tensor([0.7, -0.3])  # ReLU: 0.7 carries on, -0.3 becomes 0
         want = model(x)
-    groups = channel_groups(model, x)
-    kept = harvest_zero_channels(model, groups)
-    assert kept == {"net.1": list(range(10, 32))} and model.net[1].out_features == 22 and model.net[3].in_features == 22
+    result = harvest_channels(model, channel_groups(model, x), (1, 8, 8))
+    assert result.keep == {"net.1": list(range(12, 32))} and result.folded == 1 and result.biased == []
+    assert model.net[1].out_features == 20 and model.net[3].in_features == 20
     with torch.no_grad():
         assert torch.allclose(model(x), want, atol=1e-6)
 
@@ -158,7 +159,7 @@ def filter_pruner(model, shape=(1, 28, 28), epochs=1, **options):
 
 def cut(model, shape=(1, 28, 28)):
     """Freeze's harvest: the physically smaller model."""
-    harvest_zero_channels(model.eval(), channel_groups(model, torch.zeros(2, *shape)))
+    harvest_channels(model.eval(), channel_groups(model, torch.zeros(2, *shape)), shape)
     return model
 
 
@@ -248,3 +249,37 @@ def test_greg_filter_mode_penalises_coupled_filters_and_is_cut_physically():
     assert small.conv1.out_channels == stem.size - int(greg.pruned[key].sum())
     with torch.no_grad():
         assert (small(x) - masked(x)).abs().max() < 1e-5
+
+
+def test_harvest_folds_constant_channels_where_exact_and_keeps_them_where_not():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.b1 = torch.nn.Conv2d(1, 6, 3, padding=1, bias=False), torch.nn.BatchNorm2d(6)
+            self.c2, self.b2 = torch.nn.Conv2d(6, 8, 1, bias=False), torch.nn.BatchNorm2d(8)    # no padding: foldable
+            self.c3, self.b3 = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8)  # padded
+            self.fc = torch.nn.Linear(8 * 4 * 4, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.b1(self.c1(x)))
+            x = torch.relu(self.b2(self.c2(x)))
+            x = torch.relu(self.b3(self.c3(x)))
+            return self.fc(torch.flatten(torch.nn.functional.max_pool2d(x, 2), 1))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    randomize_bn(model)
+    with torch.no_grad():
+        for bn in (model.b1, model.b2, model.b3):
+            bn.bias.copy_(bn.bias.abs() + 0.5)  # dead channels carry a positive constant through ReLU
+        model.c1.weight[:2] = 0  # read by c2 (1x1, no padding): folded into c2's (new) bias
+        model.c2.weight[:3] = 0  # read by c3 (3x3, padding 1): not exact, must stay
+        model.c3.weight[:4] = 0  # read by the Linear after flatten: folded
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        want = model(x)
+    result = harvest_channels(model, channel_groups(model, x), (1, 8, 8))
+    assert (model.c1.out_channels, model.c2.out_channels, model.c3.out_channels) == (4, 8, 4)
+    assert result.folded == 6 and result.biased == ["c2"] and model.fc.in_features == 4 * 16
+    with torch.no_grad():
+        assert (model(x) - want).abs().max() < 1e-5

@@ -27,7 +27,7 @@ from compress.data import load_data  # noqa: E402
 from compress.models import ModelConfig, build_model  # noqa: E402
 from compress.pruners import PruneConfig, build_pruner  # noqa: E402
 from compress.selection import select_layers  # noqa: E402
-from compress.structured import channel_groups, harvest_zero_channels  # noqa: E402
+from compress.structured import channel_groups, harvest_channels  # noqa: E402
 from compress.train import TrainConfig, train  # noqa: E402
 from deploy.export import export_onnx  # noqa: E402
 from deploy.flops import count_macs  # noqa: E402
@@ -46,7 +46,7 @@ def train_and_cut(model_name: str, data, cfg: PruneConfig, epochs: int, lr: floa
     train(model, pruner, data, TrainConfig(epochs=epochs, lr=lr, batch_size=128, weight_decay=1e-4),
           select_layers(model, cfg.layers), progress=False)
     model = pruner.freeze().eval()
-    harvest_zero_channels(model, channel_groups(model, torch.zeros(2, *data.input_shape)))
+    harvest_channels(model, channel_groups(model, torch.zeros(2, *data.input_shape)), data.input_shape)
     return model, pruner, time.perf_counter() - start
 
 

@@ -2,12 +2,13 @@
 
 graph.py finds which channels are coupled (a dependency graph traced with torch.fx); remove.py
 cuts them out of every coupled module, giving a smaller dense model; importance.py scores
-channels and budget.py decides how many each group keeps.
+channels and budget.py decides how many each group keeps; harvest.py cuts what pruning left dead.
 """
 from .budget import group_key, keep_count, macs_with_widths, ratio_for_macs
 from .graph import ChannelGroup, channel_groups
+from .harvest import Harvest, harvest_channels
 from .importance import channel_importance, lowest
-from .remove import harvest_zero_channels, remove_channels, zero_channels
+from .remove import remove_channels, zero_channels
 
-__all__ = ["ChannelGroup", "channel_groups", "remove_channels", "zero_channels", "harvest_zero_channels",
+__all__ = ["ChannelGroup", "channel_groups", "remove_channels", "zero_channels", "Harvest", "harvest_channels",
            "channel_importance", "lowest", "keep_count", "group_key", "macs_with_widths", "ratio_for_macs"]

@@ -78,39 +78,3 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -
         else:
             m.in_features = len(cols)
     group.size = len(keep)
-
-
-@torch.no_grad()
-def _zero_output_channels(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-    """Channels whose output is provably exactly 0: zero producer rows and biases, and BatchNorm
-    outputs exactly 0 for a zero input (β − γ·mean/√(var + ε) == 0)."""
-    zero = torch.ones(group.size, dtype=torch.bool)
-    for name in group.producers:
-        m = model.get_submodule(name)
-        zero &= (m.weight.flatten(1) == 0).all(1)
-        if m.bias is not None:
-            zero &= m.bias == 0
-    for name in group.passthrough:
-        m = model.get_submodule(name)
-        if isinstance(m, nn.Conv2d):
-            if m.bias is not None:
-                zero &= m.bias == 0
-        else:
-            out = m.bias - m.weight * m.running_mean / torch.sqrt(m.running_var + m.eps)
-            zero &= out == 0
-    return zero
-
-
-def harvest_zero_channels(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, list[int]]:
-    """Physically remove every channel that only ever carries zeros; exact by construction.
-    Returns, per group that was cut (named by its first producer), the channel indices kept."""
-    kept = {}
-    for group in groups:
-        if not group.prunable:
-            continue
-        zero = _zero_output_channels(model, group)
-        if zero.any() and not zero.all():
-            keep = torch.nonzero(~zero).flatten()
-            remove_channels(model, group, keep)
-            kept[group.producers[0]] = keep.tolist()
-    return kept

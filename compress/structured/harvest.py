@@ -1,0 +1,116 @@
+"""Structure harvest: cut out the channels whose producing filters are all zero.
+
+Such a channel no longer depends on the input: it carries a constant (its bias, then BatchNorm's
+β − γ·μ/√(σ² + ε), through the activation). A channel that is exactly zero where its consumers read
+it is removed as is. A constant one is first folded into each consumer's bias where that is exact:
+a Linear always (the values are known per input column); a conv only without zero padding and when
+the value is the same at every position (at a padded border the constant would meet zeros). A
+channel that cannot be folded into every consumer stays. Exact up to float rounding (~1e-6).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .graph import ChannelGroup
+from .remove import remove_channels
+
+
+@dataclass
+class Harvest:
+    keep: dict[str, list[int]] = field(default_factory=dict)  # group key -> channels kept, for groups cut
+    folded: int = 0                                            # constant channels folded into consumer biases
+    biased: list[str] = field(default_factory=list)            # consumers given a bias to fold into
+
+
+@torch.no_grad()
+def _consumer_inputs(model: nn.Module, names: list[str], example: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    """What each consumer reads in one forward pass; None for a module called more than once."""
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda m, args, n=n: seen[n].append(args[0]))
+             for n in set(names)]
+    try:
+        model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: v[0] if len(v) == 1 else None for n, v in seen.items()}
+
+
+def _dead(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    dead = torch.ones(group.size, dtype=torch.bool)
+    for name in group.producers:
+        dead &= (model.get_submodule(name).weight.detach().flatten(1) == 0).all(1).cpu()
+    return dead
+
+
+def _no_padding(conv: nn.Conv2d) -> bool:
+    if isinstance(conv.padding, str):
+        return conv.padding == "valid" or all(k == 1 for k in conv.kernel_size)
+    return all(p == 0 for p in conv.padding)
+
+
+def _fold_terms(m: nn.Module, inp: torch.Tensor, idx: torch.Tensor, per_channel: int):
+    """For channels `idx` of a consumer's input: (foldable, bias term per channel [k, out])."""
+    w = m.weight.detach()
+    if isinstance(m, nn.Conv2d):
+        v = inp[0, idx].flatten(1)                        # [k, positions]
+        zero = (v == 0).all(1)
+        constant = (v == v[:, :1]).all(1)
+        foldable = zero | (constant & _no_padding(m))
+        terms = w[:, idx].sum((2, 3)).T * v[:, 0:1]      # [k, out]
+        return foldable, torch.where(zero[:, None], torch.zeros_like(terms), terms)
+    cols = (idx[:, None] * per_channel + torch.arange(per_channel)[None, :])  # [k, per_channel]
+    v = inp.reshape(inp.shape[0], -1)[0, cols]            # [k, per_channel]
+    terms = torch.einsum("okp,kp->ko", w[:, cols], v)
+    return torch.ones(len(idx), dtype=torch.bool), terms
+
+
+@torch.no_grad()
+def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: tuple[int, ...]) -> Harvest:
+    """Physically remove, in place, every channel of a prunable group whose producers are all zero,
+    folding constants into consumer biases where exact. The model must be in eval mode (BatchNorm
+    uses its running statistics)."""
+    result = Harvest()
+    example = torch.zeros(1, *input_shape)
+    for group in groups:
+        if not group.prunable:
+            continue
+        idx = torch.nonzero(_dead(model, group)).flatten()
+        if len(idx) == 0:
+            continue
+        inputs = _consumer_inputs(model, [n for n, _ in group.consumers], example)
+        ok = torch.ones(len(idx), dtype=torch.bool)
+        terms = []
+        for name, per_channel in group.consumers:
+            m, inp = model.get_submodule(name), inputs[name]
+            if inp is None:
+                ok[:] = False
+                break
+            foldable, t = _fold_terms(m, inp.float().cpu(), idx, per_channel)
+            ok &= foldable
+            terms.append((name, m, t))
+        if ok.all() and len(idx) == group.size:
+            ok[0] = False  # never to zero width
+        if not ok.any():
+            continue
+        for name, m, t in terms:
+            add = t[ok].sum(0)
+            if not torch.any(add != 0):
+                continue
+            if m.bias is None:
+                m.bias = nn.Parameter(torch.zeros(add.numel(), dtype=m.weight.dtype, device=m.weight.device))
+                result.biased.append(name)
+            m.bias += add.to(m.bias)
+        carried = torch.zeros(int(ok.sum()), dtype=torch.bool)
+        for _, _, t in terms:
+            carried |= (t[ok] != 0).any(1)
+        result.folded += int(carried.sum())
+        keep_mask = torch.ones(group.size, dtype=torch.bool)
+        keep_mask[idx[ok]] = False
+        keep = torch.nonzero(keep_mask).flatten()
+        remove_channels(model, group, keep)
+        result.keep[group.producers[0]] = keep.tolist()
+    return result
