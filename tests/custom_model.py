@@ -1,4 +1,5 @@
 """A user model factory, referenced from tests as model.name = 'custom_model:make'."""
+import torch
 from torch import nn
 
 
@@ -9,3 +10,26 @@ def make(input_shape, num_classes):
 
 def not_a_model(input_shape, num_classes):
     return "nope"
+
+
+class Inception(torch.nn.Module):
+    """Concatenations along the channels: two branches side by side, BatchNorm over the joined tensor,
+    a residual add of two equally concatenated tensors, and a Linear over the flattened concatenation."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.a, self.b = nn.Conv2d(8, 6, 1), nn.Conv2d(8, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(10)
+        self.a2, self.b2 = nn.Conv2d(10, 6, 1), nn.Conv2d(10, 4, 3, padding=1)
+        self.mix = nn.Conv2d(10, 12, 3, padding=1)
+        self.fc = nn.Linear(12 * 4 * 4 + 10, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        z = torch.cat([self.a2(y), self.b2(y)], dim=1) + y  # a add of two [6 | 4] concatenations
+        m = torch.nn.functional.adaptive_avg_pool2d(self.mix(z), 4)
+        pooled = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(z, 1), 1)
+        return self.fc(torch.cat((torch.flatten(m, 1), pooled), 1))

@@ -7,8 +7,8 @@ import torch
 from compress.models import ModelConfig, build_model
 from compress.structured import channel_groups, harvest_channels, remove_channels, zero_channels
 
-ARCHS = ["lenet5", "mlp", "resnet20", "resnet56", "vgg16", "mobilenet_v1", "torchvision:resnet18",
-         "torchvision:mobilenet_v2"]
+ARCHS = ["lenet5", "mlp", "resnet20", "resnet56", "vgg16", "mobilenet_v1", "torchvision:resnet18", "torchvision:googlenet",
+         "torchvision:mobilenet_v2", pytest.param("torchvision:densenet121", marks=pytest.mark.slow)]
 
 
 def randomize_bn(model):
@@ -22,11 +22,15 @@ def randomize_bn(model):
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
-@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("name", ARCHS + ["concat"])
 def test_removal_equals_masking(name):
     shape = (3, 32, 32) if name.startswith("torchvision") else (1, 28, 28)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, width=0.5, hidden=[64, 32]), shape, 10).eval()
+    if name == "concat":
+        from custom_model import Inception
+        model = Inception().eval()
+    else:
+        model = build_model(ModelConfig(name=name, width=0.5, hidden=[64, 32]), shape, 10).eval()
     randomize_bn(model)
     x = torch.randn(4, *shape)
     groups = channel_groups(model, x)
@@ -36,10 +40,11 @@ def test_removal_equals_masking(name):
     masked = copy.deepcopy(model)
     smaller = copy.deepcopy(model)
     before = sum(p.numel() for p in smaller.parameters())
-    for group in prunable:
+    full_width = copy.deepcopy(prunable)  # removal shrinks groups (and the offsets after a concatenation)
+    for group, same in zip(prunable, full_width):
         keep = torch.randperm(group.size, generator=gen)[: max(group.size // 2, 1)].sort().values
         drop = torch.tensor(sorted(set(range(group.size)) - set(keep.tolist())), dtype=torch.long)
-        zero_channels(masked, group, drop)
+        zero_channels(masked, same, drop)
         remove_channels(smaller, group, keep)
     with torch.no_grad():
         want, got = masked(x), smaller(x)
@@ -57,6 +62,34 @@ def test_residual_channels_are_coupled():
     assert stage1 and len(stage1[0].producers) >= 4  # stem + every block output of stage 1 share channels
     inner = [g for g in groups if g.producers == ["layers.0.conv1"]]
     assert inner and inner[0].consumers == [("layers.0.conv2", 1)]
+
+
+def test_concatenated_groups_know_their_offsets():
+    from custom_model import Inception
+    groups = {g.producers[-1]: g for g in channel_groups(Inception(), torch.randn(2, 1, 28, 28)) if g.producers}
+    a, b = groups["a"], groups["b"]  # cat([a, b]) and, added to it, cat([a2, b2]): two groups of 6 and 4
+    assert a.prunable and b.prunable and set(a.producers) == {"a", "a2"} and set(b.producers) == {"b", "b2"}
+    assert a.offset("bn") == 0 and b.offset("bn") == 6 and b.offset("mix") == 6
+    assert a.offset("fc") == 12 * 16 and b.offset("fc") == 12 * 16 + 6  # after the flattened 12x4x4 map
+    remove_channels(Inception(), groups["mix"], torch.arange(5))  # and offsets follow the cut widths
+    assert a.offset("fc") == 5 * 16
+
+
+def test_slicing_or_concatenating_elsewhere_blocks():
+    class Sliced(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(4, 2, 1)
+            self.other, self.twice = torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y, w = self.conv(x), self.other(x)
+            return (self.head(y[:, :4]), torch.cat([w, w], 2), self.twice(torch.cat([w, w], 1)))
+
+    groups = {g.producers[0]: g for g in channel_groups(Sliced(), torch.randn(1, 1, 8, 8)) if g.producers}
+    assert any("indexing" in b for b in groups["conv"].blockers)
+    assert any("along dim 2" in b for b in groups["other"].blockers)
+    assert any("same channels twice" in b for b in groups["other"].blockers)
 
 
 def test_unsupported_operation_blocks_instead_of_cutting_wrongly():

@@ -52,17 +52,18 @@ def _no_padding(conv: nn.Conv2d) -> bool:
     return all(p == 0 for p in conv.padding)
 
 
-def _fold_terms(m: nn.Module, inp: torch.Tensor, idx: torch.Tensor, per_channel: int):
-    """For channels `idx` of a consumer's input: (foldable, bias term per channel [k, out])."""
+def _fold_terms(m: nn.Module, inp: torch.Tensor, idx: torch.Tensor, per_channel: int, offset: int):
+    """For channels `idx` of a group read by a consumer at `offset`: (foldable, bias term per channel [k, out])."""
     w = m.weight.detach()
     if isinstance(m, nn.Conv2d):
+        idx = idx + offset
         v = inp[0, idx].flatten(1)                        # [k, positions]
         zero = (v == 0).all(1)
         constant = (v == v[:, :1]).all(1)
         foldable = zero | (constant & _no_padding(m))
         terms = w[:, idx].sum((2, 3)).T * v[:, 0:1]      # [k, out]
         return foldable, torch.where(zero[:, None], torch.zeros_like(terms), terms)
-    cols = (idx[:, None] * per_channel + torch.arange(per_channel)[None, :])  # [k, per_channel]
+    cols = offset + idx[:, None] * per_channel + torch.arange(per_channel)[None, :]  # [k, per_channel]
     v = inp.reshape(inp.shape[0], -1)[0, cols]            # [k, per_channel]
     terms = torch.einsum("okp,kp->ko", w[:, cols], v)
     return torch.ones(len(idx), dtype=torch.bool), terms
@@ -89,7 +90,7 @@ def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: 
             if inp is None:
                 ok[:] = False
                 break
-            foldable, t = _fold_terms(m, inp.float().cpu(), idx, per_channel)
+            foldable, t = _fold_terms(m, inp.float().cpu(), idx, per_channel, group.offset(name))
             ok &= foldable
             terms.append((name, m, t))
         if ok.all() and len(idx) == group.size:

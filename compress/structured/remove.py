@@ -21,6 +21,12 @@ def _consumer_columns(keep: torch.Tensor, per_channel: int) -> torch.Tensor:
     return (keep[:, None] * per_channel + torch.arange(per_channel)[None, :]).flatten()
 
 
+def _span(total: int, offset: int, width: int, inside: torch.Tensor) -> torch.Tensor:
+    """Indices of a `total`-wide axis: all outside [offset, offset + width), and offset + `inside`
+    within it (the other groups of a concatenation stay untouched)."""
+    return torch.cat([torch.arange(offset), offset + inside, torch.arange(offset + width, total)])
+
+
 @torch.no_grad()
 def zero_channels(model: nn.Module, group: ChannelGroup, drop: torch.Tensor) -> None:
     for name in group.producers:
@@ -29,14 +35,11 @@ def zero_channels(model: nn.Module, group: ChannelGroup, drop: torch.Tensor) -> 
         if m.bias is not None:
             m.bias[drop] = 0
     for name in group.passthrough:
-        m = model.get_submodule(name)
-        if isinstance(m, nn.Conv2d):  # depthwise: its filter for the channel
-            m.weight[drop] = 0
-            if m.bias is not None:
-                m.bias[drop] = 0
-        else:  # BatchNorm: γ = β = 0 makes the channel exactly 0 whatever its statistics
-            m.weight[drop] = 0
-            m.bias[drop] = 0
+        m, at = model.get_submodule(name), group.offset(name) + torch.as_tensor(drop, dtype=torch.long)
+        # depthwise conv: its filter for the channel; BatchNorm: γ = β = 0 gives exact zeros whatever the statistics
+        m.weight[at] = 0
+        if m.bias is not None:
+            m.bias[at] = 0
 
 
 @torch.no_grad()
@@ -58,20 +61,22 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -
             m.out_features = len(keep)
     for name in group.passthrough:
         m = model.get_submodule(name)
+        rows = _span(m.weight.shape[0], group.offset(name), group.size, keep)
         if isinstance(m, nn.Conv2d):
-            m.weight = _index(m.weight, keep, 0)
+            m.weight = _index(m.weight, rows, 0)
             if m.bias is not None:
-                m.bias = _index(m.bias, keep, 0)
-            m.in_channels = m.out_channels = m.groups = len(keep)
+                m.bias = _index(m.bias, rows, 0)
+            m.in_channels = m.out_channels = m.groups = len(rows)
         else:
             for attr in ("weight", "bias", "running_mean", "running_var"):
                 t = getattr(m, attr)
                 if t is not None:
-                    setattr(m, attr, _index(t, keep, 0))
-            m.num_features = len(keep)
+                    setattr(m, attr, _index(t, rows, 0))
+            m.num_features = len(rows)
     for name, per_channel in group.consumers:
         m = model.get_submodule(name)
-        cols = _consumer_columns(keep, per_channel)
+        cols = _span(m.weight.shape[1], group.offset(name), group.size * per_channel,
+                     _consumer_columns(keep, per_channel))
         m.weight = _index(m.weight, cols, 1)
         if isinstance(m, nn.Conv2d):
             m.in_channels = len(cols)
