@@ -53,6 +53,13 @@ def summary_rows(report: dict) -> list[tuple[str, str, str]]:
     rows += [("ONNX file size", f"{size['dense_onnx_bytes']:,} B", f"{size['sparse_onnx_bytes']:,} B{compact}"),
              ("weights stored (dense vs CSR/BSR)", f"{size['dense_bytes']:,} B",
               f"{size['sparse_bytes']:,} B (x{size['dense_bytes'] / max(size['sparse_bytes'], 1):.1f} smaller)")]
+    st = report.get("structure") or {}
+    if st.get("channels_removed"):
+        rows += [("MACs per sample (channels removed)", f"{st['macs_before']:,}",
+                  f"{st['macs_after']:,} (x{st['macs_after'] / st['macs_before']:.2f}, "
+                  f"{st['channels_removed']} channels cut)"),
+                 ("parameters", f"{st['params_before']:,}",
+                  f"{st['params_after']:,} (x{st['params_after'] / st['params_before']:.2f})")]
     return rows
 
 
@@ -70,6 +77,14 @@ def markdown(report: dict) -> str:
         lines += [f"- {k}: `{json.dumps(v) if isinstance(v, (dict, list)) else v}`" for k, v in report["pruner"].items()]
     lines += ["", "## Per-layer sparsity", "", "| layer | sparsity |", "|---|---|"]
     lines += [f"| `{k}` | {_pct(v)} |" for k, v in report["sparsity"]["per_layer"].items()]
+    st = report.get("structure") or {}
+    if st.get("channels_removed"):
+        lines += ["", "## Channels removed (physically smaller model)", "",
+                  f"{st['channels_removed']} channels cut ({st.get('constant_channels_folded', 0)} of them carried "
+                  f"a constant, folded into the next layer's bias); MACs {st['macs_before']:,} → {st['macs_after']:,}, "
+                  f"parameters {st['params_before']:,} → {st['params_after']:,}.", "",
+                  "| group (first producer) | width before | width after |", "|---|---|---|"]
+        lines += [f"| `{k}` | {a} | {b} |" for k, (a, b) in st["widths"].items()]
     lat = report["latency"]
     lines += ["", "## Latency (ms)", "", "| model | mean | p50 | p90 | p99 | std |", "|---|---|---|---|---|---|"]
     for name in ["dense", "sparse"] + list(report.get("variants", {})):
@@ -86,7 +101,7 @@ def markdown(report: dict) -> str:
             if silent:
                 lines.append(f"\n**Warning**: {v} model has layers that never fired: {', '.join(silent)}")
     if "training_plot" in report["artifacts"]:
-        lines += ["", f"![training](training.png)"]
+        lines += ["", "![training](training.png)"]
     return "\n".join(lines) + "\n"
 
 

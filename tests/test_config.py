@@ -55,6 +55,17 @@ def test_overrides_are_typed(tmp_path):
         load_config(write(tmp_path, ""), ["train.epochs=0"])
 
 
+def test_filter_layer_ratios_are_tables_and_round_trip(tmp_path):
+    text = ("[prune]\nmethod = 'filter'\n[[prune.filter.layer_ratios]]\nlayer = 'layers.0.*'\nratio = 0.25\n"
+            "[[prune.filter.layer_ratios]]\nlayer = 'fc'\nratio = 0.0\n")
+    cfg = load_config(write(tmp_path, text))
+    assert [(r.layer, r.ratio) for r in cfg.prune.filter.layer_ratios] == [("layers.0.*", 0.25), ("fc", 0.0)]
+    again = load_config(write(tmp_path, to_toml(resolved_table(cfg))))
+    assert again.prune.filter.layer_ratios == cfg.prune.filter.layer_ratios
+    with pytest.raises(UserError, match=r"prune.filter.layer_ratios\[0\].ratio"):
+        load_config(write(tmp_path, "[[prune.filter.layer_ratios]]\nlayer = 'x'\nratio = 1.5\n"))
+
+
 def test_resolved_config_round_trips_through_toml(tmp_path):
     cfg = load_config(REPO / "configs" / "quickstart.toml")
     p = write(tmp_path, to_toml(resolved_table(cfg)))
