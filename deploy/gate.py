@@ -14,6 +14,8 @@ class GateConfig:
     min_sparsity: float = opt(0.0, "Smallest allowed global sparsity of the pruned layers.", lo=0.0, hi=1.0)
     max_latency_ratio: float = opt(0.0, "Largest allowed sparse/dense p50 latency ratio (0 = not checked).",
                                    lo=0.0)
+    max_macs_ratio: float = opt(0.0, "Largest allowed MACs of the (channel-cut) sparse model over the dense "
+                                "model's (0 = not checked).", lo=0.0)
 
 
 def _get(report: dict, dotted: str, source: str):
@@ -40,6 +42,12 @@ def check(report: dict, gate: GateConfig, source: str = "report") -> list[dict]:
         results.append({"name": "latency_ratio", "passed": ratio <= gate.max_latency_ratio,
                         "message": f"latency ratio {ratio:.3f} (sparse/dense p50) vs allowed "
                                    f"{gate.max_latency_ratio:.3f}"})
+    if gate.max_macs_ratio > 0:
+        st = report.get("structure") or {}
+        ratio = st["macs_after"] / st["macs_before"] if st.get("macs_before") else 1.0
+        results.append({"name": "macs_ratio", "passed": ratio <= gate.max_macs_ratio + 1e-12,
+                        "message": f"MACs ratio {ratio:.3f} (after the channel cut / dense) vs allowed "
+                                   f"{gate.max_macs_ratio:.3f}"})
     return results
 
 

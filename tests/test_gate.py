@@ -21,6 +21,13 @@ def test_thresholds():
     assert "0.0100" in failed[0]["message"]
 
 
+def test_macs_gate_uses_the_channel_cut():
+    cut = {**REPORT, "structure": {"macs_before": 1000, "macs_after": 450}}
+    assert [c["passed"] for c in check(cut, GateConfig(max_macs_ratio=0.5)) if c["name"] == "macs_ratio"] == [True]
+    assert [c["passed"] for c in check(cut, GateConfig(max_macs_ratio=0.4)) if c["name"] == "macs_ratio"] == [False]
+    assert [c["passed"] for c in check(REPORT, GateConfig(max_macs_ratio=0.9)) if c["name"] == "macs_ratio"] == [False]
+
+
 def test_reference_comparison():
     worse = copy.deepcopy(REPORT)
     worse["sparse"]["accuracy"] = 0.95
