@@ -316,3 +316,18 @@ def test_harvest_folds_constant_channels_where_exact_and_keeps_them_where_not():
     assert result.folded == 6 and result.biased == ["c2"] and model.fc.in_features == 4 * 16
     with torch.no_grad():
         assert (model(x) - want).abs().max() < 1e-5
+
+
+def test_filter_method_names_why_a_model_cannot_be_cut():
+    from compress.errors import UserError
+
+    class Rolled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(1, 8, 3), torch.nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(torch.roll(self.conv(x), 1, dims=1).mean((2, 3)))
+
+    with pytest.raises(UserError, match=r"no prunable channel group.*conv: unsupported operation roll"):
+        filter_pruner(Rolled(), shape=(1, 8, 8))

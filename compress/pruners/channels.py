@@ -10,18 +10,22 @@ from ..structured import ChannelGroup, channel_groups, group_key, zero_channels
 
 
 def selected_groups(model: nn.Module, layers: list[str], input_shape: tuple[int, ...] | None,
-                    where: str) -> dict[str, ChannelGroup]:
-    """Prunable channel groups with a producer among `layers`, by group key."""
+                    where: str) -> tuple[dict[str, ChannelGroup], dict[str, str]]:
+    """Prunable channel groups with a producer among `layers`, by group key; and the selected groups
+    that must stay whole, with the reason (for the report)."""
     if input_shape is None:
         raise UserError(f"{where} needs the input shape to trace the model")
     try:
         groups = channel_groups(model, torch.zeros(2, *input_shape))
     except ValueError as e:
         raise UserError(f"{where}: {e}") from None
-    chosen = {group_key(g): g for g in groups if g.prunable and set(g.producers) & set(layers)}
+    selected = [g for g in groups if set(g.producers) & set(layers)]
+    chosen = {group_key(g): g for g in selected if g.prunable}
+    whole = {group_key(g): g.blockers[0] for g in selected if not g.prunable}
     if not chosen:
-        raise UserError(f"{where}: no prunable channel group among the selected layers")
-    return chosen
+        reasons = "; ".join(f"{k}: {v}" for k, v in list(whole.items())[:3])
+        raise UserError(f"{where}: no prunable channel group among the selected layers ({reasons})")
+    return chosen, whole
 
 
 def zero_dropped(model: nn.Module, groups: dict[str, ChannelGroup], dropped: dict[str, torch.Tensor]) -> None:

@@ -69,7 +69,7 @@ class FilterPruner(Pruner):
                             f"got {o.prune_until}")
         if 0 < o.flops_target <= 1:
             raise UserError(f"prune.filter.flops_target: expected 0 (off) or a factor above 1, got {o.flops_target}")
-        self.groups = selected_groups(model, layers, plan.input_shape, "prune.method 'filter'")
+        self.groups, self.whole = selected_groups(model, layers, plan.input_shape, "prune.method 'filter'")
         fixed = {}
         for key, g in self.groups.items():
             rule = next((r for r in o.layer_ratios if any(fnmatch.fnmatch(p, r.layer) for p in g.producers)), None)
@@ -122,7 +122,7 @@ class FilterPruner(Pruner):
 
     def summary(self) -> dict:
         return {**self.planned, "flops_target": self.options.flops_target, "schedule": self.options.schedule,
-                "groups_cut": sum(1 for v in self.dropped.values() if len(v)),
+                "groups_cut": sum(1 for v in self.dropped.values() if len(v)), "kept_whole": self.whole,
                 "channels_removed": {k: int(len(v)) for k, v in self.dropped.items()}}
 
     def freeze(self) -> nn.Module:

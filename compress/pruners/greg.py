@@ -80,7 +80,8 @@ class GRegPruner(MaskPruner):
         o = self.options
         self.units = list(self.layers)  # what carries one reg vector: a layer, or a channel group
         if o.granularity == "filter":
-            self.groups = selected_groups(model, layers, plan.input_shape, "prune.greg (filter granularity)")
+            self.groups, self.whole = selected_groups(model, layers, plan.input_shape,
+                                                      "prune.greg (filter granularity)")
             self.units = list(self.groups)
             self.producers = {p: get_module(model, p) for g in self.groups.values() for p in g.producers}
         steps = max(int((o.reg_by - o.pick_after) * plan.total_steps), o.update_reg_interval)
@@ -221,5 +222,5 @@ class GRegPruner(MaskPruner):
         o = self.options
         return {"variant": f"GReg-{o.variant}", "granularity": o.granularity, "phase_at_end": self.phase,
                 "reg_granularity_prune": self.gran_prune, "l1_overlap": self.l1_overlap,
-                "mag_ratio": dict(self.mag_ratio),
+                "mag_ratio": dict(self.mag_ratio), "kept_whole": getattr(self, "whole", {}),
                 "pruned_groups": {n: int(p.sum()) for n, p in self.pruned.items()}}
