@@ -158,6 +158,19 @@ def test_greg2_logs_overlap_with_l1(digits):
     assert global_sparsity(pruner.freeze(), pruner.layers) == pytest.approx(0.8, abs=0.01)
 
 
+def test_greg2_filter_mode_ends_with_channels_cut_out(digits):
+    from compress.structured import channel_groups, harvest_channels
+    model, layers = mlp(64)
+    pruner = GRegPruner(GRegOptions(variant=2, granularity="filter", sparsity=0.5, pick_after=0.25))
+    history = train(model, pruner, digits, TrainConfig(epochs=8), layers, progress=False)
+    assert history[-1]["phase"] == "finetune" and 0.0 < history[-1]["l1_overlap"] <= 1.0
+    frozen = pruner.freeze().eval()
+    shape = digits.input_shape
+    harvest_channels(frozen, channel_groups(frozen, torch.zeros(2, *shape)), shape)
+    hidden = [m.out_features for m in frozen.modules() if isinstance(m, torch.nn.Linear)][:-1]
+    assert hidden == [32, 32]  # half of every hidden layer's neurons physically gone, the logits whole
+
+
 def test_pick_pruned_keeps_at_least_one_group():
     scores = torch.tensor([3.0, 1.0, 2.0])
     assert pick_pruned(scores, 0.99).tolist() == [False, True, True]  # n−1 at most: the best group stays
