@@ -101,3 +101,13 @@ def test_readme_reference_is_current():
     readme = (REPO / "README.md").read_text()
     missing = [row for row in config_reference().splitlines() if row not in readme]
     assert not missing, "regenerate the README's reference with `sparsepipe config-reference`:\n" + "\n".join(missing[:5])
+
+
+def test_readme_python_examples_run(tmp_path, monkeypatch):
+    import re
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    for code in blocks:
+        exec(compile(code.replace("epochs=20", "epochs=2"), "README.md", "exec"), {})
+    assert (tmp_path / "out" / "sparse.onnx").exists()
