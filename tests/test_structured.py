@@ -331,3 +331,11 @@ def test_filter_method_names_why_a_model_cannot_be_cut():
 
     with pytest.raises(UserError, match=r"no prunable channel group.*conv: unsupported operation roll"):
         filter_pruner(Rolled(), shape=(1, 8, 8))
+
+
+def test_keep_count_rules():
+    from compress.structured import keep_count
+    assert [keep_count(10, r) for r in (0.0, 0.3, 0.5, 0.99)] == [10, 7, 5, 1]
+    assert [keep_count(64, r, round_to=8) for r in (0.3, 0.5, 0.99)] == [48, 32, 8]
+    assert [keep_count(64, r, pow2=True) for r in (0.0, 0.3, 0.5, 0.7, 0.99)] == [64, 32, 32, 16, 1]
+    assert keep_count(6, 0.0, pow2=True) == 6 and keep_count(6, 0.2, pow2=True) == 4  # never above n

@@ -65,18 +65,19 @@ def main(argv=None) -> int:
     p.add_argument("--factors", default="2,3", help="MAC reduction factors (prune.filter.flops_target)")
     p.add_argument("--batches", default="1,32")
     p.add_argument("--round-to", type=int, default=8, help="keep channel counts a multiple of this")
+    p.add_argument("--pow2", action="store_true", help="keep channel counts powers of two")
     p.add_argument("--seconds", type=float, default=4.0, help="timed seconds per model and batch size")
     p.add_argument("--out", type=Path, default=Path("results/structured"))
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     data = load_data("mnist", str(Path(args.data_root).resolve()), train_limit=args.train_limit)
     meta = {"data": "MNIST", "train_samples": len(data.train), "test_samples": len(data.test), "epochs": args.epochs,
-            "threads": 1, "round_to": args.round_to, "machine": platform.platform(), "cpus": torch.get_num_threads(),
+            "threads": 1, "round_to": args.round_to, "pow2": args.pow2, "lr": args.lr, "machine": platform.platform(), "cpus": torch.get_num_threads(),
             "onnxruntime": ort.__version__, "torch": torch.__version__, "rows": []}
     jobs = [(m, float(f)) for m in args.models.split(",") for f in ["0", *args.factors.split(",")]]
     for model_name, factor in tqdm(jobs, desc="train + cut"):
         cfg = PruneConfig(method="filter" if factor else "dense")
-        cfg.filter.flops_target, cfg.filter.round_to = factor, args.round_to
+        cfg.filter.flops_target, cfg.filter.round_to, cfg.filter.pow2 = factor, args.round_to, args.pow2
         model, pruner, seconds = train_and_cut(model_name, data, cfg, args.epochs, args.lr)
         name = f"{model_name}-x{factor:g}" if factor else f"{model_name}-dense"
         path = args.out / f"{name}.onnx"
@@ -127,7 +128,8 @@ def plot(meta: dict, path: Path) -> None:
     ax.plot(xs, xs, "--", color="grey", label="latency = MACs")
     ax.fill_between(xs, 0.85 * xs, 1.15 * xs, color="grey", alpha=0.15, label="±15% of MACs")
     ax.set(xlabel="MACs / dense", ylabel="latency / dense (p50, onnxruntime, 1 thread)",
-           title="Channels removed (MNIST-trained; round_to %d)" % meta["round_to"], xlim=(0, 1.05), ylim=(0, 1.2))
+           title="Channels removed (MNIST-trained; %s)" % (
+               "power-of-two widths" if meta.get("pow2") else f"round_to {meta['round_to']}"), xlim=(0, 1.05), ylim=(0, 1.2))
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()

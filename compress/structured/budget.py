@@ -15,11 +15,15 @@ from .graph import ChannelGroup
 from .remove import remove_channels
 
 
-def keep_count(n: int, ratio: float, round_to: int = 1) -> int:
-    """Channels kept of `n` when cutting `ratio` of them: never 0; a multiple of round_to when n allows.
+def keep_count(n: int, ratio: float, round_to: int = 1, pow2: bool = False) -> int:
+    """Channels kept of `n` when cutting `ratio` of them: never 0; a multiple of round_to when n allows,
+    or with pow2 the nearest power of two (at most n's largest).
 
     With round_to = 1 this keeps n − min(ceil(ratio·n), n − 1), GReg's and the L1 rule's count.
     """
+    if pow2 and ratio > 0:
+        nearest = 2 ** round(math.log2(max(n * (1 - ratio), 1)))
+        return min(nearest, 2 ** int(math.log2(n)))
     if round_to == 1:
         return n - min(math.ceil(ratio * n - 1e-9), n - 1)
     return min(max(round_to, int(round(n * (1 - ratio) / round_to)) * round_to), n)
@@ -44,7 +48,8 @@ def macs_with_widths(model: nn.Module, groups: list[ChannelGroup], keep: dict[st
 
 
 def ratio_for_macs(model: nn.Module, groups: list[ChannelGroup], input_shape: tuple[int, ...], factor: float,
-                   round_to: int = 1, fixed: dict[str, float] | None = None) -> tuple[float, int, int]:
+                   round_to: int = 1, fixed: dict[str, float] | None = None,
+                   pow2: bool = False) -> tuple[float, int, int]:
     """The smallest ratio, cut from every group not in `fixed` (group key → its own ratio), that
     divides the model's MACs by at least `factor`. Returns (ratio, dense MACs, MACs after).
     Raises ValueError when even the deepest cut allowed misses the target."""
@@ -53,7 +58,7 @@ def ratio_for_macs(model: nn.Module, groups: list[ChannelGroup], input_shape: tu
     goal = dense / factor
 
     def macs(ratio: float) -> int:
-        keep = {group_key(g): keep_count(g.size, fixed.get(group_key(g), ratio), round_to) for g in groups}
+        keep = {group_key(g): keep_count(g.size, fixed.get(group_key(g), ratio), round_to, pow2) for g in groups}
         return macs_with_widths(model, groups, keep, input_shape)
 
     hi = 0.999
