@@ -50,6 +50,15 @@ def train_and_cut(model_name: str, data, cfg: PruneConfig, epochs: int, lr: floa
     return model, pruner, time.perf_counter() - start
 
 
+def widths(model: torch.nn.Module) -> list[int]:
+    """Conv widths in order, repeats collapsed (ResNet-20: one per stage)."""
+    out: list[int] = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.out_channels not in out[-1:]:
+            out.append(m.out_channels)
+    return out
+
+
 def accuracy(session, data) -> float:
     x, y = data.test.x.numpy(), data.test.y.numpy()
     return float((onnx_logits(session, x, 256).argmax(1) == y).mean())
@@ -84,7 +93,7 @@ def main(argv=None) -> int:
         export_onnx(model, data.test.x[:32], path)
         meta["rows"].append({"model": model_name, "variant": name, "target": factor, "path": str(path),
                              "train_seconds": seconds, "macs": count_macs(model, data.input_shape)["dense"],
-                             "params": sum(q.numel() for q in model.parameters())})
+                             "params": sum(q.numel() for q in model.parameters()), "widths": widths(model)})
     rows = []
     for model_name in args.models.split(","):
         mine = [r for r in meta["rows"] if r["model"] == model_name]
