@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import struct
-import io
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path

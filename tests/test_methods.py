@@ -10,7 +10,7 @@ from compress.pruners import PruneConfig, TrainPlan, build_pruner
 from compress.pruners.greg import GRegOptions, GRegPruner
 from compress.pruners.groups import group_scores, pick_pruned
 from compress.pruners.lats import LATSOptions, LATSPruner
-from compress.pruners.magnitude import L1Options, L1Pruner
+from compress.pruners.magnitude import L1Options
 from compress.pruners.str_reparam import STROptions, STRPruner
 from compress.schedules import cubic_sparsity, lr_at, threshold_fraction
 from compress.selection import LayerRule, select_layers

@@ -11,7 +11,7 @@ from compress.pruners.lats import LATSOptions, LATSPruner, soft_threshold
 from compress.pruners.magnitude import MagnitudeOptions, MagnitudePruner, magnitude_masks
 from compress.schedules import lr_at
 from compress.selection import LayerRule, select_layers
-from compress.sparsity import global_sparsity, layer_sparsity
+from compress.sparsity import global_sparsity
 
 
 def plan(epochs=4, steps=10, warmup=5, base=0.1):

@@ -133,7 +133,6 @@ def test_filter_method_gives_a_physically_smaller_model_through_the_pipeline(tmp
     import subprocess
     import sys
 
-    import numpy as np
     import onnx
 
     from conftest import REPO

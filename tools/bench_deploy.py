@@ -9,7 +9,6 @@ latency_ratio.png.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import sys

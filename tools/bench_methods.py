@@ -8,13 +8,11 @@ benchmark keeps what it measured) and accuracy_vs_sparsity.png.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
