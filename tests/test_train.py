@@ -15,12 +15,14 @@ class Interrupt(Exception):
 def setup(digits, method="lats"):
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="mlp", hidden=[64]), digits.input_shape, digits.num_classes)
-    cfg = PruneConfig(method=method)
+    cfg = PruneConfig(method=method.split("-")[0])
     cfg.lats.threshold_final = 0.1
+    cfg.filter.schedule, cfg.filter.prune_until = "gradual", 0.8  # channel cuts at epochs 1, 2, 3 and 4
+    cfg.greg.granularity = "filter" if method == "greg-filter" else "weight"
     return model, build_pruner(cfg), select_layers(model, cfg.layers)
 
 
-@pytest.mark.parametrize("method", ["lats", "magnitude", "str", "greg", "gmp"])
+@pytest.mark.parametrize("method", ["lats", "magnitude", "str", "greg", "gmp", "filter", "greg-filter"])
 def test_interrupted_training_resumes_to_the_same_result(digits, tmp_path, method):
     cfg = TrainConfig(epochs=6, batch_size=64, lr=0.05)
     model, pruner, layers = setup(digits, method)
@@ -43,6 +45,7 @@ def test_interrupted_training_resumes_to_the_same_result(digits, tmp_path, metho
     model, pruner, layers = setup(digits, method)  # a new process would start from scratch like this
     resumed = train(model, pruner, digits, cfg, layers, out_dir=tmp_path / "cut", progress=False)
     assert [r["epoch"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    assert full[-1]["sparsity"] > 0.1  # the pruner did prune
     assert resumed[-1]["sparsity"] == full[-1]["sparsity"] and resumed[-1]["test_accuracy"] == full[-1]["test_accuracy"]
     for k, v in pruner.freeze().state_dict().items():
         assert torch.equal(v, reference[k]), k
