@@ -8,7 +8,7 @@ from torch.nn.utils import parametrize
 from compress.models import MLP, ModelConfig, build_model
 from compress.pruners import PruneConfig, TrainPlan, build_pruner
 from compress.pruners.greg import GRegOptions, GRegPruner
-from compress.pruners.groups import group_scores, pick_pruned
+from compress.pruners.groups import per_row, pick_pruned
 from compress.pruners.lats import LATSOptions, LATSPruner
 from compress.pruners.magnitude import L1Options
 from compress.pruners.str_reparam import STROptions, STRPruner
@@ -176,7 +176,7 @@ def test_pick_pruned_keeps_at_least_one_group():
     assert pick_pruned(scores, 0.99).tolist() == [False, True, True]  # n−1 at most: the best group stays
     assert pick_pruned(scores, 0.3).tolist() == [False, True, False]  # ceil(0.3·3) = 1, the lowest
     w = torch.arange(24.0).view(4, 6)
-    assert group_scores(w, "filter").shape == (4,)
+    assert per_row(torch.arange(4.0), w).shape == (4, 6) and per_row(torch.arange(4.0), w)[2].eq(2).all()
 
 
 # ---- GMP ----

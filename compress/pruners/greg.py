@@ -27,7 +27,7 @@ from ..selection import get_module
 from ..structured import channel_importance
 from .base import MaskPruner
 from .channels import selected_groups, zero_dropped
-from .groups import pick_pruned, to_weight_shape
+from .groups import per_row, pick_pruned
 
 PHASES = ("dense", "pick", "prune", "stabilize", "finetune")
 
@@ -122,7 +122,7 @@ class GRegPruner(MaskPruner):
             for w in self._penalised(n):
                 if w.grad is not None:
                     reg = self.reg[n].to(w.device)
-                    w.grad.add_((reg if not self.groups else to_weight_shape(reg, w, "filter")) * w.detach())
+                    w.grad.add_((per_row(reg, w) if self.groups else reg) * w.detach())
 
     def _penalised(self, unit: str) -> list[torch.Tensor]:
         if self.groups:

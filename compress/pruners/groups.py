@@ -1,23 +1,13 @@
-"""Pruning groups (single weights or whole filters/output rows) and the L1 rule that picks them.
+"""The L1 rule that picks pruned groups (single weights, or the channels of a channel group).
 
-GReg-1 and the one-shot L1 baseline both call `pick_pruned`, so with the same weights they
-remove exactly the same groups.
+GReg-1, the one-shot L1 baseline and the `filter` method all count with `keep_count`, so with the
+same weights they remove exactly the same groups.
 """
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 
 from ..structured.budget import keep_count
-
-Granularity = Literal["weight", "filter"]
-
-
-def group_scores(w: torch.Tensor, granularity: Granularity) -> torch.Tensor:
-    """Importance per group: |w| per weight, or mean |w| per filter (output channel / output row)."""
-    w = w.detach().abs()
-    return w if granularity == "weight" else w.flatten(1).mean(1)
 
 
 def pick_pruned(scores: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -31,8 +21,6 @@ def pick_pruned(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     return pruned.view_as(scores)
 
 
-def to_weight_shape(group_values: torch.Tensor, w: torch.Tensor, granularity: Granularity) -> torch.Tensor:
-    """Broadcast per-group values to the weight's shape."""
-    if granularity == "weight":
-        return group_values
-    return group_values.view(-1, *([1] * (w.ndim - 1))).expand_as(w)
+def per_row(values: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """One value per output row (filter) of `w`, broadcast to w's shape."""
+    return values.view(-1, *([1] * (w.ndim - 1))).expand_as(w)
