@@ -58,9 +58,13 @@ def _pgh_integral(x: float, beta: float) -> float:
     return exp_part + cos_part
 
 
+def cubic_ramp(x: float) -> float:
+    """1 − (1 − x)³ for progress x clamped to [0, 1]: fast at first, flat at the end (Zhu & Gupta)."""
+    return 1.0 - (1.0 - min(max(x, 0.0), 1.0)) ** 3
+
+
 def cubic_sparsity(step: int, start: int, end: int, final: float, initial: float = 0.0) -> float:
     """Gradual magnitude pruning (Zhu & Gupta): s_t = s_f + (s_i − s_f)(1 − (t − t0)/(t1 − t0))³."""
     if step < start:
         return 0.0
-    x = min((step - start) / max(end - start, 1), 1.0)
-    return final + (initial - final) * (1.0 - x) ** 3
+    return initial + (final - initial) * cubic_ramp((step - start) / max(end - start, 1))

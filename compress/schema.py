@@ -34,7 +34,7 @@ def _type_name(tp: Any) -> str:
         return f"a list of ({_type_name(get_args(tp)[0])})"
     if dataclasses.is_dataclass(tp):
         return "tables with " + ", ".join(f.name for f in dataclasses.fields(tp))
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a table"}.get(tp, str(tp))
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
@@ -58,6 +58,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise bad
         (item,) = get_args(tp)
         return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{path}: expected a table, got {value!r}")
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise UserError(f"{path}: expected a table, got {value!r}")

@@ -1,5 +1,7 @@
-"""Sparsity statistics over plain weights."""
+"""Sparsity statistics over plain weights: zero counts and magnitude quantiles."""
 from __future__ import annotations
+
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -7,22 +9,34 @@ from torch import nn
 from .selection import get_module
 
 
+@torch.no_grad()
+def count_zeros(tensors: Iterable[torch.Tensor]) -> tuple[int, int]:
+    """(exact zeros, entries) over all `tensors` together."""
+    zeros = total = 0
+    for t in tensors:
+        zeros += int((t == 0).sum())
+        total += t.numel()
+    return zeros, total
+
+
 def layer_sparsity(model: nn.Module, layers: list[str]) -> dict[str, float]:
     """Fraction of exact zeros in each named layer's (effective) weight."""
     out = {}
-    with torch.no_grad():
-        for name in layers:
-            w = get_module(model, name).weight
-            out[name] = float((w == 0).sum()) / w.numel()
+    for name in layers:
+        zeros, total = count_zeros([get_module(model, name).weight])
+        out[name] = zeros / total
     return out
 
 
 def global_sparsity(model: nn.Module, layers: list[str]) -> float:
     """Fraction of exact zeros over all named layers' weights together."""
-    zeros = total = 0
-    with torch.no_grad():
-        for name in layers:
-            w = get_module(model, name).weight
-            zeros += int((w == 0).sum())
-            total += w.numel()
+    zeros, total = count_zeros(get_module(model, n).weight for n in layers)
     return zeros / max(total, 1)
+
+
+@torch.no_grad()
+def magnitude_quantile(tensors: Iterable[torch.Tensor], fraction: float) -> float:
+    """The magnitude d at which a `fraction` of all entries of `tensors` together have |x| ≤ d."""
+    flat = torch.cat([t.detach().abs().flatten() for t in tensors])
+    k = max(int(round(fraction * flat.numel())), 1)
+    return float(flat.kthvalue(k).values)

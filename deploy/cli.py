@@ -7,14 +7,9 @@ from pathlib import Path
 
 from compress.errors import UserError
 
+from .pipeline.stage import BY_NAME, STAGES
+
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
-STAGE_HELP = {
-    "train": "train the dense baseline and the pruned model (resumes from the last epoch checkpoint)",
-    "freeze": "write plain weights with exact zeros, masks and per-layer sparsity",
-    "convert": "store every pruned weight as CSR (bit-exact round trip, storage report)",
-    "export": "export dense and sparse models to ONNX, checked and compared with PyTorch",
-    "validate": "accuracy and latency of both ONNX models in onnxruntime, gate, report",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="re-run every stage even if up to date")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    for stage, text in STAGE_HELP.items():
+    for stage, text in ((s.name, s.help) for s in STAGES):
         s = sub.add_parser(stage, help=text, description=f"Run only the {stage} stage: {text}.")
         s.add_argument("run_dir", type=Path, help="run folder made by `sparsepipe run` (holds config.toml)")
         s.add_argument("--force", action="store_true", help="re-run even if up to date")
@@ -72,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def print_summary(report: dict, run_dir: Path) -> None:
+def print_summary(report, run_dir: Path) -> None:
     from .report import summary_rows
 
     rows = [("", "dense", "sparse")] + summary_rows(report)
@@ -81,9 +76,8 @@ def print_summary(report: dict, run_dir: Path) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    gate = report["gate"]
-    print(f"gate: {'PASSED' if gate['passed'] else 'FAILED'}"
-          + "".join(f"\n  - {m}" for m in gate["failures"]))
+    gate = report.gate
+    print(f"gate: {'PASSED' if gate.passed else 'FAILED'}" + "".join(f"\n  - {m}" for m in gate.failures))
     print(f"report: {run_dir / 'report' / 'report.md'} (also report.json, junit.xml, training.png)")
 
 
@@ -101,7 +95,7 @@ def cmd_run(args) -> int:
     if report is None:  # a helper rank under torchrun: rank 0 reports
         return EXIT_OK
     print_summary(report, run_dir)
-    return EXIT_OK if report["gate"]["passed"] else EXIT_REGRESSION
+    return EXIT_OK if report.gate.passed else EXIT_REGRESSION
 
 
 def cmd_stage(args) -> int:
@@ -116,7 +110,7 @@ def cmd_stage(args) -> int:
     if args.command == "validate":  # the stage that decides the verdict prints it
         report = run_pipeline(run, stages=("validate",), force=args.force)
         print_summary(report, args.run_dir)
-        return EXIT_OK if report["gate"]["passed"] else EXIT_REGRESSION
+        return EXIT_OK if report.gate.passed else EXIT_REGRESSION
     ran = run_stage(run, args.command, force=args.force)
     print(f"{args.command}: {'done' if ran else 'up to date, skipped'}")
     return EXIT_OK
@@ -190,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
-        if args.command in STAGE_HELP:
+        if args.command in BY_NAME:
             return cmd_stage(args)
         if args.command == "gate":
             return cmd_gate(args)

@@ -8,32 +8,19 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from compress.data import DataConfig
+import tomli_w
+
+from compress.config.data import DataConfig
+from compress.config.model import ModelConfig
+from compress.config.prune import PruneConfig
+from compress.config.train import TrainConfig
 from compress.errors import UserError
-from compress.models import ModelConfig
-from compress.pruners import PruneConfig
 from compress.schema import opt, parse, reference, to_dict
-from compress.train import TrainConfig
 
-from .export import ExportConfig
-from .formats import BLOCKS
-from .gate import GateConfig
-from .validate import ValidateConfig
+from .sections import ConvertConfig, ExportConfig, GateConfig, ValidateConfig
 
 CONFIG_VERSION = 1
-
-
-@dataclass
-class ConvertConfig:
-    format: Literal["best", "csr", "bsr"] = opt("best", "Per-layer storage: csr, bsr (best block size per layer) "
-                                                "or best (the smaller of the two per layer).")
-    block_sizes: list[list[int]] = opt([list(b) for b in BLOCKS], "BSR block sizes to try, [rows, cols].", lo=1)
-
-    def check(self, where: str) -> None:
-        if not self.block_sizes or any(len(b) != 2 for b in self.block_sizes):
-            raise UserError(f"{where}.block_sizes: expected a non-empty list of [rows, cols] pairs")
 
 
 @dataclass
@@ -90,29 +77,9 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     return cfg
 
 
-def _toml_value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):  # an inline table, e.g. one of prune.filter.layer_ratios
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def to_toml(table: dict, prefix: str = "") -> str:
-    """A nested dict of scalars/lists as TOML (enough for resolved configs)."""
-    scalars = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
-    out = "\n".join(scalars) + ("\n" if scalars else "")
-    for k, v in table.items():
-        if isinstance(v, dict):
-            name = f"{prefix}{k}"
-            out += f"\n[{name}]\n" + to_toml(v, name + ".")
-    return out
+def to_toml(table: dict) -> str:
+    """A resolved config table as TOML."""
+    return tomli_w.dumps(table)
 
 
 def resolved_table(cfg: RunConfig) -> dict:

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnx
@@ -16,24 +13,11 @@ from onnx import numpy_helper
 from torch import nn
 
 from compress import atomic
-from compress.schema import opt
+from .sections import ExportConfig
+
+__all__ = ["ExportConfig", "export_onnx", "initializer_sparsity"]  # the section dataclass is re-exported for callers
 
 INPUT, OUTPUT = "input", "logits"
-
-
-@dataclass
-class ExportConfig:
-    opset: int = opt(18, "ONNX opset (>= 17).", lo=17, hi=23)
-    compact: bool = opt(True, "Also write sparse-compact.onnx (weights as ONNX sparse initializers).")
-    compute: bool = opt(True, "Also write the sparse-compute/ folder (SparseToDenseMatMul where measured faster).")
-    compute_batch: int = opt(1, "Batch size at which sparse-compute times each layer to choose sparse or dense.",
-                             lo=1)
-    compute_threads: int = opt(1, "onnxruntime threads for that timing.", lo=1)
-    compute_min_sparsity: float = opt(0.5, "Linear layers with fewer zeros are never considered for sparse compute.",
-                                      lo=0.0, hi=1.0)
-    int8: Literal["none", "dynamic", "static"] = opt("none", "Also write dense-int8.onnx and sparse-int8.onnx: "
-                                                     "dynamic, or static (calibrated on training data).")
-    calibration_samples: int = opt(256, "int8 static: training samples used for calibration.", lo=1)
 
 
 def initializer_sparsity(model: onnx.ModelProto) -> float:
@@ -57,9 +41,7 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path, opset:
     reference = model
     if hasattr(model, "export_copy"):  # e.g. spiking models: same function, no state kept between calls
         model = model.export_copy().eval()
-    with atomic.atomic_path(path) as tmp, warnings.catch_warnings(), \
-            contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with atomic.atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress log
         # optimize=False: onnxscript's optimizer fails on some graphs (seen on spiking models)
         # and onnxruntime optimises at load anyway.
         torch.onnx.export(model, (sample[:2],), str(tmp), dynamo=True, opset_version=opset,

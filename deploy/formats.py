@@ -7,7 +7,6 @@ inside its blocks as they are).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -19,9 +18,9 @@ from safetensors.numpy import load_file, save_file
 from compress import atomic
 from compress.errors import UserError
 
-FORMAT = "sparsepipe-sparse"
-VERSION = 2
-BLOCKS = ((1, 4), (4, 4), (8, 8), (16, 16))
+from .manifest import SPARSE_WEIGHTS, read_manifest as read_checked
+from .sections import BLOCKS
+
 Choice = Literal["best", "csr", "bsr"]
 
 
@@ -89,7 +88,7 @@ def save_sparse(folder: str | Path, weights: dict[str, torch.Tensor], model_id: 
                         "compression": report["dense_bytes"] / max(stored, 1), **report}
     with atomic.atomic_path(folder / "weights.safetensors") as tmp:
         save_file(arrays, str(tmp))
-    manifest = {"format": FORMAT, "version": VERSION, "model_id": model_id, "choice": choice, "layers": layers,
+    manifest = {"format": SPARSE_WEIGHTS[0], "version": SPARSE_WEIGHTS[1], "model_id": model_id, "choice": choice, "layers": layers,
                 "dense_bytes": sum(v["dense_bytes"] for v in layers.values()),
                 "stored_bytes": sum(v["stored_bytes"] for v in layers.values()),
                 "csr_bytes": sum(v["csr_bytes"] for v in layers.values())}
@@ -98,16 +97,10 @@ def save_sparse(folder: str | Path, weights: dict[str, torch.Tensor], model_id: 
 
 
 def read_manifest(folder: str | Path, model_id: str | None = None) -> dict:
-    path = Path(folder) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot read sparse-format manifest ({str(e)[:200]})") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise UserError(f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}, "
-                        f"expected {FORMAT!r} version {VERSION}")
+    manifest = read_checked(folder, SPARSE_WEIGHTS, "sparse-format")
     if model_id is not None and manifest.get("model_id") != model_id:
-        raise UserError(f"{path}: written for model {manifest.get('model_id')!r}, not {model_id!r}")
+        raise UserError(f"{Path(folder) / 'manifest.json'}: written for model {manifest.get('model_id')!r}, "
+                        f"not {model_id!r}")
     return manifest
 
 

@@ -3,22 +3,27 @@
 - sparse-compact.onnx: weight matrices stored as ONNX sparse initializers (smaller file;
   onnxruntime densifies them at load);
 - sparse-compute/: Linear layers (Gemm with a weight initializer) whose measured time says so
-  run through com.microsoft.SparseToDenseMatMul on CSR weights; the rest stay dense.
+  run through com.microsoft.SparseToDenseMatMul on the CSR weights of the convert stage; the rest
+  stay dense.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from safetensors.numpy import save_file
+import scipy.sparse as sp
+import torch
 
 from compress import atomic
+from compress.errors import UserError
 
-from .runtime import FORMAT, VERSION
+from .formats import load_sparse_arrays, save_sparse
+from .latency import compare_latency
+from .manifest import SPARSE_COMPUTE
+from .runtime import SparseSession
 
 IR_VERSION = 10  # the newest onnxruntime 1.31 loads (onnx 1.23 writes 14 by default)
 
@@ -63,9 +68,9 @@ def _gemm_candidates(model: onnx.ModelProto, min_sparsity: float) -> list[tuple[
     return out
 
 
-def _single_layer(w: np.ndarray, sparse: bool) -> tuple[onnx.ModelProto, dict]:
-    """A one-layer model y = x·Wᵀ, dense (Gemm) or sparse (SparseToDenseMatMul + Transpose)."""
-    out_f, in_f = w.shape
+def _single_layer(w_shape: tuple[int, int], sparse: bool, w: np.ndarray | None = None) -> onnx.ModelProto:
+    """A one-layer model y = x·Wᵀ, dense (Gemm with W) or sparse (SparseToDenseMatMul on a bound Wᵀ)."""
+    out_f, in_f = w_shape
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", in_f])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     if sparse:
@@ -76,7 +81,7 @@ def _single_layer(w: np.ndarray, sparse: bool) -> tuple[onnx.ModelProto, dict]:
         graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)], "layer", [x], [y],
                                   [numpy_helper.from_array(w, "w")])
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION), {}
+    return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION)
 
 
 def _sparse_matmul(w_t: str, x: str, out: str) -> onnx.NodeProto:
@@ -85,64 +90,58 @@ def _sparse_matmul(w_t: str, x: str, out: str) -> onnx.NodeProto:
     return helper.make_node("SparseToDenseMatMul", [w_t, x], [out], domain="com.microsoft", transA=1, transB=1)
 
 
-def _csr(w: np.ndarray) -> dict[str, np.ndarray]:
-    """CSR arrays of Wᵀ (the layout _sparse_matmul expects)."""
-    import scipy.sparse as sp
-
-    m = sp.csr_array(np.ascontiguousarray(w.T))
-    m.sort_indices()
-    return {"data": m.data.astype(np.float32), "indices": m.indices.astype(np.int64),
-            "indptr": m.indptr.astype(np.int64)}
-
-
-def time_layer(w: np.ndarray, batch: int, threads: int = 1, runs: int = 50) -> dict:
-    """Median ms of this layer alone, dense Gemm vs SparseToDenseMatMul, interleaved."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, w.shape[1])).astype(np.float32)
+def time_layer(w: np.ndarray, w_t: sp.csr_array, batch: int, threads: int = 1, runs: int = 50) -> dict:
+    """Median ms of this layer alone, dense Gemm (W) vs SparseToDenseMatMul (Wᵀ as CSR), interleaved."""
+    x = np.random.default_rng(0).standard_normal((batch, w.shape[1])).astype(np.float32)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    sessions = {}
-    for kind in ("dense", "sparse"):
-        model, _ = _single_layer(w, kind == "sparse")
-        sessions[kind] = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    c = _csr(w)
-    wv = ort.OrtValue.ort_value_from_sparse_tensor(ort.SparseTensor.sparse_csr_from_numpy(
-        np.asarray(w.T.shape, dtype=np.int64), c["data"], c["indices"], c["indptr"], ort.OrtDevice.make("cpu", 0)))
-    xv = ort.OrtValue.ortvalue_from_numpy(x)
-    calls = {"dense": lambda: sessions["dense"].run(None, {"x": x}),
-             "sparse": lambda: sessions["sparse"].run_with_ort_values(["y"], {"w": wv, "x": xv})}
-    times = {k: [] for k in calls}
-    for i in range(runs + 5):
-        for k in (("dense", "sparse") if i % 2 else ("sparse", "dense")):
-            t0 = time.perf_counter_ns()
-            calls[k]()
-            if i >= 5:
-                times[k].append((time.perf_counter_ns() - t0) / 1e6)
-    return {k: float(np.median(v)) for k, v in times.items()}
+
+    def session(model: onnx.ModelProto) -> ort.InferenceSession:
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    sessions = {"dense": session(_single_layer(w.shape, False, w)),
+                "sparse": SparseSession(session(_single_layer(w.shape, True)), {"w": w_t})}
+    timing = compare_latency(sessions, x, warmup=5, runs=runs)
+    return {k: v["p50_ms"] for k, v in timing.items()}
 
 
-def make_sparse_compute(src: str | Path, folder: str | Path, batch: int = 1, threads: int = 1,
-                        min_sparsity: float = 0.5, force: bool | None = None) -> dict:
-    """Write folder/{model.onnx, weights.safetensors, manifest.json}; returns the manifest.
+def _layer_of(initializer: str, arrays: dict) -> str | None:
+    """The layer (as named in convert's output) whose weight this ONNX initializer is."""
+    name = initializer.removesuffix(".weight")
+    return name if name in arrays else None
 
-    Each candidate Linear layer is timed alone at `batch` and `threads`, dense vs sparse; it goes
-    sparse only when that is faster (force=True/False overrides, for tests).
+
+def make_sparse_compute(src: str | Path, sparse_folder: str | Path, folder: str | Path, batch: int = 1,
+                        threads: int = 1, min_sparsity: float = 0.5, force: bool | None = None) -> dict:
+    """Write folder/{model.onnx, csr/, manifest.json}; returns the manifest.
+
+    The CSR weights come from convert's output (`sparse_folder`, read and checked by formats.py) and
+    must equal the ONNX file's weights. Each candidate Linear layer is timed alone at `batch` and
+    `threads`, dense vs sparse; it goes sparse only when that is faster (force=True/False overrides).
     """
     folder = Path(folder)
     model = onnx.load(str(src))
-    layers, arrays, new_nodes = {}, {}, {}
+    stored = load_sparse_arrays(sparse_folder)
+    layers, chosen_t, new_nodes = {}, {}, {}
     for pos, node, w in _gemm_candidates(model, min_sparsity):
-        name = node.input[1]
-        timing = time_layer(w, batch, threads)
+        name, layer = node.input[1], _layer_of(node.input[1], stored)
+        if layer is None:
+            layers[name] = {"shape": list(w.shape), "sparse": False, "reason": "not in convert's output"}
+            continue
+        if stored[layer].shape != w.shape or not np.array_equal(stored[layer].toarray(), w):
+            raise UserError(f"{sparse_folder}: layer {layer!r} differs from {name!r} in {src} "
+                            "(convert and export were made from different weights)")
+        w_t = stored[layer].T.tocsr()
+        w_t.sort_indices()
+        timing = time_layer(w, w_t, batch, threads)
         use = timing["sparse"] < timing["dense"] if force is None else force
-        layers[name] = {"shape": list(w.shape), "csr_shape": list(w.T.shape), "sparsity": float((w == 0).mean()),
+        layers[name] = {"shape": list(w.shape), "csr_shape": list(w_t.shape), "sparsity": float((w == 0).mean()),
                         "dense_ms": timing["dense"], "sparse_ms": timing["sparse"], "sparse": bool(use),
-                        "input": f"{name}.csr"}
+                        "input": f"{name}.csr", "layer": layer}
         if not use:
             continue
-        c = _csr(w)
-        arrays.update({f"{name}.{k}": v for k, v in c.items()})
+        chosen_t[name] = w_t
         out, t = node.output[0], f"{name}.t"
         replacement = [_sparse_matmul(f"{name}.csr", node.input[0], t)]
         if len(node.input) > 2 and node.input[2]:
@@ -151,26 +150,25 @@ def make_sparse_compute(src: str | Path, folder: str | Path, batch: int = 1, thr
         else:
             replacement.append(helper.make_node("Transpose", [t], [out], perm=[1, 0]))
         new_nodes[pos] = replacement
-    chosen = {n for n, v in layers.items() if v["sparse"]}
     nodes = [r for pos, node in enumerate(model.graph.node) for r in new_nodes.get(pos, [node])]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    kept = [i for i in model.graph.initializer if i.name not in chosen]
+    kept = [i for i in model.graph.initializer if i.name not in chosen_t]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
-    for name in chosen:
+    for name in chosen_t:
         # Symbolic dims: the contrib op's shape inference ignores transA and would infer [in, batch],
         # which then clashes with the bias Add. The real shape is bound at run time.
         model.graph.input.append(helper.make_sparse_tensor_value_info(
             f"{name}.csr", TensorProto.FLOAT, [f"{name}.in", f"{name}.out"]))
-    if chosen and not any(o.domain == "com.microsoft" for o in model.opset_import):
+    if chosen_t and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     model.ir_version = min(model.ir_version, IR_VERSION)
     folder.mkdir(parents=True, exist_ok=True)
     _save(model, folder / "model.onnx")
-    with atomic.atomic_path(folder / "weights.safetensors") as tmp:
-        save_file({k: v for k, v in arrays.items()} or {"empty": np.zeros(0, np.float32)}, str(tmp))
-    manifest = {"format": FORMAT, "version": VERSION, "batch": batch, "threads": threads,
-                "layers": {n: v for n, v in layers.items() if v["sparse"]}, "considered": layers}
+    save_sparse(folder / "csr", {n: torch.from_numpy(m.toarray()) for n, m in chosen_t.items()}, choice="csr")
+    manifest = {"format": SPARSE_COMPUTE[0], "version": SPARSE_COMPUTE[1], "batch": batch, "threads": threads,
+                "weights_from": str(sparse_folder), "layers": {n: v for n, v in layers.items() if v["sparse"]},
+                "considered": layers}
     atomic.write_json(folder / "manifest.json", manifest)
     return manifest

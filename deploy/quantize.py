@@ -8,8 +8,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from compress import atomic
 
@@ -28,14 +28,11 @@ def quantize(src: str | Path, dst: str | Path, mode: str, calibration: np.ndarra
     (activations calibrated on `calibration`, QDQ format)."""
     dst = Path(dst)
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
-    # The quantizer re-runs ONNX shape inference, which can clash with the exporter's value_info
-    # entries; quantize from a copy without them (they are hints, not part of the function).
-    model = onnx.load(str(src))
-    del model.graph.value_info[:]
     with tempfile.TemporaryDirectory() as work, atomic.atomic_path(dst) as tmp, \
             contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         clean = Path(work) / "model.onnx"
-        onnx.save(model, str(clean))
+        # onnxruntime's own pre-processing (symbolic shape inference, graph optimisation), as its docs advise
+        quant_pre_process(str(src), str(clean))
         if mode == "dynamic":
             quantize_dynamic(str(clean), str(tmp), weight_type=QuantType.QInt8)
         elif mode == "static":

@@ -3,46 +3,47 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from xml.sax.saxutils import escape, quoteattr
+import xml.etree.ElementTree as ET
 
 from compress import atomic
+from compress.errors import UserError
+
+from .report_schema import Report
 
 
 def junit_xml(checks: list[dict], suite: str = "sparsepipe.gate") -> str:
     """One JUnit test case per gate check, failed checks as <failure>."""
-    failures = sum(not c["passed"] for c in checks)
-    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
-             f'<testsuite name={quoteattr(suite)} tests="{len(checks)}" failures="{failures}" errors="0">']
+    root = ET.Element("testsuite", name=suite, tests=str(len(checks)),
+                      failures=str(sum(not c["passed"] for c in checks)), errors="0")
     for c in checks:
-        lines.append(f'  <testcase classname={quoteattr(suite)} name={quoteattr(c["name"])}>')
-        if not c["passed"]:
-            lines.append(f'    <failure message={quoteattr(c["message"])}>{escape(c["message"])}</failure>')
+        case = ET.SubElement(root, "testcase", classname=suite, name=c["name"])
+        if c["passed"]:
+            ET.SubElement(case, "system-out").text = c["message"]
         else:
-            lines.append(f'    <system-out>{escape(c["message"])}</system-out>')
-        lines.append("  </testcase>")
-    lines.append("</testsuite>")
-    return "\n".join(lines) + "\n"
+            ET.SubElement(case, "failure", message=c["message"]).text = c["message"]
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def summary_rows(report: dict) -> list[tuple[str, str, str]]:
+def summary_rows(report: Report) -> list[tuple[str, str, str]]:
     """(metric, dense, sparse) rows shared by the Markdown report and the CLI's closing table."""
-    d, s, lat, size = report["dense"], report["sparse"], report["latency"], report["size"]
-    variants = report.get("variants", {})
+    d, s, lat, size = report.dense, report.sparse, report.latency, report.size
+    variants = report.variants
     int8 = "dense-int8" in variants and "sparse-int8" in variants
 
     def ms(entry: dict) -> str:
         return f"{entry['p50_ms']:.3f} ms (x{entry['ratio_vs_dense']:.2f})"
 
-    rows = [("accuracy (onnxruntime)", _pct(d["accuracy"]), _pct(s["accuracy"]))]
+    rows = [("accuracy (onnxruntime)", _pct(d.accuracy), _pct(s.accuracy))]
     if int8:
         rows.append(("accuracy int8 (onnxruntime)", _pct(variants["dense-int8"]["accuracy"]),
                      _pct(variants["sparse-int8"]["accuracy"])))
-    rows += [("accuracy (PyTorch)", _pct(d["torch_accuracy"]), _pct(s["torch_accuracy"])),
-             ("global sparsity", _pct(0.0), _pct(report["sparsity"]["global"])),
+    rows += [("accuracy (PyTorch)", _pct(d.torch_accuracy), _pct(s.torch_accuracy)),
+             ("global sparsity", _pct(0.0), _pct(report.sparsity.global_)),
              (f"latency p50, batch {lat['batch_size']}, {lat['threads']} thread(s)",
               f"{lat['dense']['p50_ms']:.3f} ms", ms(lat["sparse"]))]
     if "sparse-compute" in variants:
@@ -53,7 +54,7 @@ def summary_rows(report: dict) -> list[tuple[str, str, str]]:
     rows += [("ONNX file size", f"{size['dense_onnx_bytes']:,} B", f"{size['sparse_onnx_bytes']:,} B{compact}"),
              ("weights stored (dense vs CSR/BSR)", f"{size['dense_bytes']:,} B",
               f"{size['sparse_bytes']:,} B (x{size['dense_bytes'] / max(size['sparse_bytes'], 1):.1f} smaller)")]
-    st = report.get("structure") or {}
+    st = report.structure or {}
     if st.get("channels_removed"):
         rows += [("MACs per sample (channels removed)", f"{st['macs_before']:,}",
                   f"{st['macs_after']:,} (x{st['macs_after'] / st['macs_before']:.2f}, "
@@ -63,21 +64,21 @@ def summary_rows(report: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def markdown(report: dict) -> str:
-    gate = report["gate"]
-    lines = [f"# sparsepipe report: {report['run']}", "",
-             f"Method **{report['method']}**, model **{report['model']}**, data **{report['data']}**. "
-             f"Gate: **{'PASSED' if gate['passed'] else 'FAILED'}**.", "",
+def markdown(report: Report) -> str:
+    gate = report.gate
+    lines = [f"# sparsepipe report: {report.run}", "",
+             f"Method **{report.method}**, model **{report.model}**, data **{report.data}**. "
+             f"Gate: **{'PASSED' if gate.passed else 'FAILED'}**.", "",
              "| metric | dense | sparse |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in summary_rows(report)]
     lines += ["", "## Gate", ""]
-    lines += [f"- {'pass' if c['passed'] else '**FAIL**'}: {c['message']}" for c in gate["checks"]]
-    if report.get("pruner"):
+    lines += [f"- {'pass' if c['passed'] else '**FAIL**'}: {c['message']}" for c in gate.checks]
+    if report.pruner:
         lines += ["", "## Pruner", ""]
-        lines += [f"- {k}: `{json.dumps(v) if isinstance(v, (dict, list)) else v}`" for k, v in report["pruner"].items()]
+        lines += [f"- {k}: `{json.dumps(v) if isinstance(v, (dict, list)) else v}`" for k, v in report.pruner.items()]
     lines += ["", "## Per-layer sparsity", "", "| layer | sparsity |", "|---|---|"]
-    lines += [f"| `{k}` | {_pct(v)} |" for k, v in report["sparsity"]["per_layer"].items()]
-    st = report.get("structure") or {}
+    lines += [f"| `{k}` | {_pct(v)} |" for k, v in report.sparsity.per_layer.items()]
+    st = report.structure or {}
     if st.get("channels_removed"):
         lines += ["", "## Channels removed (physically smaller model)", "",
                   f"{st['channels_removed']} channels cut ({st.get('constant_channels_folded', 0)} of them carried "
@@ -85,14 +86,14 @@ def markdown(report: dict) -> str:
                   f"parameters {st['params_before']:,} → {st['params_after']:,}.", "",
                   "| group (first producer) | width before | width after |", "|---|---|---|"]
         lines += [f"| `{k}` | {a} | {b} |" for k, (a, b) in st["widths"].items()]
-    lat = report["latency"]
+    lat = report.latency
     lines += ["", "## Latency (ms)", "", "| model | mean | p50 | p90 | p99 | std |", "|---|---|---|---|---|---|"]
-    for name in ["dense", "sparse"] + list(report.get("variants", {})):
+    for name in ["dense", "sparse"] + list(report.variants):
         x = lat[name]
         lines.append(f"| {name} | {x['mean_ms']:.3f} | {x['p50_ms']:.3f} | {x['p90_ms']:.3f} | "
                      f"{x['p99_ms']:.3f} | {x['std_ms']:.3f} |")
-    if report.get("spiking"):
-        sp = report["spiking"]
+    if report.spiking:
+        sp = report.spiking
         lines += ["", f"## Spiking network (T = {sp['time_steps']})", "", "| neuron layer | dense rate | sparse rate |",
                   "|---|---|---|"]
         lines += [f"| `{n}` | {r:.4f} | {sp['firing_rates']['sparse'].get(n, float('nan')):.4f} |"
@@ -100,7 +101,7 @@ def markdown(report: dict) -> str:
         for v, silent in sp["silent_layers"].items():
             if silent:
                 lines.append(f"\n**Warning**: {v} model has layers that never fired: {', '.join(silent)}")
-    if "training_plot" in report["artifacts"]:
+    if "training_plot" in report.artifacts:
         lines += ["", "![training](training.png)"]
     return "\n".join(lines) + "\n"
 
@@ -138,17 +139,17 @@ def plot_training(histories: dict[str, list[dict]], per_layer: dict[str, float],
     save_png(fig, path)
 
 
-def write_report(folder: Path, report: dict) -> None:
+def write_report(folder: Path, report: Report) -> None:
     """report.json, report.md and junit.xml into `folder`, each written atomically."""
-    atomic.write_text(folder / "junit.xml", junit_xml(report["gate"]["checks"]))
+    atomic.write_text(folder / "junit.xml", junit_xml(report.gate.checks))
     atomic.write_text(folder / "report.md", markdown(report))
-    atomic.write_json(folder / "report.json", report)
+    atomic.write_json(folder / "report.json", report.to_dict())
 
 
-def load_report(path: str | Path) -> dict:
-    from compress.errors import UserError
-
+def load_report(path: str | Path) -> Report:
+    """A report.json, checked field by field (one-line UserError naming the file and field)."""
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:  # ValueError: bad JSON or not text at all
         raise UserError(f"{path}: cannot read report JSON ({str(e)[:200]})") from None
+    return Report.from_dict(data, str(path))

@@ -1,47 +1,42 @@
 """Run a sparse-compute ONNX folder (model.onnx + CSR weights + manifest) like a plain session.
 
 onnxruntime rejects sparse initializers and constants as inputs of SparseToDenseMatMul, so the
-CSR weights are graph inputs, bound here once as sparse OrtValues and passed on every run.
+CSR weights are graph inputs, bound here once as sparse OrtValues and passed on every run. The
+weights are read through formats.py, the one CSR reader.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from safetensors.numpy import load_file
+import scipy.sparse as sp
 
-from compress.errors import UserError
+from .latency import make_session
+from .manifest import SPARSE_COMPUTE, read_manifest
 
-FORMAT, VERSION = "sparsepipe-sparse-compute", 1
+
+def sparse_value(m: sp.csr_array) -> tuple[ort.OrtValue, tuple[np.ndarray, ...]]:
+    """A CSR matrix as an onnxruntime sparse OrtValue (int64 indices, as onnxruntime wants)."""
+    arrays = (np.ascontiguousarray(m.data, dtype=np.float32), m.indices.astype(np.int64), m.indptr.astype(np.int64))
+    tensor = ort.SparseTensor.sparse_csr_from_numpy(np.asarray(m.shape, dtype=np.int64), *arrays,
+                                                    ort.OrtDevice.make("cpu", 0))
+    value = ort.OrtValue.ort_value_from_sparse_tensor(tensor)
+    return value, arrays  # OrtValues borrow the arrays' buffers: keep them alive together
 
 
 class SparseSession:
-    """`run(output_names, feeds)` and `get_inputs()` as on onnxruntime.InferenceSession."""
+    """A session plus CSR weights bound to some of its inputs; `run` and `get_inputs` as on
+    onnxruntime.InferenceSession (the bound inputs are hidden)."""
 
-    def __init__(self, folder: str | Path, threads: int = 1, profile_prefix: str | None = None):
-        from .latency import make_session
-
-        folder = Path(folder)
-        try:
-            self.manifest = json.loads((folder / "manifest.json").read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"{folder / 'manifest.json'}: cannot read sparse-compute manifest ({str(e)[:200]})") \
-                from None
-        if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
-            raise UserError(f"{folder}: not a sparse-compute folder of version {VERSION}")
-        self.session = make_session(folder / "model.onnx", threads, profile_prefix)
-        arrays = load_file(str(folder / "weights.safetensors")) if self.manifest["layers"] else {}
-        self._keep = arrays  # OrtValues borrow these buffers
-        self.weights = {}
-        for name, info in self.manifest["layers"].items():
-            tensor = ort.SparseTensor.sparse_csr_from_numpy(
-                np.asarray(info["csr_shape"], dtype=np.int64), arrays[f"{name}.data"],
-                arrays[f"{name}.indices"], arrays[f"{name}.indptr"], ort.OrtDevice.make("cpu", 0))
-            self.weights[info["input"]] = ort.OrtValue.ort_value_from_sparse_tensor(tensor)
-        self._inputs = [i for i in self.session.get_inputs() if i.name not in self.weights]
-        self._outputs = [o.name for o in self.session.get_outputs()]
+    def __init__(self, session: ort.InferenceSession, weights: dict[str, sp.csr_array]):
+        self.session = session
+        self.weights, self._keep = {}, []
+        for name, m in weights.items():
+            self.weights[name], arrays = sparse_value(m)
+            self._keep.append(arrays)
+        self._inputs = [i for i in session.get_inputs() if i.name not in self.weights]
+        self._outputs = [o.name for o in session.get_outputs()]
 
     def get_inputs(self):
         return self._inputs
@@ -63,11 +58,21 @@ class SparseSession:
         return binding.copy_outputs_to_cpu()
 
 
+def open_sparse_compute(folder: str | Path, threads: int = 1, profile_prefix: str | None = None) -> SparseSession:
+    """A SparseSession for a sparse-compute folder written by onnx_variants.make_sparse_compute."""
+    from .formats import load_sparse_arrays
+
+    folder = Path(folder)
+    manifest = read_manifest(folder, SPARSE_COMPUTE, "sparse-compute")
+    session = make_session(folder / "model.onnx", threads, profile_prefix)
+    arrays = load_sparse_arrays(folder / "csr") if manifest["layers"] else {}
+    weights = {info["input"]: arrays[name].tocsr() for name, info in manifest["layers"].items()}
+    return SparseSession(session, weights)
+
+
 def open_model(path: str | Path, threads: int = 1, profile_prefix: str | None = None):
     """An InferenceSession for a .onnx file, a SparseSession for a sparse-compute folder."""
-    from .latency import make_session
-
     path = Path(path)
     if path.is_dir():
-        return SparseSession(path, threads, profile_prefix)
+        return open_sparse_compute(path, threads, profile_prefix)
     return make_session(path, threads, profile_prefix)

@@ -1,7 +1,6 @@
 """Accuracy and agreement of ONNX models in onnxruntime against their PyTorch originals."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,19 +8,12 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
-from compress.schema import opt
+from .sections import ValidateConfig
 
 from .latency import compare_latency
 from .runtime import open_model
 
-
-@dataclass
-class ValidateConfig:
-    batch_size: int = opt(256, "Batch size for the accuracy pass.", lo=1)
-    latency_batch_size: int = opt(1, "Batch size of the latency measurement.", lo=1)
-    threads: int = opt(1, "onnxruntime intra-op threads for the latency measurement.", lo=1)
-    warmup_runs: int = opt(20, "Untimed runs per model before timing.", lo=0)
-    runs: int = opt(200, "Timed runs per model (interleaved dense/sparse).", lo=1)
+__all__ = ["ValidateConfig", "validate", "onnx_logits", "torch_logits", "check_input"]  # the section dataclass is re-exported for callers
 
 
 def onnx_logits(session, x: np.ndarray, batch_size: int) -> np.ndarray:

@@ -127,13 +127,18 @@ def test_checkpoint_of_another_architecture(tmp_path, finished_run, capsys):
     import shutil
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    text = (run / "config.toml").read_text().replace("hidden = [256, 256]", "hidden = [64]")
-    (run / "config.toml").write_text(text)
+    import tomllib
+    from deploy.config import to_toml
+    table = tomllib.loads((run / "config.toml").read_text())
+    assert table["model"]["hidden"] == [256, 256]
+    table["model"]["hidden"] = [64]
+    (run / "config.toml").write_text(to_toml(table))
     # the old checkpoint now faces a different model: freeze must say so, not crash
-    from deploy.pipeline import open_run, stage_freeze
+    from deploy.pipeline import open_run
+    from deploy.pipeline.freeze import freeze_stage
     from compress.errors import UserError
     with pytest.raises(UserError, match="checkpoint does not fit model 'mlp'"):
-        stage_freeze(open_run(run, progress=False))
+        freeze_stage(open_run(run, progress=False))
 
 
 def test_corrupt_onnx_and_mismatched_input(tmp_path, finished_run):

@@ -70,6 +70,19 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     cfg = load_config(REPO / "configs" / "quickstart.toml")
     p = write(tmp_path, to_toml(resolved_table(cfg)))
     assert load_config(p) == cfg
+    cfg.name = 'odd "name"\nwith a newline \\ and a backslash'  # the old hand-written writer broke here
+    assert load_config(write(tmp_path, to_toml(resolved_table(cfg)))).name == cfg.name
+
+
+def test_validating_a_config_imports_neither_torch_nor_onnxruntime():
+    import subprocess
+    import sys
+    code = ("import sys; from deploy.config import load_config, config_reference; import deploy.cli; "
+            "load_config('configs/quickstart.toml'); config_reference(); "
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'onnx', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_reference_documents_every_field():

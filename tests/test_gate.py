@@ -8,9 +8,32 @@ from compress.errors import UserError
 from deploy.cli import main
 from deploy.gate import GateConfig, check, compare
 from deploy.report import junit_xml
+from deploy.report_schema import Report
 
-REPORT = {"dense": {"accuracy": 0.98}, "sparse": {"accuracy": 0.97}, "sparsity": {"global": 0.91},
-          "latency": {"ratio": 0.8}}
+
+def scores(accuracy: float) -> dict:
+    return {"accuracy": accuracy, "torch_accuracy": accuracy, "agreement_with_torch": 1.0,
+            "max_abs_diff_vs_torch": 0.0, "mean_abs_diff_vs_torch": 0.0, "samples": 100}
+
+
+# a report.json as validate writes it, cut down to small values
+REPORT_JSON = {"run": "r", "method": "lats", "model": "mlp", "data": "digits", "dense": scores(0.98),
+               "sparse": scores(0.97), "variants": {}, "sparsity": {"global": 0.91, "per_layer": {}, "layers_pruned": 3},
+               "pruner": {}, "structure": None, "latency": {"ratio": 0.8}, "size": {}, "export": {}, "training": {},
+               "versions": {}, "machine": {}}
+REPORT = Report.from_dict(REPORT_JSON)
+
+
+def with_changes(**paths) -> Report:
+    """REPORT with dotted fields changed, e.g. with_changes(**{"sparse.accuracy": 0.95})."""
+    d = copy.deepcopy(REPORT_JSON)
+    for dotted, value in paths.items():
+        *keys, last = dotted.split(".")
+        node = d
+        for k in keys:
+            node = node[k]
+        node[last] = value
+    return Report.from_dict(d)
 
 
 def test_thresholds():
@@ -22,21 +45,33 @@ def test_thresholds():
 
 
 def test_macs_gate_uses_the_channel_cut():
-    cut = {**REPORT, "structure": {"macs_before": 1000, "macs_after": 450}}
+    cut = with_changes(structure={"macs_before": 1000, "macs_after": 450})
     assert [c["passed"] for c in check(cut, GateConfig(max_macs_ratio=0.5)) if c["name"] == "macs_ratio"] == [True]
     assert [c["passed"] for c in check(cut, GateConfig(max_macs_ratio=0.4)) if c["name"] == "macs_ratio"] == [False]
     assert [c["passed"] for c in check(REPORT, GateConfig(max_macs_ratio=0.9)) if c["name"] == "macs_ratio"] == [False]
 
 
 def test_reference_comparison():
-    worse = copy.deepcopy(REPORT)
-    worse["sparse"]["accuracy"] = 0.95
-    worse["sparsity"]["global"] = 0.85
+    worse = with_changes(**{"sparse.accuracy": 0.95, "sparsity.global": 0.85})
     names = {c["name"] for c in compare(worse, REPORT) if not c["passed"]}
     assert names == {"accuracy_vs_reference", "sparsity_vs_reference"}
     assert all(c["passed"] for c in compare(REPORT, REPORT))
+    partial = copy.deepcopy(REPORT_JSON)
+    del partial["sparse"]["accuracy"]
     with pytest.raises(UserError, match="missing field 'sparse.accuracy'"):
-        compare({"sparsity": {"global": 1}}, REPORT)
+        Report.from_dict(partial)
+
+
+@pytest.mark.parametrize("field,value", [("dense.accuracy", "0.9"), ("sparsity.global", None),
+                                         ("latency.ratio", [1]), ("sparse.samples", True)])
+def test_a_report_with_a_wrongly_typed_field_is_named(field, value):
+    with pytest.raises(UserError, match=f"field '{field}': expected a number"):
+        with_changes(**{field: value})
+
+
+def test_report_round_trips_through_json():
+    assert Report.from_dict(json.loads(json.dumps(REPORT.to_dict()))) == REPORT
+    assert REPORT.to_dict()["sparsity"]["global"] == 0.91
 
 
 def test_junit_is_valid_xml():
@@ -47,10 +82,8 @@ def test_junit_is_valid_xml():
 
 def test_cli_exit_codes(tmp_path, capsys):
     report, ref = tmp_path / "r.json", tmp_path / "ref.json"
-    report.write_text(json.dumps(REPORT))
-    better = copy.deepcopy(REPORT)
-    better["sparse"]["accuracy"] = 0.99
-    ref.write_text(json.dumps(better))
+    report.write_text(json.dumps(REPORT_JSON))
+    ref.write_text(json.dumps(with_changes(**{"sparse.accuracy": 0.99}).to_dict()))
     assert main(["gate", str(report)]) == 0
     assert main(["gate", str(report), "--min-sparsity", "0.95"]) == 1
     assert main(["gate", str(report), "--reference", str(ref), "--junit", str(tmp_path / "j.xml")]) == 1

@@ -1,29 +1,42 @@
 """The whole pipeline through the real CLI, on the bundled digits data."""
+import contextlib
+import io
 import json
-import os
-import subprocess
-import sys
+import shutil
 import xml.etree.ElementTree as ET
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import REPO
+from deploy.cli import main
 from deploy.formats import load_sparse
 
 QUICK = ["--set", "validate.runs=30", "--no-progress"]
 
 
-def sparsepipe(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "deploy", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+def sparsepipe(*args):
+    """The CLI in this process (what these tests check is the pipeline, not process start-up)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+@pytest.fixture
+def own_run(run_dir, tmp_path):
+    """A private copy of the shared run folder, for tests that change it."""
+    copy = tmp_path / "qs"
+    shutil.copytree(run_dir, copy)
+    return copy
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "qs"
-    res = sparsepipe("run", "configs/quickstart.toml", "--out", out, *QUICK, "--set", "gate.min_sparsity=0.5")
+    res = sparsepipe("run", REPO / "configs" / "quickstart.toml", "--out", out, *QUICK, "--set", "gate.min_sparsity=0.5")
     assert res.returncode == 0, res.stderr
     assert "gate: PASSED" in res.stdout and "accuracy (onnxruntime)" in res.stdout
     return out
@@ -56,28 +69,34 @@ def test_frozen_weights_csr_and_onnx_agree(run_dir):
     # at ~92% some hidden neurons lost every input weight: the freeze stage cut them out (harvest)
     structure = json.loads((run_dir / "frozen" / "structure.json").read_text())
     assert structure["channels_removed"] > 0 and structure["macs_after"] < structure["macs_before"]
+    spec = json.loads((run_dir / "frozen" / "model.json").read_text())
+    assert spec["variants"]["sparse"] == {"weights": "sparse.safetensors", "structure": "structure.json"}
     for name in sparsity["layers"]:
         w = frozen[f"{name}.weight"]
         assert torch.equal(csr[name].view(torch.int32), w.view(torch.int32))
-        # masks and sparsity describe the pruned model before the cut; the cut only drops weights
-        assert masks[name].sum() == round((1 - sparsity["per_layer"][name]) * masks[name].numel())
-        assert 0 < (w != 0).sum() <= masks[name].sum() and w.shape[0] <= masks[name].shape[0]
+        # the masks describe the weights as stored: same shape, 1 exactly where a weight is nonzero
+        assert masks[name].shape == w.shape and torch.equal(masks[name].bool(), w != 0)
+        # the sparsity is the pruner's, counted before the cut: at least the zeros still stored
+        assert (w == 0).sum() / w.numel() <= sparsity["per_layer"][name] + 1e-9
+    assert structure["params_after"] < structure["params_before"]
     export = json.loads((run_dir / "onnx" / "export.json").read_text())
     assert export["sparse"]["max_abs_diff_vs_torch"] < 1e-4
     assert export["sparse"]["initializer_sparsity"] > 0.5
 
 
-def test_rerun_skips_and_changed_gate_reruns_only_validate(run_dir):
-    res = sparsepipe("run", "configs/quickstart.toml", "--out", run_dir, *QUICK, "--set", "gate.min_sparsity=0.5")
+def test_rerun_skips_and_changed_gate_reruns_only_validate(own_run):
+    run_dir = own_run
+    res = sparsepipe("run", REPO / "configs" / "quickstart.toml", "--out", run_dir, *QUICK, "--set", "gate.min_sparsity=0.5")
     assert res.returncode == 0 and res.stdout.count("up to date, skipped") == 5
-    res = sparsepipe("run", "configs/quickstart.toml", "--out", run_dir, *QUICK, "--set", "gate.min_sparsity=0.999")
+    res = sparsepipe("run", REPO / "configs" / "quickstart.toml", "--out", run_dir, *QUICK, "--set", "gate.min_sparsity=0.999")
     assert res.returncode == 1, res.stderr
     assert res.stdout.count("up to date, skipped") == 4 and "[5/5] validate: done" in res.stdout
     assert "gate: FAILED" in res.stdout and "global sparsity" in res.stdout
     assert json.loads((run_dir / "report" / "report.json").read_text())["gate"]["passed"] is False
 
 
-def test_stage_commands_and_corrupt_output_is_rerun(run_dir):
+def test_stage_commands_and_corrupt_output_is_rerun(own_run):
+    run_dir = own_run
     res = sparsepipe("convert", run_dir)
     assert res.returncode == 0 and "up to date" in res.stdout
     (run_dir / "sparse" / "weights.safetensors").write_bytes(b"corrupted")
@@ -99,12 +118,12 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
 
 
 def test_method_dense_and_magnitude(tmp_path):
-    res = sparsepipe("run", "configs/quickstart.toml", "--out", tmp_path / "d", *QUICK, "--set", "prune.method=dense",
+    res = sparsepipe("run", REPO / "configs" / "quickstart.toml", "--out", tmp_path / "d", *QUICK, "--set", "prune.method=dense",
                      "--set", "gate.min_sparsity=0")
     assert res.returncode == 0, res.stderr
     r = json.loads((tmp_path / "d" / "report" / "report.json").read_text())
     assert r["sparsity"]["global"] == 0 and r["sparse"]["accuracy"] == r["dense"]["accuracy"]
-    res = sparsepipe("run", "configs/quickstart.toml", "--out", tmp_path / "m", *QUICK,
+    res = sparsepipe("run", REPO / "configs" / "quickstart.toml", "--out", tmp_path / "m", *QUICK,
                      "--set", "prune.method=magnitude", "--set", "prune.magnitude.sparsity=0.8",
                      "--set", "gate.min_sparsity=0.75")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -114,7 +133,7 @@ def test_method_dense_and_magnitude(tmp_path):
 
 @pytest.mark.slow
 def test_mnist_lenet5_lats(tmp_path, mnist_root):
-    res = sparsepipe("run", "configs/mnist-lenet5-lats.toml", "--out", tmp_path / "mn", "--no-progress",
+    res = sparsepipe("run", REPO / "configs" / "mnist-lenet5-lats.toml", "--out", tmp_path / "mn", "--no-progress",
                      "--set", f"data.root={json.dumps(str(mnist_root))}", "--set", "data.train_limit=12000",
                      "--set", "train.epochs=4", "--set", "validate.runs=30",
                      "--set", "gate.min_sparsity=0.5", "--set", "gate.max_accuracy_drop=0.03")
@@ -126,7 +145,7 @@ def test_mnist_lenet5_lats(tmp_path, mnist_root):
 
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_int8_variants_are_validated_side_by_side(tmp_path, mode):
-    res = sparsepipe("run", "configs/quickstart.toml", "--out", tmp_path / mode, *QUICK, "--set", f"export.int8=\"{mode}\"")
+    res = sparsepipe("run", REPO / "configs" / "quickstart.toml", "--out", tmp_path / mode, *QUICK, "--set", f"export.int8=\"{mode}\"")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "accuracy int8 (onnxruntime)" in res.stdout
     r = json.loads((tmp_path / mode / "report" / "report.json").read_text())

@@ -6,13 +6,15 @@ import onnx
 import pytest
 import torch
 
+from compress.errors import UserError
 from compress.models import MLP
 from compress.pruners.magnitude import magnitude_masks
 from compress.selection import LayerRule, select_layers
 from deploy.cli import main
 from deploy.export import export_onnx
+from deploy.formats import save_sparse
 from deploy.onnx_variants import make_compact, make_sparse_compute
-from deploy.runtime import SparseSession, open_model
+from deploy.runtime import open_model, open_sparse_compute
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +27,7 @@ def sparse_mlp(tmp_path_factory, digits):
             model.get_submodule(n).weight.mul_(m)
     folder = tmp_path_factory.mktemp("variants")
     export_onnx(model, digits.test.x[:8], folder / "sparse.onnx")
+    save_sparse(folder / "csr", {n: model.get_submodule(n).weight.detach() for n in layers})  # the convert stage
     dense = MLP(digits.input_shape, digits.num_classes, [512, 512]).eval()
     export_onnx(dense, digits.test.x[:8], folder / "dense.onnx")
     return model, folder, digits.test.x[:50]
@@ -48,10 +51,10 @@ def test_compact_has_sparse_initializers_and_identical_outputs(sparse_mlp):
 @pytest.mark.parametrize("force", [True, False])
 def test_compute_matches_the_frozen_model(sparse_mlp, force, tmp_path):
     model, folder, x = sparse_mlp
-    manifest = make_sparse_compute(folder / "sparse.onnx", tmp_path / "c", batch=1, force=force)
+    manifest = make_sparse_compute(folder / "sparse.onnx", folder / "csr", tmp_path / "c", batch=1, force=force)
     assert set(manifest["considered"]) == {"net.1.weight", "net.3.weight", "net.5.weight"}
     assert bool(manifest["layers"]) is force
-    session = SparseSession(tmp_path / "c")
+    session = open_sparse_compute(tmp_path / "c")
     assert [i.name for i in session.get_inputs()] == ["input"]  # CSR weights are bound, not fed
     with torch.no_grad():
         want = model(x).numpy()
@@ -60,9 +63,18 @@ def test_compute_matches_the_frozen_model(sparse_mlp, force, tmp_path):
     assert ("SparseToDenseMatMul" in ops) is force
 
 
+def test_compute_refuses_csr_weights_that_are_not_the_onnx_weights(sparse_mlp, tmp_path):
+    model, folder, _ = sparse_mlp
+    other = {n: torch.zeros_like(model.get_submodule(n).weight) for n in ("net.1", "net.3", "net.5")}
+    other["net.1"][0, 0] = 1.0
+    save_sparse(tmp_path / "other", other)
+    with pytest.raises(UserError, match="differs from 'net.1.weight'"):
+        make_sparse_compute(folder / "sparse.onnx", tmp_path / "other", tmp_path / "c", batch=1, force=True)
+
+
 def test_compute_choice_follows_the_measurement(sparse_mlp, tmp_path):
     _, folder, _ = sparse_mlp
-    manifest = make_sparse_compute(folder / "sparse.onnx", tmp_path / "m", batch=1)
+    manifest = make_sparse_compute(folder / "sparse.onnx", folder / "csr", tmp_path / "m", batch=1)
     for name, layer in manifest["considered"].items():
         assert layer["dense_ms"] > 0 and layer["sparse_ms"] > 0
         assert layer["sparse"] == (layer["sparse_ms"] < layer["dense_ms"])
@@ -71,7 +83,7 @@ def test_compute_choice_follows_the_measurement(sparse_mlp, tmp_path):
 
 def test_profile_command(sparse_mlp, tmp_path, capsys):
     _, folder, _ = sparse_mlp
-    make_sparse_compute(folder / "sparse.onnx", tmp_path / "c", batch=1, force=True)
+    make_sparse_compute(folder / "sparse.onnx", folder / "csr", tmp_path / "c", batch=1, force=True)
     out, png = tmp_path / "p.json", tmp_path / "p.png"
     code = main(["profile", str(tmp_path / "c"), "--baseline", str(folder / "dense.onnx"), "--batch", "1,4",
                  "--seconds", "0.05", "--warmup", "0.01", "--json", str(out), "--png", str(png)])

@@ -31,6 +31,7 @@ from compress.train import TrainConfig, train  # noqa: E402
 from deploy.export import export_onnx  # noqa: E402
 from deploy.report import save_png  # noqa: E402
 from deploy.latency import compare_latency  # noqa: E402
+from deploy.formats import save_sparse  # noqa: E402
 from deploy.onnx_variants import make_compact, make_sparse_compute  # noqa: E402
 from deploy.runtime import open_model  # noqa: E402
 from deploy.validate import onnx_logits  # noqa: E402
@@ -94,11 +95,13 @@ def main(argv=None) -> int:
             model = trained(name, data, sparsity, args.epochs)
             sub = folder / f"s{sparsity}"
             export_onnx(model, data.test.x[:32], sub / "sparse.onnx")
+            save_sparse(sub / "csr", {n: model.get_submodule(n).weight.detach()  # what the convert stage writes
+                                      for n in select_layers(model, PruneConfig().layers)})
             make_compact(sub / "sparse.onnx", sub / "sparse-compact.onnx")
             acc = float((onnx_logits(open_model(sub / "sparse.onnx"), x_all, 512).argmax(1) == data.test.y.numpy()).mean())
             for batch in batches:
                 compute = sub / f"sparse-compute-b{batch}"
-                manifest = make_sparse_compute(sub / "sparse.onnx", compute, batch=batch, threads=1)
+                manifest = make_sparse_compute(sub / "sparse.onnx", sub / "csr", compute, batch=batch, threads=1)
                 paths = {"dense": folder / "dense.onnx", "sparse": sub / "sparse.onnx",
                          "sparse-compact": sub / "sparse-compact.onnx", "sparse-compute": compute}
                 sessions = {k: open_model(v, threads=1) for k, v in paths.items()}

@@ -29,7 +29,7 @@ from compress.models import ModelConfig, build_model  # noqa: E402
 from compress.pruners import PruneConfig  # noqa: E402
 from compress.structured import channel_groups, ratio_for_macs  # noqa: E402
 from deploy.export import export_onnx  # noqa: E402
-from deploy.flops import count_macs  # noqa: E402
+from compress.flops import count_macs  # noqa: E402
 from deploy.latency import make_session  # noqa: E402
 
 

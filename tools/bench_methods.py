@@ -27,7 +27,7 @@ from compress.sparsity import global_sparsity  # noqa: E402
 from compress.train import TrainConfig, train  # noqa: E402
 from deploy.export import export_onnx  # noqa: E402
 from deploy.report import save_png  # noqa: E402
-from deploy.flops import count_macs  # noqa: E402
+from compress.flops import count_macs  # noqa: E402
 from deploy.latency import make_session  # noqa: E402
 from deploy.validate import onnx_logits  # noqa: E402
 

@@ -30,7 +30,7 @@ from compress.selection import select_layers  # noqa: E402
 from compress.structured import channel_groups, harvest_channels  # noqa: E402
 from compress.train import TrainConfig, train  # noqa: E402
 from deploy.export import export_onnx  # noqa: E402
-from deploy.flops import count_macs  # noqa: E402
+from compress.flops import count_macs  # noqa: E402
 from deploy.latency import compare_latency, make_session  # noqa: E402
 from deploy.report import save_png  # noqa: E402
 from deploy.validate import onnx_logits  # noqa: E402

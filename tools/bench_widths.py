@@ -25,7 +25,7 @@ from compress import atomic  # noqa: E402
 from compress.models import ModelConfig, build_model  # noqa: E402
 from compress.structured import channel_groups, remove_channels  # noqa: E402
 from deploy.export import export_onnx  # noqa: E402
-from deploy.flops import count_macs  # noqa: E402
+from compress.flops import count_macs  # noqa: E402
 from deploy.latency import compare_latency, make_session  # noqa: E402
 
 SHAPE = (1, 28, 28)

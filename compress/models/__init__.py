@@ -2,38 +2,19 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 from torch import nn
 
 
 from ..errors import UserError
-from ..schema import opt
+from ..config.model import ModelConfig
 from .mobilenet import MobileNetV1
 from .resnet import CifarResNet
 from .small import MLP, LeNet5
 from .spiking import sew_resnet, spiking_cnn
 from .vgg import VGG
-
-
-@dataclass
-class ModelConfig:
-    name: str = opt("mlp", "Model: mlp, lenet5, resnet20/32/56, vgg16/19, mobilenet_v1, spiking_cnn, "
-                    "sew_resnet18/34, 'torchvision:NAME' "
-                    "(e.g. torchvision:resnet18), or 'package.module:factory' called as "
-                    "factory(input_shape=..., num_classes=...).")
-    hidden: list[int] = opt([256, 256], "mlp: widths of the hidden layers.", lo=1)
-    width: float = opt(1.0, "resnet/vgg/mobilenet_v1/spiking_cnn: channel width multiplier.", lo=0.0, lo_open=True)
-    time_steps: int = opt(4, "Spiking models: time steps T (the image is repeated over T: direct encoding).", lo=1)
-    neuron: Literal["if", "lif"] = opt("if", "Spiking models: integrate-and-fire (default; learns fastest here) or leaky IF (tau 2).")
-    cnf: Literal["ADD", "IAND"] = opt("ADD", "SEW ResNet: connect function of the spike-element-wise blocks.")
-
-    def check(self, where: str) -> None:
-        if self.name not in MODELS and ":" not in self.name:
-            raise UserError(f"{where}.name: unknown model {self.name!r} "
-                            f"(expected one of: {', '.join(MODELS)}, or 'package.module:factory')")
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

@@ -1,17 +1,21 @@
-"""Pruning methods by name, each behind the `Pruner` protocol (see base.py)."""
+"""Pruning methods by name, each behind the `Pruner` protocol (see base.py).
+
+One registry: a built-in name, or a user's class named 'package.module:Class' (a Pruner subclass
+whose `Options` dataclass is filled from [prune.custom]).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
 
+from ..config.prune import PruneConfig
 from ..errors import UserError
-from ..schema import opt
-from ..selection import LayerRule
+from ..schema import parse
 from .base import MaskPruner, Pruner, TrainPlan
-from .lats import LATSOptions, LATSPruner
-from .filters import FilterOptions, FilterPruner
-from .greg import GRegOptions, GRegPruner
-from .magnitude import GMPOptions, GMPPruner, L1Options, L1Pruner, MagnitudeOptions, MagnitudePruner
-from .str_reparam import STROptions, STRPruner
+from .filters import FilterPruner, L1FilterPruner
+from .greg import GRegPruner
+from .lats import LATSPruner
+from .magnitude import GMPPruner, L1Pruner, MagnitudePruner
+from .str_reparam import STRPruner
 
 PRUNERS: dict[str, type[Pruner]] = {
     "dense": Pruner,
@@ -25,30 +29,32 @@ PRUNERS: dict[str, type[Pruner]] = {
 }
 
 
-@dataclass
-class PruneConfig:
-    method: str = opt("lats", "Pruning method: " + ", ".join(PRUNERS) + ".")
-    layers: LayerRule = opt(LayerRule(), "Which layers are pruned.")
-    lats: LATSOptions = opt(LATSOptions(), "Options of method 'lats'.")
-    magnitude: MagnitudeOptions = opt(MagnitudeOptions(), "Options of method 'magnitude'.")
-    str: STROptions = opt(STROptions(), "Options of method 'str'.")
-    greg: GRegOptions = opt(GRegOptions(), "Options of method 'greg' (GReg-1 / GReg-2).")
-    l1: L1Options = opt(L1Options(), "Options of method 'l1' (one-shot L1 with GReg-1's selection rule).")
-    gmp: GMPOptions = opt(GMPOptions(), "Options of method 'gmp' (gradual magnitude, cubic).")
-    filter: FilterOptions = opt(FilterOptions(), "Options of method 'filter' (one-shot channel pruning, removed "
-                                "physically at freeze).")
-
-    def check(self, where: str) -> None:
-        if self.method not in PRUNERS:
-            raise UserError(f"{where}.method: unknown method {self.method!r} (expected one of: {', '.join(PRUNERS)})")
+def pruner_class(cfg: PruneConfig) -> type[Pruner]:
+    """The class that runs `cfg.method` (a built-in name or 'package.module:Class')."""
+    if cfg.method == "l1" and cfg.l1.granularity == "filter":
+        return L1FilterPruner  # l1's channel mode: the filter cut with GReg's pick rule
+    if cfg.method in PRUNERS:
+        return PRUNERS[cfg.method]
+    module_name, _, attr = cfg.method.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except Exception as e:  # ImportError, AttributeError, or whatever the user's module raises on import
+        raise UserError(f"prune.method: cannot import {cfg.method!r} ({type(e).__name__}: {e})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Pruner)):
+        raise UserError(f"prune.method: {cfg.method!r} is not a subclass of compress.pruners.Pruner")
+    return cls
 
 
 def build_pruner(cfg: PruneConfig) -> Pruner:
-    """The configured pruner, not yet attached to a model."""
-    if cfg.method == "l1" and cfg.l1.granularity == "filter":  # the channel baseline is the filter method
-        return FilterPruner(FilterOptions(ratio=cfg.l1.sparsity, prune_after=cfg.l1.prune_after))
-    options = getattr(cfg, cfg.method, None)
-    return PRUNERS[cfg.method](options)
+    """The configured pruner with its typed options, not yet attached to a model."""
+    cls = pruner_class(cfg)
+    if cfg.method in PRUNERS:
+        return cls(getattr(cfg, cfg.method, None))
+    if cls.Options is None:
+        if cfg.custom:
+            raise UserError(f"prune.custom: {cfg.method!r} takes no options (it declares no Options dataclass)")
+        return cls()
+    return cls(parse(cls.Options, cfg.custom, "prune.custom"))
 
 
-__all__ = ["PRUNERS", "PruneConfig", "Pruner", "MaskPruner", "TrainPlan", "build_pruner"]
+__all__ = ["PRUNERS", "PruneConfig", "Pruner", "MaskPruner", "TrainPlan", "build_pruner", "pruner_class"]

@@ -45,12 +45,15 @@ class Pruner:
     """Base class: no pruning. Subclasses override the hooks they need."""
 
     name = "dense"
+    Options: type | None = None  # the dataclass of this method's options (None: it takes none)
 
     def __init__(self, options: object = None):
         self.options = options
         self.model: nn.Module | None = None
         self.layers: list[str] = []
         self.plan: TrainPlan | None = None
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizer = None
 
     def attach(self, model: nn.Module, layers: list[str], plan: TrainPlan) -> None:
         self.model, self.layers, self.plan = model, list(layers), plan

@@ -12,54 +12,32 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
 from ..errors import UserError
-from ..schema import opt
-from ..structured import channel_importance, keep_count, lowest, macs_with_widths, ratio_for_macs
+from ..config.prune import FilterOptions, L1Options, LayerRatio
+from ..ranking import lowest
+from ..structured import channel_importance, keep_count, macs_with_widths, ratio_for_macs
+from ..schedules import cubic_ramp
+from ..structured import ChannelGroup
 from .base import Pruner
 from .channels import selected_groups, zero_dropped
 
-
-@dataclass
-class LayerRatio:
-    layer: str = opt("", "Glob matched against the producing layers of a channel group (e.g. 'layers.2.*').")
-    ratio: float = opt(0.5, "Fraction of that group's channels removed.", lo=0.0, hi=1.0, hi_open=True)
-
-
-@dataclass
-class FilterOptions:
-    ratio: float = opt(0.5, "Fraction of the channels removed in every prunable group (at most n−1).",
-                       lo=0.0, hi=1.0, hi_open=True)
-    layer_ratios: list[LayerRatio] = opt([], "Per-group ratios, first match wins: [[prune.filter.layer_ratios]] "
-                                         "tables with layer (glob) and ratio.")
-    flops_target: float = opt(0.0, "Divide the model's MACs by this factor (e.g. 2.5); one ratio for every group "
-                              "not in layer_ratios is found for it. 0: use ratio.", lo=0.0)
-    importance: Literal["l1", "l2"] = opt("l1", "Channel score: L1 or L2 norm of the producing filters.")
-    schedule: Literal["oneshot", "gradual"] = opt("oneshot", "Cut once at prune_after, or gradually (cubic, each "
-                                                  "epoch) from prune_after to prune_until.")
-    prune_after: float = opt(0.3, "Fraction of the epochs trained dense before the (first) cut.",
-                             lo=0.0, hi=1.0, hi_open=True)
-    prune_until: float = opt(0.6, "gradual: fraction of the epochs by which the final widths are reached.",
-                             lo=0.0, hi=1.0, hi_open=True)
-    round_to: int = opt(1, "Keep a multiple of this many channels per group (e.g. 8: SIMD-friendly widths).",
-                        lo=1)
-    pow2: bool = opt(False, "Keep every cut width a power of two (round_to is then ignored): on our CPU, "
-                     "onnxruntime ran such widths far faster than others (README).")
+__all__ = ["FilterPruner", "L1FilterPruner", "FilterOptions", "LayerRatio"]  # the section dataclass is re-exported for callers
 
 
 class FilterPruner(Pruner):
     name = "filter"
-    options: FilterOptions
+    Options = FilterOptions
 
     def __init__(self, options: FilterOptions):
         super().__init__(options)
+        self.options: FilterOptions = options
         self.dropped: dict[str, torch.Tensor] = {}  # group key -> dropped channel indices
-        self.groups = {}
+        self.groups: dict[str, ChannelGroup] = {}
+        self.whole: dict[str, str] = {}  # selected groups kept whole, with the reason
         self.final_keep: dict[str, int] = {}
         self.planned: dict = {}
 
@@ -100,10 +78,10 @@ class FilterPruner(Pruner):
         start, end = self._cut_epochs()
         if not start <= epoch <= end:
             return
-        progress = 1.0 - (1.0 - (epoch - start + 1) / (end - start + 1)) ** 3  # cubic, 1 at the last cut
+        progress = cubic_ramp((epoch - start + 1) / (end - start + 1))  # 1 at the last cut
         for key, g in self.groups.items():
             keep = g.size - round((g.size - self.final_keep[key]) * progress)
-            self.dropped[key] = lowest(channel_importance(self.model, g, self.options.importance), keep)
+            self.dropped[key] = lowest(channel_importance(self.model, g, self.options.importance), g.size - keep)
         self._apply()
 
     def _apply(self) -> None:
@@ -131,3 +109,15 @@ class FilterPruner(Pruner):
     def freeze(self) -> nn.Module:
         self._apply()
         return super().freeze()
+
+
+class L1FilterPruner(FilterPruner):
+    """Method 'l1' with granularity 'filter': the one-shot filter cut at `prune_after`, counting like
+    GReg-1's pick, so on the same weights it removes the channels GReg's filter mode removes."""
+
+    name = "l1"
+    Options = L1Options
+
+    def __init__(self, options: L1Options):
+        super().__init__(FilterOptions(ratio=options.sparsity, prune_after=options.prune_after))
+        self.l1_options = options

@@ -16,15 +16,13 @@ physically. The channels picked are those the `filter` method picks from the sam
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
-from ..schema import opt
+from ..config.prune import GRegOptions
 from ..selection import get_module
-from ..structured import channel_importance
+from ..structured import ChannelGroup, channel_importance
 from .base import MaskPruner
 from .channels import selected_groups, zero_dropped
 from .groups import per_row, pick_pruned
@@ -32,37 +30,13 @@ from .groups import per_row, pick_pruned
 PHASES = ("dense", "pick", "prune", "stabilize", "finetune")
 
 
-@dataclass
-class GRegOptions:
-    variant: Literal[1, 2] = opt(1, "1: GReg-1 (fixed L1 pick, growing penalty); 2: GReg-2 (penalty on all, "
-                                 "pick by magnitude, then grow/recover).")
-    granularity: Literal["weight", "filter"] = opt("weight", "Groups: single weights (unstructured) or channels "
-                                                   "(structured: coupled filters cut together, removed "
-                                                   "physically at freeze; the logits stay whole).")
-    sparsity: float = opt(0.9, "Fraction of groups pruned in every layer or channel group (at most n−1).",
-                          lo=0.0, hi=1.0, hi_open=True)
-    pick_after: float = opt(0.3, "Fraction of the epochs trained dense before regularisation starts.",
-                            lo=0.0, hi=1.0, hi_open=True)
-    reg_by: float = opt(0.7, "With reg_granularity_prune = 0: fraction of the epochs by which the penalty "
-                        "phases end (granularities are derived from it).", lo=0.0, hi=1.0, lo_open=True)
-    update_reg_interval: int = opt(5, "Steps between penalty updates.", lo=1)
-    reg_upper_limit: float = opt(1.0, "Penalty at which a layer's pruned groups are done.", lo=0.0, lo_open=True)
-    reg_granularity_prune: float = opt(0.0, "Penalty increment on pruned groups (official 1e-4; 0 = derived "
-                                       "from reg_by so that short runs finish).", lo=0.0)
-    reg_upper_limit_pick: float = opt(1e-2, "GReg-2: penalty on all weights before picking.", lo=0.0, lo_open=True)
-    reg_granularity_pick: float = opt(0.0, "GReg-2: increment while picking (official 1e-5; 0 = derived).", lo=0.0)
-    reg_granularity_recover: float = opt(-1e-4, "GReg-2: increment on kept groups after the pick (≤ 0).", hi=0.0)
-    stabilize_steps: int = opt(0, "Steps with the full penalty on before removal (official 10000 on CIFAR).", lo=0)
-    mag_ratio_limit: float = opt(1000.0, "Filter mode: a layer is also done when mean|kept|/mean|pruned| "
-                                 "(EMA 0.9) reaches this.", lo=1.0)
-
-
 class GRegPruner(MaskPruner):
     name = "greg"
-    options: GRegOptions
+    Options = GRegOptions
 
     def __init__(self, options: GRegOptions):
         super().__init__(options)
+        self.options: GRegOptions = options
         self.phase = "dense"
         self.reg: dict[str, torch.Tensor] = {}
         self.pruned: dict[str, torch.Tensor] = {}    # per layer: bool per group
@@ -72,13 +46,16 @@ class GRegPruner(MaskPruner):
         self.l1_overlap: float | None = None
         self.stable_steps = 0
         self.gran_pick = self.gran_prune = 0.0
-        self.groups = {}       # filter mode: channel groups by key
+        self.units: list[str] = []  # what carries one penalty vector: a layer, or (filter mode) a channel group
+        self.groups: dict[str, ChannelGroup] = {}  # filter mode: channel groups by key
+        self.whole: dict[str, str] = {}             # filter mode: selected groups kept whole, with the reason
+        self.producers: dict[str, nn.Module] = {}   # filter mode: every producing layer of the groups
         self.dropped: dict[str, torch.Tensor] = {}
 
     def attach(self, model: nn.Module, layers: list[str], plan) -> None:
         super().attach(model, layers, plan)
         o = self.options
-        self.units = list(self.layers)  # what carries one reg vector: a layer, or a channel group
+        self.units = list(self.layers)
         if o.granularity == "filter":
             self.groups, self.whole = selected_groups(model, layers, plan.input_shape,
                                                       "prune.greg (filter granularity)")
@@ -222,5 +199,5 @@ class GRegPruner(MaskPruner):
         o = self.options
         return {"variant": f"GReg-{o.variant}", "granularity": o.granularity, "phase_at_end": self.phase,
                 "reg_granularity_prune": self.gran_prune, "l1_overlap": self.l1_overlap,
-                "mag_ratio": dict(self.mag_ratio), "kept_whole": getattr(self, "whole", {}),
+                "mag_ratio": dict(self.mag_ratio), "kept_whole": self.whole,
                 "pruned_groups": {n: int(p.sum()) for n, p in self.pruned.items()}}

@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import torch
 
+from ..ranking import lowest_mask
 from ..structured.budget import keep_count
 
 
 def pick_pruned(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """Boolean mask of pruned groups: the min(ceil(ratio·n), n−1) lowest scores (stable order)."""
-    flat = scores.flatten()
-    n = flat.numel()
-    n_pruned = n - keep_count(n, ratio)
-    pruned = torch.zeros(n, dtype=torch.bool, device=flat.device)
-    if n_pruned > 0:
-        pruned[torch.argsort(flat, stable=True)[:n_pruned]] = True
-    return pruned.view_as(scores)
+    n = scores.numel()
+    return lowest_mask(scores, n - keep_count(n, ratio))
 
 
 def per_row(values: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,6 @@ gives the target, leaving the mechanism itself unchanged.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
@@ -25,36 +23,10 @@ from torch.nn.utils import parametrize
 
 from ..errors import UserError
 from ..schedules import threshold_fraction
-from ..schema import opt
+from ..config.prune import LATSOptions
 from ..selection import get_module
+from ..sparsity import magnitude_quantile
 from .base import Pruner, exact_zeros
-
-
-@dataclass
-class LATSOptions:
-    schedule: Literal["lats", "s-lats", "pgh", "linear", "constant"] = opt(
-        "lats", "Threshold schedule over the pruning window (see the method notes in the README).")
-    mode: Literal["during", "early", "init"] = opt(
-        "during", "during: sparsify while training; early: reach D by end_epoch, then fix the mask and keep "
-        "training; init: pruning at initialisation (constant D from step 0, inflated latent init).")
-    threshold_final: float = opt(0.05, "D: the threshold at the end of the pruning window.", lo=0.0, lo_open=True)
-    l1_lambda: float = opt(0.0, "λ (schedule 'lats' only): d_t = λ·Σ_{s<t} η_s with no final value; "
-                           "when > 0 it replaces threshold_final.", lo=0.0)
-    start_epoch: int = opt(0, "Epoch at which the threshold starts growing (dense before it).", lo=0)
-    end_epoch: int = opt(0, "mode 'early': epoch by which the threshold reaches D (0 = half of the epochs).", lo=0)
-    pgh_beta: float = opt(10.0, "schedule 'pgh': λ grows geometrically by this factor over the window.",
-                          lo=0.0, lo_open=True)
-    target_sparsity: float = opt(0.0, "Target global sparsity (0 = off). Recalibrates D between epochs to hit "
-                                 "it within about a point; the report records the D that resulted.",
-                                 lo=0.0, hi=1.0, hi_open=True)
-
-    def check(self, where: str) -> None:
-        if self.l1_lambda > 0 and self.schedule != "lats":
-            raise UserError(f"{where}.l1_lambda: only schedule 'lats' takes λ; others need threshold_final")
-        if self.l1_lambda > 0 and self.target_sparsity > 0:
-            raise UserError(f"{where}.target_sparsity: calibrates D, so it cannot be combined with l1_lambda")
-        if self.mode == "init" and self.schedule not in ("lats", "constant"):
-            raise UserError(f"{where}.schedule: mode 'init' uses a constant threshold; leave schedule at 'lats'")
 
 
 def soft_threshold(theta: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor:
@@ -83,19 +55,13 @@ class SoftThreshold(nn.Module):
         return _SoftThresholdSTE.apply(theta, self.threshold)
 
 
-def latent_quantile(latents: list[torch.Tensor], sparsity: float) -> float:
-    """The threshold d at which a fraction `sparsity` of all |θ| is ≤ d."""
-    flat = torch.cat([t.detach().abs().flatten() for t in latents])
-    k = max(int(round(sparsity * flat.numel())), 1)
-    return float(flat.kthvalue(k).values)
-
-
 class LATSPruner(Pruner):
     name = "lats"
-    options: LATSOptions
+    Options = LATSOptions
 
     def __init__(self, options: LATSOptions):
         super().__init__(options)
+        self.options: LATSOptions = options
         self.threshold = 0.0
         self.final = options.threshold_final     # D; moves only in target mode
         self.lr_accumulated = 0.0
@@ -174,7 +140,7 @@ class LATSPruner(Pruner):
         start, end = self.window
         step = (epoch + 1) * p.steps_per_epoch
         if o.target_sparsity > 0 and step < end:
-            self.final = max(latent_quantile(self.latents(), o.target_sparsity), 1e-12)
+            self.final = max(magnitude_quantile(self.latents(), o.target_sparsity), 1e-12)
             if o.mode == "init":
                 self._set_threshold(self.final)
         if o.mode == "early" and step >= end and not self.fixed_masks:

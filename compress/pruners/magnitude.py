@@ -2,42 +2,29 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from ..schedules import cubic_sparsity
-from ..schema import opt
+from ..config.prune import GMPOptions, L1Options, MagnitudeOptions
 from ..selection import get_module
 from .base import MaskPruner
+from ..ranking import lowest_mask
 from .groups import pick_pruned
-
-
-@dataclass
-class MagnitudeOptions:
-    sparsity: float = opt(0.9, "Fraction of the selected weights set to zero.", lo=0.0, hi=1.0, hi_open=True)
-    scope: Literal["global", "layer"] = opt("global", "global: one magnitude cut over all layers; "
-                                            "layer: the same fraction in every layer.")
-    prune_after: float = opt(0.5, "Fraction of the epochs trained dense before the one-shot prune; "
-                             "the rest fine-tunes with the mask fixed.", lo=0.0, hi=1.0, hi_open=True)
-    block: list[int] = opt([1, 1], "Prune whole [rows, cols] blocks of the 2-D weight (out, in·kh·kw), scored "
-                           "by mean |w|, so BSR storage pays off; [1, 1] = single weights.", lo=1)
 
 
 def smallest_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Boolean keep-mask that drops exactly round(sparsity·n) entries with the smallest score."""
-    flat = scores.flatten()
-    n_drop = int(round(sparsity * flat.numel()))
-    keep = torch.ones_like(flat, dtype=torch.bool)
-    if n_drop:
-        keep[torch.argsort(flat, stable=True)[:n_drop]] = False
-    return keep.view_as(scores)
+    return ~lowest_mask(scores, round(sparsity * scores.numel()))
 
 
 class MagnitudePruner(MaskPruner):
     name = "magnitude"
-    options: MagnitudeOptions
+    Options = MagnitudeOptions
+
+    def __init__(self, options: MagnitudeOptions):
+        super().__init__(options)
+        self.options: MagnitudeOptions = options
 
     @property
     def prune_epoch(self) -> int:
@@ -87,23 +74,15 @@ def magnitude_masks(model, layers: list[str], sparsity: float, scope: str,
     return masks
 
 
-@dataclass
-class L1Options:
-    sparsity: float = opt(0.9, "Fraction of groups removed in every layer (at most n−1 per layer).",
-                          lo=0.0, hi=1.0, hi_open=True)
-    granularity: Literal["weight", "filter"] = opt("weight", "Single weights, or channels: then it is method "
-                                                   "'filter' cutting `sparsity` of every coupled channel group "
-                                                   "at prune_after (what GReg's filter mode picks).")
-    prune_after: float = opt(0.3, "Fraction of the epochs trained dense before the one-shot prune. Set it to "
-                             "GReg's pick_after to remove exactly the groups GReg-1 picks.",
-                             lo=0.0, hi=1.0, hi_open=True)
-
-
 class L1Pruner(MaskPruner):
     """One-shot layer-wise L1 pruning with GReg-1's selection rule: the fair baseline for GReg."""
 
     name = "l1"
-    options: L1Options
+    Options = L1Options
+
+    def __init__(self, options: L1Options):
+        super().__init__(options)
+        self.options: L1Options = options
 
     def begin_epoch(self, epoch: int) -> None:
         if epoch == math.floor(self.options.prune_after * self.plan.epochs) and not self.masks:
@@ -113,22 +92,15 @@ class L1Pruner(MaskPruner):
             self.apply_masks()
 
 
-@dataclass
-class GMPOptions:
-    sparsity: float = opt(0.9, "Final fraction of the selected weights set to zero.", lo=0.0, hi=1.0, hi_open=True)
-    scope: Literal["global", "layer"] = opt("global", "Magnitude cut over all layers or per layer.")
-    start: float = opt(0.1, "Fraction of training at which pruning starts.", lo=0.0, hi=1.0, hi_open=True)
-    end: float = opt(0.7, "Fraction of training at which the final sparsity is reached.", lo=0.0, hi=1.0,
-                     lo_open=True)
-    frequency: int = opt(20, "Steps between mask updates.", lo=1)
-    block: list[int] = opt([1, 1], "Prune whole [rows, cols] blocks (see magnitude.block).", lo=1)
-
-
 class GMPPruner(MaskPruner):
     """Gradual magnitude pruning (Zhu & Gupta 2017): sparsity follows a cubic ramp, masks by |w|."""
 
     name = "gmp"
-    options: GMPOptions
+    Options = GMPOptions
+
+    def __init__(self, options: GMPOptions):
+        super().__init__(options)
+        self.options: GMPOptions = options
 
     def after_step(self, step: int, lr: float) -> None:
         o, total = self.options, self.plan.total_steps

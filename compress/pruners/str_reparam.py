@@ -8,27 +8,16 @@ tunes the weight decay on s between epochs (a larger decay pulls s up, raising t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..schema import opt
+from ..config.prune import STROptions
 from ..selection import get_module
+from ..schedules import cubic_ramp
+from ..sparsity import count_zeros, magnitude_quantile
 from .base import Pruner
-
-
-@dataclass
-class STROptions:
-    s_init: float = opt(-5.0, "Initial s of every layer (threshold sigmoid(s)). The paper uses -3200 on "
-                        "ImageNet; short or small runs need about -5..-10.")
-    s_weight_decay: float = opt(-1.0, "Weight decay on s (negative: the same as train.weight_decay).")
-    target_sparsity: float = opt(0.0, "Target global sparsity (0 = off): the weight decay on s is tuned "
-                                 "every 1% of training toward a cubic ramp ending at the target.",
-                                 lo=0.0, hi=1.0, hi_open=True)
-    ramp_fraction: float = opt(0.75, "Target mode: fraction of the epochs over which sparsity ramps "
-                               "(cubic) to the target.", lo=0.0, hi=1.0, lo_open=True)
 
 
 class SoftThresholdLearned(nn.Module):
@@ -44,10 +33,11 @@ class SoftThresholdLearned(nn.Module):
 
 class STRPruner(Pruner):
     name = "str"
-    options: STROptions
+    Options = STROptions
 
     def __init__(self, options: STROptions):
         super().__init__(options)
+        self.options: STROptions = options
         self.s_decay: float | None = None if options.s_weight_decay < 0 else options.s_weight_decay
         self._frozen_thresholds: dict[str, float] | None = None
 
@@ -64,9 +54,8 @@ class STRPruner(Pruner):
         reaching s* = logit(g*) by the end of the ramp, g* being the |w| quantile at the target
         sparsity now, takes wd = ln(s_0 / s*) / Σ_ramp η."""
         o, plan = self.options, self.plan
-        weights = torch.cat([get_module(self.model, n).parametrizations.weight.original.detach().abs().flatten()
-                             for n in self.layers])
-        g = float(weights.kthvalue(max(int(o.target_sparsity * weights.numel()), 1)).values)
+        g = magnitude_quantile((self.modules[n].parametrizations.weight.original for n in self.layers),
+                               o.target_sparsity)
         s_target = math.log(g / (1 - g)) if 0 < g < 0.5 else -1e-3
         lr_sum = plan.lr_sum(0, max(int(o.ramp_fraction * plan.total_steps), 1))
         if not s_target > o.s_init or o.s_init >= 0:
@@ -87,13 +76,8 @@ class STRPruner(Pruner):
         interval = max(total // 100, 1)
         if o.target_sparsity <= 0 or (step + 1) % interval or step + 1 >= total:
             return
-        x = min((step + 1) / (o.ramp_fraction * total), 1.0)
-        wanted = o.target_sparsity * (1 - (1 - x) ** 3)
-        zeros = total_weights = 0
-        with torch.no_grad():
-            for name in self.layers:
-                w = self.modules[name].weight
-                zeros, total_weights = zeros + int((w == 0).sum()), total_weights + w.numel()
+        wanted = o.target_sparsity * cubic_ramp((step + 1) / (o.ramp_fraction * total))
+        zeros, total_weights = count_zeros(self.modules[n].weight for n in self.layers)
         group = self._s_group()
         # Bounded multiplicative feedback: behind the ramp → more decay on s (higher threshold),
         # ahead → less. Small steps often, because an overshoot to 100% cannot be undone (a fully
@@ -112,7 +96,7 @@ class STRPruner(Pruner):
 
     def load_state_dict(self, state: dict) -> None:
         self.s_decay = None if state["s_decay"] < 0 else float(state["s_decay"])
-        if self.s_decay is not None and getattr(self, "optimizer", None) is not None:
+        if self.s_decay is not None and self.optimizer is not None:
             self._s_group()["weight_decay"] = self.s_decay
 
     def thresholds(self) -> dict[str, float]:

@@ -7,8 +7,10 @@ channels and budget.py decides how many each group keeps; harvest.py cuts what p
 from .budget import group_key, keep_count, macs_with_widths, ratio_for_macs
 from .graph import ChannelGroup, channel_groups
 from .harvest import Harvest, harvest_channels
-from .importance import channel_importance, lowest
+from .importance import channel_importance
 from .remove import remove_channels, zero_channels
+from .structure import apply_structure, harvest
 
 __all__ = ["ChannelGroup", "channel_groups", "remove_channels", "zero_channels", "Harvest", "harvest_channels",
-           "channel_importance", "lowest", "keep_count", "group_key", "macs_with_widths", "ratio_for_macs"]
+           "channel_importance", "keep_count", "group_key", "macs_with_widths", "ratio_for_macs",
+           "harvest", "apply_structure"]

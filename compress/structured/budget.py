@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from ..flops import count_macs
 from .graph import ChannelGroup
 from .remove import remove_channels
 
@@ -37,8 +38,6 @@ def group_key(group: ChannelGroup) -> str:
 def macs_with_widths(model: nn.Module, groups: list[ChannelGroup], keep: dict[str, int],
                      input_shape: tuple[int, ...]) -> int:
     """MACs of one sample after cutting each group to keep[group key] channels (on a copy)."""
-    from deploy.flops import count_macs  # deploy depends on compress, not the other way round at import
-
     smaller, groups = copy.deepcopy(model), copy.deepcopy(groups)
     for g in groups:
         k = keep.get(group_key(g), g.size)

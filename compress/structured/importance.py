@@ -24,7 +24,3 @@ def channel_importance(model: nn.Module, group: ChannelGroup, norm: Norm = "l1")
         total += rows.abs().sum(1) if norm == "l1" else rows.pow(2).sum(1).sqrt()
     return total
 
-
-def lowest(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Sorted indices of all but the `keep` highest scores (ties: the earlier index goes first)."""
-    return torch.argsort(scores, stable=True)[: scores.numel() - keep].sort().values

@@ -1,0 +1,30 @@
+"""The [model] section."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import UserError
+from ..schema import opt
+
+ZOO = ("mlp", "lenet5", "resnet20", "resnet32", "resnet56", "vgg16", "vgg19", "mobilenet_v1", "spiking_cnn",
+       "sew_resnet18", "sew_resnet34")
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt("mlp", "Model: mlp, lenet5, resnet20/32/56, vgg16/19, mobilenet_v1, spiking_cnn, "
+                    "sew_resnet18/34, 'torchvision:NAME' "
+                    "(e.g. torchvision:resnet18), or 'package.module:factory' called as "
+                    "factory(input_shape=..., num_classes=...).")
+    hidden: list[int] = opt([256, 256], "mlp: widths of the hidden layers.", lo=1)
+    width: float = opt(1.0, "resnet/vgg/mobilenet_v1/spiking_cnn: channel width multiplier.", lo=0.0, lo_open=True)
+    time_steps: int = opt(4, "Spiking models: time steps T (the image is repeated over T: direct encoding).", lo=1)
+    neuron: Literal["if", "lif"] = opt("if", "Spiking models: integrate-and-fire (default; learns fastest here) or leaky IF (tau 2).")
+    cnf: Literal["ADD", "IAND"] = opt("ADD", "SEW ResNet: connect function of the spike-element-wise blocks.")
+
+    def check(self, where: str) -> None:
+        if self.name not in ZOO and ":" not in self.name:
+            raise UserError(f"{where}.name: unknown model {self.name!r} "
+                            f"(expected one of: {', '.join(ZOO)}, or 'package.module:factory')")
+

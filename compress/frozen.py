@@ -1,0 +1,61 @@
+"""The frozen folder: plain weights with exact zeros (safetensors) and `model.json`, which says how
+to rebuild each variant (model config, input shape, classes, channel structure) without the run's
+config, data or checkpoints."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from safetensors.torch import load_file
+from torch import nn
+
+from . import atomic
+from .config.model import ModelConfig
+from .errors import UserError
+from .schema import parse
+
+FORMAT, VERSION = "sparsepipe-frozen", 1
+
+
+def write_spec(folder: Path, model: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
+               variants: dict[str, dict]) -> None:
+    """frozen/model.json. `variants`: name → {"weights": file, "structure": file or None}."""
+    atomic.write_json(folder / "model.json", {
+        "format": FORMAT, "version": VERSION, "model": asdict(model), "input_shape": list(input_shape),
+        "num_classes": num_classes, "variants": variants})
+
+
+def read_spec(folder: Path) -> dict:
+    path = folder / "model.json"
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the frozen model description ({str(e)[:200]})") from None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT or spec.get("version") != VERSION:
+        raise UserError(f"{path}: expected format {FORMAT!r} version {VERSION}")
+    return spec
+
+
+def load_frozen(folder: str | Path, variant: str) -> nn.Module:
+    """The frozen model `variant` (e.g. dense, sparse) in eval mode, physically cut where recorded."""
+    from .models import build_model
+    from .structured import apply_structure
+
+    folder = Path(folder)
+    spec = read_spec(folder)
+    entry = spec["variants"].get(variant)
+    if entry is None:
+        raise UserError(f"{folder / 'model.json'}: no variant {variant!r} (has: {', '.join(spec['variants'])})")
+    shape = tuple(spec["input_shape"])
+    model = build_model(parse(ModelConfig, spec["model"], f"{folder / 'model.json'}: model"), shape,
+                        spec["num_classes"])
+    if entry.get("structure"):
+        apply_structure(model, json.loads((folder / entry["structure"]).read_text()), shape)
+    path = folder / entry["weights"]
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except Exception as e:
+        raise UserError(f"{path}: does not fit model {spec['model']['name']!r} "
+                        f"({str(e).strip().splitlines()[0][:200]})") from None
+    return model.eval()

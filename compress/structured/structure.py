@@ -1,0 +1,46 @@
+"""A model's channel structure as data: cut dead channels and record the widths kept (`harvest`),
+and replay that record on a freshly built model (`apply_structure`)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..flops import count_macs
+from .graph import channel_groups
+from .harvest import harvest_channels
+from .remove import remove_channels
+
+
+def _sizes(model: nn.Module, input_shape: tuple[int, ...], suffix: str) -> dict:
+    return {f"params_{suffix}": sum(p.numel() for p in model.parameters()),
+            f"macs_{suffix}": count_macs(model, input_shape)["dense"]}
+
+
+def harvest(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
+    """Remove dead channels in place (constants folded where exact); returns the structure record:
+    kept channels per group (by first producer), biased consumers, widths, MACs and parameters."""
+    before = _sizes(model, input_shape, "before")
+    try:
+        groups = channel_groups(model, torch.zeros(2, *input_shape))
+    except ValueError as e:  # e.g. a model torch.fx cannot trace: nothing removed, and the report says why
+        return {"keep": {}, "skipped": str(e), **before, **_sizes(model, input_shape, "after")}
+    widths = {g.producers[0]: g.size for g in groups if g.producers}
+    result = harvest_channels(model.eval(), groups, input_shape)
+    keep = result.keep
+    return {"keep": keep, "biased": result.biased, "constant_channels_folded": result.folded,
+            "widths": {p: (widths[p], len(k)) for p, k in keep.items()},
+            "channels_removed": sum(widths[p] - len(k) for p, k in keep.items()),
+            **before, **_sizes(model, input_shape, "after")}
+
+
+def apply_structure(model: nn.Module, structure: dict, input_shape: tuple[int, ...]) -> None:
+    """Cut `model` to the recorded widths (for each group, named by its first producer, keep those
+    channels), with a bias on the consumers the harvest folded constant channels into."""
+    if not structure.get("keep"):
+        return
+    for name in structure.get("biased", []):
+        m = model.get_submodule(name)
+        m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], dtype=m.weight.dtype))
+    groups = {g.producers[0]: g for g in channel_groups(model, torch.zeros(2, *input_shape)) if g.producers}
+    for producer, indices in structure["keep"].items():
+        remove_channels(model, groups[producer], torch.tensor(indices, dtype=torch.long))

@@ -1,0 +1,25 @@
+"""The format names and versions of the folders deploy writes, and one reader that checks them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from compress.errors import UserError
+
+SPARSE_WEIGHTS = ("sparsepipe-sparse", 2)           # convert's CSR/BSR folder (formats.py)
+SPARSE_COMPUTE = ("sparsepipe-sparse-compute", 2)   # an ONNX model with CSR weights bound at run time
+
+
+def read_manifest(folder: str | Path, kind: tuple[str, int], what: str) -> dict:
+    """folder/manifest.json, checked to be `kind` (format, version); a one-line UserError otherwise."""
+    path = Path(folder) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read {what} manifest ({str(e)[:200]})") from None
+    name, version = kind
+    if not isinstance(manifest, dict) or manifest.get("format") != name or manifest.get("version") != version:
+        got = manifest if isinstance(manifest, dict) else {}
+        raise UserError(f"{path}: format {got.get('format')!r} version {got.get('version')!r}, "
+                        f"expected {name!r} version {version}")
+    return manifest

@@ -1,0 +1,69 @@
+"""Stage manifests (STAGE/stage.json) and the skip rule: a stage is up to date when its fingerprint
+(config sections it reads + upstream outputs' hashes) matches and its outputs hash as recorded."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from importlib.metadata import version as package_version
+
+from compress import atomic
+from compress.errors import UserError
+
+from ..config import CONFIG_VERSION
+from .run import Run
+from .stage import Stage
+
+PACKAGES = ("sparsepipe", "torch", "onnx", "onnxruntime", "numpy")
+
+
+def versions() -> dict:
+    """Python and the library versions that decide a result."""
+    return {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES}}
+
+
+def read_manifest(run: Run, stage: Stage) -> dict | None:
+    path = run.dir / stage.folder / "stage.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # missing or corrupt: the stage is not done
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("outputs"), dict) else None
+
+
+def fingerprint(run: Run, stage: Stage, upstream: list[Stage]) -> str:
+    """Hash of what decides the stage's result: its config sections and its upstream stages' outputs."""
+    outputs = {}
+    for up in upstream:
+        manifest = read_manifest(run, up)
+        if manifest is None:
+            raise UserError(f"{run.dir}: stage '{stage.name}' needs stage '{up.name}' first "
+                            f"(no {up.folder}/stage.json)")
+        outputs[up.name] = manifest["outputs"]
+    table = run.table
+    blob = {"stage": stage.name, "config_version": CONFIG_VERSION,
+            "config": {k: table[k] for k in stage.config}, "upstream": outputs}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def up_to_date(run: Run, stage: Stage, fp: str) -> bool:
+    manifest = read_manifest(run, stage)
+    if manifest is None or manifest.get("fingerprint") != fp:
+        return False
+    for rel, digest in manifest["outputs"].items():
+        path = run.dir / rel
+        if not path.is_file() or atomic.sha256_file(path) != digest:
+            return False
+    return True
+
+
+def write_manifest(run: Run, stage: Stage, fp: str, outputs: list[str], upstream: list[Stage],
+                   seconds: float) -> None:
+    atomic.write_json(run.dir / stage.folder / "stage.json", {
+        "stage": stage.name, "fingerprint": fp, "wall_time_s": round(seconds, 3),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": {k: run.table[k] for k in stage.config},
+        "inputs": {up.name: (read_manifest(run, up) or {}).get("fingerprint") for up in upstream},
+        "outputs": {rel: atomic.sha256_file(run.dir / rel) for rel in outputs},
+        "versions": versions()})

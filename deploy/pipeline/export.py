@@ -1,0 +1,51 @@
+"""Stage export: dense and sparse ONNX from one code path, and the variants made from them
+(compact sparse initializers, sparse-compute on convert's CSR weights, int8)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from compress import atomic
+
+from ..export import export_onnx
+from ..onnx_variants import make_compact, make_sparse_compute
+from ..quantize import quantize
+from ..runtime import open_model
+from .run import Run
+
+
+def export_stage(run: Run) -> list[str]:
+    cfg, folder = run.cfg.export, run.dir / "onnx"
+    sample = run.data.test.x[:64]
+    models = {v: run.frozen_model(v) for v in ("dense", "sparse")}
+    info = {v: export_onnx(models[v], sample, folder / f"{v}.onnx", cfg.opset) for v in models}
+    out = ["onnx/dense.onnx", "onnx/sparse.onnx"]
+    if cfg.compact:
+        info["sparse-compact"] = make_compact(folder / "sparse.onnx", folder / "sparse-compact.onnx")
+        info["sparse-compact"]["sparsity_carrier"] = "ONNX sparse initializers (densified by onnxruntime at load)"
+        out.append("onnx/sparse-compact.onnx")
+    if cfg.compute:
+        manifest = make_sparse_compute(folder / "sparse.onnx", run.dir / "sparse", folder / "sparse-compute",
+                                       batch=cfg.compute_batch, threads=cfg.compute_threads,
+                                       min_sparsity=cfg.compute_min_sparsity)
+        info["sparse-compute"] = {"path": "sparse-compute/", "sparse_layers": list(manifest["layers"]),
+                                  "considered": manifest["considered"],
+                                  "sparsity_carrier": "CSR weights (from the convert stage) bound at run time "
+                                                      "to SparseToDenseMatMul"}
+        out += [f"onnx/sparse-compute/{f}" for f in ("model.onnx", "manifest.json", "csr/weights.safetensors",
+                                                      "csr/manifest.json")]
+    if cfg.int8 != "none":
+        calibration = run.data.train.x[:cfg.calibration_samples].numpy()
+        for v in ("dense", "sparse"):
+            info[f"{v}-int8"] = quantize(folder / f"{v}.onnx", folder / f"{v}-int8.onnx", cfg.int8, calibration)
+            out.append(f"onnx/{v}-int8.onnx")
+    with torch.no_grad():
+        want = models["sparse"](sample).numpy()
+    for name, path in (("sparse-compact", folder / "sparse-compact.onnx"), ("sparse-compute", folder / "sparse-compute")):
+        if name in info:
+            session = open_model(path)
+            got = session.run(None, {session.get_inputs()[0].name: sample.numpy()})[0]
+            info[name]["max_abs_diff_vs_torch"] = float(np.abs(got - want).max())
+    atomic.write_json(folder / "export.json", info)
+    return out + ["onnx/export.json"]
+

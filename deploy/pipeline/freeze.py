@@ -1,0 +1,81 @@
+"""Stage freeze: plain weights with exact zeros, dead channels cut out, and a self-describing folder
+(model.json) from which any later stage rebuilds each variant once."""
+from __future__ import annotations
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from compress import atomic
+from compress.errors import UserError
+from compress.frozen import write_spec
+from compress.selection import clean_name, get_module
+from compress.sparsity import global_sparsity, layer_sparsity
+from compress.structured import harvest
+from compress.train import load_checkpoint, make_plan
+
+from .run import Run
+
+
+def _save_weights(model: nn.Module, path) -> None:
+    with atomic.atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+
+
+def _frozen(run: Run, variant: str) -> tuple[nn.Module, dict]:
+    """The trained `variant` as a plain model with exact zeros, and its pruner's summary."""
+    model, pruner = run.new_model(), run.new_pruner(variant)
+    ckpt = run.dir / "train" / variant / "checkpoint.pt"
+    names = {clean_name(n) for n, _ in model.named_modules()}
+    missing = [n for n in run.layers if n not in names]
+    if missing:
+        raise UserError(f"{ckpt}: checkpoint does not fit model {run.cfg.model.name!r} "
+                        f"(trained layer {missing[0]!r} does not exist in it)")
+    pruner.attach(model, run.layers, make_plan(run.cfg.train, len(run.data.train), run.data.input_shape))
+    state = load_checkpoint(ckpt)
+    if state.get("epoch") != run.cfg.train.epochs:
+        raise UserError(f"{ckpt}: training stopped at epoch {state.get('epoch')} of {run.cfg.train.epochs}; "
+                        "run the train stage to finish it")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UserError(f"{ckpt}: checkpoint does not fit model {run.cfg.model.name!r} "
+                        f"({str(e).splitlines()[0][:200]})") from None
+    pruner.load_state_dict(state["pruner"])
+    summary = pruner.summary()
+    return pruner.freeze().cpu().eval(), summary
+
+
+def freeze_stage(run: Run) -> list[str]:
+    folder, shape = run.dir / "frozen", run.data.input_shape
+    out, variants, summary = [], {}, {}
+    models = {}
+    for variant in run.variants:
+        models[variant], s = _frozen(run, variant)
+        summary = s if variant == "sparse" else summary
+    sparse = models[run.trained("sparse")]
+    # what the pruner achieved: exact zeros in the pruned layers, counted before the channel cut
+    overall, per_layer = global_sparsity(sparse, run.layers), layer_sparsity(sparse, run.layers)
+    structure = None
+    if "sparse" in run.variants:  # channels that carry only zeros are cut out: a smaller dense model
+        structure = harvest(sparse, shape)
+        atomic.write_json(folder / "structure.json", structure)
+        out.append("frozen/structure.json")
+    for variant, model in models.items():
+        _save_weights(model, folder / f"{variant}.safetensors")
+        out.append(f"frozen/{variant}.safetensors")
+        variants[variant] = {"weights": f"{variant}.safetensors",
+                             "structure": "structure.json" if variant == "sparse" and structure else None}
+    variants.setdefault("sparse", variants["dense"])  # method 'dense': the baseline is also the "pruned" model
+    write_spec(folder, run.cfg.model, shape, run.data.num_classes, variants)
+    # masks describe the weights as stored (after the cut): same shapes, 1 where a weight is nonzero
+    masks = {n: (get_module(sparse, n).weight != 0).to(torch.uint8) for n in run.layers}
+    with atomic.atomic_path(folder / "masks.safetensors") as tmp:
+        save_file(masks, str(tmp))
+    atomic.write_json(folder / "sparsity.json", {
+        "method": run.cfg.prune.method, "pruner": summary, "layers": run.layers, "global": overall,
+        "per_layer": per_layer, "dense_global": global_sparsity(models["dense"], run.layers),
+        "counted": "exact zeros in the pruned layers before the channel cut (masks.safetensors: after it)"})
+    run.forget_frozen()
+    return out + ["frozen/model.json", "frozen/masks.safetensors", "frozen/sparsity.json"]
+

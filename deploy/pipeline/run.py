@@ -1,0 +1,97 @@
+"""A run folder with its resolved config; data, layers and frozen models are loaded once, on demand."""
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from compress import atomic, distributed
+from compress.data import Data, load_config_data
+from compress.errors import UserError
+from compress.frozen import load_frozen
+from compress.models import build_model
+from compress.pruners import Pruner, build_pruner
+from compress.selection import select_layers
+
+from ..config import CONFIG_VERSION, RunConfig, load_config, resolved_table, to_toml
+
+
+@dataclass
+class Run:
+    """A run folder and its resolved config."""
+    dir: Path
+    cfg: RunConfig
+    progress: bool = True
+    log: Callable[[str], None] = print
+    _data: Data | None = field(default=None, repr=False)
+    _frozen: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+    _layers: list[str] | None = field(default=None, repr=False)
+
+    @property
+    def table(self) -> dict:
+        return resolved_table(self.cfg)
+
+    @property
+    def variants(self) -> list[str]:
+        """Trained models: the dense baseline and, unless the method is dense, the pruned one."""
+        return ["dense"] if self.cfg.prune.method == "dense" else ["dense", "sparse"]
+
+    def trained(self, variant: str) -> str:
+        return variant if variant in self.variants else "dense"
+
+    @property
+    def data(self) -> Data:
+        if self._data is None:
+            self._data = load_config_data(self.cfg.data, seed=self.cfg.seed)
+        return self._data
+
+    def new_model(self) -> nn.Module:
+        torch.manual_seed(self.cfg.seed)
+        return build_model(self.cfg.model, self.data.input_shape, self.data.num_classes)
+
+    def new_pruner(self, variant: str) -> Pruner:
+        return build_pruner(self.cfg.prune) if variant == "sparse" else Pruner()
+
+    @property
+    def layers(self) -> list[str]:
+        if self._layers is None:
+            path = self.dir / "train" / "layers.json"
+            self._layers = (json.loads(path.read_text()) if path.exists()
+                            else select_layers(self.new_model(), self.cfg.prune.layers))
+        return self._layers
+
+    def frozen_model(self, variant: str) -> nn.Module:
+        """The frozen model `variant` (dense or sparse) from frozen/, built once until `forget_frozen`."""
+        if variant not in self._frozen:
+            self._frozen[variant] = load_frozen(self.dir / "frozen", variant)
+        return self._frozen[variant]
+
+    def forget_frozen(self) -> None:
+        self._frozen.clear()
+
+
+def open_run(run_dir: str | Path, cfg: RunConfig | None = None, **kwargs) -> Run:
+    """A Run for `run_dir`: with `cfg`, (re)writes config.toml; without, reads the folder's config.toml."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.toml"
+    if cfg is None:
+        if not path.exists():
+            raise UserError(f"{run_dir}: not a run folder (no config.toml)")
+        try:
+            version = tomllib.loads(path.read_text()).get("config_version")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            version = None
+        if version != CONFIG_VERSION:
+            raise UserError(f"{path}: config_version {version!r}, this sparsepipe reads version {CONFIG_VERSION}")
+        return Run(run_dir, load_config(path), **kwargs)
+    run = Run(run_dir, cfg, **kwargs)
+    run.data  # bad or missing data fails here, before anything is written
+    if distributed.current().main:
+        atomic.write_text(path, to_toml(resolved_table(cfg)))
+    distributed.barrier()
+    return run

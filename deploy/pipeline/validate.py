@@ -1,0 +1,88 @@
+"""Stage validate: accuracy and latency of every ONNX variant in onnxruntime, side by side with the
+dense baseline; the gate; report.json / report.md / junit.xml / training.png."""
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from ..gate import check
+from ..report import plot_training, write_report
+from ..report_schema import GateResult, Report, Scores, Sparsity
+from ..validate import validate
+from .cache import versions
+from .run import Run
+
+
+def spiking_summary(models: dict[str, nn.Module], x: torch.Tensor) -> dict:
+    """Firing rate of every neuron layer (PyTorch, dense and sparse) and the layers that never fire."""
+    from compress.models.spiking import firing_rates
+
+    rates = {v: firing_rates(models[v], x) for v in ("dense", "sparse")}
+    return {"time_steps": getattr(models["sparse"], "time_steps", None), "firing_rates": rates,
+            "silent_layers": {v: [n for n, r in rates[v].items() if r == 0.0] for v in rates},
+            "agreement_measure": "argmax agreement and mean |difference| (spikes are discontinuous)"}
+
+
+def param_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.state_dict().values())
+
+
+def _read(run: Run, rel: str):
+    return json.loads((run.dir / rel).read_text())
+
+
+def validate_stage(run: Run) -> list[str]:
+    cfg, d = run.cfg, run.dir
+    models = {v: run.frozen_model(v) for v in ("dense", "sparse")}
+    paths = {v: d / "onnx" / f"{v}.onnx" for v in models}
+    if cfg.export.compact:
+        paths["sparse-compact"] = d / "onnx" / "sparse-compact.onnx"
+    if cfg.export.compute:
+        paths["sparse-compute"] = d / "onnx" / "sparse-compute"
+    if cfg.export.int8 != "none":
+        paths.update({f"{v}-int8": d / "onnx" / f"{v}-int8.onnx" for v in ("dense", "sparse")})
+    torch_models = {v: models["dense" if v.startswith("dense") else "sparse"] for v in paths}
+    result = validate(paths, torch_models, run.data.test.x.numpy(), run.data.test.y.numpy(), cfg.validate)
+    sparsity, csr, exported = _read(run, "frozen/sparsity.json"), _read(run, "sparse/manifest.json"), \
+        _read(run, "onnx/export.json")
+    structure = _read(run, "frozen/structure.json") if (d / "frozen" / "structure.json").exists() else None
+    histories = {v: [json.loads(line) for line in (d / "train" / v / "metrics.jsonl").read_text().splitlines()]
+                 for v in run.variants}
+    dense_bytes = param_bytes(models["dense"])
+    report = Report(
+        run=cfg.name, method=cfg.prune.method, model=cfg.model.name, data=cfg.data.name,
+        dense=Scores(**result["dense"]), sparse=Scores(**result["sparse"]),
+        variants={v: {**result[v], "latency": result["latency"][v]} for v in paths if v not in ("dense", "sparse")},
+        sparsity=Sparsity(sparsity["global"], sparsity["per_layer"], len(sparsity["layers"])),
+        pruner=sparsity["pruner"], structure=structure, latency=result["latency"],
+        size={"dense_bytes": dense_bytes,
+              "sparse_bytes": param_bytes(models["sparse"]) - csr["dense_bytes"] + csr["stored_bytes"],
+              "per_layer": {n: {k: v[k] for k in ("format", "block", "dense_bytes", "csr_bytes", "bsr_bytes",
+                                                  "stored_bytes")} for n, v in csr["layers"].items()},
+              "dense_onnx_bytes": exported["dense"]["bytes"], "sparse_onnx_bytes": exported["sparse"]["bytes"],
+              **({"sparse_compact_onnx_bytes": exported["sparse-compact"]["bytes"]}
+                 if "sparse-compact" in exported else {})},
+        export=exported, training={v: h[-1] for v, h in histories.items()}, versions=versions(),
+        machine={"platform": platform.platform(), "processor": platform.machine(), "cpus": torch.get_num_threads()})
+    if any(hasattr(m, "export_copy") for m in models.values()):
+        report.spiking = spiking_summary(models, run.data.test.x[:256])
+    checks = check(report, cfg.gate)
+    report.gate = GateResult(passed=all(c["passed"] for c in checks),
+                             failures=[c["message"] for c in checks if not c["passed"]], checks=checks,
+                             thresholds=asdict(cfg.gate))
+    folder = d / "report"
+    plot_training(histories, sparsity["per_layer"], folder / "training.png")
+    report.artifacts = {
+        "config": "config.toml", "checkpoints": [f"train/{v}/checkpoint.pt" for v in run.variants],
+        "frozen": [f"frozen/{v}.safetensors" for v in run.variants] + ["frozen/model.json"],
+        "sparse": "sparse/weights.safetensors", "dense_onnx": "onnx/dense.onnx", "sparse_onnx": "onnx/sparse.onnx",
+        **({"sparse_compact_onnx": "onnx/sparse-compact.onnx"} if cfg.export.compact else {}),
+        **({"sparse_compute": "onnx/sparse-compute"} if cfg.export.compute else {}),
+        "report_md": "report/report.md", "junit": "report/junit.xml", "training_plot": "report/training.png"}
+    write_report(folder, report)
+    return ["report/report.json", "report/report.md", "report/junit.xml", "report/training.png"]
+

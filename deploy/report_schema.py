@@ -1,0 +1,134 @@
+"""The report as a typed object: what validate writes to report.json and what gate, the Markdown
+report and the CLI read. `Report.from_dict` checks every field they read, so a report with a missing
+or wrongly typed value is a one-line error naming the field, never a traceback."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from compress.errors import UserError
+
+
+def _number(value, path: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise UserError(f"{source}: field {path!r}: expected a number, got {value!r}")
+    return value
+
+
+def _table(value, path: str, source: str) -> dict:
+    if not isinstance(value, dict):
+        raise UserError(f"{source}: field {path!r}: expected an object, got {type(value).__name__}")
+    return value
+
+
+@dataclass
+class Scores:
+    """One model's accuracy on the test set, in onnxruntime and in PyTorch."""
+    accuracy: float
+    torch_accuracy: float
+    agreement_with_torch: float
+    max_abs_diff_vs_torch: float
+    mean_abs_diff_vs_torch: float
+    samples: int
+
+
+@dataclass
+class Sparsity:
+    global_: float  # "global" in JSON
+    per_layer: dict[str, float]
+    layers_pruned: int
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    failures: list[str]
+    checks: list[dict]
+    thresholds: dict
+
+
+@dataclass
+class Report:
+    run: str
+    method: str
+    model: str
+    data: str
+    dense: Scores
+    sparse: Scores
+    variants: dict[str, dict]   # other ONNX variants: their Scores fields plus "latency"
+    sparsity: Sparsity
+    pruner: dict
+    structure: dict | None      # channels cut at freeze (None when nothing was harvested)
+    latency: dict               # per model summaries, batch_size, threads, and "ratio" (sparse / dense p50)
+    size: dict
+    export: dict
+    training: dict
+    versions: dict
+    machine: dict
+    spiking: dict | None = None
+    gate: GateResult | None = None
+    artifacts: dict = field(default_factory=dict)
+
+    @property
+    def latency_ratio(self) -> float:
+        return self.latency["ratio"]
+
+    @property
+    def macs_ratio(self) -> float:
+        st = self.structure or {}
+        return st["macs_after"] / st["macs_before"] if st.get("macs_before") else 1.0
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["sparsity"] = {"global": out["sparsity"].pop("global_"), **out["sparsity"]}
+        if out["spiking"] is None:
+            del out["spiking"]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "report") -> "Report":
+        """A Report from parsed JSON, checking every field the gate and the summaries read."""
+        _table(d, "(top level)", source)
+
+        def scores(key: str) -> Scores:
+            t = _table(d.get(key, {}), key, source)
+            values = {}
+            for f in dataclasses.fields(Scores):
+                if f.name not in t:
+                    raise UserError(f"{source}: missing field {key + '.' + f.name!r}")
+                values[f.name] = _number(t[f.name], f"{key}.{f.name}", source)
+            return Scores(**values)
+
+        dense, sparse = scores("dense"), scores("sparse")  # first: what every gate check reads
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                   and f.name not in d]
+        if missing:
+            raise UserError(f"{source}: missing field {missing[0]!r}")
+        sp = _table(d["sparsity"], "sparsity", source)
+        if "global" not in sp:
+            raise UserError(f"{source}: missing field 'sparsity.global'")
+        sparsity = Sparsity(_number(sp["global"], "sparsity.global", source),
+                            _table(sp.get("per_layer", {}), "sparsity.per_layer", source),
+                            int(_number(sp.get("layers_pruned", 0), "sparsity.layers_pruned", source)))
+        latency = _table(d["latency"], "latency", source)
+        if "ratio" in latency:
+            _number(latency["ratio"], "latency.ratio", source)
+        structure = d["structure"]
+        if structure is not None:
+            _table(structure, "structure", source)
+            for k in ("macs_before", "macs_after"):
+                if k in structure:
+                    _number(structure[k], f"structure.{k}", source)
+        gate = d.get("gate")
+        if gate is not None:
+            g = _table(gate, "gate", source)
+            gate = GateResult(bool(g.get("passed")), list(g.get("failures", [])), list(g.get("checks", [])),
+                              dict(g.get("thresholds", {})))
+        for key in ("variants", "pruner", "size", "export", "training", "versions", "machine"):
+            _table(d[key], key, source)
+        return cls(run=str(d["run"]), method=str(d["method"]), model=str(d["model"]), data=str(d["data"]),
+                   dense=dense, sparse=sparse, variants=d["variants"], sparsity=sparsity,
+                   pruner=d["pruner"], structure=structure, latency=latency, size=d["size"], export=d["export"],
+                   training=d["training"], versions=d["versions"], machine=d["machine"], spiking=d.get("spiking"),
+                   gate=gate, artifacts=_table(d.get("artifacts", {}), "artifacts", source))
