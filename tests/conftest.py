@@ -1,5 +1,8 @@
+import contextlib
+import io
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,3 +22,14 @@ def mnist_root() -> Path:
     if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"MNIST IDX files not found in {SHARED_MNIST} (../shared/data/mnist is absent)")
     return SHARED_MNIST
+
+
+def cli(*args) -> SimpleNamespace:
+    """`sparsepipe ARGS` in this process (for tests about the pipeline, not about process start-up):
+    returncode, stdout, stderr."""
+    from deploy.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())

@@ -1,28 +1,19 @@
 """The whole pipeline through the real CLI, on the bundled digits data."""
-import contextlib
-import io
 import json
 import shutil
 import xml.etree.ElementTree as ET
-from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO
-from deploy.cli import main
+from conftest import REPO, cli
 from deploy.formats import load_sparse
 
 QUICK = ["--set", "validate.runs=30", "--no-progress"]
 
 
-def sparsepipe(*args):
-    """The CLI in this process (what these tests check is the pipeline, not process start-up)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+sparsepipe = cli
 
 
 @pytest.fixture

@@ -1,21 +1,20 @@
 """Spiking networks: trained and pruned like any model, exported without state, validated in onnxruntime."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from compress.models import ModelConfig, build_model
-from compress.models.spiking import firing_rates
-from compress.pruners import PruneConfig, build_pruner
-from compress.selection import select_layers
-from compress.train import TrainConfig, train
-from conftest import REPO
-from deploy.export import export_onnx
-from deploy.latency import make_session
+pytest.importorskip("spikingjelly", reason="spiking models need the snn extra (tools/bootstrap.sh installs it)")
+
+from compress.models import ModelConfig, build_model  # noqa: E402
+from compress.models.spiking import firing_rates  # noqa: E402
+from compress.pruners import PruneConfig, build_pruner  # noqa: E402
+from compress.selection import select_layers  # noqa: E402
+from compress.train import TrainConfig, train  # noqa: E402
+from conftest import REPO, cli  # noqa: E402
+from deploy.export import export_onnx  # noqa: E402
+from deploy.latency import make_session  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +57,12 @@ def test_stateless_export_matches_and_keeps_no_state(trained_snn, digits, tmp_pa
 @pytest.mark.slow
 def test_sew_resnet18_pipeline_end_to_end(tmp_path):
     out = tmp_path / "sew"
-    res = subprocess.run(
-        [sys.executable, "-m", "deploy", "run", "configs/quickstart.toml", "--out", str(out), "--no-progress",
-         "--set", "model.name='sew_resnet18'", "--set", "model.time_steps=2", "--set", "model.neuron='if'",
-         "--set", "train.epochs=2", "--set", "train.lr=0.05", "--set", "data.train_limit=400",
-         "--set", "data.test_limit=100", "--set", "prune.lats.threshold_final=0.02", "--set", "export.compute=false",
-         "--set", "validate.runs=5", "--set", "gate.min_sparsity=0", "--set", "gate.max_accuracy_drop=1"],
-        cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    res = cli(
+        "run", REPO / "configs" / "quickstart.toml", "--out", out, "--no-progress",
+        "--set", "model.name='sew_resnet18'", "--set", "model.time_steps=2", "--set", "model.neuron='if'",
+        "--set", "train.epochs=2", "--set", "train.lr=0.05", "--set", "data.train_limit=400",
+        "--set", "data.test_limit=100", "--set", "prune.lats.threshold_final=0.02", "--set", "export.compute=false",
+        "--set", "validate.runs=5", "--set", "gate.min_sparsity=0", "--set", "gate.max_accuracy_drop=1")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     r = json.loads((out / "report" / "report.json").read_text())
     assert r["export"]["sparse"]["initializer_sparsity"] > 0.05

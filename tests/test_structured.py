@@ -129,20 +129,15 @@ def test_harvest_removes_dead_neurons_and_folds_their_constant_output():
 
 def test_filter_method_gives_a_physically_smaller_model_through_the_pipeline(tmp_path):
     import json
-    import os
-    import subprocess
-    import sys
 
     import onnx
 
-    from conftest import REPO
+    from conftest import REPO, cli
     from deploy.pipeline import open_run
-    res = subprocess.run([sys.executable, "-m", "deploy", "run", "configs/quickstart.toml", "--out", str(tmp_path / "f"),
-                          "--no-progress", "--set", "model.name='lenet5'", "--set", "prune.method='filter'",
-                          "--set", "prune.filter.ratio=0.5", "--set", "gate.min_sparsity=0", "--set",
-                          "gate.max_accuracy_drop=0.05", "--set", "validate.runs=10"],
-                         cwd=REPO, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    res = cli("run", REPO / "configs" / "quickstart.toml", "--out", tmp_path / "f",
+              "--no-progress", "--set", "model.name='lenet5'", "--set", "prune.method='filter'",
+              "--set", "prune.filter.ratio=0.5", "--set", "gate.min_sparsity=0", "--set",
+              "gate.max_accuracy_drop=0.05", "--set", "validate.runs=10")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     r = json.loads((tmp_path / "f" / "report" / "report.json").read_text())
     s = r["structure"]

@@ -20,7 +20,7 @@ def _sj():
     try:
         from spikingjelly.activation_based import functional, layer, neuron, surrogate
     except ImportError as e:  # a clear message instead of a traceback deep in model building
-        raise UserError(f"spiking models need spikingjelly ({e})") from None
+        raise UserError(f"model.name: spiking models need spikingjelly; install sparsepipe[snn] ({e})") from None
     return functional, layer, neuron, surrogate
 
 
