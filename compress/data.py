@@ -5,21 +5,29 @@
 - mnist / fashion-mnist: the four standard IDX files (.gz or plain) in a folder.
 - cifar10 / cifar100: the binary distribution (data_batch_*.bin / train.bin ...), as a folder or
   the original .tar.gz. The pickled "python version" is refused: unpickling runs code.
-- imagefolder: ROOT/train/CLASS/*.png|jpg and ROOT/test/CLASS/... (or val/), resized.
+- imagefolder: ROOT/train/CLASS/*.png|jpg and ROOT/test/CLASS/... (or val/), decoded lazily per
+  batch (imagefolder.py), so it may be far larger than memory.
+- 'package.module:factory': a user's torch Datasets.
+
+Every split is a torch Dataset of (image [C, H, W] float32, label); loader.py batches them.
 """
 from __future__ import annotations
 
 import gzip
 import struct
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from .errors import UserError
-from .config.data import DATASETS, DataConfig
+from .config.data import CLASSES, DATASETS, DataConfig
+from .loader import batches, crop_flip, first
+
+__all__ = ["Data", "Split", "load_data", "load_config_data", "read_idx", "batches", "crop_flip", "first"]
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -28,25 +36,33 @@ IDX_FILES = {
 
 
 @dataclass
-class Split:
-    """Images [N, C, H, W] float32 (normalised) and labels [N] int64."""
+class Split(Dataset):
+    """A split held in memory: images [N, C, H, W] float32 (normalised) and labels [N] int64."""
     x: torch.Tensor
     y: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.y)
 
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i], int(self.y[i])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices)
+        return self.x[idx], self.y[idx]
+
 
 @dataclass
 class Data:
-    train: Split
-    test: Split
+    """The train and test splits (torch Datasets), the class count and one sample's shape, and how
+    raw inputs become model inputs (`preprocessing`, recorded with every exported model)."""
+    train: Dataset
+    test: Dataset
     num_classes: int
+    input_shape: tuple[int, ...]
     augment: str = "none"
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
+    workers: int = 0
+    preprocessing: dict = field(default_factory=dict)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -93,12 +109,12 @@ def load_idx_folder(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarra
     return images, labels
 
 
-def _normalise(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel standardisation with the training split's statistics."""
+def _normalise(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list, list]:
+    """Per-channel standardisation with the training split's statistics (and those statistics)."""
     dims = (0, 2, 3)
     mean = train_x.mean(dims, keepdim=True)
     std = train_x.std(dims, keepdim=True).clamp_min(1e-8)
-    return (train_x - mean) / std, (test_x - mean) / std
+    return (train_x - mean) / std, (test_x - mean) / std, mean.flatten().tolist(), std.flatten().tolist()
 
 
 def _limit(split: Split, n: int) -> Split:
@@ -107,8 +123,15 @@ def _limit(split: Split, n: int) -> Split:
 
 def load_config_data(cfg: DataConfig, seed: int = 0) -> "Data":
     """`load_data` for a config section."""
-    data = load_data(cfg.name, cfg.root, seed=seed, test_fraction=cfg.test_fraction,
-                     train_limit=cfg.train_limit, test_limit=cfg.test_limit, image_size=cfg.image_size)
+    if ":" in cfg.name:
+        from .userdata import load_factory_data
+        data = load_factory_data(cfg.name, cfg.root, seed, cfg.train_limit, cfg.test_limit)
+    elif cfg.name == "imagefolder":
+        data = load_imagefolder_data(cfg.root, cfg.image_size, cfg.mean, cfg.std, cfg.train_limit, cfg.test_limit)
+    else:
+        data = load_data(cfg.name, cfg.root, seed=seed, test_fraction=cfg.test_fraction,
+                         train_limit=cfg.train_limit, test_limit=cfg.test_limit)
+    data.workers = cfg.workers
     data.augment = cfg.augment if cfg.augment != "auto" else (
         "crop-flip" if cfg.name in ("cifar10", "cifar100") else "none")
     return data
@@ -160,56 +183,40 @@ def load_cifar(root: str | Path, name: str, split: str) -> tuple[np.ndarray, np.
     return np.concatenate(images), np.concatenate(labels)
 
 
-def load_imagefolder(root: str | Path, split: str, size: int, classes: list[str] | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Images [N, C, size, size] uint8 from ROOT/SPLIT/CLASS/*; grey if every image is grey, else RGB."""
-    from PIL import Image, UnidentifiedImageError
+def load_imagefolder_data(root: str, size: int, mean: list[float], std: list[float], train_limit: int = 0,
+                          test_limit: int = 0) -> Data:
+    """An image folder, read lazily (see imagefolder.py)."""
+    from .imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderSplit, channel_count, channel_stats, \
+        list_images, split_folder, transforms
 
-    folder = Path(root) / split
-    if split == "test" and not folder.is_dir() and (Path(root) / "val").is_dir():
-        folder = Path(root) / "val"
-    if not folder.is_dir():
-        raise UserError(f"data.root: {folder} not found (imagefolder needs train/ and test/ or val/)")
-    classes = classes or sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if not classes:
-        raise UserError(f"{folder}: no class folders")
-    images, labels = [], []
-    for label, cls in enumerate(classes):
-        for path in sorted((folder / cls).glob("*")) if (folder / cls).is_dir() else []:
-            if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"):
-                continue
-            try:
-                with Image.open(path) as im:
-                    images.append(im.convert("RGB").resize((size, size), Image.BILINEAR))
-            except (UnidentifiedImageError, OSError) as e:
-                raise UserError(f"{path}: not a readable image ({e})") from None
-            labels.append(label)
-    if not images:
-        raise UserError(f"{folder}: no images found")
-    arr = np.stack([np.asarray(im) for im in images]).transpose(0, 3, 1, 2)
-    if np.all(arr[:, 0] == arr[:, 1]) and np.all(arr[:, 1] == arr[:, 2]):
-        arr = arr[:, :1]
-    return np.ascontiguousarray(arr), np.asarray(labels, dtype=np.int64), classes
+    if not root:
+        raise UserError("data.root: imagefolder needs the folder holding train/ and test/")
+    root_path = Path(root)
+    train_items, classes = list_images(split_folder(root_path, "train"))
+    test_items, _ = list_images(split_folder(root_path, "test"), classes)
+    train_items = train_items[:train_limit] if train_limit else train_items
+    test_items = test_items[:test_limit] if test_limit else test_items
+    channels = channel_count(train_items[0][0])
+    if mean and len(mean) != channels:
+        raise UserError(f"data.mean: {len(mean)} values for {channels}-channel images")
+    if not mean:
+        mean, std = ((list(IMAGENET_MEAN), list(IMAGENET_STD)) if channels == 3
+                     else channel_stats(train_items, channels, size))
+    train = ImageFolderSplit(train_items, channels, transforms(True, size, mean, std))
+    test = ImageFolderSplit(test_items, channels, transforms(False, size, mean, std))
+    return Data(train, test, len(classes), (channels, size, size),
+                preprocessing=_preprocessing(1 / 255, mean, std, f"{channels}x{size}x{size} after Resize({round(size * 8 / 7)}) + CenterCrop({size}) of the RGB/grey image"))
 
 
-def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Standard CIFAR augmentation on a batch: zero-pad, random crop back to size, random h-flip."""
-    n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 2 * pad)
-    out = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
-    out = out.gather(3, cols)
-    flip = torch.rand(n, generator=generator) < 0.5
-    out[flip] = out[flip].flip(3)
-    return out
+def _preprocessing(scale: float, mean: list[float], std: list[float], note: str) -> dict:
+    """How a raw image becomes the model's input: x = (raw · scale − mean) / std, per channel."""
+    return {"input": "float32, NCHW", "raw": note, "scale": scale, "mean": [float(m) for m in mean],
+            "std": [float(v) for v in std], "formula": "x = (raw * scale - mean) / std (per channel)"}
 
 
 def load_data(name: str, root: str = "", *, seed: int = 0, test_fraction: float = 0.2,
-              train_limit: int = 0, test_limit: int = 0, image_size: int = 32) -> Data:
-    """Load a dataset by name; `*_limit` > 0 keeps the first N samples (quick runs)."""
+              train_limit: int = 0, test_limit: int = 0) -> Data:
+    """Load a dataset held in memory by name; `*_limit` > 0 keeps the first N samples (quick runs)."""
     if name == "digits":
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -220,6 +227,7 @@ def load_data(name: str, root: str = "", *, seed: int = 0, test_fraction: float 
         idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=test_fraction,
                                           random_state=seed, stratify=bunch.target)
         train, test = Split(x[idx_tr], y[idx_tr]), Split(x[idx_te], y[idx_te])
+        scale, raw = 1 / 16, "8x8 grey, values 0..16 (scikit-learn's digits)"
     elif name in ("mnist", "fashion-mnist"):
         if not root:
             raise UserError(f"data.root: {name} needs the folder holding its IDX files")
@@ -229,18 +237,14 @@ def load_data(name: str, root: str = "", *, seed: int = 0, test_fraction: float 
             parts[split] = Split(torch.from_numpy(imgs.astype(np.float32) / 255.0).unsqueeze(1),
                                  torch.from_numpy(lbls.astype(np.int64)))
         train, test = parts["train"], parts["test"]
-    elif name in ("cifar10", "cifar100", "imagefolder"):
+        scale, raw = 1 / 255, "28x28 grey, values 0..255"
+    elif name in ("cifar10", "cifar100"):
         if not root:
             raise UserError(f"data.root: {name} needs the folder (or archive) holding its files")
-        if name == "imagefolder":
-            tr_x, tr_y, classes = load_imagefolder(root, "train", image_size)
-            te_x, te_y, _ = load_imagefolder(root, "test", image_size, classes)
-            if tr_x.shape[1] != te_x.shape[1]:  # one split grey, the other colour: use colour for both
-                tr_x, te_x = (np.repeat(a, 3, axis=1) if a.shape[1] == 1 else a for a in (tr_x, te_x))
-        else:
-            (tr_x, tr_y), (te_x, te_y) = load_cifar(root, name, "train"), load_cifar(root, name, "test")
+        (tr_x, tr_y), (te_x, te_y) = load_cifar(root, name, "train"), load_cifar(root, name, "test")
         train = Split(torch.from_numpy(tr_x.astype(np.float32) / 255.0), torch.from_numpy(tr_y))
         test = Split(torch.from_numpy(te_x.astype(np.float32) / 255.0), torch.from_numpy(te_y))
+        scale, raw = 1 / 255, "32x32 RGB, values 0..255"
     else:
         raise UserError(f"data.name: unknown dataset {name!r} (expected one of: {', '.join(DATASETS)})")
     train, test = _limit(train, train_limit), _limit(test, test_limit)
@@ -249,19 +253,12 @@ def load_data(name: str, root: str = "", *, seed: int = 0, test_fraction: float 
     if train.x.shape[1:] != test.x.shape[1:]:
         raise UserError(f"data: train images {tuple(train.x.shape[1:])} and test images "
                         f"{tuple(test.x.shape[1:])} differ in shape")
-    train_x, test_x = _normalise(train.x, test.x)
-    num_classes = int(max(train.y.max(), test.y.max())) + 1
-    return Data(Split(train_x, train.y), Split(test_x, test.y), num_classes)
-
-
-def batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-            augment: str = "none"):
-    """Yield (x, y) mini-batches. Order and augmentation depend only on (seed, epoch), so a resumed
-    run sees the same data."""
-    n = len(split)
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        x = split.x[idx]
-        yield (crop_flip(x, g) if augment == "crop-flip" else x), split.y[idx]
+    num_classes = CLASSES[name]
+    for split_name, split in (("train", train), ("test", test)):
+        bad = split.y[(split.y < 0) | (split.y >= num_classes)]
+        if len(bad):
+            raise UserError(f"data: {name} {split_name} label {int(bad[0])} is outside its {num_classes} classes "
+                            f"[0, {num_classes - 1}] (data.root: {root})")
+    train_x, test_x, mean, std = _normalise(train.x, test.x)
+    return Data(Split(train_x, train.y), Split(test_x, test.y), num_classes, tuple(train_x.shape[1:]),
+                preprocessing=_preprocessing(scale, mean, std, raw))

@@ -11,7 +11,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import atomic, distributed
-from .data import Data, Split, batches
+from torch.utils.data import Dataset
+
+from .data import Data
+from .distributed import World
+from .loader import batches
 from .errors import UserError
 from .pruners import Pruner, TrainPlan
 from .schedules import lr_at
@@ -31,20 +35,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_plan(cfg: TrainConfig, n_train: int, input_shape: tuple[int, ...] | None = None) -> TrainPlan:
+    """What the pruner plans over: the pruning phase (epochs − finetune_epochs) and the real LR per step."""
     steps = math.ceil(n_train / cfg.batch_size)
     lr = functools.partial(lr_at, total_steps=cfg.epochs * steps, base_lr=cfg.lr, kind=cfg.lr_schedule,
-                           warmup_steps=cfg.warmup_epochs * steps)
-    return TrainPlan(cfg.epochs, steps, lr, input_shape)
+                           warmup_steps=cfg.warmup_epochs * steps,
+                           milestones=tuple(m * steps for m in cfg.lr_milestones), gamma=cfg.lr_gamma)
+    return TrainPlan(cfg.epochs - cfg.finetune_epochs, steps, lr, input_shape)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 512,
-             device: torch.device | str = "cpu") -> tuple[float, float]:
+def evaluate(model: nn.Module, split: Dataset, batch_size: int = 512, device: torch.device | str = "cpu",
+             workers: int = 0, num_classes: int | None = None) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of `model` on `split`."""
     was_training = model.training
     model.eval()
     correct, loss_sum = 0, 0.0
-    for x, y in batches(split, batch_size, shuffle=False):
+    for x, y in batches(split, batch_size, shuffle=False, workers=workers, world=World(), num_classes=num_classes,
+                        where="test split"):
         x, y = x.to(device), y.to(device)
         logits = model(x)
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
@@ -63,15 +70,31 @@ def _optimizer(model: nn.Module, pruner: Pruner, cfg: TrainConfig) -> torch.opti
     for g in own:
         wd = cfg.weight_decay if g.get("weight_decay") is None else g["weight_decay"]
         groups.append({**g, "weight_decay": wd})
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
+def _tensorboard(out_dir: Path | None):
+    """A SummaryWriter into out_dir/tensorboard when tensorboard is installed (else None)."""
+    if out_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
 def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers: list[str], *,
-          seed: int = 0, out_dir: Path | None = None, desc: str = "train", progress: bool = True) -> list[dict]:
+          seed: int = 0, out_dir: Path | None = None, desc: str = "train", progress: bool = True,
+          log_start: bool = False) -> list[dict]:
     """Train `model` with `pruner` attached; returns one metrics dict per epoch.
 
-    With `out_dir`, writes metrics.jsonl and checkpoint.pt there after every epoch and
-    resumes from an existing checkpoint (weights, optimizer, pruner state, epoch).
+    With `out_dir`, writes metrics.jsonl, checkpoint.pt (and TensorBoard events when tensorboard is
+    installed) after every epoch and resumes from an existing checkpoint (weights, optimizer,
+    pruner state, epoch). With `log_start`, the first row (epoch 0) is the model as it starts
+    (e.g. given weights), evaluated with the pruner attached, before any step.
     """
     device = resolve_device(cfg.device)
     world = distributed.current()
@@ -98,6 +121,12 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
         optimizer.load_state_dict(state["optimizer"])
         pruner.load_state_dict(state["pruner"])
         start_epoch, history = int(state["epoch"]), list(state["history"])
+    elif log_start:
+        test_acc, test_loss = evaluate(model, data.test, device=device, workers=data.workers,
+                                       num_classes=data.num_classes)
+        history.append({"epoch": 0, "test_loss": test_loss, "test_accuracy": test_acc,
+                        "sparsity": global_sparsity(model, layers)})
+    writer = _tensorboard(out_dir) if world.main else None
 
     bar = tqdm(range(start_epoch, cfg.epochs), desc=desc, total=cfg.epochs, initial=start_epoch,
                disable=not progress or not world.main, leave=True, dynamic_ncols=True, mininterval=1.0)
@@ -106,9 +135,10 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
         pruner.begin_epoch(epoch)
         step = epoch * plan.steps_per_epoch
         loss_sum, seen = 0.0, 0
-        for x, y in batches(data.train, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch,
-                            augment=data.augment):
-            x, y = x[world.rank::world.size].to(device), y[world.rank::world.size].to(device)
+        for x, y in batches(data.train, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch, augment=data.augment,
+                            workers=data.workers, world=world, num_classes=data.num_classes,
+                            pin_memory=device.type == "cuda", where="train split"):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lr = plan.lr_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -130,12 +160,18 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
             step += 1
         pruner.end_epoch(epoch)
         loss_sum, seen = distributed.sum_across([loss_sum, seen])
-        test_acc, test_loss = evaluate(model, data.test, device=device)
+        test_acc, test_loss = evaluate(model, data.test, device=device, workers=data.workers,
+                                       num_classes=data.num_classes)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "test_loss": test_loss,
                "test_accuracy": test_acc, "sparsity": global_sparsity(model, layers), **pruner.log_state()}
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{test_acc:.3f}", sparsity=f"{row['sparsity']:.3f}",
                         refresh=False)
+        if writer is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    writer.add_scalar(key, value, epoch + 1)
+            writer.flush()
         if out_dir and world.main:
             atomic.write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
             with atomic.atomic_path(ckpt) as tmp:
@@ -143,6 +179,8 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
                             "pruner": pruner.state_dict(), "history": history}, tmp)
         distributed.barrier()  # no rank runs ahead of the checkpoint it would resume from
     bar.close()
+    if writer is not None:
+        writer.close()
     return history
 
 

@@ -74,6 +74,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     cfg = parse(RunConfig, apply_overrides(table, list(overrides)), path.name)
     if cfg.data.root:
         cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+    if cfg.model.weights:
+        cfg.model.weights = str(Path(cfg.model.weights).expanduser().resolve())
     return cfg
 
 

@@ -99,22 +99,6 @@ def test_cifar100_uses_fine_labels_and_refuses_pickles(tmp_path, digits):
         load_data("cifar10", str(pickled))
 
 
-def test_imagefolder(tmp_path, digits):
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    bunch = load_digits()
-    for split, rng in (("train", range(0, 60)), ("val", range(60, 80))):
-        for i in rng:
-            d = tmp_path / split / f"class_{bunch.target[i]}"
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((bunch.images[i] * 255 / 16).astype(np.uint8)).save(d / f"{i}.png")
-    data = load_data("imagefolder", str(tmp_path), image_size=16)
-    assert data.input_shape == (1, 16, 16) and len(data.train) == 60 and len(data.test) == 20
-    (tmp_path / "train" / "class_0" / "broken.png").write_bytes(b"nope")
-    with pytest.raises(UserError, match="broken.png: not a readable image"):
-        load_data("imagefolder", str(tmp_path))
-
-
 def test_crop_flip_is_deterministic_and_shape_preserving():
     from compress.data import crop_flip
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8).repeat(8, 1, 1, 1)

@@ -11,7 +11,7 @@ from compress.selection import LayerRule, select_layers
 from compress.sparsity import global_sparsity
 from deploy.export import export_onnx
 from deploy.latency import compare_latency, make_session
-from deploy.validate import ValidateConfig, validate
+from deploy.validate import ValidateConfig, array_batches, validate
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_validate_reports_accuracy_agreement_latency(exported, models, digits):
     folder, _ = exported
     x, y = digits.test.x.numpy(), digits.test.y.numpy()
     cfg = ValidateConfig(runs=30, warmup_runs=3, latency_batch_size=4)
-    res = validate({v: folder / f"{v}.onnx" for v in ("dense", "sparse")}, models, x, y, cfg)
+    res = validate({v: folder / f"{v}.onnx" for v in ("dense", "sparse")}, models, array_batches(x, y, 100), cfg)
     with torch.no_grad():
         expect = float((models["sparse"](digits.test.x).argmax(1) == digits.test.y).float().mean())
     assert res["sparse"]["torch_accuracy"] == pytest.approx(expect)
@@ -74,7 +74,8 @@ def test_input_mismatch_is_clear(exported, models):
     folder, _ = exported
     wrong = np.zeros((4, 1, 28, 28), dtype=np.float32)
     with pytest.raises(UserError, match="does not match the data"):
-        validate({"dense": folder / "dense.onnx"}, models, wrong, np.zeros(4, dtype=np.int64), ValidateConfig())
+        validate({"dense": folder / "dense.onnx"}, models, array_batches(wrong, np.zeros(4, dtype=np.int64), 4),
+                 ValidateConfig())
 
 
 def test_compare_latency_interleaves(exported, digits):

@@ -102,7 +102,8 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     res = sparsepipe("run", bad, "--out", tmp_path / "r")
     assert res.returncode == 2
     assert res.stderr.strip() == "sparsepipe: error: bad.toml: train.epoch: unknown field (expected one of: " \
-        "epochs, batch_size, lr, lr_schedule, warmup_epochs, momentum, nesterov, weight_decay, label_smoothing, device)"
+        "epochs, finetune_epochs, batch_size, optimizer, lr, lr_schedule, lr_milestones, lr_gamma, warmup_epochs, " \
+        "momentum, nesterov, weight_decay, label_smoothing, device)"
     assert not (tmp_path / "r").exists()  # validated before any work
     res = sparsepipe("freeze", tmp_path)
     assert res.returncode == 2 and "not a run folder" in res.stderr and "Traceback" not in res.stderr

@@ -21,6 +21,12 @@ class ModelConfig:
     width: float = opt(1.0, "resnet/vgg/mobilenet_v1/spiking_cnn: channel width multiplier.", lo=0.0, lo_open=True)
     time_steps: int = opt(4, "Spiking models: time steps T (the image is repeated over T: direct encoding).", lo=1)
     neuron: Literal["if", "lif"] = opt("if", "Spiking models: integrate-and-fire (default; learns fastest here) or leaky IF (tau 2).")
+    weights: str = opt("", "Trained weights to start from: a .safetensors file, or a .pt/.pth state_dict "
+                       "(also {'state_dict': ...} / {'model': ...}, DDP's 'module.' prefixes), loaded with "
+                       "weights_only=True. Relative paths are taken from the working directory.")
+    baseline: Literal["given", "trained"] = opt(
+        "given", "With weights: 'given' uses that model unchanged as the dense baseline (evaluated and "
+        "exported, not retrained); 'trained' fine-tunes it with the same budget as the pruned model.")
     cnf: Literal["ADD", "IAND"] = opt("ADD", "SEW ResNet: connect function of the spike-element-wise blocks.")
 
     def check(self, where: str) -> None:

@@ -1,7 +1,6 @@
 """Model zoo by name. Input shape and class count always come from the data, never hard-coded."""
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 import torch
@@ -9,6 +8,7 @@ from torch import nn
 
 
 from ..errors import UserError
+from ..imports import load_object
 from ..config.model import ModelConfig
 from .mobilenet import MobileNetV1
 from .resnet import CifarResNet
@@ -60,11 +60,11 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     module_name, _, attr = cfg.name.partition(":")
     if module_name == "torchvision":
         return torchvision_model(attr, tuple(input_shape), num_classes)
+    factory = load_object(cfg.name, "model.name")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"model.name: cannot import {cfg.name!r} ({e})") from None
-    model = factory(input_shape=tuple(input_shape), num_classes=num_classes)
+        model = factory(input_shape=tuple(input_shape), num_classes=num_classes)
+    except Exception as e:  # the user's code: say whose and what, in one line
+        raise UserError(f"model.name: {cfg.name!r} raised {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model.name: {cfg.name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -5,10 +5,9 @@ whose `Options` dataclass is filled from [prune.custom]).
 """
 from __future__ import annotations
 
-import importlib
-
 from ..config.prune import PruneConfig
 from ..errors import UserError
+from ..imports import load_object
 from ..schema import parse
 from .base import MaskPruner, Pruner, TrainPlan
 from .filters import FilterPruner, L1FilterPruner
@@ -35,11 +34,7 @@ def pruner_class(cfg: PruneConfig) -> type[Pruner]:
         return L1FilterPruner  # l1's channel mode: the filter cut with GReg's pick rule
     if cfg.method in PRUNERS:
         return PRUNERS[cfg.method]
-    module_name, _, attr = cfg.method.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except Exception as e:  # ImportError, AttributeError, or whatever the user's module raises on import
-        raise UserError(f"prune.method: cannot import {cfg.method!r} ({type(e).__name__}: {e})") from None
+    cls = load_object(cfg.method, "prune.method")
     if not (isinstance(cls, type) and issubclass(cls, Pruner)):
         raise UserError(f"prune.method: {cfg.method!r} is not a subclass of compress.pruners.Pruner")
     return cls

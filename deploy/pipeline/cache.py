@@ -42,8 +42,13 @@ def fingerprint(run: Run, stage: Stage, upstream: list[Stage]) -> str:
                             f"(no {up.folder}/stage.json)")
         outputs[up.name] = manifest["outputs"]
     table = run.table
+    files = {}
+    for dotted in stage.input_files:  # e.g. a weights file: its content, not just its name
+        section, key = dotted.split(".")
+        if table[section][key]:
+            files[dotted] = atomic.sha256_file(table[section][key])
     blob = {"stage": stage.name, "config_version": CONFIG_VERSION,
-            "config": {k: table[k] for k in stage.config}, "upstream": outputs}
+            "config": {k: table[k] for k in stage.config}, "upstream": outputs, "files": files}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 

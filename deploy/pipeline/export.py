@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from compress import atomic
+from compress.loader import first
 
 from ..export import export_onnx
 from ..onnx_variants import make_compact, make_sparse_compute
@@ -16,7 +17,7 @@ from .run import Run
 
 def export_stage(run: Run) -> list[str]:
     cfg, folder = run.cfg.export, run.dir / "onnx"
-    sample = run.data.test.x[:64]
+    sample, _ = first(run.data.test, 64)
     models = {v: run.frozen_model(v) for v in ("dense", "sparse")}
     info = {v: export_onnx(models[v], sample, folder / f"{v}.onnx", cfg.opset) for v in models}
     out = ["onnx/dense.onnx", "onnx/sparse.onnx"]
@@ -35,7 +36,7 @@ def export_stage(run: Run) -> list[str]:
         out += [f"onnx/sparse-compute/{f}" for f in ("model.onnx", "manifest.json", "csr/weights.safetensors",
                                                       "csr/manifest.json")]
     if cfg.int8 != "none":
-        calibration = run.data.train.x[:cfg.calibration_samples].numpy()
+        calibration = first(run.data.train, cfg.calibration_samples)[0].numpy()
         for v in ("dense", "sparse"):
             info[f"{v}-int8"] = quantize(folder / f"{v}.onnx", folder / f"{v}-int8.onnx", cfg.int8, calibration)
             out.append(f"onnx/{v}-int8.onnx")

@@ -1,20 +1,55 @@
-"""Stage train: the dense baseline and the pruned model, each resuming from its last epoch checkpoint."""
+"""Stage train: the dense baseline and the pruned model, each resuming from its last epoch checkpoint.
+
+With `model.weights`, both start from those weights; with `model.baseline = "given"` (the default
+then) the dense baseline is that model as it is: evaluated, checkpointed, not retrained.
+"""
 from __future__ import annotations
 
+import json
+
+import torch
+from torch import nn
+
 from compress import atomic, distributed
-from compress.train import train
+from compress.pruners import Pruner
+from compress.sparsity import global_sparsity
+from compress.train import evaluate, train
+from compress.weights import apply_weights, load_weights
 
 from .run import Run
 
 
+def keep_given(run: Run, variant: str) -> bool:
+    """Is `variant` the given model, unchanged?"""
+    return variant == "dense" and bool(run.cfg.model.weights) and run.cfg.model.baseline == "given"
+
+
+def _given_baseline(run: Run, model: nn.Module, folder) -> None:
+    """Checkpoint the given model as the finished dense baseline (one metrics row: its test accuracy)."""
+    acc, loss = evaluate(model, run.data.test, workers=run.data.workers, num_classes=run.data.num_classes)
+    row = {"epoch": run.cfg.train.epochs, "test_loss": loss, "test_accuracy": acc,
+           "sparsity": global_sparsity(model, run.layers), "source": "weights"}
+    if distributed.current().main:
+        atomic.write_text(folder / "metrics.jsonl", json.dumps(row) + "\n")
+        with atomic.atomic_path(folder / "checkpoint.pt") as tmp:
+            torch.save({"epoch": run.cfg.train.epochs, "model": model.state_dict(), "optimizer": {},
+                        "pruner": Pruner().state_dict(), "history": [row]}, tmp)
+
+
 def train_stage(run: Run) -> list[str]:
     out = []
+    weights = load_weights(run.cfg.model.weights) if run.cfg.model.weights else None
     for variant in run.variants:
         model, pruner = run.new_model(), run.new_pruner(variant)
-        train(model, pruner, run.data, run.cfg.train, run.layers, seed=run.cfg.seed,
-              out_dir=run.dir / "train" / variant, desc=f"train {variant}", progress=run.progress)
+        folder = run.dir / "train" / variant
+        if weights is not None:
+            apply_weights(model, weights, run.cfg.model.weights, run.cfg.model.name)
+        if keep_given(run, variant):
+            _given_baseline(run, model, folder)
+        else:
+            train(model, pruner, run.data, run.cfg.train, run.layers, seed=run.cfg.seed, out_dir=folder,
+                  desc=f"train {variant}", progress=run.progress, log_start=weights is not None)
         out += [f"train/{variant}/checkpoint.pt", f"train/{variant}/metrics.jsonl"]
     if distributed.current().main:
         atomic.write_json(run.dir / "train" / "layers.json", run.layers)
     return out + ["train/layers.json"]
-

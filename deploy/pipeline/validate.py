@@ -9,6 +9,9 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
+from compress.distributed import World
+from compress.loader import batches, first
+
 from ..gate import check
 from ..report import plot_training, write_report
 from ..report_schema import GateResult, Report, Scores, Sparsity
@@ -46,7 +49,12 @@ def validate_stage(run: Run) -> list[str]:
     if cfg.export.int8 != "none":
         paths.update({f"{v}-int8": d / "onnx" / f"{v}-int8.onnx" for v in ("dense", "sparse")})
     torch_models = {v: models["dense" if v.startswith("dense") else "sparse"] for v in paths}
-    result = validate(paths, torch_models, run.data.test.x.numpy(), run.data.test.y.numpy(), cfg.validate)
+    def test_batches():
+        for x, y in batches(run.data.test, cfg.validate.batch_size, shuffle=False, workers=run.data.workers,
+                            world=World(), num_classes=run.data.num_classes, where="test split"):
+            yield x.numpy(), y.numpy()
+
+    result = validate(paths, torch_models, test_batches, cfg.validate)
     sparsity, csr, exported = _read(run, "frozen/sparsity.json"), _read(run, "sparse/manifest.json"), \
         _read(run, "onnx/export.json")
     structure = _read(run, "frozen/structure.json") if (d / "frozen" / "structure.json").exists() else None
@@ -69,7 +77,7 @@ def validate_stage(run: Run) -> list[str]:
         export=exported, training={v: h[-1] for v, h in histories.items()}, versions=versions(),
         machine={"platform": platform.platform(), "processor": platform.machine(), "cpus": torch.get_num_threads()})
     if any(hasattr(m, "export_copy") for m in models.values()):
-        report.spiking = spiking_summary(models, run.data.test.x[:256])
+        report.spiking = spiking_summary(models, first(run.data.test, 256)[0])
     checks = check(report, cfg.gate)
     report.gate = GateResult(passed=all(c["passed"] for c in checks),
                              failures=[c["message"] for c in checks if not c["passed"]], checks=checks,

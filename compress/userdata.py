@@ -1,0 +1,50 @@
+"""A user's own dataset: `data.name = "package.module:factory"`, called as factory(root=..., seed=...)
+and returning (train, test, num_classes) with torch Datasets of (image tensor [C, H, W], label)."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from .errors import UserError
+from .imports import load_object
+
+
+def _check_sample(ds: Dataset, spec: str, split: str) -> tuple[int, ...]:
+    try:
+        sample = ds[0]
+    except Exception as e:
+        raise UserError(f"data.name: {spec!r} {split} dataset fails on item 0 ({type(e).__name__}: {e})") from None
+    if not (isinstance(sample, (tuple, list)) and len(sample) == 2 and isinstance(sample[0], torch.Tensor)
+            and sample[0].is_floating_point()):
+        raise UserError(f"data.name: {spec!r} {split} items must be (float image tensor, label), "
+                        f"got {type(sample).__name__}")
+    return tuple(sample[0].shape)
+
+
+def load_factory_data(spec: str, root: str, seed: int, train_limit: int = 0, test_limit: int = 0):
+    from .data import Data
+
+    factory = load_object(spec, "data.name")
+    try:
+        result = factory(root=root, seed=seed)
+    except Exception as e:  # the user's code: say whose and what, in one line
+        raise UserError(f"data.name: {spec!r} raised {type(e).__name__}: {str(e)[:200]}") from None
+    if not (isinstance(result, (tuple, list)) and len(result) == 3):
+        raise UserError(f"data.name: {spec!r} must return (train, test, num_classes), got {type(result).__name__}")
+    train, test, num_classes = result
+    for split, ds in (("train", train), ("test", test)):
+        if not isinstance(ds, Dataset) or not hasattr(ds, "__len__"):
+            raise UserError(f"data.name: {spec!r} returned a {split} split of type {type(ds).__name__}, "
+                            "not a sized torch.utils.data.Dataset")
+        if len(ds) == 0:
+            raise UserError(f"data.name: {spec!r} returned an empty {split} dataset")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise UserError(f"data.name: {spec!r} returned num_classes {num_classes!r}, expected an integer >= 2")
+    shape = _check_sample(train, spec, "train")
+    if _check_sample(test, spec, "test") != shape:
+        raise UserError(f"data.name: {spec!r} train and test images differ in shape")
+    train = Subset(train, range(train_limit)) if 0 < train_limit < len(train) else train
+    test = Subset(test, range(test_limit)) if 0 < test_limit < len(test) else test
+    return Data(train, test, num_classes, shape,
+                preprocessing={"input": "float32, NCHW", "raw": f"as produced by the dataset factory {spec}",
+                               "formula": "the factory's own transform"})
