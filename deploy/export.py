@@ -15,7 +15,7 @@ from torch import nn
 from compress import atomic
 from .sections import ExportConfig
 
-__all__ = ["ExportConfig", "export_onnx", "initializer_sparsity"]  # the section dataclass is re-exported for callers
+__all__ = ["ExportConfig", "export_onnx", "initializer_sparsity", "set_metadata", "stamp_metadata"]  # the section dataclass is re-exported for callers
 
 INPUT, OUTPUT = "input", "logits"
 
@@ -31,8 +31,27 @@ def initializer_sparsity(model: onnx.ModelProto) -> float:
     return zeros / max(total, 1)
 
 
-def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path, opset: int = 18) -> dict:
+def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Put `metadata` into the model's metadata_props (replacing entries of the same key)."""
+    keep = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def stamp_metadata(path: str | Path, metadata: dict[str, str]) -> None:
+    """Add `metadata` to an ONNX file in place (atomically)."""
+    proto = onnx.load(str(path))
+    set_metadata(proto, metadata)
+    with atomic.atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+
+
+def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path, opset: int = 18,
+                metadata: dict[str, str] | None = None) -> dict:
     """Export `model` (eval mode, dynamic batch) to `path`; check it and compare with PyTorch on `sample`.
+    `metadata` goes into the file's metadata_props (e.g. how to preprocess raw inputs).
 
     Returns opset, max |ONNX − PyTorch| on `sample`, and how sparsity is carried in the file.
     """
@@ -48,6 +67,10 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path, opset:
                           input_names=[INPUT], output_names=[OUTPUT], external_data=False,
                           dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
                           optimize=not hasattr(reference, "export_copy"))
+        if metadata:
+            proto = onnx.load(str(tmp))
+            set_metadata(proto, metadata)
+            onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
     proto = onnx.load(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

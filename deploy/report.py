@@ -71,6 +71,11 @@ def markdown(report: Report) -> str:
              f"Gate: **{'PASSED' if gate.passed else 'FAILED'}**.", "",
              "| metric | dense | sparse |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in summary_rows(report)]
+    if report.preprocessing:
+        pre = report.preprocessing
+        lines += ["", "## Input preprocessing (also in every ONNX file's metadata, key sparsepipe.preprocessing)", "",
+                  f"{pre.get('formula', '')}; raw input: {pre.get('raw', '')}; "
+                  f"scale {pre.get('scale', '-')}, mean {pre.get('mean', '-')}, std {pre.get('std', '-')}."]
     lines += ["", "## Gate", ""]
     lines += [f"- {'pass' if c['passed'] else '**FAIL**'}: {c['message']}" for c in gate.checks]
     if report.pruner:

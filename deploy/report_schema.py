@@ -30,6 +30,7 @@ class Scores:
     max_abs_diff_vs_torch: float
     mean_abs_diff_vs_torch: float
     samples: int
+    source: str | None = None  # dense only: "weights" (the given model, not retrained) or "trained"
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Report:
     training: dict
     versions: dict
     machine: dict
+    preprocessing: dict = field(default_factory=dict)  # raw input → model input (also in every ONNX file)
     spiking: dict | None = None
     gate: GateResult | None = None
     artifacts: dict = field(default_factory=dict)
@@ -83,6 +85,9 @@ class Report:
         out["sparsity"] = {"global": out["sparsity"].pop("global_"), **out["sparsity"]}
         if out["spiking"] is None:
             del out["spiking"]
+        for key in ("dense", "sparse"):
+            if out[key]["source"] is None:
+                del out[key]["source"]
         return out
 
     @classmethod
@@ -94,6 +99,9 @@ class Report:
             t = _table(d.get(key, {}), key, source)
             values = {}
             for f in dataclasses.fields(Scores):
+                if f.name == "source":
+                    values["source"] = t.get("source")
+                    continue
                 if f.name not in t:
                     raise UserError(f"{source}: missing field {key + '.' + f.name!r}")
                 values[f.name] = _number(t[f.name], f"{key}.{f.name}", source)
@@ -130,5 +138,6 @@ class Report:
         return cls(run=str(d["run"]), method=str(d["method"]), model=str(d["model"]), data=str(d["data"]),
                    dense=dense, sparse=sparse, variants=d["variants"], sparsity=sparsity,
                    pruner=d["pruner"], structure=structure, latency=latency, size=d["size"], export=d["export"],
-                   training=d["training"], versions=d["versions"], machine=d["machine"], spiking=d.get("spiking"),
+                   training=d["training"], versions=d["versions"], machine=d["machine"],
+                   preprocessing=_table(d.get("preprocessing", {}), "preprocessing", source), spiking=d.get("spiking"),
                    gate=gate, artifacts=_table(d.get("artifacts", {}), "artifacts", source))

@@ -2,13 +2,15 @@
 (compact sparse initializers, sparse-compute on convert's CSR weights, int8)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
 from compress import atomic
 from compress.loader import first
 
-from ..export import export_onnx
+from ..export import export_onnx, stamp_metadata
 from ..onnx_variants import make_compact, make_sparse_compute
 from ..quantize import quantize
 from ..runtime import open_model
@@ -19,7 +21,9 @@ def export_stage(run: Run) -> list[str]:
     cfg, folder = run.cfg.export, run.dir / "onnx"
     sample, _ = first(run.data.test, 64)
     models = {v: run.frozen_model(v) for v in ("dense", "sparse")}
-    info = {v: export_onnx(models[v], sample, folder / f"{v}.onnx", cfg.opset) for v in models}
+    metadata = {"sparsepipe.preprocessing": json.dumps(run.data.preprocessing),
+                "sparsepipe.classes": str(run.data.num_classes), "sparsepipe.model": run.cfg.model.name}
+    info = {v: export_onnx(models[v], sample, folder / f"{v}.onnx", cfg.opset, metadata) for v in models}
     out = ["onnx/dense.onnx", "onnx/sparse.onnx"]
     if cfg.compact:
         info["sparse-compact"] = make_compact(folder / "sparse.onnx", folder / "sparse-compact.onnx")
@@ -39,6 +43,7 @@ def export_stage(run: Run) -> list[str]:
         calibration = first(run.data.train, cfg.calibration_samples)[0].numpy()
         for v in ("dense", "sparse"):
             info[f"{v}-int8"] = quantize(folder / f"{v}.onnx", folder / f"{v}-int8.onnx", cfg.int8, calibration)
+            stamp_metadata(folder / f"{v}-int8.onnx", metadata)
             out.append(f"onnx/{v}-int8.onnx")
     with torch.no_grad():
         want = models["sparse"](sample).numpy()

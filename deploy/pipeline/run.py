@@ -17,6 +17,7 @@ from compress.frozen import load_frozen
 from compress.models import build_model
 from compress.pruners import Pruner, build_pruner
 from compress.selection import select_layers
+from compress.weights import apply_weights, load_weights
 
 from ..config import CONFIG_VERSION, RunConfig, load_config, resolved_table, to_toml
 
@@ -90,7 +91,10 @@ def open_run(run_dir: str | Path, cfg: RunConfig | None = None, **kwargs) -> Run
             raise UserError(f"{path}: config_version {version!r}, this sparsepipe reads version {CONFIG_VERSION}")
         return Run(run_dir, load_config(path), **kwargs)
     run = Run(run_dir, cfg, **kwargs)
-    run.data  # bad or missing data fails here, before anything is written
+    run.data  # bad or missing data, a model that cannot be built or weights that do not fit fail here,
+    model = run.new_model()  # before anything is written
+    if cfg.model.weights:
+        apply_weights(model, load_weights(cfg.model.weights), cfg.model.weights, cfg.model.name)
     if distributed.current().main:
         atomic.write_text(path, to_toml(resolved_table(cfg)))
     distributed.barrier()

@@ -17,6 +17,7 @@ from ..report import plot_training, write_report
 from ..report_schema import GateResult, Report, Scores, Sparsity
 from ..validate import validate
 from .cache import versions
+from .train import keep_given
 from .run import Run
 
 
@@ -79,6 +80,8 @@ def validate_stage(run: Run) -> list[str]:
     if any(hasattr(m, "export_copy") for m in models.values()):
         report.spiking = spiking_summary(models, first(run.data.test, 256)[0])
     checks = check(report, cfg.gate)
+    report.dense.source = "weights" if keep_given(run, "dense") else "trained"
+    report.preprocessing = run.data.preprocessing
     report.gate = GateResult(passed=all(c["passed"] for c in checks),
                              failures=[c["message"] for c in checks if not c["passed"]], checks=checks,
                              thresholds=asdict(cfg.gate))
