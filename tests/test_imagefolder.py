@@ -94,3 +94,42 @@ def test_colour_images_default_to_imagenet_statistics(tmp_path):
     assert data.input_shape == (3, 16, 16) and data.preprocessing["mean"] == [0.485, 0.456, 0.406]
     with pytest.raises(UserError, match="data.mean: 1 values for 3-channel images"):
         load(tmp_path, mean=[0.5], std=[0.2])
+
+
+class StopAt(Exception):
+    pass
+
+
+def test_an_interrupted_run_on_streamed_images_resumes_bit_identically(folder, tmp_path):
+    """Order, augmentation and worker seeds depend on (seed, epoch, sample) only: stopping after an
+    epoch and resuming from the checkpoint ends with the same weights as an uninterrupted run."""
+    from compress.models import LeNet5
+    from compress.pruners import build_pruner
+    from compress.config.prune import MagnitudeOptions, PruneConfig
+    from compress.train import TrainConfig, train
+
+    data = load(folder, workers=2)
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05)
+    prune = PruneConfig(method="magnitude", magnitude=MagnitudeOptions(sparsity=0.5, prune_after=0.3))
+
+    def fresh():
+        torch.manual_seed(0)
+        return LeNet5(data.input_shape, data.num_classes)
+
+    whole = fresh()
+    train(whole, build_pruner(prune), data, cfg, ["features.0", "classifier.0"], out_dir=tmp_path / "a", progress=False)
+
+    class Interrupting(type(build_pruner(prune))):
+        def begin_epoch(self, epoch):
+            if epoch == 2:
+                raise StopAt()
+            super().begin_epoch(epoch)
+
+    with pytest.raises(StopAt):
+        train(fresh(), Interrupting(prune.magnitude), data, cfg, ["features.0", "classifier.0"],
+              out_dir=tmp_path / "b", progress=False)
+    resumed = fresh()
+    train(resumed, build_pruner(prune), data, cfg, ["features.0", "classifier.0"], out_dir=tmp_path / "b",
+          progress=False)
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
