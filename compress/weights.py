@@ -51,7 +51,8 @@ def apply_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | 
     want = model.state_dict()
     heads = {k.split(".", 1)[0] for k in want}
     if not set(state) & set(want) and len(heads) == 1:  # a wrapper, e.g. RepeatChannels for grey input
-        state = {f"{heads.pop()}.{k}": v for k, v in state.items()}
+        (head,) = heads
+        state = {f"{head}.{k}": v for k, v in state.items()}
     missing = [k for k in want if k not in state]
     unexpected = [k for k in state if k not in want]
     shapes = [f"{k}: file {list(state[k].shape)} vs model {list(want[k].shape)}" for k in want

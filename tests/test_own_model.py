@@ -46,6 +46,21 @@ def test_a_run_starts_from_the_given_weights_and_keeps_them_as_the_baseline(trai
     first = json.loads((out / "train" / "sparse" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["epoch"] == 0 and first["test_accuracy"] == accuracy  # fine-tuning starts from those weights
     assert r["sparsity"]["global"] > 0.75
+    assert list((out / "train" / "sparse" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_torchvision_weights_load_into_the_grey_input_wrapper(tmp_path):
+    import torchvision
+    from compress.models import ModelConfig, build_model
+    from compress.weights import apply_weights, load_weights
+    torch.manual_seed(0)
+    theirs = torchvision.models.resnet18(num_classes=10)  # keys as torchvision writes them: conv1.weight, ...
+    torch.save(theirs.state_dict(), tmp_path / "resnet18.pth")
+    ours = build_model(ModelConfig(name="torchvision:resnet18"), (1, 28, 28), 10)  # wrapped: model.conv1.weight
+    apply_weights(ours, load_weights(tmp_path / "resnet18.pth"), tmp_path / "resnet18.pth", "torchvision:resnet18")
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(ours.eval()(x), theirs.eval()(x.expand(-1, 3, -1, -1)))
 
 
 def test_baseline_trained_fine_tunes_the_dense_model_too(trained, tmp_path):
