@@ -20,6 +20,7 @@ from compress.errors import UserError
 
 from .manifest import SPARSE_WEIGHTS, read_manifest as read_checked
 from .sections import BLOCKS
+from .sparse_check import check_layer
 
 Choice = Literal["best", "csr", "bsr"]
 
@@ -40,6 +41,7 @@ def to_bsr(weight: torch.Tensor, block: tuple[int, int]) -> sp.bsr_array:
     """The weight as a 2-D BSR array with `block`-sized dense blocks; all-zero blocks are dropped."""
     m = sp.bsr_array(as_2d(weight), blocksize=block)
     m.eliminate_zeros()  # removes all-zero blocks only; zeros inside kept blocks stay
+    m.sort_indices()     # eliminate_zeros can leave a row's blocks out of order; readers require order
     return m
 
 
@@ -88,7 +90,8 @@ def save_sparse(folder: str | Path, weights: dict[str, torch.Tensor], model_id: 
                         "compression": report["dense_bytes"] / max(stored, 1), **report}
     with atomic.atomic_path(folder / "weights.safetensors") as tmp:
         save_file(arrays, str(tmp))
-    manifest = {"format": SPARSE_WEIGHTS[0], "version": SPARSE_WEIGHTS[1], "model_id": model_id, "choice": choice, "layers": layers,
+    manifest = {"format": SPARSE_WEIGHTS[0], "version": SPARSE_WEIGHTS[1], "model_id": model_id, "choice": choice,
+                "weights_sha256": atomic.sha256_file(folder / "weights.safetensors"), "layers": layers,
                 "dense_bytes": sum(v["dense_bytes"] for v in layers.values()),
                 "stored_bytes": sum(v["stored_bytes"] for v in layers.values()),
                 "csr_bytes": sum(v["csr_bytes"] for v in layers.values())}
@@ -105,28 +108,35 @@ def read_manifest(folder: str | Path, model_id: str | None = None) -> dict:
 
 
 def load_sparse_arrays(folder: str | Path, model_id: str | None = None) -> dict[str, sp.csr_array | sp.bsr_array]:
-    """The stored scipy arrays (2-D), checking format, version and (optionally) model id."""
+    """The stored scipy arrays (2-D), after checking format, version, (optionally) model id, the
+    file's hash against the manifest and every array's structure (sparse_check.py)."""
     folder = Path(folder)
     manifest = read_manifest(folder, model_id)
+    path = folder / "weights.safetensors"
+    layers = manifest.get("layers")
+    if not isinstance(layers, dict):
+        raise UserError(f"{folder / 'manifest.json'}: 'layers' is not an object")
     try:
-        arrays = load_file(str(folder / "weights.safetensors"))
+        digest = atomic.sha256_file(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    if digest != manifest.get("weights_sha256"):
+        raise UserError(f"{path}: content does not match the sha256 in manifest.json (changed or corrupt)")
+    try:
+        arrays = load_file(str(path))
     except Exception as e:
-        raise UserError(f"{folder / 'weights.safetensors'}: cannot read ({str(e)[:200]})") from None
+        raise UserError(f"{path}: cannot read ({str(e)[:200]})") from None
     out = {}
-    for name, info in manifest["layers"].items():
-        shape = info["shape"]
-        shape2d = (shape[0], int(np.prod(shape[1:])) if len(shape) > 1 else 1)
-        try:
-            if info["format"] == "dense":
-                out[name] = sp.csr_array(arrays[f"{name}.data"].reshape(shape2d))  # zeros are +0.0: exact
-                continue
-            parts = (arrays[f"{name}.data"], arrays[f"{name}.indices"], arrays[f"{name}.indptr"])
-            if info["format"] == "bsr":
-                out[name] = sp.bsr_array(parts, shape=shape2d, blocksize=tuple(info["block"]))
-            else:
-                out[name] = sp.csr_array(parts, shape=shape2d)
-        except (KeyError, ValueError) as e:
-            raise UserError(f"{folder}: layer {name!r} is missing or malformed ({e})") from None
+    for name, info in layers.items():
+        rows, cols = check_layer(name, info, arrays, str(path))
+        if info["format"] == "dense":
+            out[name] = sp.csr_array(arrays[f"{name}.data"])  # zeros are +0.0: exact
+            continue
+        parts = (arrays[f"{name}.data"], arrays[f"{name}.indices"], arrays[f"{name}.indptr"])
+        if info["format"] == "bsr":
+            out[name] = sp.bsr_array(parts, shape=(rows, cols), blocksize=tuple(info["block"]))
+        else:
+            out[name] = sp.csr_array(parts, shape=(rows, cols))
     return out
 
 

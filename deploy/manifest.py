@@ -6,8 +6,8 @@ from pathlib import Path
 
 from compress.errors import UserError
 
-SPARSE_WEIGHTS = ("sparsepipe-sparse", 2)           # convert's CSR/BSR folder (formats.py)
-SPARSE_COMPUTE = ("sparsepipe-sparse-compute", 2)   # an ONNX model with CSR weights bound at run time
+SPARSE_WEIGHTS = ("sparsepipe-sparse", 3)           # convert's CSR/BSR folder (formats.py); 3: sha256, sorted
+SPARSE_COMPUTE = ("sparsepipe-sparse-compute", 3)   # an ONNX model with CSR weights bound at run time
 
 
 def read_manifest(folder: str | Path, kind: tuple[str, int], what: str) -> dict:

@@ -12,6 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import scipy.sparse as sp
 
+from compress.errors import UserError
+
 from .latency import make_session
 from .manifest import SPARSE_COMPUTE, read_manifest
 
@@ -65,8 +67,20 @@ def open_sparse_compute(folder: str | Path, threads: int = 1, profile_prefix: st
     folder = Path(folder)
     manifest = read_manifest(folder, SPARSE_COMPUTE, "sparse-compute")
     session = make_session(folder / "model.onnx", threads, profile_prefix)
-    arrays = load_sparse_arrays(folder / "csr") if manifest["layers"] else {}
-    weights = {info["input"]: arrays[name].tocsr() for name, info in manifest["layers"].items()}
+    layers = manifest.get("layers")
+    if not isinstance(layers, dict):
+        raise UserError(f"{folder / 'manifest.json'}: 'layers' is not an object")
+    arrays = load_sparse_arrays(folder / "csr") if layers else {}
+    inputs = {i.name for i in session.get_inputs()}
+    weights = {}
+    for name, info in layers.items():
+        m = arrays.get(name)
+        if (not isinstance(info, dict) or m is None or info.get("input") not in inputs
+                or info.get("csr_shape") != list(m.shape) or info.get("shape") != list(m.shape)[::-1]):
+            raise UserError(f"{folder}: layer {name!r} of manifest.json does not match csr/ or model.onnx")
+        weights[info["input"]] = m.tocsr()
+    if set(weights) != {i for i in inputs if i.endswith(".csr")}:
+        raise UserError(f"{folder}: model.onnx expects CSR inputs that manifest.json does not provide")
     return SparseSession(session, weights)
 
 

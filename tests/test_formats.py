@@ -71,5 +71,5 @@ def test_foreign_or_mismatched_files_are_clear_errors(tmp_path):
         load_sparse(tmp_path)
     save_sparse(tmp_path, {"w": torch.eye(3)})
     (tmp_path / "weights.safetensors").write_bytes(b"garbage")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="does not match the sha256 in manifest.json"):
         load_sparse(tmp_path)
