@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import UserError
 
 
 @contextlib.contextmanager
@@ -15,7 +19,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if disk_full(e, path.parent):
+            raise UserError(f"{path}: no space left on device") from None
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -24,9 +33,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:     # on disk before the rename: a power cut leaves old or new
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except Exception as e:
+        if disk_full(e, path.parent):
+            raise UserError(f"{path}: no space left on device (the previous file, if any, is unchanged)") from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def disk_full(error: BaseException, folder: Path) -> bool:
+    """Did `error` come from a full disk? torch.save and safetensors say so in their own words
+    (e.g. '[enforce fail at inline_container.cc]'), so a nearly empty filesystem also counts."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left" in str(error):
+        return True
+    try:
+        return isinstance(error, (RuntimeError, OSError)) and shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def _umask() -> int:

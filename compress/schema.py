@@ -6,6 +6,7 @@ fields, wrong types and out-of-range values with a one-line UserError naming the
 from __future__ import annotations
 
 import copy
+import math
 import dataclasses
 import types
 import typing
@@ -77,6 +78,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):
+            raise UserError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import sys
 from pathlib import Path
 
@@ -86,12 +88,17 @@ def cmd_run(args) -> int:
 
     from .config import load_config
     from .pipeline import open_run, run_pipeline
+    from .pipeline.folder import RunLock, check_run_dir
+    from .pipeline.run import save_config
 
     cfg = load_config(args.config, args.overrides)
-    init_from_env(cfg.train.device)  # under torchrun: join the process group (DDP)
+    world = init_from_env(cfg.train.device)  # under torchrun: join the process group (DDP)
     run_dir = args.out or Path("runs") / cfg.name
-    run = open_run(run_dir, cfg, progress=not args.no_progress)
-    report = run_pipeline(run, force=args.force)
+    check_run_dir(run_dir, args.force)
+    run = open_run(run_dir, cfg, write=False, progress=not args.no_progress)  # checks before anything is written
+    with RunLock(run_dir) if world.main else contextlib.nullcontext():
+        save_config(run)
+        report = run_pipeline(run, force=args.force)
     if report is None:  # a helper rank under torchrun: rank 0 reports
         return EXIT_OK
     print_summary(report, run_dir)
@@ -102,16 +109,18 @@ def cmd_stage(args) -> int:
     from compress.distributed import current, init_from_env
 
     from .pipeline import open_run, run_pipeline, run_stage
+    from .pipeline.folder import RunLock
 
     run = open_run(args.run_dir, progress=not args.no_progress)
     init_from_env(run.cfg.train.device)
     if args.command != "train" and not current().main:
         return EXIT_OK
-    if args.command == "validate":  # the stage that decides the verdict prints it
-        report = run_pipeline(run, stages=("validate",), force=args.force)
-        print_summary(report, args.run_dir)
-        return EXIT_OK if report.gate.passed else EXIT_REGRESSION
-    ran = run_stage(run, args.command, force=args.force)
+    with RunLock(args.run_dir) if current().main else contextlib.nullcontext():
+        if args.command == "validate":  # the stage that decides the verdict prints it
+            report = run_pipeline(run, stages=("validate",), force=args.force)
+            print_summary(report, args.run_dir)
+            return EXIT_OK if report.gate.passed else EXIT_REGRESSION
+        ran = run_stage(run, args.command, force=args.force)
     print(f"{args.command}: {'done' if ran else 'up to date, skipped'}")
     return EXIT_OK
 
@@ -197,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
     except UserError as e:
         print(f"sparsepipe: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"sparsepipe: error: {e.filename or 'disk'}: no space left on device", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("sparsepipe: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -5,6 +5,7 @@ Sections: [data] [model] [prune] [train] [export] [validate] [gate], plus top-le
 """
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,13 @@ from compress.schema import opt, parse, reference, to_dict
 from .sections import ConvertConfig, ExportConfig, GateConfig, ValidateConfig
 
 CONFIG_VERSION = 1
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass
 class RunConfig:
-    name: str = opt("run", "Run name; the default output folder is runs/NAME.")
-    seed: int = opt(0, "Seed for weight init, data order and the digits split.", lo=0)
+    name: str = opt("run", "Run name; the default output folder is runs/NAME (letters, digits, '.', '_', '-').")
+    seed: int = opt(0, "Seed for weight init, data order and the digits split.", lo=0, hi=2**32 - 1)
     data: DataConfig = opt(DataConfig(), "Dataset.")
     model: ModelConfig = opt(ModelConfig(), "Model.")
     prune: PruneConfig = opt(PruneConfig(), "Pruning method and layers.")
@@ -35,6 +37,12 @@ class RunConfig:
     export: ExportConfig = opt(ExportConfig(), "ONNX export.")
     validate: ValidateConfig = opt(ValidateConfig(), "Validation in onnxruntime.")
     gate: GateConfig = opt(GateConfig(), "Regression thresholds.")
+
+
+    def check(self, where: str) -> None:
+        if not NAME.fullmatch(self.name) or self.name in (".", ".."):
+            raise UserError(f"{where}: name: {self.name!r} is not a plain folder name (letters, digits, '.', '_', "
+                            "'-'; at most 100 characters, no path)")
 
 
 def parse_override(item: str) -> tuple[list[str], object]:

@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 
+from compress.errors import UserError
 from conftest import REPO
 from deploy.cli import main
 
@@ -118,7 +119,11 @@ def test_corrupt_checkpoint_and_crafted_pickle_are_refused(tmp_path, finished_ru
     torch.save({"payload": RunsCode(tmp_path / "pwned")}, ckpt)  # what an attacker would ship
     assert main(["freeze", str(run), "--force"]) == 2
     err = capsys.readouterr().err
-    assert "checkpoint.pt: not a loadable sparsepipe checkpoint" in err and "Traceback" not in err
+    # the swapped file no longer has the hash the train stage recorded: refused before it is opened
+    assert "checkpoint.pt: changed since stage 'train' wrote it" in err and "Traceback" not in err
+    from compress.train import load_checkpoint
+    with pytest.raises(UserError, match="checkpoint.pt: not a loadable sparsepipe checkpoint"):
+        load_checkpoint(ckpt)  # and opened anyway, it is refused without being unpickled
     assert not (tmp_path / "pwned").exists()
     assert (run / "frozen" / "sparse.safetensors").read_bytes() == frozen_before  # nothing produced is lost
 

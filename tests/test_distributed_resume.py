@@ -58,7 +58,7 @@ def test_kill_9_mid_training_then_rerun_resumes_to_the_same_result(tmp_path):
     out = tmp_path / "crash"
     proc = subprocess.Popen([sys.executable, *args, "--out", out], cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = out / "train" / "sparse" / "metrics.jsonl"
+    metrics = out / ".train.new" / "sparse" / "metrics.jsonl"  # an unfinished stage works beside train/
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
@@ -69,14 +69,16 @@ def test_kill_9_mid_training_then_rerun_resumes_to_the_same_result(tmp_path):
     proc.wait()
     done = len(metrics.read_text().splitlines())
     assert 3 <= done < 12
-    assert not (out / "train" / "stage.json").exists()  # the stage did not complete
+    assert not (out / "train").exists()  # the stage did not complete: nothing is in place yet
     from compress.train import load_checkpoint
     # never half-written; metrics.jsonl is written just before the checkpoint, so a kill between the
     # two leaves the checkpoint one epoch behind the metrics
-    assert load_checkpoint(out / "train" / "sparse" / "checkpoint.pt")["epoch"] in (done - 1, done)
+    assert load_checkpoint(out / ".train.new" / "sparse" / "checkpoint.pt")["epoch"] in (done - 1, done)
     again = run([*args, "--out", out])
     assert again.returncode == 0, again.stderr
     assert not list(out.rglob("*.tmp"))  # temporaries of the killed run are swept
+    assert not (out / ".train.new").exists()  # moved into place
+    metrics = out / "train" / "sparse" / "metrics.jsonl"
     rows = [json.loads(l) for l in metrics.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, 13))
     a, b = masks(tmp_path / "ref"), masks(out)

@@ -14,7 +14,7 @@ from .run import Run
 def convert_stage(run: Run) -> list[str]:
     model = run.frozen_model("sparse")
     weights = {n: get_module(model, n).weight.detach() for n in run.layers}
-    folder = run.dir / "sparse"
+    folder = run.stage_dir
     c = run.cfg.convert
     manifest = formats.save_sparse(folder, weights, model_id=run.cfg.model.name, choice=c.format,
                                    blocks=[tuple(b) for b in c.block_sizes])
@@ -23,5 +23,5 @@ def convert_stage(run: Run) -> list[str]:
         raise RuntimeError("sparse-format round trip is not bit-exact")  # a bug of ours, not bad input
     manifest["roundtrip_bit_exact"] = True
     atomic.write_json(folder / "manifest.json", manifest)
-    return ["sparse/weights.safetensors", "sparse/manifest.json"]
+    return ["weights.safetensors", "manifest.json"]
 

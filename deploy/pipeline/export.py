@@ -18,17 +18,17 @@ from .run import Run
 
 
 def export_stage(run: Run) -> list[str]:
-    cfg, folder = run.cfg.export, run.dir / "onnx"
+    cfg, folder = run.cfg.export, run.stage_dir
     sample, _ = first(run.data.test, 64)
     models = {v: run.frozen_model(v) for v in ("dense", "sparse")}
     metadata = {"sparsepipe.preprocessing": json.dumps(run.data.preprocessing),
                 "sparsepipe.classes": str(run.data.num_classes), "sparsepipe.model": run.cfg.model.name}
     info = {v: export_onnx(models[v], sample, folder / f"{v}.onnx", cfg.opset, metadata) for v in models}
-    out = ["onnx/dense.onnx", "onnx/sparse.onnx"]
+    out = ["dense.onnx", "sparse.onnx"]
     if cfg.compact:
         info["sparse-compact"] = make_compact(folder / "sparse.onnx", folder / "sparse-compact.onnx")
         info["sparse-compact"]["sparsity_carrier"] = "ONNX sparse initializers (densified by onnxruntime at load)"
-        out.append("onnx/sparse-compact.onnx")
+        out.append("sparse-compact.onnx")
     if cfg.compute:
         manifest = make_sparse_compute(folder / "sparse.onnx", run.dir / "sparse", folder / "sparse-compute",
                                        batch=cfg.compute_batch, threads=cfg.compute_threads,
@@ -37,14 +37,14 @@ def export_stage(run: Run) -> list[str]:
                                   "considered": manifest["considered"],
                                   "sparsity_carrier": "CSR weights (from the convert stage) bound at run time "
                                                       "to SparseToDenseMatMul"}
-        out += [f"onnx/sparse-compute/{f}" for f in ("model.onnx", "manifest.json", "csr/weights.safetensors",
+        out += [f"sparse-compute/{f}" for f in ("model.onnx", "manifest.json", "csr/weights.safetensors",
                                                       "csr/manifest.json")]
     if cfg.int8 != "none":
         calibration = first(run.data.train, cfg.calibration_samples)[0].numpy()
         for v in ("dense", "sparse"):
             info[f"{v}-int8"] = quantize(folder / f"{v}.onnx", folder / f"{v}-int8.onnx", cfg.int8, calibration)
             stamp_metadata(folder / f"{v}-int8.onnx", metadata)
-            out.append(f"onnx/{v}-int8.onnx")
+            out.append(f"{v}-int8.onnx")
     with torch.no_grad():
         want = models["sparse"](sample).numpy()
     for name, path in (("sparse-compact", folder / "sparse-compact.onnx"), ("sparse-compute", folder / "sparse-compute")):
@@ -53,5 +53,5 @@ def export_stage(run: Run) -> list[str]:
             got = session.run(None, {session.get_inputs()[0].name: sample.numpy()})[0]
             info[name]["max_abs_diff_vs_torch"] = float(np.abs(got - want).max())
     atomic.write_json(folder / "export.json", info)
-    return out + ["onnx/export.json"]
+    return out + ["export.json"]
 

@@ -47,7 +47,7 @@ def _frozen(run: Run, variant: str) -> tuple[nn.Module, dict]:
 
 
 def freeze_stage(run: Run) -> list[str]:
-    folder, shape = run.dir / "frozen", run.data.input_shape
+    folder, shape = run.stage_dir, run.data.input_shape
     out, variants, summary = [], {}, {}
     models = {}
     for variant in run.variants:
@@ -60,10 +60,10 @@ def freeze_stage(run: Run) -> list[str]:
     if "sparse" in run.variants:  # channels that carry only zeros are cut out: a smaller dense model
         structure = harvest(sparse, shape)
         atomic.write_json(folder / "structure.json", structure)
-        out.append("frozen/structure.json")
+        out.append("structure.json")
     for variant, model in models.items():
         _save_weights(model, folder / f"{variant}.safetensors")
-        out.append(f"frozen/{variant}.safetensors")
+        out.append(f"{variant}.safetensors")
         variants[variant] = {"weights": f"{variant}.safetensors",
                              "structure": "structure.json" if variant == "sparse" and structure else None}
     variants.setdefault("sparse", variants["dense"])  # method 'dense': the baseline is also the "pruned" model
@@ -77,5 +77,5 @@ def freeze_stage(run: Run) -> list[str]:
         "per_layer": per_layer, "dense_global": global_sparsity(models["dense"], run.layers),
         "counted": "exact zeros in the pruned layers before the channel cut (masks.safetensors: after it)"})
     run.forget_frozen()
-    return out + ["frozen/model.json", "frozen/masks.safetensors", "frozen/sparsity.json"]
+    return out + ["model.json", "masks.safetensors", "sparsity.json"]
 

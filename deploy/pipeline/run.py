@@ -32,6 +32,7 @@ class Run:
     _data: Data | None = field(default=None, repr=False)
     _frozen: dict[str, nn.Module] = field(default_factory=dict, repr=False)
     _layers: list[str] | None = field(default=None, repr=False)
+    stage_dir: Path | None = None  # where the running stage writes; swapped into place when it succeeds
 
     @property
     def table(self) -> dict:
@@ -76,8 +77,9 @@ class Run:
         self._frozen.clear()
 
 
-def open_run(run_dir: str | Path, cfg: RunConfig | None = None, **kwargs) -> Run:
-    """A Run for `run_dir`: with `cfg`, (re)writes config.toml; without, reads the folder's config.toml."""
+def open_run(run_dir: str | Path, cfg: RunConfig | None = None, *, write: bool = True, **kwargs) -> Run:
+    """A Run for `run_dir`: with `cfg`, checks data, model and weights, then (with `write`) writes
+    config.toml; without `cfg`, reads the folder's config.toml."""
     run_dir = Path(run_dir)
     path = run_dir / "config.toml"
     if cfg is None:
@@ -95,7 +97,13 @@ def open_run(run_dir: str | Path, cfg: RunConfig | None = None, **kwargs) -> Run
     model = run.new_model()  # before anything is written
     if cfg.model.weights:
         apply_weights(model, load_weights(cfg.model.weights), cfg.model.weights, cfg.model.name)
-    if distributed.current().main:
-        atomic.write_text(path, to_toml(resolved_table(cfg)))
-    distributed.barrier()
+    if write:
+        save_config(run)
     return run
+
+
+def save_config(run: Run) -> None:
+    """Write the run's resolved config.toml (rank 0; every rank waits for it)."""
+    if distributed.current().main:
+        atomic.write_text(run.dir / "config.toml", to_toml(resolved_table(run.cfg)))
+    distributed.barrier()

@@ -1,22 +1,53 @@
-"""Run stages in order over a run folder, skipping the ones that are up to date."""
+"""Run stages in order over a run folder, skipping the ones that are up to date.
+
+A stage that runs writes into a staging folder beside its own (`.NAME.new/`) and its files are moved
+into place only when it has finished, so a failure (a full disk, a crash, a bad input found late)
+leaves the previous outputs and their manifest as they were. Training resumes from the checkpoint
+in the staging folder when its inputs are unchanged.
+"""
 from __future__ import annotations
 
+import os
 import shutil
 import time
+from pathlib import Path
 
 from compress import atomic, distributed
+from compress.errors import UserError
 
 from ..report import load_report
 from ..report_schema import Report
-from .cache import fingerprint, up_to_date, write_manifest
+from .cache import fingerprint, read_manifest, up_to_date, write_manifest
 from .run import Run
-from .stage import BY_NAME
+from .stage import BY_NAME, Stage
+
+MARKER = ".inputs"  # the fingerprint a staging folder was started for
+
+
+def verify_upstream(run: Run, upstream: list[Stage]) -> None:
+    """Every file an upstream stage recorded must still hash as recorded before this stage reads it."""
+    for up in upstream:
+        manifest = read_manifest(run, up) or {"outputs": {}}
+        for rel, digest in manifest["outputs"].items():
+            path = run.dir / rel
+            if not path.is_file() or atomic.sha256_file(path) != digest:
+                raise UserError(f"{path}: changed since stage '{up.name}' wrote it (re-run `sparsepipe "
+                                f"{up.name} {run.dir} --force` to rebuild it)")
+
+
+def move_into_place(staging: Path, final: Path) -> None:
+    """Move every file of `staging` to the same place under `final` (each an atomic rename); remove staging."""
+    for path in sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MARKER):
+        dest = final / path.relative_to(staging)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+    shutil.rmtree(staging)
 
 
 def run_stage(run: Run, name: str, force: bool = False) -> bool:
     """Run one stage unless up to date; returns True when it ran.
 
-    Under torchrun every rank runs a collective stage (train); rank 0 alone writes manifests.
+    Under torchrun every rank runs a collective stage (train); rank 0 alone writes and moves files.
     """
     stage = BY_NAME[name]
     upstream = [BY_NAME[u] for u in stage.upstream]
@@ -24,26 +55,35 @@ def run_stage(run: Run, name: str, force: bool = False) -> bool:
     fp = fingerprint(run, stage, upstream)
     if not force and up_to_date(run, stage, fp):
         return False
-    folder = run.dir / stage.folder
-    marker = folder / ".inputs"
+    verify_upstream(run, upstream)
+    staging = run.dir / f".{stage.folder}.new"
+    marker = staging / MARKER
     if world.main:
-        # Training must not resume from a checkpoint made with other inputs; the other stages
-        # overwrite their files atomically, so what they produced before survives a failed re-run.
-        if stage.name == "train" and (force or not marker.exists() or marker.read_text() != fp):
-            shutil.rmtree(folder, ignore_errors=True)
-        (folder / "stage.json").unlink(missing_ok=True)
-        for stale in folder.rglob(".*.tmp"):  # left by a process killed mid-write
+        # Only training resumes, from an unfinished attempt with the same inputs; anything else left
+        # in the staging folder is ours and half-made.
+        resume = stage.collective and not force and marker.is_file() and marker.read_text() == fp
+        if not resume:
+            shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True, exist_ok=True)
+        for stale in staging.rglob(".*.tmp"):  # left by a process killed mid-write
             stale.unlink()
         atomic.write_text(marker, fp)
     if stage.collective:
         distributed.barrier()
     run.forget_frozen()  # each stage builds the frozen models it reads once, from the files as they are now
+    run.stage_dir = staging
     t0 = time.perf_counter()
-    outputs = stage.run(run)
+    try:
+        outputs = stage.run(run)
+    finally:
+        run.stage_dir = None
     if stage.collective:
         distributed.barrier()
     if world.main:
-        write_manifest(run, stage, fp, outputs, upstream, time.perf_counter() - t0)
+        move_into_place(staging, run.dir / stage.folder)
+        write_manifest(run, stage, fp, [f"{stage.folder}/{rel}" for rel in outputs], upstream,
+                       time.perf_counter() - t0)
+    run.forget_frozen()
     return True
 
 

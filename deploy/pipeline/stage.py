@@ -19,7 +19,8 @@ class Stage:
     folder: str                  # its folder inside the run
     config: tuple[str, ...]      # config sections it reads (part of its fingerprint)
     upstream: tuple[str, ...]    # stages whose outputs it reads (their hashes are part of its fingerprint)
-    function: str                # 'module:function' doing the work; returns the files it wrote (run-relative)
+    function: str                # 'module:function' doing the work in run.stage_dir; returns the files it
+                                 # wrote there (relative to it)
     help: str                    # one line for the CLI
     collective: bool = False     # under torchrun every rank runs it (training); otherwise rank 0 alone
     input_files: tuple[str, ...] = ()  # config fields naming files whose content decides the result

@@ -41,7 +41,7 @@ def train_stage(run: Run) -> list[str]:
     weights = load_weights(run.cfg.model.weights) if run.cfg.model.weights else None
     for variant in run.variants:
         model, pruner = run.new_model(), run.new_pruner(variant)
-        folder = run.dir / "train" / variant
+        folder = run.stage_dir / variant
         if weights is not None:
             apply_weights(model, weights, run.cfg.model.weights, run.cfg.model.name)
         if keep_given(run, variant):
@@ -49,7 +49,7 @@ def train_stage(run: Run) -> list[str]:
         else:
             train(model, pruner, run.data, run.cfg.train, run.layers, seed=run.cfg.seed, out_dir=folder,
                   desc=f"train {variant}", progress=run.progress, log_start=weights is not None)
-        out += [f"train/{variant}/checkpoint.pt", f"train/{variant}/metrics.jsonl"]
+        out += [f"{variant}/checkpoint.pt", f"{variant}/metrics.jsonl"]
     if distributed.current().main:
-        atomic.write_json(run.dir / "train" / "layers.json", run.layers)
-    return out + ["train/layers.json"]
+        atomic.write_json(run.stage_dir / "layers.json", run.layers)
+    return out + ["layers.json"]

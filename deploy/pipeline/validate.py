@@ -85,7 +85,7 @@ def validate_stage(run: Run) -> list[str]:
     report.gate = GateResult(passed=all(c["passed"] for c in checks),
                              failures=[c["message"] for c in checks if not c["passed"]], checks=checks,
                              thresholds=asdict(cfg.gate))
-    folder = d / "report"
+    folder = run.stage_dir
     plot_training(histories, sparsity["per_layer"], folder / "training.png")
     report.artifacts = {
         "config": "config.toml", "checkpoints": [f"train/{v}/checkpoint.pt" for v in run.variants],
@@ -95,5 +95,5 @@ def validate_stage(run: Run) -> list[str]:
         **({"sparse_compute": "onnx/sparse-compute"} if cfg.export.compute else {}),
         "report_md": "report/report.md", "junit": "report/junit.xml", "training_plot": "report/training.png"}
     write_report(folder, report)
-    return ["report/report.json", "report/report.md", "report/junit.xml", "report/training.png"]
+    return ["report.json", "report.md", "junit.xml", "training.png"]
 

@@ -1,0 +1,111 @@
+"""Never lose a user's work: full disks, folders holding other files, two runs at once, tampering."""
+import json
+import os
+import subprocess
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from conftest import REPO, cli
+from deploy.pipeline.folder import RunLock
+
+CONFIG = REPO / "configs" / "quickstart.toml"
+QUICK = ["--no-progress", "--set", "train.epochs=4", "--set", "validate.runs=10", "--set", "gate.min_sparsity=0",
+         "--set", "gate.max_accuracy_drop=1"]
+
+
+def snapshot(run):
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != ".lock" and not any(part.endswith(".new") for part in p.parts)}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 48 MiB tmpfs mounted for this test (needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)])
+
+
+def fill(disk, leave_bytes):
+    """Fill the filesystem up to `leave_bytes` of free space; returns the filler file."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        f.write(b"\0" * max(free - leave_bytes, 0))
+    return filler
+
+
+@pytest.mark.parametrize("stage", ["train", "export"])
+def test_a_full_disk_during_a_forced_stage_keeps_the_previous_outputs(small_disk, stage):
+    run = small_disk / "run"
+    assert cli("run", CONFIG, "--out", run, *QUICK).returncode == 0
+    before = snapshot(run)
+    filler = fill(small_disk, 64 * 1024)
+    res = cli(stage, run, "--force", "--no-progress")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "no space left on device" in res.stderr and res.stderr.count("\n") == 1
+    filler.unlink()
+    assert snapshot(run) == before  # every previous output byte-identical, manifests included
+    res = cli("validate", run, "--force", "--no-progress")
+    assert res.returncode == 0 and "gate: PASSED" in res.stdout
+
+
+def test_out_on_a_folder_of_someone_elses_files(tmp_path):
+    mine = tmp_path / "work"
+    (mine / "train").mkdir(parents=True)
+    (mine / "config.toml").write_text("my own config\n")
+    (mine / "train" / "notes.txt").write_text("do not lose me")
+    res = cli("run", CONFIG, "--out", mine, *QUICK)
+    assert res.returncode == 2 and "not empty and not a sparsepipe run folder" in res.stderr
+    assert (mine / "config.toml").read_text() == "my own config\n"
+    res = cli("run", CONFIG, "--out", mine, *QUICK, "--set", "train.epochs=2", "--force")
+    assert res.returncode == 0, res.stderr
+    assert (mine / "train" / "notes.txt").read_text() == "do not lose me"  # a forced re-run deletes none of it
+    res = cli("train", mine, "--force", "--no-progress")
+    assert res.returncode == 0 and (mine / "train" / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under-file"])
+def test_out_at_or_under_a_file(tmp_path, where):
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" if where == "file" else tmp_path / "f" / "run"
+    res = cli("run", CONFIG, "--out", out, *QUICK)
+    assert res.returncode == 2 and "--out must name a folder" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_a_second_command_on_a_busy_run_folder_is_refused(tmp_path):
+    run = tmp_path / "run"
+    with RunLock(run):
+        res = cli("run", CONFIG, "--out", run, *QUICK)
+    assert res.returncode == 2 and f"run folder in use by PID {os.getpid()}" in res.stderr
+    assert not (run / "config.toml").exists()
+
+
+def test_a_tampered_upstream_file_is_named_not_trusted(tmp_path):
+    run = tmp_path / "run"
+    assert cli("run", CONFIG, "--out", run, *QUICK).returncode == 0
+    weights = load_file(str(run / "frozen" / "sparse.safetensors"))
+    save_file({k: v.normal_() if v.is_floating_point() else v for k, v in weights.items()},
+              str(run / "frozen" / "sparse.safetensors"))  # same shapes, dense random values
+    for stage in ("convert", "export", "validate"):
+        res = cli(stage, run, "--force", "--no-progress")
+        assert res.returncode == 2, res.stdout
+        assert "frozen/sparse.safetensors: changed since stage 'freeze' wrote it" in res.stderr
+
+
+def test_files_get_the_umasks_mode(tmp_path):
+    run = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        assert cli("run", CONFIG, "--out", run, *QUICK).returncode == 0
+    finally:
+        os.umask(old)
+    for rel in ("config.toml", "frozen/sparse.safetensors", "onnx/sparse.onnx", "report/report.json"):
+        assert (run / rel).stat().st_mode & 0o777 == 0o644, rel
+    assert json.loads((run / "report" / "report.json").read_text())["gate"]["passed"]
