@@ -65,26 +65,33 @@ class Data:
     preprocessing: dict = field(default_factory=dict)
 
 
+MAX_IDX_BYTES = 1 << 31  # 2 GiB of pixels: far more than any IDX data set
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (gzipped or plain) into a uint8 array, validating its header."""
+    """Read one IDX file (gzipped or plain) into a uint8 array. The header is read and checked
+    first, then exactly the bytes it announces: a file that inflates to more is refused unread."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+                raise UserError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+            dims_raw = f.read(4 * head[3])
+            if len(dims_raw) < 4 * head[3]:
+                raise UserError(f"{path}: truncated IDX header")
+            dims = struct.unpack(f">{head[3]}I", dims_raw)
+            expected = int(np.prod(dims, dtype=np.int64))
+            if expected > MAX_IDX_BYTES:
+                raise UserError(f"{path}: header says {dims} ({expected} bytes), more than {MAX_IDX_BYTES}")
+            data = f.read(expected)
+            extra = len(f.read(1))
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise UserError(f"{path}: cannot read IDX file ({e})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise UserError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise UserError(f"{path}: truncated IDX header")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims))
-    if len(raw) - header != expected:
+    if len(data) != expected or extra:
         raise UserError(f"{path}: truncated or padded IDX data: header says {dims} "
-                        f"({expected} bytes), file holds {len(raw) - header}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+                        f"({expected} bytes), file holds {'more' if extra else len(data)}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def _find(root: Path, stem: str) -> Path:

@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allowed drop in global sparsity vs the reference")
     g.add_argument("--max-latency-ratio-increase", type=float, default=0.0,
                    help="allowed increase of the latency ratio vs the reference (0 = not checked)")
+    g.add_argument("--min-accuracy", type=float, default=0.0,
+                   help="required sparse accuracy as a fraction (no reference; 0 = not checked)")
+    g.add_argument("--allow-different", action="store_true",
+                   help="compare with a reference of another model, dataset, test set or pruned layers")
     g.add_argument("--junit", type=Path, help="also write the checks as JUnit XML here")
 
     pr = sub.add_parser("profile", help="latency profile of an ONNX model (optionally against a baseline)",
@@ -78,6 +82,8 @@ def print_summary(report, run_dir: Path) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
+    for warning in report.warnings:
+        print(f"warning: {warning}")
     gate = report.gate
     print(f"gate: {'PASSED' if gate.passed else 'FAILED'}" + "".join(f"\n  - {m}" for m in gate.failures))
     print(f"report: {run_dir / 'report' / 'report.md'} (also report.json, junit.xml, training.png)")
@@ -131,19 +137,22 @@ def cmd_gate(args) -> int:
     from .gate import GateConfig, check, compare
     from .report import junit_xml, load_report
 
+    _output_file(args.junit, "--junit")
     report = load_report(args.report)
     if args.reference:
         reference = load_report(args.reference)
         checks = compare(report, reference, max_accuracy_drop=0.01 if args.max_accuracy_drop is None
                          else args.max_accuracy_drop, max_sparsity_drop=args.max_sparsity_drop,
                          max_latency_ratio_increase=args.max_latency_ratio_increase,
-                         source=str(args.report), ref_source=str(args.reference))
+                         source=str(args.report), ref_source=str(args.reference),
+                         allow_different=args.allow_different)
     else:
         from compress.schema import parse
 
         gate = parse(GateConfig, {"max_accuracy_drop": 0.02 if args.max_accuracy_drop is None
                                   else args.max_accuracy_drop, "min_sparsity": args.min_sparsity,
-                                  "max_latency_ratio": args.max_latency_ratio}, "gate flags")
+                                  "max_latency_ratio": args.max_latency_ratio, "min_accuracy": args.min_accuracy},
+                     "gate flags")
         checks = check(report, gate, source=str(args.report))
     for c in checks:
         print(f"{'pass' if c['passed'] else 'FAIL'}  {c['name']}: {c['message']}")
@@ -164,6 +173,17 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def _output_file(path: Path | None, flag: str) -> None:
+    """An output file the command may write: not a folder, not under a file."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
+
+
 def cmd_profile(args) -> int:
     from compress import atomic
 
@@ -172,6 +192,8 @@ def cmd_profile(args) -> int:
     models = {"baseline": args.baseline, "model": args.model} if args.baseline else {"model": args.model}
     if args.seconds <= 0 or args.warmup < 0:
         raise UserError("--seconds must be > 0 and --warmup >= 0")
+    _output_file(args.json, "--json")
+    _output_file(args.png, "--png")
     report = profile(models, _int_list(args.batch, "--batch"), _int_list(args.threads, "--threads"),
                      seconds=args.seconds, warmup_seconds=args.warmup)
     for r in report["results"]:

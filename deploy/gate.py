@@ -25,6 +25,10 @@ def check(report: Report, gate: GateConfig, source: str = "report") -> list[dict
         {"name": "min_sparsity", "passed": sparsity >= gate.min_sparsity - 1e-12,
          "message": f"global sparsity {sparsity:.4f} vs required {gate.min_sparsity:.4f}"},
     ]
+    if gate.min_accuracy > 0:
+        acc = report.sparse.accuracy
+        results.append({"name": "min_accuracy", "passed": acc >= gate.min_accuracy - 1e-12,
+                        "message": f"sparse accuracy {acc:.4f} vs required {gate.min_accuracy:.4f}"})
     if gate.max_latency_ratio > 0:
         ratio = _latency_ratio(report, source)
         results.append({"name": "latency_ratio", "passed": ratio <= gate.max_latency_ratio,
@@ -38,10 +42,23 @@ def check(report: Report, gate: GateConfig, source: str = "report") -> list[dict
     return results
 
 
+def differences(report: Report, reference: Report) -> list[str]:
+    """Why two reports do not measure the same thing (model, data, test set, pruned layers)."""
+    pairs = {"model": (report.model, reference.model), "data": (report.data, reference.data),
+             "test samples": (report.sparse.samples, reference.sparse.samples),
+             "pruned layers": (sorted(report.sparsity.per_layer), sorted(reference.sparsity.per_layer))}
+    return [f"{what} {a!r} vs {b!r}" for what, (a, b) in pairs.items() if a != b]
+
+
 def compare(report: Report, reference: Report, *, max_accuracy_drop: float = 0.01, max_sparsity_drop: float = 0.01,
-            max_latency_ratio_increase: float = 0.0, source: str = "report", ref_source: str = "reference"
-            ) -> list[dict]:
-    """Checks of `report` against an earlier `reference` report (e.g. main's): did the sparse model get worse?"""
+            max_latency_ratio_increase: float = 0.0, source: str = "report", ref_source: str = "reference",
+            allow_different: bool = False) -> list[dict]:
+    """Checks of `report` against an earlier `reference` report (e.g. main's): did the sparse model get worse?
+    Reports of different models, data, test sets or pruned layers are refused unless `allow_different`."""
+    diff = differences(report, reference)
+    if diff and not allow_different:
+        raise UserError(f"{source}: not comparable with {ref_source} ({'; '.join(diff[:2])}); pass "
+                        "--allow-different to compare anyway")
     acc, ref_acc = report.sparse.accuracy, reference.sparse.accuracy
     sp, ref_sp = report.sparsity.global_, reference.sparsity.global_
     results = [

@@ -29,6 +29,11 @@ def input_for(session, batch: int, seed: int = 0) -> np.ndarray:
     if not shape or any(not isinstance(d, int) for d in shape[1:]):
         raise UserError(f"model input {session.get_inputs()[0].name!r} has shape {shape}: profile needs fixed "
                         "non-batch dimensions")
+    need = int(np.prod(dims, dtype=np.int64)) * 4 * 3  # the input, the outputs and the runtime's buffers, roughly
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > free:
+        raise UserError(f"--batch {batch}: an input of shape {dims} needs about {need / 2**30:.1f} GiB, "
+                        f"more than the {free / 2**30:.1f} GiB of memory free")
     return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
 
 

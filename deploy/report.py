@@ -76,6 +76,7 @@ def markdown(report: Report) -> str:
         lines += ["", "## Input preprocessing (also in every ONNX file's metadata, key sparsepipe.preprocessing)", "",
                   f"{pre.get('formula', '')}; raw input: {pre.get('raw', '')}; "
                   f"scale {pre.get('scale', '-')}, mean {pre.get('mean', '-')}, std {pre.get('std', '-')}."]
+    lines += [f"\n**Warning**: {w}" for w in report.warnings]
     lines += ["", "## Gate", ""]
     lines += [f"- {'pass' if c['passed'] else '**FAIL**'}: {c['message']}" for c in gate.checks]
     if report.pruner:

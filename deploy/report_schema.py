@@ -67,6 +67,7 @@ class Report:
     versions: dict
     machine: dict
     preprocessing: dict = field(default_factory=dict)  # raw input → model input (also in every ONNX file)
+    warnings: list[str] = field(default_factory=list)
     spiking: dict | None = None
     gate: GateResult | None = None
     artifacts: dict = field(default_factory=dict)
@@ -139,5 +140,7 @@ class Report:
                    dense=dense, sparse=sparse, variants=d["variants"], sparsity=sparsity,
                    pruner=d["pruner"], structure=structure, latency=latency, size=d["size"], export=d["export"],
                    training=d["training"], versions=d["versions"], machine=d["machine"],
-                   preprocessing=_table(d.get("preprocessing", {}), "preprocessing", source), spiking=d.get("spiking"),
+                   preprocessing=_table(d.get("preprocessing", {}), "preprocessing", source),
+                   warnings=[str(w) for w in d.get("warnings", [])] if isinstance(d.get("warnings"), list) else [],
+                   spiking=d.get("spiking"),
                    gate=gate, artifacts=_table(d.get("artifacts", {}), "artifacts", source))

@@ -12,6 +12,14 @@ def not_a_model(input_shape, num_classes):
     return "nope"
 
 
+def broken(input_shape, num_classes):
+    raise ValueError("the user's factory has a bug")
+
+
+def no_kwargs(shape):
+    return make(shape, 10)
+
+
 class Inception(torch.nn.Module):
     """Concatenations along the channels: two branches side by side, BatchNorm over the joined tensor,
     a residual add of two equally concatenated tensors, and a Linear over the flattened concatenation."""

@@ -67,6 +67,20 @@ def cases(tmp_path, finished_run):
     evil.mkdir()
     (evil / "report.json").write_bytes(pickle.dumps(RunsCode(tmp_path / "pwned")))
     q = str(REPO / "configs/quickstart.toml")
+    bomb = tmp_path / "bomb"
+    bomb.mkdir()
+    import gzip
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        with gzip.open(bomb / f"{name}.gz", "wb") as f:  # a small header, then far more data than it says
+            f.write(b"\x00\x00\x08\x03\x00\x00\x00\x05\x00\x00\x00\x1c\x00\x00\x00\x1c")
+            f.write(bytes(64 << 20))
+    reference = json.loads((finished_run / "report" / "report.json").read_text())
+    other = {**reference, "model": "lenet5", "data": "mnist"}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    (tmp_path / "typed.json").write_text(json.dumps({**reference, "sparse": {**reference["sparse"], "accuracy": "high"}}))
+    (tmp_path / "a-file").write_text("x")
+    dense_onnx = str(finished_run / "onnx" / "dense.onnx")
     return [
         ("unknown field", ["run", config(tmp_path, "[train]\nepoch = 1\n")], ["train.epoch", "unknown field"]),
         ("mistyped value", ["run", config(tmp_path, "[train]\nlr = 'fast'\n")], ["train.lr", "expected a number"]),
@@ -91,6 +105,27 @@ def cases(tmp_path, finished_run):
         ("gate on a missing field", ["gate", str(config(tmp_path, "{}"))], ["missing field 'dense.accuracy'"]),
         ("bad gate flag", ["gate", str(finished_run / "report/report.json"), "--max-accuracy-drop", "2"],
          ["max_accuracy_drop", "[0.0, 1.0]"]),
+        ("name with a path", ["run", q, "--set", "name='../../x'"], ["name", "not a plain folder name"]),
+        ("absolute name", ["run", q, "--set", "name='/tmp/x'"], ["name", "not a plain folder name"]),
+        ("seed past 2^32", ["run", q, "--set", "seed=4294967296"], ["seed", "[0, 4294967295]"]),
+        ("seed past 64 bits", ["run", q, "--set", "seed=99999999999999999999"], ["seed", "[0, 4294967295]"]),
+        ("NaN learning rate", ["run", q, "--set", "train.lr=nan"], ["train.lr", "finite"]),
+        ("infinite threshold", ["run", q, "--set", "prune.lats.threshold_final=1e400"], ["threshold_final", "finite"]),
+        ("gzip bomb", ["run", q, "--set", "data.name=mnist", "--set", f"data.root={json.dumps(str(bomb))}"],
+         ["train-images-idx3-ubyte.gz", "padded"]),
+        ("reference of another model", ["gate", str(finished_run / "report/report.json"), "--reference",
+                                        str(tmp_path / "other.json")], ["not comparable", "model 'mlp' vs 'lenet5'"]),
+        ("reference with a wrong type", ["gate", str(finished_run / "report/report.json"), "--reference",
+                                         str(tmp_path / "typed.json")], ["typed.json", "sparse.accuracy"]),
+        ("profile --json at a folder", ["profile", dense_onnx, "--json", str(tmp_path)], ["--json", "is a folder"]),
+        ("profile --png under a file", ["profile", dense_onnx, "--png", str(tmp_path / "a-file" / "p.png")],
+         ["--png", "is a file"]),
+        ("profile with a huge batch", ["profile", dense_onnx, "--batch", "100000000", "--seconds", "0.01"],
+         ["--batch 100000000", "GiB"]),
+        ("model factory that raises", ["run", q, "--set", "model.name='custom_model:broken'"],
+         ["model.name", "raised"]),
+        ("model factory with another signature", ["run", q, "--set", "model.name='custom_model:no_kwargs'"],
+         ["model.name", "TypeError"]),
     ]
 
 

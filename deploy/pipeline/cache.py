@@ -41,14 +41,11 @@ def fingerprint(run: Run, stage: Stage, upstream: list[Stage]) -> str:
             raise UserError(f"{run.dir}: stage '{stage.name}' needs stage '{up.name}' first "
                             f"(no {up.folder}/stage.json)")
         outputs[up.name] = manifest["outputs"]
+    from .provenance import stage_inputs
+
     table = run.table
-    files = {}
-    for dotted in stage.input_files:  # e.g. a weights file: its content, not just its name
-        section, key = dotted.split(".")
-        if table[section][key]:
-            files[dotted] = atomic.sha256_file(table[section][key])
     blob = {"stage": stage.name, "config_version": CONFIG_VERSION,
-            "config": {k: table[k] for k in stage.config}, "upstream": outputs, "files": files}
+            "config": {k: table[k] for k in stage.config}, "upstream": outputs, "inputs": stage_inputs(run, stage)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 

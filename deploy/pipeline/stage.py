@@ -23,7 +23,6 @@ class Stage:
                                  # wrote there (relative to it)
     help: str                    # one line for the CLI
     collective: bool = False     # under torchrun every rank runs it (training); otherwise rank 0 alone
-    input_files: tuple[str, ...] = ()  # config fields naming files whose content decides the result
 
     def run(self, run: "Run") -> list[str]:
         module, _, attr = self.function.partition(":")
@@ -33,7 +32,7 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("train", folder="train", config=("seed", "data", "model", "prune", "train"), upstream=(),
-          function="deploy.pipeline.train:train_stage", collective=True, input_files=("model.weights",),
+          function="deploy.pipeline.train:train_stage", collective=True,
           help="train the dense baseline and the pruned model (resumes from the last epoch checkpoint)"),
     Stage("freeze", folder="frozen", config=("model", "prune", "train"), upstream=("train",),
           function="deploy.pipeline.freeze:freeze_stage",

@@ -82,6 +82,11 @@ def validate_stage(run: Run) -> list[str]:
     checks = check(report, cfg.gate)
     report.dense.source = "weights" if keep_given(run, "dense") else "trained"
     report.preprocessing = run.data.preprocessing
+    chance = 1 / run.data.num_classes
+    for name, scores in (("dense baseline", report.dense), ("sparse model", report.sparse)):
+        if scores.accuracy <= 1.5 * chance:
+            report.warnings.append(f"{name} accuracy {scores.accuracy:.2%} is near chance ({chance:.2%} for "
+                                   f"{run.data.num_classes} classes): it has not learned the task")
     report.gate = GateResult(passed=all(c["passed"] for c in checks),
                              failures=[c["message"] for c in checks if not c["passed"]], checks=checks,
                              thresholds=asdict(cfg.gate))

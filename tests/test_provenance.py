@@ -1,0 +1,54 @@
+"""A CI gate is only as good as what it knows it compared: fingerprints of files and code, like-for-like
+reference comparisons, and a floor under accuracy."""
+import json
+
+from conftest import REPO, cli
+
+CONFIG = REPO / "configs" / "quickstart.toml"
+QUICK = ["--no-progress", "--set", "train.epochs=2", "--set", "validate.runs=10", "--set", "gate.min_sparsity=0",
+         "--set", "gate.max_accuracy_drop=1"]
+
+
+def test_changing_a_factory_modules_code_reruns_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    source = (REPO / "tests" / "user_data.py").read_text()
+    (tmp_path / "my_factory.py").write_text(source)
+    args = ["run", CONFIG, "--out", tmp_path / "run", *QUICK, "--set", "data.name='my_factory:digits_factory'"]
+    assert cli(*args).returncode == 0
+    assert cli(*args).stdout.count("up to date, skipped") == 5
+    (tmp_path / "my_factory.py").write_text(source + "\n# the user changed their code\n")
+    out = cli(*args).stdout
+    assert "[1/5] train: done" in out and "[5/5] validate: done" in out
+
+
+def test_changing_the_data_files_reruns_training(tmp_path):
+    import shutil
+    data = tmp_path / "mnist"
+    shutil.copytree(REPO / "tests", data / "unused")  # any folder: the listing is what is fingerprinted
+    args = ["run", CONFIG, "--out", tmp_path / "run", *QUICK, "--set", f"data.root={json.dumps(str(data))}"]
+    assert cli(*args).returncode == 0 and cli(*args).stdout.count("up to date, skipped") == 5
+    (data / "unused" / "new.txt").write_text("a new file under data.root")
+    assert "[1/5] train: done" in cli(*args).stdout
+
+
+def test_reference_of_another_setup_needs_allow_different(tmp_path):
+    run = tmp_path / "run"
+    assert cli("run", CONFIG, "--out", run, *QUICK).returncode == 0
+    report = json.loads((run / "report" / "report.json").read_text())
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**report, "sparsity": {**report["sparsity"], "per_layer": {"fc": 0.5}}}))
+    res = cli("gate", run / "report" / "report.json", "--reference", other)
+    assert res.returncode == 2 and "pruned layers" in res.stderr
+    assert cli("gate", run / "report" / "report.json", "--reference", other, "--allow-different").returncode == 0
+
+
+def test_a_baseline_at_chance_is_flagged_and_the_floor_fails_it(tmp_path):
+    run = tmp_path / "run"
+    res = cli("run", CONFIG, "--out", run, *QUICK, "--set", "data.train_limit=1", "--set", "prune.method='magnitude'")
+    assert res.returncode == 0 and "warning: dense baseline accuracy" in res.stdout  # no floor configured: passes
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert any("near chance" in w for w in report["warnings"])
+    res = cli("validate", run, "--no-progress")
+    assert res.returncode == 0
+    res = cli("gate", run / "report" / "report.json", "--min-accuracy", "0.5", "--max-accuracy-drop", "1")
+    assert res.returncode == 1 and "FAIL  min_accuracy" in res.stdout
