@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +58,9 @@ def cases(tmp_path, finished_run):
         return json.dumps(str(folder))
 
     empty = idx_folder("empty", (0, 28, 28), 0)
+    label200 = idx_folder("label200", (5, 28, 28), 5)
+    labels = Path(json.loads(label200)) / "train-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-1] + bytes([200]))
     flat = idx_folder("flat", (5, 784), 5)
     corrupt_onnx = tmp_path / "corrupt.onnx"
     corrupt_onnx.write_bytes(b"\x08\x07garbage")
@@ -94,6 +98,8 @@ def cases(tmp_path, finished_run):
         ("wrong image shape", ["run", q, "--set", "data.name=mnist", "--set", f"data.root={flat}"],
          ["images have shape [5, 784]", "expected [5, H, W]"]),
         ("unknown dataset", ["run", q, "--set", "data.name=imagenet"], ["data.name", "imagenet"]),
+        ("label 200 in MNIST", ["run", q, "--set", "data.name=mnist", "--set", f"data.root={label200}"],
+         ["label 200", "outside its 10 classes"]),
         ("unreadable config", ["run", str(tmp_path / "missing.toml")], ["missing.toml", "cannot read config"]),
         ("invalid TOML", ["run", config(tmp_path, "[train\n")], ["invalid TOML"]),
         ("bad --set", ["run", q, "--set", "train.epochs"], ["--set", "section.key=value"]),
