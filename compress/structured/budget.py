@@ -42,7 +42,7 @@ def macs_with_widths(model: nn.Module, groups: list[ChannelGroup], keep: dict[st
     for g in groups:
         k = keep.get(group_key(g), g.size)
         if k < g.size:
-            remove_channels(smaller, g, torch.arange(k))
+            remove_channels(smaller, g, torch.arange(k), constants_folded=True)  # counting only
     return count_macs(smaller, input_shape)["dense"]
 
 

@@ -1,14 +1,20 @@
 """Which channels must be removed together: a channel dependency graph traced with torch.fx.
 
-Every tensor's channel axis (dim 1, or the last dim after Linear) is labelled with the group
-that owns its channels. A Conv2d (groups = 1) or Linear starts a new group (its output
-channels); BatchNorm, activations, pooling, dropout and depthwise convs pass the group through
-(their per-channel parameters join it); a residual add merges the groups of its operands;
-flatten passes the group on with a spatial factor (the Linear after it consumes channel c as
-inputs c·k … c·k+k−1); a concatenation along the channels lays several groups side by side, and
-every module reading it records which groups come before (`ChannelGroup.offset`). Anything else
-that touches a channel-carrying tensor (slicing, reshapes, unknown ops) makes the groups involved
-unprunable, naming the operation, so an unknown model is never cut wrongly.
+Every tensor that carries channels is labelled with the groups that own them and with its channel
+axis, tracked explicitly: 1 for a conv's output, the last dim for a Linear's. A Conv1d/2d/3d
+(groups = 1) or Linear starts a new group (its output channels) and consumes its input's channels
+only along the axis it reads (a Linear over another axis blocks); BatchNorm, element-wise
+activations, dropout, pooling (channel axis 1 only) and depthwise convs pass the group through
+(their per-channel parameters join it); a residual add merges the groups of its operands (an
+operand that is an untracked tensor blocks: it is not a scalar); flatten of a channel-major
+tensor passes the group on with a spatial factor (the Linear after it consumes channel c as inputs
+c·k … c·k+k−1); a concatenation along the channel axis lays several groups side by side, and
+every module reading it records which groups come before (`ChannelGroup.offset`). Activations
+with f(0) ≠ 0 (sigmoid, hardsigmoid) are recorded in `ChannelGroup.shifts`: a removed channel then
+carried a constant, so a cut is exact only with that constant folded (the freeze stage's harvest
+does; `remove_channels` refuses otherwise). Anything else that touches a channel-carrying tensor
+(slicing, other reshapes, unknown ops) makes the groups involved unprunable, naming the
+operation, so an unknown model is never cut wrongly.
 """
 from __future__ import annotations
 
@@ -19,13 +25,22 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-PASS_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU,
-                nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                nn.AdaptiveMaxPool2d, nn.Dropout, nn.Identity)
-PASS_FUNCTIONS = {torch.relu, nn.functional.relu, nn.functional.relu6, nn.functional.hardswish, torch.sigmoid,
-                  nn.functional.adaptive_avg_pool2d, nn.functional.max_pool2d, nn.functional.avg_pool2d,
-                  nn.functional.dropout, torch.tanh}
-PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float"}
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# element-wise, f(0) = 0: any channel axis, and a removed (zero) channel stays zero
+ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Mish,
+                       nn.Dropout, nn.Identity)
+ELEMENTWISE_FUNCTIONS = {torch.relu, nn.functional.relu, nn.functional.relu6, nn.functional.hardswish,
+                         nn.functional.silu, nn.functional.gelu, nn.functional.dropout, torch.tanh}
+ELEMENTWISE_METHODS = {"relu", "relu_", "tanh", "contiguous", "clone", "detach", "float"}
+# element-wise with f(0) != 0: pass through, recorded as a shift
+SHIFT_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
+SHIFT_FUNCTIONS = {torch.sigmoid, nn.functional.sigmoid, nn.functional.hardsigmoid}
+SHIFT_METHODS = {"sigmoid"}
+# per channel over the spatial dims: channel axis 1 only
+POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                nn.AdaptiveMaxPool2d)
+POOL_FUNCTIONS = {nn.functional.adaptive_avg_pool2d, nn.functional.max_pool2d, nn.functional.avg_pool2d}
 ADD = {operator.add, operator.iadd, torch.add}
 CAT = {torch.cat, torch.concat, torch.concatenate}
 
@@ -39,6 +54,7 @@ class ChannelGroup:
     passthrough: list[str] = field(default_factory=list)   # BatchNorm / depthwise conv: per-channel params
     consumers: list[tuple[str, int]] = field(default_factory=list)  # (Conv2d / Linear, inputs per channel)
     blockers: list[str] = field(default_factory=list)      # why it must stay whole
+    shifts: list[str] = field(default_factory=list)        # ops with f(0) != 0 between producers and consumers
     # member -> the (group, inputs per channel) concatenated before this group in that member's input
     before: dict[str, list] = field(default_factory=dict)
 
@@ -75,7 +91,7 @@ class _Groups:
         if ra == rb:
             return ra
         ga, gb = self.groups.pop(rb), self.groups[ra]
-        for attr in ("producers", "passthrough", "consumers", "blockers"):
+        for attr in ("producers", "passthrough", "consumers", "blockers", "shifts"):
             getattr(gb, attr).extend(getattr(ga, attr))
         gb.before.update(ga.before)
         if ga.size != gb.size:
@@ -85,7 +101,7 @@ class _Groups:
 
 
 def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
-    """The channel groups of `model` for inputs shaped like `example` ([B, C, H, W] or [B, F])."""
+    """The channel groups of `model` for inputs shaped like `example` ([B, C, ...] or [B, F])."""
     try:
         traced = fx.symbolic_trace(model)
     except Exception as e:  # data-dependent control flow and the like
@@ -95,11 +111,13 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
     g = _Groups()
     # node -> its channel axis as segments (group id, inputs per channel); several after a concatenation
     label: dict[fx.Node, tuple[tuple[int, int], ...]] = {}
+    axis: dict[fx.Node, int] = {}  # node -> which dim of its tensor carries the channels
     members: dict[str, tuple[tuple[int, int], ...]] = {}  # module -> the segments of its input
     protected: list[int] = []
 
-    def arg_label(node):
-        return label.get(node) if isinstance(node, fx.Node) else None
+    def ndim(node) -> int | None:
+        meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+        return len(meta.shape) if isinstance(meta, TensorMetadata) else None
 
     def block(node, why):
         for a in node.all_input_nodes:
@@ -118,78 +136,107 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
             if i:
                 grp.before[name] = list(segs[:i])
 
-    def new(size, producer):
+    def start(node, size, producer=None, blocker=None):
+        """`node` outputs a new group of `size` channels on axis 1 (a conv) or the last axis (a Linear)."""
         gid = g.new(size)
-        g.get(gid).producers.append(producer)
-        return ((gid, 1),)
+        if producer:
+            g.get(gid).producers.append(producer)
+        if blocker:
+            g.get(gid).blockers.append(blocker)
+        label[node] = ((gid, 1),)
+        axis[node] = 1 if not isinstance(modules.get(node.target), nn.Linear) else ndim(node) - 1
+
+    def follow(node, src_node, shift=None):
+        """`node` carries `src_node`'s channels on the same axis (element-wise ops)."""
+        if src_node in label:
+            label[node], axis[node] = label[src_node], axis[src_node]
+            for gid, _ in label[node]:
+                if shift:
+                    g.get(gid).shifts.append(shift)
 
     for node in traced.graph.nodes:
-        meta = node.meta.get("tensor_meta")
-        shape = meta.shape if isinstance(meta, TensorMetadata) else None
+        inputs = [a for a in node.all_input_nodes if a in label]
+        first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        on_axis1 = first in label and axis[first] == 1
         if node.op == "placeholder":
-            gid = g.new(shape[1])
-            g.get(gid).blockers.append("model input")
-            label[node] = ((gid, 1),)
+            start(node, node.meta["tensor_meta"].shape[1], blocker="model input")
         elif node.op == "call_module":
-            m, src = modules[node.target], arg_label(node.args[0])
-            if isinstance(m, nn.Conv2d):
-                if src is None or any(per != 1 for _, per in src):
-                    block(node, f"conv {node.target} after an unsupported reshape")
-                    gid = g.new(m.out_channels)
-                    g.get(gid).blockers.append(f"conv {node.target} after an unsupported reshape")
-                    label[node] = ((gid, 1),)
+            m = modules[node.target]
+            if isinstance(m, CONV):
+                if first in label and (not on_axis1 or any(per != 1 for _, per in label[first])):
+                    why = f"conv {node.target} after an unsupported reshape"
+                    block(node, why)
+                    start(node, m.out_channels, blocker=why)
                 elif m.groups == 1:
-                    join(node.target, src, "consumer")
-                    label[node] = new(m.out_channels, node.target)
-                elif m.groups == m.in_channels == m.out_channels:  # depthwise: channels pass through
-                    join(node.target, src, "passthrough")
-                    label[node] = src
+                    if first in label:
+                        join(node.target, label[first], "consumer")
+                    start(node, m.out_channels, producer=node.target)
+                elif m.groups == m.in_channels == m.out_channels and first in label:  # depthwise: pass through
+                    join(node.target, label[first], "passthrough")
+                    follow(node, first)
                 else:
-                    block(node, f"grouped conv {node.target}")
-                    gid = g.new(m.out_channels)
-                    g.get(gid).blockers.append(f"grouped conv {node.target}")
-                    label[node] = ((gid, 1),)
+                    why = f"grouped conv {node.target} ({m.groups} groups)"
+                    block(node, why)
+                    start(node, m.out_channels, blocker=why)
             elif isinstance(m, nn.Linear):
-                if src is not None:
-                    join(node.target, src, "consumer")
-                label[node] = new(m.out_features, node.target)
-            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                if src is not None:
-                    join(node.target, src, "passthrough")
-                label[node] = src
-            elif isinstance(m, PASS_MODULES):
-                label[node] = src
+                if first in label and axis[first] == ndim(first) - 1:
+                    join(node.target, label[first], "consumer")
+                elif first in label:
+                    block(node, f"Linear {node.target} reads axis {ndim(first) - 1}, not the channel axis "
+                                f"{axis[first]}")
+                start(node, m.out_features, producer=node.target)
+            elif isinstance(m, BATCHNORM):
+                if on_axis1:
+                    join(node.target, label[first], "passthrough")
+                    follow(node, first)
+                elif first in label:
+                    block(node, f"{node.target} normalises axis 1, not the channel axis {axis[first]}")
+            elif isinstance(m, ELEMENTWISE_MODULES):
+                follow(node, first)
+            elif isinstance(m, SHIFT_MODULES):
+                follow(node, first, shift=f"{node.target} ({type(m).__name__}: f(0) != 0)")
+            elif isinstance(m, POOL_MODULES):
+                if on_axis1:
+                    follow(node, first)
+                elif first in label:
+                    block(node, f"pooling {node.target} over the channel axis")
             elif isinstance(m, nn.Flatten):
-                label[node] = _flatten(node, src)
-            else:
+                _flatten(node, first, label, axis, block)
+            elif inputs:
                 block(node, f"unsupported module {node.target} ({type(m).__name__})")
         elif node.op in ("call_function", "call_method"):
-            fn = node.target
-            srcs = [label[a] for a in node.all_input_nodes if a in label]
-            if fn in ADD or fn == "add" or fn == "add_":
-                if len(srcs) == 2:
-                    label[node] = _merge(g, node, srcs[0], srcs[1])
-                elif srcs:
-                    label[node] = srcs[0]  # tensor + scalar
-            elif fn in CAT or (node.op == "call_method" and fn == "cat"):
-                label[node] = _concat(g, node, label)
-            elif fn in PASS_FUNCTIONS or (node.op == "call_method" and fn in PASS_METHODS):
-                if srcs:
-                    label[node] = srcs[0]
-            elif fn in (torch.flatten, "flatten") or (node.op == "call_method" and fn in ("view", "reshape")):
-                label[node] = _flatten(node, srcs[0]) if srcs else None
-                if label[node] is None:
-                    block(node, f"unsupported reshape {node.name}")
-            elif fn in (getattr, operator.getitem) or (node.op == "call_method" and fn == "size"):
-                if shape is not None and srcs:  # a tensor cut out of a channel-carrying one
+            fn, method = node.target, node.op == "call_method"
+            if fn in ADD or fn in ("add", "add_"):
+                tensors = [a for a in node.all_input_nodes if ndim(a) is not None]
+                if len(tensors) == 2 and all(t in label for t in tensors) and axis[tensors[0]] == axis[tensors[1]]:
+                    label[node], axis[node] = _merge(g, node, label[tensors[0]], label[tensors[1]]), axis[tensors[0]]
+                elif len(tensors) == 1 and tensors[0] in label:
+                    follow(node, tensors[0])  # tensor + scalar
+                elif inputs:
+                    block(node, f"add {node.name} of a channel tensor and an untracked tensor")
+            elif fn in CAT or (method and fn == "cat"):
+                _concat(g, node, label, axis)
+            elif fn in ELEMENTWISE_FUNCTIONS or (method and fn in ELEMENTWISE_METHODS):
+                follow(node, first)
+            elif fn in SHIFT_FUNCTIONS or (method and fn in SHIFT_METHODS):
+                follow(node, first, shift=f"{node.name} (sigmoid: f(0) != 0)")
+            elif fn in POOL_FUNCTIONS:
+                if on_axis1:
+                    follow(node, first)
+                elif inputs:
+                    block(node, f"pooling {node.name} over the channel axis")
+            elif fn in (torch.flatten, "flatten") or (method and fn in ("view", "reshape")):
+                _flatten(node, first, label, axis, block)
+            elif fn in (torch.mean, "mean") and first in label:
+                _mean(node, first, label, axis, block)
+            elif fn in (getattr, operator.getitem) or (method and fn == "size"):
+                if ndim(node) is not None and inputs:  # a tensor cut out of a channel-carrying one
                     block(node, f"indexing {node.name}")
-            elif srcs:
+            elif inputs:
                 block(node, f"unsupported operation {node.name} ({getattr(fn, '__name__', fn)})")
         elif node.op == "output":
             for a in node.all_input_nodes:
                 protected += [gid for gid, _ in label.get(a, ())]
-        if label.get(node, ()) is None:
-            del label[node]  # no channels tracked past this node: whatever fed it was blocked
     for gid in protected:
         g.get(gid).blockers.append("model output")
     for name, segs in members.items():  # the same channels twice in one input cannot be cut consistently
@@ -210,27 +257,43 @@ def _merge(g: _Groups, node: fx.Node, a, b):
     return tuple((g.merge(x, y), p) for (x, p), (y, _) in zip(a, b))
 
 
-def _concat(g: _Groups, node: fx.Node, label: dict):
+def _concat(g: _Groups, node: fx.Node, label: dict, axis: dict) -> None:
     """torch.cat along the channel axis: the inputs' segments side by side; any other axis blocks."""
     tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     ndim = len(node.meta["tensor_meta"].shape)
     parts = [label.get(t) if isinstance(t, fx.Node) else None for t in tensors]
-    if dim % ndim == 1 and all(p is not None for p in parts):
-        return tuple(seg for p in parts for seg in p)
+    axes = {axis.get(t) for t in tensors if isinstance(t, fx.Node)}
+    if all(p is not None for p in parts) and len(axes) == 1 and dim % ndim == axes.pop():
+        label[node] = tuple(seg for p in parts for seg in p)
+        axis[node] = dim % ndim
+        return
     for p in parts:
         for gid, _ in p or ():
-            g.get(gid).blockers.append(f"concatenation {node.name} along dim {dim}")
-    return None
+            g.get(gid).blockers.append(f"concatenation {node.name} along dim {dim}, not the channel axis")
 
 
-def _flatten(node: fx.Node, src):
-    """A flatten of [B, C, H, W] from dim 1 keeps C channels, each now H·W inputs wide."""
-    if src is None:
-        return None
-    before = node.all_input_nodes[0].meta["tensor_meta"].shape
-    after = node.meta["tensor_meta"].shape
-    if len(after) == 2 and after[0] == before[0] and len(before) >= 2:
+def _flatten(node: fx.Node, src: fx.Node | None, label: dict, axis: dict, block) -> None:
+    """Flatten of a channel-major [B, C, ...] to [B, C·k]: C channels, each now k inputs wide. Any other
+    reshape of a channel-carrying tensor blocks (e.g. [B, T, F] → [B, T·F] interleaves the channels)."""
+    if src not in label:
+        return
+    before, after = src.meta["tensor_meta"].shape, node.meta["tensor_meta"].shape
+    if axis[src] == 1 and len(after) == 2 and after[0] == before[0] and len(before) >= 2:
         spatial = int(torch.tensor(before[2:]).prod()) if len(before) > 2 else 1
-        return tuple((gid, per * spatial) for gid, per in src)
-    return None
+        label[node], axis[node] = tuple((gid, per * spatial) for gid, per in label[src]), 1
+    else:
+        block(node, f"reshape {node.name} of {list(before)} with channels on axis {axis[src]}")
+
+
+def _mean(node: fx.Node, src: fx.Node, label: dict, axis: dict, block) -> None:
+    """A mean over dims that do not include the channel axis keeps the channels (e.g. global pooling)."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    ndim = len(src.meta["tensor_meta"].shape)
+    dims = [d % ndim for d in ([dims] if isinstance(dims, int) else dims or [])]
+    if not dims or axis[src] in dims:
+        block(node, f"mean {node.name} over the channel axis")
+        return
+    label[node] = label[src]
+    axis[node] = axis[src] if keep else axis[src] - sum(d < axis[src] for d in dims)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .graph import ChannelGroup
+from .graph import CONV, ChannelGroup
 from .remove import remove_channels
 
 
@@ -46,7 +46,7 @@ def _dead(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     return dead
 
 
-def _no_padding(conv: nn.Conv2d) -> bool:
+def _no_padding(conv: nn.Module) -> bool:
     if isinstance(conv.padding, str):
         return conv.padding == "valid" or all(k == 1 for k in conv.kernel_size)
     return all(p == 0 for p in conv.padding)
@@ -55,13 +55,13 @@ def _no_padding(conv: nn.Conv2d) -> bool:
 def _fold_terms(m: nn.Module, inp: torch.Tensor, idx: torch.Tensor, per_channel: int, offset: int):
     """For channels `idx` of a group read by a consumer at `offset`: (foldable, bias term per channel [k, out])."""
     w = m.weight.detach()
-    if isinstance(m, nn.Conv2d):
+    if isinstance(m, CONV):
         idx = idx + offset
         v = inp[0, idx].flatten(1)                        # [k, positions]
         zero = (v == 0).all(1)
         constant = (v == v[:, :1]).all(1)
         foldable = zero | (constant & _no_padding(m))
-        terms = w[:, idx].sum((2, 3)).T * v[:, 0:1]      # [k, out]
+        terms = w[:, idx].sum(tuple(range(2, w.ndim))).T * v[:, 0:1]  # [k, out]
         return foldable, torch.where(zero[:, None], torch.zeros_like(terms), terms)
     cols = offset + idx[:, None] * per_channel + torch.arange(per_channel)[None, :]  # [k, per_channel]
     v = inp.reshape(inp.shape[0], -1)[0, cols]            # [k, per_channel]
@@ -112,6 +112,6 @@ def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: 
         keep_mask = torch.ones(group.size, dtype=torch.bool)
         keep_mask[idx[ok]] = False
         keep = torch.nonzero(keep_mask).flatten()
-        remove_channels(model, group, keep)
+        remove_channels(model, group, keep, constants_folded=True)
         result.keep[group.producers[0]] = keep.tolist()
     return result

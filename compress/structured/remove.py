@@ -6,10 +6,12 @@ to exact zeros, so those channels carry exact zeros to every consumer.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
-from .graph import ChannelGroup
+from .graph import CONV, ChannelGroup
 
 
 def _index(t: torch.Tensor, keep: torch.Tensor, dim: int) -> nn.Parameter | torch.Tensor:
@@ -43,26 +45,46 @@ def zero_channels(model: nn.Module, group: ChannelGroup, drop: torch.Tensor) -> 
 
 
 @torch.no_grad()
-def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
-    """Keep only channels `keep` (sorted indices) of `group` in every coupled module, in place."""
+def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor, constants_folded: bool = False) -> None:
+    """Keep only channels `keep` (sorted indices) of `group` in every coupled module, in place.
+
+    Exact or refused: a group whose removed channels would have carried a constant (an activation
+    with f(0) != 0 on the way) is refused unless the caller folded those constants already
+    (`constants_folded`, as the harvest does). If anything fails, the model is left as it was.
+    """
     if not group.prunable:
         raise ValueError(f"group of {group.producers or group.passthrough} cannot be pruned: {group.blockers}")
     if len(keep) == 0:
         raise ValueError(f"refusing to prune {group.producers} to zero width")
     keep = torch.as_tensor(keep, dtype=torch.long).sort().values
+    if group.shifts and not constants_folded and len(keep) < group.size:
+        raise ValueError(f"group of {group.producers}: removed channels would carry a constant through "
+                         f"{group.shifts[0]}; cut it with the harvest (which folds constants) or not at all")
+    names = [*group.producers, *group.passthrough, *(n for n, _ in group.consumers)]
+    saved = {n: copy.deepcopy(model.get_submodule(n)) for n in dict.fromkeys(names)}
+    try:
+        _cut(model, group, keep)
+    except Exception:
+        for n, module in saved.items():  # never leave a half-cut model behind
+            model.set_submodule(n, module)
+        raise
+    group.size = len(keep)
+
+
+def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
     for name in group.producers:
         m = model.get_submodule(name)
         m.weight = _index(m.weight, keep, 0)
         if m.bias is not None:
             m.bias = _index(m.bias, keep, 0)
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, CONV):
             m.out_channels = len(keep)
         else:
             m.out_features = len(keep)
     for name in group.passthrough:
         m = model.get_submodule(name)
         rows = _span(m.weight.shape[0], group.offset(name), group.size, keep)
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, CONV):
             m.weight = _index(m.weight, rows, 0)
             if m.bias is not None:
                 m.bias = _index(m.bias, rows, 0)
@@ -78,8 +100,7 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -
         cols = _span(m.weight.shape[1], group.offset(name), group.size * per_channel,
                      _consumer_columns(keep, per_channel))
         m.weight = _index(m.weight, cols, 1)
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, CONV):
             m.in_channels = len(cols)
         else:
             m.in_features = len(cols)
-    group.size = len(keep)

@@ -43,4 +43,4 @@ def apply_structure(model: nn.Module, structure: dict, input_shape: tuple[int, .
         m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], dtype=m.weight.dtype))
     groups = {g.producers[0]: g for g in channel_groups(model, torch.zeros(2, *input_shape)) if g.producers}
     for producer, indices in structure["keep"].items():
-        remove_channels(model, groups[producer], torch.tensor(indices, dtype=torch.long))
+        remove_channels(model, groups[producer], torch.tensor(indices, dtype=torch.long), constants_folded=True)

@@ -1,0 +1,157 @@
+"""Channel removal is exact or refused, never wrong: models whose channels travel along other axes,
+through f(0) != 0 activations, 1-D convolutions, and ops the graph does not track."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from compress.structured import channel_groups, harvest_channels, remove_channels, zero_channels
+
+
+def cut_vs_masked(model, x, ratio=0.3):
+    """Cut every prunable group by `ratio` and compare with zeroing those channels; returns
+    (groups cut, groups refused by remove_channels, max relative difference)."""
+    model = model.eval()
+    groups = [g for g in channel_groups(model, x) if g.prunable]
+    masked, smaller = copy.deepcopy(model), copy.deepcopy(model)
+    full = copy.deepcopy(groups)
+    cut = refused = 0
+    for group, same in zip(groups, full):
+        keep = torch.arange(group.size - max(int(ratio * group.size), 1)) if group.size > 1 else torch.arange(1)
+        drop = torch.arange(len(keep), group.size)
+        try:
+            remove_channels(smaller, group, keep)
+        except ValueError:
+            refused += 1
+            continue
+        zero_channels(masked, same, drop)
+        cut += 1
+    with torch.no_grad():
+        want, got = masked(x), smaller(x)
+    return cut, refused, float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
+
+
+class SigmoidLeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 6, 5), nn.Sigmoid(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5),
+                                      nn.Sigmoid(), nn.MaxPool2d(2), nn.Flatten())
+        self.classifier = nn.Sequential(nn.Linear(256, 120), nn.Hardsigmoid(), nn.Linear(120, 10))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class PerStepLinear(nn.Module):
+    """[B, T, F] → a Linear per time step → flatten: channels are on the last axis, T equals H."""
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.step = nn.Linear(28, 16)
+        self.head = nn.Linear(8 * 28 * 16, 10)
+
+    def forward(self, x):
+        y = self.step(torch.relu(self.conv(x)))   # [B, 8, 28, 16]: channels of `step` on the last axis
+        return self.head(torch.flatten(y, 1))
+
+
+class Audio1d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv1d(1, 16, 5), nn.BatchNorm1d(16), nn.ReLU(), nn.Conv1d(16, 32, 5),
+                                 nn.BatchNorm1d(32), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(32, 5))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class TokenConcat(nn.Module):
+    """Linear outputs concatenated along the token axis (not the channel axis)."""
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):  # x: [B, T, 8]
+        return self.head(torch.cat([self.a(x), self.b(x)], dim=1)).mean(1)
+
+
+class UntrackedAdd(nn.Module):
+    """A residual add whose other operand comes from an op the graph does not track."""
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8 * 8 * 8, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc(torch.flatten(y + torch.roll(y, 1, dims=1), 1))
+
+
+def test_sigmoid_channels_are_refused_by_a_plain_cut_and_folded_by_the_harvest():
+    torch.manual_seed(0)
+    model, x = SigmoidLeNet().eval(), torch.randn(4, 1, 28, 28)
+    groups = [g for g in channel_groups(model, x) if g.prunable]
+    assert groups and all(g.shifts for g in groups)  # every hidden group passes a sigmoid
+    cut, refused, diff = cut_vs_masked(model, x)
+    assert cut == 0 and refused == len(groups) and diff == 0
+    for g in groups:  # zero some channels: the harvest cuts them, folding sigmoid(0) = 0.5 downstream
+        zero_channels(model, g, torch.arange(2))
+    with torch.no_grad():
+        want = model(x)
+    result = harvest_channels(model, channel_groups(model, x), (1, 28, 28))
+    assert result.keep and result.folded > 0
+    with torch.no_grad():
+        assert (model(x) - want).abs().max() < 1e-5
+
+
+def test_a_per_time_step_linear_is_not_cut_on_the_wrong_axis():
+    torch.manual_seed(0)
+    model, x = PerStepLinear(), torch.randn(2, 1, 28, 28)
+    blockers = {b for g in channel_groups(model, x) for b in g.blockers}
+    assert any("reshape" in b and "axis 3" in b for b in blockers)
+    cut, _, diff = cut_vs_masked(model, x)
+    assert diff < 1e-5
+
+
+def test_conv1d_models_are_cut_exactly():
+    torch.manual_seed(0)
+    model, x = Audio1d(), torch.randn(4, 1, 64)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    cut, refused, diff = cut_vs_masked(model, x)
+    assert cut == 2 and refused == 0 and diff < 1e-5
+
+
+@pytest.mark.parametrize("model,x,words", [
+    (TokenConcat(), torch.randn(2, 5, 8), "concatenation"),
+    (UntrackedAdd(), torch.randn(2, 1, 8, 8), "untracked tensor"),
+])
+def test_ops_on_other_axes_or_untracked_tensors_block_with_a_reason(model, x, words):
+    groups = channel_groups(model.eval(), x)
+    assert any(words in b for g in groups for b in g.blockers)
+    cut, _, diff = cut_vs_masked(model, x)
+    assert diff < 1e-5
+
+
+def test_a_failed_cut_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model, x = Audio1d().eval(), torch.randn(2, 1, 64)
+    group = next(g for g in channel_groups(model, x) if g.prunable)
+    group.consumers.append(("no.such.module", 1))  # the cut fails half-way
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(AttributeError):
+        remove_channels(model, group, torch.arange(4))
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnet_v2_s", "efficientnet_b0", "mobilenet_v3_small"])
+def test_torchvision_models_with_stochastic_depth_or_se_never_crash_or_differ(name):
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+    cut, refused, diff = cut_vs_masked(model, torch.randn(2, 3, 64, 64))
+    assert diff < 1e-4
