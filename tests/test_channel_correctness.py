@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from compress.structured import channel_groups, harvest_channels, remove_channels, zero_channels
+from compress.structured.budget import first_kept, keep_count
 
 
 def cut_vs_masked(model, x, ratio=0.3):
@@ -18,8 +19,8 @@ def cut_vs_masked(model, x, ratio=0.3):
     full = copy.deepcopy(groups)
     cut = refused = 0
     for group, same in zip(groups, full):
-        keep = torch.arange(group.size - max(int(ratio * group.size), 1)) if group.size > 1 else torch.arange(1)
-        drop = torch.arange(len(keep), group.size)
+        keep = first_kept(group, keep_count(group.size, ratio, blocks=group.blocks))
+        drop = torch.tensor(sorted(set(range(group.size)) - set(keep.tolist())), dtype=torch.long)
         try:
             remove_channels(smaller, group, keep)
         except ValueError:
@@ -148,10 +149,64 @@ def test_a_failed_cut_leaves_the_model_as_it_was():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["efficientnet_v2_s", "efficientnet_b0", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["efficientnet_v2_s", "efficientnet_b0", "mobilenet_v3_small", "regnet_y_400mf",
+                                  "resnext50_32x4d", "convnext_tiny"])
 def test_torchvision_models_with_stochastic_depth_or_se_never_crash_or_differ(name):
     import torchvision
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
     cut, refused, diff = cut_vs_masked(model, torch.randn(2, 3, 64, 64))
-    assert diff < 1e-4
+    assert cut > 0 and diff < 1e-4
+
+
+class GroupedBlock(nn.Module):
+    """A ResNeXt-style bottleneck: 1x1 → grouped 3x3 (4 groups) → 1x1, with a residual add."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.a, self.bn_a = nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32)
+        self.b, self.bn_b = nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.BatchNorm2d(32)
+        self.c = nn.Conv2d(32, 16, 1)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        s = torch.relu(self.stem(x))
+        y = torch.relu(self.bn_b(self.b(torch.relu(self.bn_a(self.a(s))))))
+        return self.head((s + self.c(y)).mean((2, 3)))
+
+
+def test_grouped_convs_are_cut_evenly_per_group():
+    from compress.structured.budget import first_kept
+    torch.manual_seed(0)
+    model, x = GroupedBlock().eval(), torch.randn(2, 1, 8, 8)
+    groups = {g.producers[0]: g for g in channel_groups(model, x) if g.prunable}
+    assert groups["a"].blocks == 4 and groups["b"].blocks == 4
+    uneven = copy.deepcopy(groups["a"])
+    with pytest.raises(ValueError, match="same number of channels kept in each of its 4 blocks"):
+        remove_channels(copy.deepcopy(model), uneven, torch.arange(24))
+    masked, smaller = copy.deepcopy(model), copy.deepcopy(model)
+    for key in ("a", "b"):
+        g = groups[key]
+        keep = first_kept(g, 16)
+        zero_channels(masked, copy.deepcopy(g), torch.tensor(sorted(set(range(32)) - set(keep.tolist()))))
+        remove_channels(smaller, g, keep)
+    assert smaller.b.weight.shape == (16, 4, 3, 3) and smaller.b.groups == 4
+    with torch.no_grad():
+        assert (smaller(x) - masked(x)).abs().max() < 1e-5
+
+
+def test_the_harvest_cuts_grouped_channels_evenly_and_exactly():
+    torch.manual_seed(0)
+    model, x = GroupedBlock().eval(), torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        dead = [0, 1, 2, 9, 17, 25]  # three outputs of conv-group 0, one of each other group
+        model.b.weight[dead] = 0
+        model.b.bias[dead] = 0
+        model.bn_b.weight[dead] = 0
+        model.bn_b.bias[dead] = 0
+        want = model(x)
+    result = harvest_channels(model, channel_groups(model, x), (1, 8, 8))
+    assert len(result.keep["b"]) == 28 and model.b.out_channels == 28  # one per group: the fewest dead
+    assert model.b.weight.shape == (28, 8, 3, 3) and model.c.in_channels == 28
+    with torch.no_grad():
+        assert (model(x) - want).abs().max() < 1e-5

@@ -62,7 +62,7 @@ class FilterPruner(Pruner):
                                              o.round_to, fixed, o.pow2)
             except ValueError as e:
                 raise UserError(f"prune.filter.flops_target: {e}") from None
-        self.final_keep = {k: keep_count(g.size, fixed.get(k, ratio), o.round_to, o.pow2)
+        self.final_keep = {k: keep_count(g.size, fixed.get(k, ratio), o.round_to, o.pow2, g.blocks)
                            for k, g in self.groups.items()}
         dense = macs_with_widths(model, [], {}, plan.input_shape)
         after = macs_with_widths(model, list(self.groups.values()), self.final_keep, plan.input_shape)
@@ -80,8 +80,8 @@ class FilterPruner(Pruner):
             return
         progress = cubic_ramp((epoch - start + 1) / (end - start + 1))  # 1 at the last cut
         for key, g in self.groups.items():
-            keep = g.size - round((g.size - self.final_keep[key]) * progress)
-            self.dropped[key] = lowest(channel_importance(self.model, g, self.options.importance), g.size - keep)
+            drop = round((g.size - self.final_keep[key]) * progress / g.blocks) * g.blocks  # even per block
+            self.dropped[key] = lowest(channel_importance(self.model, g, self.options.importance), drop, g.blocks)
         self._apply()
 
     def _apply(self) -> None:

@@ -79,7 +79,8 @@ class GRegPruner(MaskPruner):
         return self._weight(unit).detach().abs()
 
     def _pick(self) -> dict[str, torch.Tensor]:
-        return {n: pick_pruned(self._groups(n), self.options.sparsity) for n in self.units}
+        return {n: pick_pruned(self._groups(n), self.options.sparsity, self.groups[n].blocks if self.groups else 1)
+                for n in self.units}
 
     def begin_epoch(self, epoch: int) -> None:
         if self.phase == "dense" and epoch >= math.floor(self.options.pick_after * self.plan.epochs):

@@ -11,10 +11,11 @@ from ..ranking import lowest_mask
 from ..structured.budget import keep_count
 
 
-def pick_pruned(scores: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Boolean mask of pruned groups: the min(ceil(ratio·n), n−1) lowest scores (stable order)."""
+def pick_pruned(scores: torch.Tensor, ratio: float, blocks: int = 1) -> torch.Tensor:
+    """Boolean mask of pruned groups: the min(ceil(ratio·n), n−1) lowest scores (stable order); with
+    `blocks` > 1, that rule within each of the equal blocks (channels a grouped conv reads or writes)."""
     n = scores.numel()
-    return lowest_mask(scores, n - keep_count(n, ratio))
+    return lowest_mask(scores, n - keep_count(n, ratio, blocks=blocks), blocks)
 
 
 def per_row(values: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

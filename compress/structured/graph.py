@@ -18,6 +18,7 @@ operation, so an unknown model is never cut wrongly.
 """
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 
@@ -42,6 +43,7 @@ POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.Adapt
                 nn.AdaptiveMaxPool2d)
 POOL_FUNCTIONS = {nn.functional.adaptive_avg_pool2d, nn.functional.max_pool2d, nn.functional.avg_pool2d}
 ADD = {operator.add, operator.iadd, torch.add}
+MUL = {operator.mul, operator.imul, torch.mul}
 CAT = {torch.cat, torch.concat, torch.concatenate}
 
 
@@ -55,6 +57,7 @@ class ChannelGroup:
     consumers: list[tuple[str, int]] = field(default_factory=list)  # (Conv2d / Linear, inputs per channel)
     blockers: list[str] = field(default_factory=list)      # why it must stay whole
     shifts: list[str] = field(default_factory=list)        # ops with f(0) != 0 between producers and consumers
+    blocks: int = 1  # a grouped conv reads or writes these channels in this many equal blocks: cut evenly
     # member -> the (group, inputs per channel) concatenated before this group in that member's input
     before: dict[str, list] = field(default_factory=dict)
 
@@ -96,6 +99,9 @@ class _Groups:
         gb.before.update(ga.before)
         if ga.size != gb.size:
             gb.blockers.append(f"residual add of {ga.size} and {gb.size} channels")
+        gb.blocks = math.lcm(ga.blocks, gb.blocks)
+        if gb.size % gb.blocks:
+            gb.blockers.append(f"{gb.size} channels do not split into {gb.blocks} equal blocks")
         self.parent[rb] = ra
         return ra
 
@@ -112,6 +118,8 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
     # node -> its channel axis as segments (group id, inputs per channel); several after a concatenation
     label: dict[fx.Node, tuple[tuple[int, int], ...]] = {}
     axis: dict[fx.Node, int] = {}  # node -> which dim of its tensor carries the channels
+    # node -> why a removed (zeroed) channel is not zero in this tensor (an f(0) != 0 on the way), or None
+    shifted: dict[fx.Node, str | None] = {}
     members: dict[str, tuple[tuple[int, int], ...]] = {}  # module -> the segments of its input
     protected: list[int] = []
 
@@ -124,9 +132,12 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
             for gid, _ in label.get(a, ()):
                 g.get(gid).blockers.append(why)
 
-    def join(name, segs, role):
+    def join(name, segs, role, src=None):
         """Module `name` reads `segs`: it joins each group as consumer or passthrough, after the others."""
         members[name] = segs
+        if role == "consumer" and shifted.get(src):  # it would read a constant where a channel was removed
+            for gid, _ in segs:
+                g.get(gid).shifts.append(f"{name} reads {shifted[src]}")
         for i, (gid, per) in enumerate(segs):
             grp = g.get(gid)
             if role == "consumer":
@@ -143,16 +154,16 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
             g.get(gid).producers.append(producer)
         if blocker:
             g.get(gid).blockers.append(blocker)
-        label[node] = ((gid, 1),)
+        label[node], shifted[node] = ((gid, 1),), None
         axis[node] = 1 if not isinstance(modules.get(node.target), nn.Linear) else ndim(node) - 1
 
-    def follow(node, src_node, shift=None):
-        """`node` carries `src_node`'s channels on the same axis (element-wise ops)."""
+    def follow(node, src_node, shift=None, reset=False):
+        """`node` carries `src_node`'s channels on the same axis (element-wise ops). `shift`: this op
+        maps 0 to a non-zero value; `reset`: it maps a removed channel back to exact zero (BatchNorm
+        and depthwise conv with their per-channel parameters zeroed)."""
         if src_node in label:
             label[node], axis[node] = label[src_node], axis[src_node]
-            for gid, _ in label[node]:
-                if shift:
-                    g.get(gid).shifts.append(shift)
+            shifted[node] = None if reset else shifted.get(src_node) or shift
 
     for node in traced.graph.nodes:
         inputs = [a for a in node.all_input_nodes if a in label]
@@ -169,18 +180,27 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
                     start(node, m.out_channels, blocker=why)
                 elif m.groups == 1:
                     if first in label:
-                        join(node.target, label[first], "consumer")
+                        join(node.target, label[first], "consumer", first)
                     start(node, m.out_channels, producer=node.target)
                 elif m.groups == m.in_channels == m.out_channels and first in label:  # depthwise: pass through
                     join(node.target, label[first], "passthrough")
-                    follow(node, first)
+                    follow(node, first, reset=True)
+                elif first in label and len(label[first]) == 1 and label[first][0][1] == 1:
+                    # grouped: it reads its input in `groups` blocks and writes its output in as many;
+                    # both are cut evenly per block
+                    gid = label[first][0][0]
+                    join(node.target, label[first], "consumer", first)
+                    grp = g.get(gid)
+                    grp.blocks = math.lcm(grp.blocks, m.groups)
+                    start(node, m.out_channels, producer=node.target)
+                    g.get(label[node][0][0]).blocks = m.groups
                 else:
-                    why = f"grouped conv {node.target} ({m.groups} groups)"
+                    why = f"grouped conv {node.target} ({m.groups} groups) after a concatenation or reshape"
                     block(node, why)
                     start(node, m.out_channels, blocker=why)
             elif isinstance(m, nn.Linear):
                 if first in label and axis[first] == ndim(first) - 1:
-                    join(node.target, label[first], "consumer")
+                    join(node.target, label[first], "consumer", first)
                 elif first in label:
                     block(node, f"Linear {node.target} reads axis {ndim(first) - 1}, not the channel axis "
                                 f"{axis[first]}")
@@ -188,11 +208,11 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
             elif isinstance(m, BATCHNORM):
                 if on_axis1:
                     join(node.target, label[first], "passthrough")
-                    follow(node, first)
+                    follow(node, first, reset=True)
                 elif first in label:
                     block(node, f"{node.target} normalises axis 1, not the channel axis {axis[first]}")
-            elif isinstance(m, ELEMENTWISE_MODULES):
-                follow(node, first)
+            elif isinstance(m, ELEMENTWISE_MODULES) or type(m).__name__ == "StochasticDepth":
+                follow(node, first)  # stochastic depth scales whole samples: a zero channel stays zero
             elif isinstance(m, SHIFT_MODULES):
                 follow(node, first, shift=f"{node.target} ({type(m).__name__}: f(0) != 0)")
             elif isinstance(m, POOL_MODULES):
@@ -206,17 +226,25 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
                 block(node, f"unsupported module {node.target} ({type(m).__name__})")
         elif node.op in ("call_function", "call_method"):
             fn, method = node.target, node.op == "call_method"
-            if fn in ADD or fn in ("add", "add_"):
+            if fn in ADD or fn in ("add", "add_") or fn in MUL or fn in ("mul", "mul_"):
+                # add: a residual; mul: e.g. squeeze-and-excitation, x * scale[B, C, 1, 1]. Either way the
+                # operands' channels are the same channels, so their groups merge.
+                kind = "add" if fn in ADD or fn in ("add", "add_") else "mul"
                 tensors = [a for a in node.all_input_nodes if ndim(a) is not None]
                 if len(tensors) == 2 and all(t in label for t in tensors) and axis[tensors[0]] == axis[tensors[1]]:
-                    label[node], axis[node] = _merge(g, node, label[tensors[0]], label[tensors[1]]), axis[tensors[0]]
+                    a, b = tensors
+                    label[node], axis[node] = _merge(g, node, label[a], label[b]), axis[a]
+                    # a removed channel is zero in a sum if zero in both, in a product if zero in either
+                    shifted[node] = (shifted.get(a) or shifted.get(b)) if kind == "add" else \
+                        (shifted.get(a) and shifted.get(b))
                 elif len(tensors) == 1 and tensors[0] in label:
-                    follow(node, tensors[0])  # tensor + scalar
+                    follow(node, tensors[0], shift=f"{node.name} (+ a constant)" if kind == "add" else None)
                 elif inputs:
-                    block(node, f"add {node.name} of a channel tensor and an untracked tensor")
+                    block(node, f"{kind} {node.name} of a channel tensor and an untracked tensor")
             elif fn in CAT or (method and fn == "cat"):
                 _concat(g, node, label, axis)
-            elif fn in ELEMENTWISE_FUNCTIONS or (method and fn in ELEMENTWISE_METHODS):
+            elif fn in ELEMENTWISE_FUNCTIONS or (method and fn in ELEMENTWISE_METHODS) or \
+                    getattr(fn, "__name__", "") == "stochastic_depth":  # torchvision's: whole samples scaled
                 follow(node, first)
             elif fn in SHIFT_FUNCTIONS or (method and fn in SHIFT_METHODS):
                 follow(node, first, shift=f"{node.name} (sigmoid: f(0) != 0)")
@@ -237,6 +265,8 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
         elif node.op == "output":
             for a in node.all_input_nodes:
                 protected += [gid for gid, _ in label.get(a, ())]
+        if node in label and node not in shifted:  # reshapes, concatenations, means: as their inputs
+            shifted[node] = next((shifted[a] for a in node.all_input_nodes if shifted.get(a)), None)
     for gid in protected:
         g.get(gid).blockers.append("model output")
     for name, segs in members.items():  # the same channels twice in one input cannot be cut consistently

@@ -59,6 +59,8 @@ def _fold_terms(m: nn.Module, inp: torch.Tensor, idx: torch.Tensor, per_channel:
         idx = idx + offset
         v = inp[0, idx].flatten(1)                        # [k, positions]
         zero = (v == 0).all(1)
+        if m.groups > 1:  # a grouped conv: only channels that carry exact zeros go (nothing to fold)
+            return zero, torch.zeros(len(idx), w.shape[0])
         constant = (v == v[:, :1]).all(1)
         foldable = zero | (constant & _no_padding(m))
         terms = w[:, idx].sum(tuple(range(2, w.ndim))).T * v[:, 0:1]  # [k, out]
@@ -67,6 +69,19 @@ def _fold_terms(m: nn.Module, inp: torch.Tensor, idx: torch.Tensor, per_channel:
     v = inp.reshape(inp.shape[0], -1)[0, cols]            # [k, per_channel]
     terms = torch.einsum("okp,kp->ko", w[:, cols], v)
     return torch.ones(len(idx), dtype=torch.bool), terms
+
+
+def _even_blocks(keep_mask: torch.Tensor, blocks: int) -> torch.Tensor:
+    """Keep as many channels in every block as the fullest block keeps (a grouped conv cuts evenly):
+    blocks with fewer live channels also keep some removable ones, which stay as they are."""
+    if blocks == 1:
+        return keep_mask
+    rows = keep_mask.view(blocks, -1).clone()
+    need = int(rows.sum(1).max())
+    for row in rows:
+        spare = torch.nonzero(~row).flatten()
+        row[spare[: need - int(row.sum())]] = True
+    return rows.flatten()
 
 
 @torch.no_grad()
@@ -95,6 +110,10 @@ def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: 
             terms.append((name, m, t))
         if ok.all() and len(idx) == group.size:
             ok[0] = False  # never to zero width
+        keep_mask = torch.ones(group.size, dtype=torch.bool)
+        keep_mask[idx[ok]] = False
+        keep_mask = _even_blocks(keep_mask, group.blocks)
+        ok &= ~keep_mask[idx]  # only what is really removed gets its constant folded
         if not ok.any():
             continue
         for name, m, t in terms:
@@ -109,8 +128,6 @@ def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: 
         for _, _, t in terms:
             carried |= (t[ok] != 0).any(1)
         result.folded += int(carried.sum())
-        keep_mask = torch.ones(group.size, dtype=torch.bool)
-        keep_mask[idx[ok]] = False
         keep = torch.nonzero(keep_mask).flatten()
         remove_channels(model, group, keep, constants_folded=True)
         result.keep[group.producers[0]] = keep.tolist()

@@ -57,6 +57,12 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor, c
     if len(keep) == 0:
         raise ValueError(f"refusing to prune {group.producers} to zero width")
     keep = torch.as_tensor(keep, dtype=torch.long).sort().values
+    if group.blocks > 1:
+        width = group.size // group.blocks
+        counts = torch.bincount(keep // width, minlength=group.blocks)
+        if len(set(counts.tolist())) != 1:
+            raise ValueError(f"group of {group.producers}: a grouped conv needs the same number of channels kept "
+                             f"in each of its {group.blocks} blocks, got {counts.tolist()}")
     if group.shifts and not constants_folded and len(keep) < group.size:
         raise ValueError(f"group of {group.producers}: removed channels would carry a constant through "
                          f"{group.shifts[0]}; cut it with the harvest (which folds constants) or not at all")
@@ -97,6 +103,9 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
             m.num_features = len(rows)
     for name, per_channel in group.consumers:
         m = model.get_submodule(name)
+        if isinstance(m, CONV) and m.groups > 1:  # each block of rows reads its own block of inputs
+            _cut_grouped_inputs(m, keep)
+            continue
         cols = _span(m.weight.shape[1], group.offset(name), group.size * per_channel,
                      _consumer_columns(keep, per_channel))
         m.weight = _index(m.weight, cols, 1)
@@ -104,3 +113,14 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
             m.in_channels = len(cols)
         else:
             m.in_features = len(cols)
+
+
+def _cut_grouped_inputs(m: nn.Module, keep: torch.Tensor) -> None:
+    """Keep input channels `keep` of a grouped conv: rows of conv-group k keep the kept channels of
+    input block k (the same number in every block)."""
+    blocks, width = m.groups, m.in_channels // m.groups
+    rows = m.weight.shape[0] // blocks
+    parts = [m.weight.detach()[k * rows:(k + 1) * rows].index_select(1, keep[(keep // width) == k] - k * width)
+             for k in range(blocks)]
+    m.weight = nn.Parameter(torch.cat(parts).clone(), requires_grad=m.weight.requires_grad)
+    m.in_channels = len(keep)
