@@ -19,7 +19,7 @@ from compress.config.train import TrainConfig
 from compress.errors import UserError
 from compress.schema import opt, parse, reference, to_dict
 
-from .sections import ConvertConfig, ExportConfig, GateConfig, ValidateConfig
+from .sections import ConvertConfig, ExportConfig, FreezeConfig, GateConfig, ValidateConfig
 
 CONFIG_VERSION = 1
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -33,6 +33,7 @@ class RunConfig:
     model: ModelConfig = opt(ModelConfig(), "Model.")
     prune: PruneConfig = opt(PruneConfig(), "Pruning method and layers.")
     train: TrainConfig = opt(TrainConfig(), "Training.")
+    freeze: FreezeConfig = opt(FreezeConfig(), "Freezing: the channel cut and its latency check.")
     convert: ConvertConfig = opt(ConvertConfig(), "Sparse weight storage.")
     export: ExportConfig = opt(ExportConfig(), "ONNX export.")
     validate: ValidateConfig = opt(ValidateConfig(), "Validation in onnxruntime.")

@@ -23,6 +23,16 @@ class ConvertConfig:
 
 
 @dataclass
+class FreezeConfig:
+    latency_check: bool = opt(True, "Keep the channel cut only if the exported model runs faster than the model "
+                              "before the cut (onnxruntime, timed side by side); otherwise keep the uncut model.")
+    latency_batch_size: int = opt(1, "Batch size of that timing.", lo=1)
+    latency_threads: int = opt(1, "onnxruntime threads of that timing.", lo=1)
+    min_speedup: float = opt(1.0, "The cut model's latency must be below before / min_speedup to be kept.",
+                             lo=0.0, lo_open=True)
+
+
+@dataclass
 class ExportConfig:
     opset: int = opt(18, "ONNX opset (>= 17).", lo=17, hi=23)
     compact: bool = opt(True, "Also write sparse-compact.onnx (weights as ONNX sparse initializers).")

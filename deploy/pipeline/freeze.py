@@ -2,6 +2,8 @@
 (model.json) from which any later stage rebuilds each variant once."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -11,9 +13,11 @@ from compress.errors import UserError
 from compress.frozen import write_spec
 from compress.selection import clean_name, get_module
 from compress.sparsity import global_sparsity, layer_sparsity
+from compress.loader import first
 from compress.structured import harvest
 from compress.train import load_checkpoint, make_plan
 
+from ..cut_check import cut_speedup
 from .run import Run
 
 
@@ -46,6 +50,23 @@ def _frozen(run: Run, variant: str) -> tuple[nn.Module, dict]:
     return pruner.freeze().cpu().eval(), summary
 
 
+def _keep_if_faster(run: Run, uncut: nn.Module, cut: nn.Module, structure: dict) -> tuple[nn.Module, dict]:
+    """The cut model if it measures faster than the uncut one in onnxruntime, else the uncut one
+    (the structure record says which, with the timing)."""
+    c = run.cfg.freeze
+    timing = cut_speedup(uncut, cut, first(run.data.test, max(c.latency_batch_size, 2))[0], c.latency_batch_size,
+                         c.latency_threads)
+    kept = timing["ratio"] < 1 / c.min_speedup
+    timing["kept"] = kept
+    if kept:
+        return cut, {**structure, "latency_check": timing}
+    run.log(f"freeze: the channel cut measured x{timing['ratio']:.2f} the latency of the uncut model; not kept")
+    return uncut, {"keep": {}, "not_kept": {k: structure[k] for k in ("keep", "biased", "widths", "channels_removed")},
+                   "latency_check": timing, **{k: v for k, v in structure.items() if k.startswith(("params", "macs"))
+                                               and k.endswith("before")},
+                   "params_after": structure["params_before"], "macs_after": structure["macs_before"]}
+
+
 def freeze_stage(run: Run) -> list[str]:
     folder, shape = run.stage_dir, run.data.input_shape
     out, variants, summary = [], {}, {}
@@ -58,7 +79,11 @@ def freeze_stage(run: Run) -> list[str]:
     overall, per_layer = global_sparsity(sparse, run.layers), layer_sparsity(sparse, run.layers)
     structure = None
     if "sparse" in run.variants:  # channels that carry only zeros are cut out: a smaller dense model
+        uncut = copy.deepcopy(sparse)
         structure = harvest(sparse, shape)
+        if structure["keep"] and run.cfg.freeze.latency_check:
+            sparse, structure = _keep_if_faster(run, uncut, sparse, structure)
+            models[run.trained("sparse")] = sparse
         atomic.write_json(folder / "structure.json", structure)
         out.append("structure.json")
     for variant, model in models.items():

@@ -31,6 +31,13 @@ def spiking_summary(models: dict[str, nn.Module], x: torch.Tensor) -> dict:
             "agreement_measure": "argmax agreement and mean |difference| (spikes are discontinuous)"}
 
 
+def slower_than_dense(latency: dict, tolerance: float = 1.05) -> list[str]:
+    """A warning for every exported variant whose p50 is above `tolerance` × the dense model's."""
+    return [f"variant {name} is slower than dense: x{lat['ratio_vs_dense']:.2f} p50 at batch "
+            f"{latency['batch_size']}, {latency['threads']} thread(s)"
+            for name, lat in latency.items() if isinstance(lat, dict) and lat.get("ratio_vs_dense", 0) > tolerance]
+
+
 def param_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.state_dict().values())
 
@@ -82,6 +89,11 @@ def validate_stage(run: Run) -> list[str]:
     checks = check(report, cfg.gate)
     report.dense.source = "weights" if keep_given(run, "dense") else "trained"
     report.preprocessing = run.data.preprocessing
+    cut_timing = (structure or {}).get("latency_check")
+    if cut_timing and not cut_timing["kept"]:
+        report.warnings.append(f"the channel cut ({structure['not_kept']['channels_removed']} channels) measured "
+                               f"x{cut_timing['ratio']:.2f} the latency of the uncut model, so the uncut model was kept")
+    report.warnings += slower_than_dense(result["latency"])
     chance = 1 / run.data.num_classes
     for name, scores in (("dense baseline", report.dense), ("sparse model", report.sparse)):
         if scores.accuracy <= 1.5 * chance:
