@@ -158,6 +158,25 @@ def test_greg2_logs_overlap_with_l1(digits):
     assert global_sparsity(pruner.freeze(), pruner.layers) == pytest.approx(0.8, abs=0.01)
 
 
+def test_greg2_kept_groups_get_the_recover_penalty_after_the_pick(digits):
+    model, layers = mlp(64)
+    recover = -3e-4
+    pruner = GRegPruner(GRegOptions(variant=2, sparsity=0.5, pick_after=0.25, reg_granularity_recover=recover))
+    seen = []
+
+    class Spy(GRegPruner):  # look at the penalties after every penalty update of the prune phase
+        def after_step(self, step, lr):
+            pruning = self.phase == "prune"
+            super().after_step(step, lr)
+            if pruning and (step + 1) % self.options.update_reg_interval == 0:
+                seen.extend(float(v) for n in self.units if not self.done[n]
+                            for v in self.reg[n][~self.pruned[n]].unique())
+
+    spy = Spy(pruner.options)
+    train(model, spy, digits, TrainConfig(epochs=8), layers, progress=False)
+    assert seen and all(v == pytest.approx(recover) for v in seen)
+
+
 def test_greg2_filter_mode_ends_with_channels_cut_out(digits):
     from compress.structured import channel_groups, harvest_channels
     model, layers = mlp(64)

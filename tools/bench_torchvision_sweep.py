@@ -2,7 +2,7 @@
 crash or WRONG, with the MAC reduction when every prunable group loses 30% of its channels.
 
 Each model runs in a child process with a time limit (random weights, BatchNorm statistics made
-non-trivial; 64x64 input, 224 for the vision transformers). "exact": the cut model's output equals
+non-trivial; 64x64 input, 96 for inception_v3, 224 for the vision transformers). "exact": the cut model's output equals
 the model with those channels zeroed (relative difference < 1e-4).
 
     .venv/bin/python tools/bench_torchvision_sweep.py            # writes results/torchvision-sweep/
@@ -38,7 +38,7 @@ def child(name: str) -> dict:
         if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    size = 224 if any(k in name for k in ("vit", "swin", "maxvit")) else 64
+    size = 224 if any(k in name for k in ("vit", "swin", "maxvit")) else 96 if "inception" in name else 64
     x = torch.randn(2, 3, size, size)
     groups = channel_groups(model, x)
     prunable = [g for g in groups if g.prunable]

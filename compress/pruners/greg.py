@@ -139,8 +139,8 @@ class GRegPruner(MaskPruner):
                 continue
             reg, pruned = self.reg[n], self.pruned[n]
             reg[pruned] += self.gran_prune
-            if o.variant == 2:
-                reg[~pruned] = (reg[~pruned] + o.reg_granularity_recover).clamp_min(0)
+            if o.variant == 2:  # kept groups: the recover penalty (≤ 0), as in the paper and the official code
+                reg[~pruned] = o.reg_granularity_recover
             self._update_mag_ratio(n)
             if float(reg[pruned].max()) > o.reg_upper_limit or (
                     o.granularity == "filter" and self.mag_ratio[n] >= o.mag_ratio_limit):

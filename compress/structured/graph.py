@@ -112,7 +112,11 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
         traced = fx.symbolic_trace(model)
     except Exception as e:  # data-dependent control flow and the like
         raise ValueError(f"cannot trace {type(model).__name__} with torch.fx: {str(e).splitlines()[0]}") from None
-    ShapeProp(traced).propagate(example)
+    try:
+        ShapeProp(traced).propagate(example)
+    except Exception as e:  # the model does not run on this input (too small, wrong channels, ...)
+        raise ValueError(f"{type(model).__name__} does not run on an input of shape {list(example.shape)}: "
+                         f"{str(e).strip().splitlines()[0][:200]}") from None
     modules = dict(traced.named_modules())
     g = _Groups()
     # node -> its channel axis as segments (group id, inputs per channel); several after a concatenation
