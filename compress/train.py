@@ -75,6 +75,18 @@ def _optimizer(model: nn.Module, pruner: Pruner, cfg: TrainConfig) -> torch.opti
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
+def collapse_warnings(row: dict, num_classes: int, history: list[dict]) -> list[str]:
+    """What a person should hear about while pruning, once each: sparsity past 99%, accuracy at chance."""
+    said = {w.split(":")[0] for r in history for w in r.get("warnings", [])}
+    out = []
+    if row["sparsity"] > 0.99 and "sparsity above 99%" not in said:
+        out.append(f"sparsity above 99%: {row['sparsity']:.2%} at epoch {row['epoch']}; the model may collapse")
+    if row["test_accuracy"] <= 1.5 / num_classes and "accuracy at chance" not in said:
+        out.append(f"accuracy at chance: {row['test_accuracy']:.2%} at epoch {row['epoch']} "
+                   f"({1 / num_classes:.2%} for {num_classes} classes)")
+    return out
+
+
 def _tensorboard(out_dir: Path | None):
     """A SummaryWriter into out_dir/tensorboard when tensorboard is installed (else None)."""
     if out_dir is None:
@@ -164,6 +176,12 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
                                        num_classes=data.num_classes)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "test_loss": test_loss,
                "test_accuracy": test_acc, "sparsity": global_sparsity(model, layers), **pruner.log_state()}
+        warnings = collapse_warnings(row, data.num_classes, history)
+        if warnings:
+            row["warnings"] = warnings
+            if world.main:
+                for w in warnings:
+                    tqdm.write(f"{desc}: warning: {w}")
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{test_acc:.3f}", sparsity=f"{row['sparsity']:.3f}",
                         refresh=False)

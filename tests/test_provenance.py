@@ -52,3 +52,14 @@ def test_a_baseline_at_chance_is_flagged_and_the_floor_fails_it(tmp_path):
     assert res.returncode == 0
     res = cli("gate", run / "report" / "report.json", "--min-accuracy", "0.5", "--max-accuracy-drop", "1")
     assert res.returncode == 1 and "FAIL  min_accuracy" in res.stdout
+
+
+def test_a_collapsing_pruner_is_reported_while_training_and_in_the_report(tmp_path):
+    run = tmp_path / "run"
+    res = cli("run", CONFIG, "--out", run, *QUICK, "--set", "prune.lats.threshold_final=1.0")
+    assert res.returncode == 0
+    assert "train sparse: warning: sparsity above 99%" in res.stdout  # said while training, once
+    assert res.stdout.count("train sparse: warning: sparsity above 99%") == 1
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert any(w.startswith("training sparse: sparsity above 99%") for w in report["warnings"])
+    assert any(w.startswith("training sparse: accuracy at chance") for w in report["warnings"])

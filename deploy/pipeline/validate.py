@@ -94,6 +94,8 @@ def validate_stage(run: Run) -> list[str]:
         report.warnings.append(f"the channel cut ({structure['not_kept']['channels_removed']} channels) measured "
                                f"x{cut_timing['ratio']:.2f} the latency of the uncut model, so the uncut model was kept")
     report.warnings += slower_than_dense(result["latency"])
+    report.warnings += [f"training {v}: {w}" for v, rows in histories.items() for r in rows
+                        for w in r.get("warnings", [])]
     chance = 1 / run.data.num_classes
     for name, scores in (("dense baseline", report.dense), ("sparse model", report.sparse)):
         if scores.accuracy <= 1.5 * chance:
