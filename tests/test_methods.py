@@ -165,16 +165,34 @@ def test_greg2_kept_groups_get_the_recover_penalty_after_the_pick(digits):
     seen = []
 
     class Spy(GRegPruner):  # look at the penalties after every penalty update of the prune phase
-        def after_step(self, step, lr):
+        def after_backward(self, step):
             pruning = self.phase == "prune"
-            super().after_step(step, lr)
-            if pruning and (step + 1) % self.options.update_reg_interval == 0:
+            super().after_backward(step)
+            if pruning and step % self.options.update_reg_interval == 0:
                 seen.extend(float(v) for n in self.units if not self.done[n]
                             for v in self.reg[n][~self.pruned[n]].unique())
 
     spy = Spy(pruner.options)
     train(model, spy, digits, TrainConfig(epochs=8), layers, progress=False)
     assert seen and all(v == pytest.approx(recover) for v in seen)
+
+
+def test_greg_updates_its_penalty_at_steps_0_k_2k_before_they_apply(digits):
+    model, layers = mlp(64)
+    pruner = GRegPruner(GRegOptions(variant=1, sparsity=0.5, pick_after=0.25, update_reg_interval=5))
+    updates = []
+
+    class Spy(GRegPruner):
+        def _update_reg(self):
+            updates.append(self.current)
+            super()._update_reg()
+
+        def after_backward(self, step):
+            self.current = step
+            super().after_backward(step)
+
+    train(model, Spy(pruner.options), digits, TrainConfig(epochs=4), layers, progress=False)
+    assert updates and all(s % 5 == 0 for s in updates) and updates == list(range(updates[0], updates[-1] + 1, 5))
 
 
 def test_greg2_filter_mode_ends_with_channels_cut_out(digits):

@@ -94,6 +94,10 @@ class GRegPruner(MaskPruner):
                 self.phase = "pick"
 
     def after_backward(self, step: int) -> None:
+        # As the official code: the penalty is updated at steps 0, k, 2k, ... before that step's
+        # penalty is applied (not one interval later, after the step).
+        if self.phase in ("pick", "prune") and step % self.options.update_reg_interval == 0:
+            self._update_reg()
         if self.phase not in ("pick", "prune", "stabilize"):
             return
         for n in self.units:
@@ -117,14 +121,13 @@ class GRegPruner(MaskPruner):
         if self.phase == "finetune":
             self.apply_masks()
             zero_dropped(self.model, self.groups, self.dropped)
-            return
-        if self.phase == "stabilize":
+        elif self.phase == "stabilize":
             self.stable_steps += 1
             if self.stable_steps >= o.stabilize_steps:
                 self._remove()
-            return
-        if self.phase == "dense" or (step + 1) % o.update_reg_interval:
-            return
+
+    def _update_reg(self) -> None:
+        o = self.options
         if self.phase == "pick":
             for n in self.units:
                 self.reg[n] += self.gran_pick
@@ -142,9 +145,12 @@ class GRegPruner(MaskPruner):
             if o.variant == 2:  # kept groups: the recover penalty (≤ 0), as in the paper and the official code
                 reg[~pruned] = o.reg_granularity_recover
             self._update_mag_ratio(n)
-            if float(reg[pruned].max()) > o.reg_upper_limit or (
-                    o.granularity == "filter" and self.mag_ratio[n] >= o.mag_ratio_limit):
+            if float(reg[pruned].max()) > o.reg_upper_limit:
                 self.done[n] = True
+        # filter mode, as the official code: done when the layers' magnitude ratios reach the limit on average
+        if o.granularity == "filter" and self.mag_ratio and \
+                sum(self.mag_ratio.values()) / len(self.mag_ratio) >= o.mag_ratio_limit:
+            self.done = {n: True for n in self.units}
         if all(self.done.values()):
             self.phase = "stabilize"
             if o.stabilize_steps == 0:
