@@ -109,3 +109,14 @@ def test_files_get_the_umasks_mode(tmp_path):
     for rel in ("config.toml", "frozen/sparse.safetensors", "onnx/sparse.onnx", "report/report.json"):
         assert (run / rel).stat().st_mode & 0o777 == 0o644, rel
     assert json.loads((run / "report" / "report.json").read_text())["gate"]["passed"]
+
+
+def test_a_rerun_with_other_layers_selects_them_afresh(tmp_path):
+    run = tmp_path / "run"
+    assert cli("run", CONFIG, "--out", run, *QUICK).returncode == 0
+    assert json.loads((run / "train" / "layers.json").read_text()) == ["net.1", "net.3", "net.5"]
+    res = cli("run", CONFIG, "--out", run, *QUICK, "--set", "prune.layers.exclude=['net.5']")
+    assert res.returncode == 0
+    assert json.loads((run / "train" / "layers.json").read_text()) == ["net.1", "net.3"]
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert set(report["sparsity"]["per_layer"]) == {"net.1", "net.3"}

@@ -67,6 +67,9 @@ class Run:
                             else select_layers(self.new_model(), self.cfg.prune.layers))
         return self._layers
 
+    def set_layers(self, layers: list[str]) -> None:
+        self._layers = list(layers)
+
     def frozen_model(self, variant: str) -> nn.Module:
         """The frozen model `variant` (dense or sparse) from frozen/, built once until `forget_frozen`."""
         if variant not in self._frozen:

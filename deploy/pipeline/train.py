@@ -12,6 +12,7 @@ from torch import nn
 
 from compress import atomic, distributed
 from compress.pruners import Pruner
+from compress.selection import select_layers
 from compress.sparsity import global_sparsity
 from compress.train import evaluate, train
 from compress.weights import apply_weights, load_weights
@@ -38,6 +39,8 @@ def _given_baseline(run: Run, model: nn.Module, folder) -> None:
 
 def train_stage(run: Run) -> list[str]:
     out = []
+    # chosen afresh: the train/layers.json in place may be from an earlier run with other inputs
+    run.set_layers(select_layers(run.new_model(), run.cfg.prune.layers))
     weights = load_weights(run.cfg.model.weights) if run.cfg.model.weights else None
     for variant in run.variants:
         model, pruner = run.new_model(), run.new_pruner(variant)
