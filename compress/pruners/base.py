@@ -110,11 +110,18 @@ class MaskPruner(Pruner):
     def __init__(self, options: object = None):
         super().__init__(options)
         self.masks: dict[str, torch.Tensor] = {}
+        self._multipliers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # mask -> it in the weight's dtype
 
     def apply_masks(self) -> None:
+        """weight *= mask for every layer; the mask is cast to the weight's dtype once per mask change."""
         with torch.no_grad():
             for name, mask in self.masks.items():
-                self.modules[name].weight.mul_(mask)
+                weight = self.modules[name].weight
+                cached = self._multipliers.get(name)
+                if cached is None or cached[0] is not mask:
+                    cached = (mask, mask.to(device=weight.device, dtype=weight.dtype))
+                    self._multipliers[name] = cached
+                weight.mul_(cached[1])
 
     def after_step(self, step: int, lr: float) -> None:
         self.apply_masks()

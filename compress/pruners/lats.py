@@ -26,12 +26,15 @@ from ..schedules import threshold_fraction
 from ..config.prune import LATSOptions
 from ..selection import get_module
 from ..sparsity import magnitude_quantile
-from .base import Pruner, exact_zeros
+from .base import Pruner
 
 
 def soft_threshold(theta: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor:
-    """S_d(θ) = sign(θ)·max(|θ| − d, 0), with +0.0 (never -0.0) where pruned."""
-    return exact_zeros(torch.sign(theta) * torch.clamp(theta.abs() - d, min=0))
+    """S_d(θ) = sign(θ)·max(|θ| − d, 0), computed as θ − clamp(θ, −d, d): two operations instead of
+    five, the same bits (θ ∓ d rounds as ±(|θ| − d) does), and +0.0 where pruned (x − x is +0.0)."""
+    if not isinstance(d, torch.Tensor):
+        d = torch.tensor(d, dtype=theta.dtype, device=theta.device)
+    return theta - torch.clamp(theta, -d, d)
 
 
 class _SoftThresholdSTE(torch.autograd.Function):
