@@ -61,6 +61,11 @@ def _umask() -> int:
     return mask
 
 
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The first of `path`'s parents that exists and is not a folder (so nothing can be written under it)."""
+    return next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -177,11 +177,13 @@ def _output_file(path: Path | None, flag: str) -> None:
     """An output file the command may write: not a folder, not under a file."""
     if path is None:
         return
+    from compress.atomic import file_in_the_way
+
     if path.is_dir():
         raise UserError(f"{flag} {path}: is a folder; give a file name")
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise UserError(f"{flag} {path}: {blocker} is a file, not a folder")
 
 
 def cmd_profile(args) -> int:

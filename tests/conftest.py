@@ -33,3 +33,21 @@ def cli(*args) -> SimpleNamespace:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main([str(a) for a in args])
     return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def pruned_mlp(data, hidden: list[int], sparsity: float):
+    """An MLP for `data` with `sparsity` of every layer's smallest weights zeroed (eval mode), and its
+    prunable layers."""
+    import torch
+
+    from compress.models import MLP
+    from compress.pruners.magnitude import magnitude_masks
+    from compress.selection import LayerRule, select_layers
+
+    torch.manual_seed(0)
+    model = MLP(data.input_shape, data.num_classes, hidden).eval()
+    layers = select_layers(model, LayerRule())
+    with torch.no_grad():
+        for n, m in magnitude_masks(model, layers, sparsity, "layer").items():
+            model.get_submodule(n).weight.mul_(m)
+    return model, layers

@@ -5,15 +5,11 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load_file, save_file
 
 from compress import atomic
 from compress.errors import UserError
-from compress.models import MLP
-from compress.pruners.magnitude import magnitude_masks
-from compress.selection import LayerRule, select_layers
-from conftest import REPO
+from conftest import REPO, pruned_mlp
 from deploy.export import export_onnx
 from deploy.formats import load_sparse, save_sparse
 from deploy.onnx_variants import make_sparse_compute
@@ -23,12 +19,7 @@ from deploy.runtime import open_model
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, digits):
     """A pruned MLP's convert folder, its sparse-compute folder (every layer sparse) and an input."""
-    torch.manual_seed(0)
-    model = MLP(digits.input_shape, digits.num_classes, [64, 64]).eval()
-    layers = select_layers(model, LayerRule())
-    with torch.no_grad():
-        for n, m in magnitude_masks(model, layers, 0.9, "layer").items():
-            model.get_submodule(n).weight.mul_(m)
+    model, layers = pruned_mlp(digits, [64, 64], 0.9)
     folder = tmp_path_factory.mktemp("hostile")
     save_sparse(folder / "sparse", {n: model.get_submodule(n).weight.detach() for n in layers}, choice="csr")
     export_onnx(model, digits.test.x[:8], folder / "sparse.onnx")

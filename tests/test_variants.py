@@ -8,8 +8,7 @@ import torch
 
 from compress.errors import UserError
 from compress.models import MLP
-from compress.pruners.magnitude import magnitude_masks
-from compress.selection import LayerRule, select_layers
+from conftest import pruned_mlp
 from deploy.cli import main
 from deploy.export import export_onnx
 from deploy.formats import save_sparse
@@ -19,12 +18,7 @@ from deploy.runtime import open_model, open_sparse_compute
 
 @pytest.fixture(scope="module")
 def sparse_mlp(tmp_path_factory, digits):
-    torch.manual_seed(0)
-    model = MLP(digits.input_shape, digits.num_classes, [512, 512]).eval()
-    layers = select_layers(model, LayerRule())
-    with torch.no_grad():
-        for n, m in magnitude_masks(model, layers, 0.95, "layer").items():
-            model.get_submodule(n).weight.mul_(m)
+    model, layers = pruned_mlp(digits, [512, 512], 0.95)
     folder = tmp_path_factory.mktemp("variants")
     export_onnx(model, digits.test.x[:8], folder / "sparse.onnx")
     save_sparse(folder / "csr", {n: model.get_submodule(n).weight.detach() for n in layers})  # the convert stage

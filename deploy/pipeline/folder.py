@@ -6,6 +6,7 @@ import os
 import tomllib
 from pathlib import Path
 
+from compress.atomic import file_in_the_way
 from compress.errors import UserError
 
 LOCK = ".lock"
@@ -21,10 +22,11 @@ def is_run_folder(path: Path) -> bool:
 
 def check_run_dir(path: Path, force: bool) -> None:
     """Refuse a file, a path under a file, or a non-empty folder that is not a run (unless `force`)."""
-    for parent in [path, *path.parents]:
-        if parent.exists() and not parent.is_dir():
-            what = "is a file" if parent == path else f"is under {parent}, which is a file"
-            raise UserError(f"{path}: {what}; --out must name a folder")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: is a file; --out must name a folder")
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise UserError(f"{path}: is under {blocker}, which is a file; --out must name a folder")
     theirs = [p for p in path.iterdir() if p.name != LOCK] if path.is_dir() else []
     if theirs and not is_run_folder(path) and not force:
         raise UserError(f"{path}: not empty and not a sparsepipe run folder; choose another --out, or pass "
