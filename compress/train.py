@@ -20,7 +20,7 @@ from .errors import UserError
 from .pruners import Pruner, TrainPlan
 from .schedules import lr_at
 from .config.train import TrainConfig
-from .sparsity import global_sparsity
+from .sparsity import global_sparsity, layer_sparsity
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,12 +75,20 @@ def _optimizer(model: nn.Module, pruner: Pruner, cfg: TrainConfig) -> torch.opti
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
-def collapse_warnings(row: dict, num_classes: int, history: list[dict]) -> list[str]:
-    """What a person should hear about while pruning, once each: sparsity past 99%, accuracy at chance."""
+def collapse_warnings(row: dict, num_classes: int, history: list[dict], requested: float = 0.0,
+                      per_layer: dict[str, float] | None = None) -> list[str]:
+    """What a person should hear about while pruning, once each: sparsity past 99% (or half a point past
+    the `requested` sparsity, when that is higher), a layer pruned to nothing, accuracy at chance."""
     said = {w.split(":")[0] for r in history for w in r.get("warnings", [])}
     out = []
-    if row["sparsity"] > 0.99 and "sparsity above 99%" not in said:
-        out.append(f"sparsity above 99%: {row['sparsity']:.2%} at epoch {row['epoch']}; the model may collapse")
+    limit = max(0.99, requested + 0.005)
+    label = f"sparsity above {100 * limit:g}%"
+    if row["sparsity"] > limit and label not in said:
+        out.append(f"{label}: {row['sparsity']:.2%} at epoch {row['epoch']}; the model may collapse")
+    empty = [name for name, value in (per_layer or {}).items() if value >= 1.0]
+    if empty and "layer pruned to nothing" not in said:
+        out.append(f"layer pruned to nothing: {', '.join(empty)} at epoch {row['epoch']} (100% zeros cut the "
+                   "network; train longer, or keep it dense with prune.layers.exclude)")
     if row["test_accuracy"] <= 1.5 / num_classes and "accuracy at chance" not in said:
         out.append(f"accuracy at chance: {row['test_accuracy']:.2%} at epoch {row['epoch']} "
                    f"({1 / num_classes:.2%} for {num_classes} classes)")
@@ -176,7 +184,8 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
                                        num_classes=data.num_classes)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "test_loss": test_loss,
                "test_accuracy": test_acc, "sparsity": global_sparsity(model, layers), **pruner.log_state()}
-        warnings = collapse_warnings(row, data.num_classes, history)
+        warnings = collapse_warnings(row, data.num_classes, history, pruner.requested_sparsity(),
+                                     layer_sparsity(model, layers))
         if warnings:
             row["warnings"] = warnings
             if world.main:

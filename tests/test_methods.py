@@ -62,17 +62,59 @@ def test_early_mode_fixes_the_mask_after_end_epoch(digits):
     assert max(masks_after) - min(masks_after) < 1e-9 and masks_after[0] > 0.2
 
 
-@pytest.mark.parametrize("method, target", [("lats", 0.9), ("lats", 0.95), ("str", 0.9)])
-def test_target_mode_within_one_point(digits, method, target):
+@pytest.mark.parametrize("method, target", [("lats", 0.9), ("lats", 0.95), ("lats", 0.99), ("str", 0.9),
+                                            ("str", 0.99)])
+def test_target_mode_within_one_point_at_300_steps(digits, method, target):
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="mlp"), digits.input_shape, digits.num_classes)
     cfg = PruneConfig(method=method)
     getattr(cfg, method).target_sparsity = target
     pruner = build_pruner(cfg)
     layers = select_layers(model, cfg.layers)
-    train(model, pruner, digits, TrainConfig(epochs=30), layers, progress=False)
+    history = train(model, pruner, digits, TrainConfig(epochs=25, batch_size=128), layers, progress=False)
+    assert pruner.plan.total_steps == 300
     assert global_sparsity(pruner.freeze(), layers) == pytest.approx(target, abs=0.01)
     assert pruner.summary()["sparsity_control"] == f"target {target}"
+    assert not any("sparsity above" in w for row in history for w in row.get("warnings", []))
+
+
+@pytest.mark.parametrize("schedule", ["lats", "s-lats"])
+def test_lats_target_mode_holds_its_rate_over_the_last_half(digits, schedule):
+    """λ = Δd/η (schedule 'lats'; Δd/Δp for the closed forms) is calibrated, then held within 10%."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="mlp"), digits.input_shape, digits.num_classes)
+    pruner = LATSPruner(LATSOptions(target_sparsity=0.95, schedule=schedule))
+    seen = []
+    original = pruner.after_step
+
+    def spy(step, lr):
+        before = pruner.threshold
+        original(step, lr)
+        seen.append((pruner.threshold - before) / lr if schedule == "lats" else pruner.calibration.rate)
+
+    pruner.after_step = spy
+    train(model, pruner, digits, TrainConfig(epochs=25, batch_size=128), select_layers(model, LayerRule()), progress=False)
+    last_half = seen[len(seen) // 2:]
+    assert min(last_half) > 0 and max(last_half) / min(last_half) <= 1.10
+    assert max(seen) / min(seen) > 1.10  # it did calibrate in the first half
+    if schedule == "lats":
+        assert pruner.summary()["lambda"] == pytest.approx(seen[-1], rel=1e-6)
+
+
+def test_str_target_mode_keeps_the_learned_layer_proportions(digits):
+    """Every 1% of training all s are scaled by one factor: the per-layer thresholds move together."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="mlp"), digits.input_shape, digits.num_classes)
+    pruner = STRPruner(STROptions(target_sparsity=0.9))
+    layers = select_layers(model, LayerRule())
+    pruner.attach(model, layers, plan(epochs=2, steps=50))
+    with torch.no_grad():
+        for k, s in enumerate(pruner._params()):
+            s.fill_(-4.0 - k)
+    pruner.after_step(0, 0.1)
+    after = [float(s.detach()) for s in pruner._params()]
+    assert pruner.scale != 1.0
+    assert [a / (-4.0 - k) for k, a in enumerate(after)] == pytest.approx([pruner.scale] * len(after))
 
 
 # ---- STR ----

@@ -56,7 +56,8 @@ def test_a_baseline_at_chance_is_flagged_and_the_floor_fails_it(tmp_path):
 
 def test_a_collapsing_pruner_is_reported_while_training_and_in_the_report(tmp_path):
     run = tmp_path / "run"
-    res = cli("run", CONFIG, "--out", run, *QUICK, "--set", "prune.lats.threshold_final=1.0")
+    res = cli("run", CONFIG, "--out", run, *QUICK, "--set", "prune.lats.target_sparsity=0",
+              "--set", "prune.lats.threshold_final=1.0")
     assert res.returncode == 0
     assert "train sparse: warning: sparsity above 99%" in res.stdout  # said while training, once
     assert res.stdout.count("train sparse: warning: sparsity above 99%") == 1

@@ -19,10 +19,13 @@ def setup(digits, method="lats"):
     cfg.lats.threshold_final = 0.1
     cfg.filter.schedule, cfg.filter.prune_until = "gradual", 0.8  # channel cuts at epochs 1, 2, 3 and 4
     cfg.greg.granularity = "filter" if method == "greg-filter" else "weight"
+    if method.endswith("-target"):  # the target controllers' state must survive a restart too
+        getattr(cfg, cfg.method).target_sparsity = 0.9
     return model, build_pruner(cfg), select_layers(model, cfg.layers)
 
 
-@pytest.mark.parametrize("method", ["lats", "magnitude", "str", "greg", "gmp", "filter", "greg-filter"])
+@pytest.mark.parametrize("method", ["lats", "magnitude", "str", "greg", "gmp", "filter", "greg-filter",
+                                    "lats-target", "str-target"])
 def test_interrupted_training_resumes_to_the_same_result(digits, tmp_path, method):
     cfg = TrainConfig(epochs=6, batch_size=64, lr=0.05)
     model, pruner, layers = setup(digits, method)

@@ -38,8 +38,9 @@ class LATSOptions:
     end_epoch: int = opt(0, "mode 'early': epoch by which the threshold reaches D (0 = half of the epochs).", lo=0)
     pgh_beta: float = opt(10.0, "schedule 'pgh': λ grows geometrically by this factor over the window.",
                           lo=0.0, lo_open=True)
-    target_sparsity: float = opt(0.0, "Target global sparsity (0 = off). Recalibrates D between epochs to hit "
-                                 "it within about a point; the report records the D that resulted.",
+    target_sparsity: float = opt(0.0, "Target global sparsity (0 = off). The threshold's rate λ = Δd/η is "
+                                 "calibrated in the first half of the pruning window and then held (±4.5%); "
+                                 "the report records the λ and D that resulted.",
                                  lo=0.0, hi=1.0, hi_open=True)
 
     def check(self, where: str) -> None:
@@ -94,8 +95,9 @@ class STROptions:
     s_init: float = opt(-5.0, "Initial s of every layer (threshold sigmoid(s)). The paper uses -3200 on "
                         "ImageNet; short or small runs need about -5..-10.")
     s_weight_decay: float = opt(-1.0, "Weight decay on s (negative: the same as train.weight_decay).")
-    target_sparsity: float = opt(0.0, "Target global sparsity (0 = off): the weight decay on s is tuned "
-                                 "every 1% of training toward a cubic ramp ending at the target.",
+    target_sparsity: float = opt(0.0, "Target global sparsity (0 = off): instead of a fixed decay on s, every "
+                                 "1% of training all s are scaled by the one factor (a decay step) that puts "
+                                 "sparsity on a cubic ramp to the target; layers keep their learned proportions.",
                                  lo=0.0, hi=1.0, hi_open=True)
     ramp_fraction: float = opt(0.75, "Target mode: fraction of the epochs over which sparsity ramps "
                                "(cubic) to the target.", lo=0.0, hi=1.0, lo_open=True)

@@ -89,6 +89,11 @@ class Pruner:
         """How sparsity was controlled in this run, for the report."""
         return {}
 
+    def requested_sparsity(self) -> float:
+        """The weight sparsity the user asked for (0: none), so that reaching it is not warned about."""
+        o = self.options
+        return float(getattr(o, "target_sparsity", 0.0) or getattr(o, "sparsity", 0.0) or 0.0)
+
     def state_dict(self) -> dict:
         return {}
 

@@ -11,8 +11,11 @@ threshold d, kept in state_dict, follows a schedule over the pruning window:
 Modes: during (window = [start_epoch, epochs)), early (window = [start_epoch, end_epoch), then
 the mask is fixed: S_d(θ) is written into θ, d drops to 0 and the kept weights train on), init (pruning at initialisation: constant D from step 0
 with the latent init inflated, θ0 = sign(w0)(|w0| + D), so S_D(θ0) = w0).
-Target mode (target_sparsity > 0) recalibrates D between epochs to the global |θ| quantile that
-gives the target, leaving the mechanism itself unchanged.
+Target mode (target_sparsity > 0) keeps the mechanism and its constant rate: the threshold grows as
+d ← d + K·Δp (p: the schedule's progress, Ση/Σ_window η for 'lats', so λ = K/Σ_window η); K is
+calibrated during the first half of the window toward the predicted end-of-window |θ| quantile at
+the target and then held within ±4.5% (`target.RateCalibration`). Modes 'init' and schedule
+'constant' have no rate: there D is re-set between epochs to the |θ| quantile at the target.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from ..config.prune import LATSOptions
 from ..selection import get_module
 from ..sparsity import magnitude_quantile
 from .base import Pruner
+from .target import RateCalibration
 
 
 def soft_threshold(theta: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor:
@@ -70,6 +74,8 @@ class LATSPruner(Pruner):
         self.lr_accumulated = 0.0
         self.fixed_masks: dict[str, torch.Tensor] = {}
         self._lr_window = 0.0
+        rated = options.target_sparsity > 0 and options.mode != "init" and options.schedule != "constant"
+        self.calibration = RateCalibration(options.target_sparsity) if rated else None
 
     # -- the pruning window in steps --
     @property
@@ -96,6 +102,35 @@ class LATSPruner(Pruner):
             parametrize.register_parametrization(module, "weight", SoftThreshold())
         if self.options.mode == "init":
             self._set_threshold(self.final)
+        if self.calibration is not None:
+            self.calibration.update(0.0, 0.0, 0.0, self._quantile())
+
+    def _quantile(self) -> float:
+        return max(magnitude_quantile(self.latents(), self.options.target_sparsity), 1e-12)
+
+    def _progress(self, step: int) -> float:
+        """p: the schedule's progress over the window after `step` steps (Ση so far / Σ_window η for 'lats')."""
+        o = self.options
+        if o.schedule == "lats":
+            return min(self.lr_accumulated / max(self._lr_window, 1e-30), 1.0)
+        start, end = self.window
+        return threshold_fraction(o.schedule, (min(step, end) - start) / max(end - start, 1), o.pgh_beta)
+
+    def _calibrated_step(self, step: int, lr: float) -> None:
+        """Target mode: d ← d + K·Δp, K re-calibrated every 1/50 of the window (held in its second half)."""
+        start, end = self.window
+        if not start <= step < end:
+            return
+        before = self._progress(step)
+        self.lr_accumulated += lr
+        after = self._progress(step + 1)
+        d = self.threshold + self.calibration.rate * (after - before)
+        done = step + 1 - start
+        if done % max((end - start) // 50, 1) == 0 and step + 1 < end:
+            self._set_threshold(d)
+            self.calibration.update(done / (end - start), after, d, self._quantile())
+        self._set_threshold(d)
+        self.final = d + self.calibration.rate * (1.0 - after)
 
     def _modules(self) -> list[nn.Module]:
         return [self.modules[n] for n in self.layers]
@@ -128,6 +163,9 @@ class LATSPruner(Pruner):
                 theta.grad.mul_(mask)
 
     def after_step(self, step: int, lr: float) -> None:
+        if self.calibration is not None and not self.fixed_masks:
+            self._calibrated_step(step, lr)
+            return
         start, end = self.window
         if start <= step < end:
             self.lr_accumulated += lr
@@ -142,7 +180,7 @@ class LATSPruner(Pruner):
         o, p = self.options, self.plan
         start, end = self.window
         step = (epoch + 1) * p.steps_per_epoch
-        if o.target_sparsity > 0 and step < end:
+        if o.target_sparsity > 0 and self.calibration is None and step < end:
             self.final = max(magnitude_quantile(self.latents(), o.target_sparsity), 1e-12)
             if o.mode == "init":
                 self._set_threshold(self.final)
@@ -157,22 +195,34 @@ class LATSPruner(Pruner):
                 theta.copy_(soft_threshold(theta, self.threshold))
         self._set_threshold(0.0)
 
+    def lam(self) -> float | None:
+        """Target mode, schedule 'lats': the λ = Δd/η in force now."""
+        if self.calibration is None or self.options.schedule != "lats":
+            return None
+        return self.calibration.rate / max(self._lr_window, 1e-30)
+
     def log_state(self) -> dict:
-        return {"threshold": self.threshold, "threshold_final": self.final}
+        lam = self.lam()
+        return {"threshold": self.threshold, "threshold_final": self.final, **({"lambda": lam} if lam else {})}
 
     def state_dict(self) -> dict:
         return {"threshold": self.threshold, "final": self.final, "lr_accumulated": self.lr_accumulated,
-                "fixed_masks": {k: v.clone() for k, v in self.fixed_masks.items()}}
+                "fixed_masks": {k: v.clone() for k, v in self.fixed_masks.items()},
+                **({"calibration": self.calibration.state_dict()} if self.calibration else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.lr_accumulated = float(state["lr_accumulated"])
         self.final = float(state.get("final", self.options.threshold_final))
         self.fixed_masks = dict(state.get("fixed_masks", {}))
+        if self.calibration is not None and "calibration" in state:
+            self.calibration.load_state_dict(state["calibration"])
         self._set_threshold(float(state["threshold"]))
 
     def summary(self) -> dict:
         o = self.options
+        lam = self.lam()
         return {"schedule": o.schedule, "mode": o.mode, "threshold_final": self.final,
+                **({"lambda": lam} if lam else {}),
                 "sparsity_control": f"target {o.target_sparsity}" if o.target_sparsity > 0 else
                 ("l1_lambda" if o.l1_lambda > 0 else "threshold_final")}
 

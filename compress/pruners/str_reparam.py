@@ -15,9 +15,9 @@ from torch.nn.utils import parametrize
 
 from ..config.prune import STROptions
 from ..selection import get_module
-from ..schedules import cubic_ramp
-from ..sparsity import count_zeros, magnitude_quantile
+from ..schedules import cubic_sparsity
 from .base import Pruner
+from .target import solve_scale, scaled_sparsity
 
 
 class SoftThresholdLearned(nn.Module):
@@ -40,6 +40,8 @@ class STRPruner(Pruner):
         self.options: STROptions = options
         self.s_decay: float | None = None if options.s_weight_decay < 0 else options.s_weight_decay
         self._frozen_thresholds: dict[str, float] | None = None
+        self.initial_sparsity = 0.0   # target mode: the ramp starts where s_init puts it
+        self.scale = 1.0              # target mode: the last factor applied to every s
 
     def attach(self, model: nn.Module, layers: list[str], plan) -> None:
         super().attach(model, layers, plan)
@@ -47,20 +49,14 @@ class STRPruner(Pruner):
             parametrize.register_parametrization(get_module(model, name), "weight",
                                                  SoftThresholdLearned(self.options.s_init))
         if self.options.target_sparsity > 0:
-            self.s_decay = self.calibrated_decay()
+            self.s_decay = 0.0  # the controller takes the decay's place
+            self.initial_sparsity = scaled_sparsity(self._latents(), self._s_values(), 1.0)
 
-    def calibrated_decay(self) -> float:
-        """Target mode's starting decay on s. With only decay acting, s_t = s_0·exp(−wd·Σ η), so
-        reaching s* = logit(g*) by the end of the ramp, g* being the |w| quantile at the target
-        sparsity now, takes wd = ln(s_0 / s*) / Σ_ramp η."""
-        o, plan = self.options, self.plan
-        g = magnitude_quantile((self.modules[n].parametrizations.weight.original for n in self.layers),
-                               o.target_sparsity)
-        s_target = math.log(g / (1 - g)) if 0 < g < 0.5 else -1e-3
-        lr_sum = plan.lr_sum(0, max(int(o.ramp_fraction * plan.total_steps), 1))
-        if not s_target > o.s_init or o.s_init >= 0:
-            return 5e-4
-        return math.log(o.s_init / s_target) / max(lr_sum, 1e-12)
+    def _latents(self) -> list[torch.Tensor]:
+        return [self.modules[n].parametrizations.weight.original for n in self.layers]
+
+    def _s_values(self) -> list[float]:
+        return [float(s.detach()) for s in self._params()]
 
     def _params(self) -> list[nn.Parameter]:
         return [self.modules[n].parametrizations.weight[0].s for n in self.layers]
@@ -73,29 +69,29 @@ class STRPruner(Pruner):
 
     def after_step(self, step: int, lr: float) -> None:
         o, total = self.options, self.plan.total_steps
-        interval = max(total // 100, 1)
-        if o.target_sparsity <= 0 or (step + 1) % interval or step + 1 >= total:
+        if o.target_sparsity <= 0 or ((step + 1) % max(total // 100, 1) and step + 1 < total):
             return
-        wanted = o.target_sparsity * cubic_ramp((step + 1) / (o.ramp_fraction * total))
-        zeros, total_weights = count_zeros(self.modules[n].weight for n in self.layers)
-        group = self._s_group()
-        # Bounded multiplicative feedback: behind the ramp → more decay on s (higher threshold),
-        # ahead → less. Small steps often, because an overshoot to 100% cannot be undone (a fully
-        # pruned layer passes no gradient back to its s).
-        factor = min(max(math.exp(4.0 * (wanted - zeros / total_weights)), 0.8), 1.25)
-        group["weight_decay"] = min(max(group["weight_decay"], 1e-6) * factor, 1.0)
-        self.s_decay = group["weight_decay"]
+        ramp_end = max(int(math.ceil(o.ramp_fraction * total)), 1)
+        wanted = cubic_sparsity(step + 1, 0, ramp_end, o.target_sparsity, self.initial_sparsity)
+        self.scale = solve_scale(self._latents(), self._s_values(), wanted)
+        with torch.no_grad():
+            for s in self._params():
+                s.mul_(self.scale)
 
     def log_state(self) -> dict:
         thresholds = list(self.thresholds().values())
         return {"threshold_mean": sum(thresholds) / len(thresholds),
+                **({"s_scale": self.scale} if self.options.target_sparsity > 0 else {}),
                 **({"s_weight_decay": self.s_decay} if self.s_decay is not None else {})}
 
     def state_dict(self) -> dict:
-        return {"s_decay": -1.0 if self.s_decay is None else self.s_decay}
+        return {"s_decay": -1.0 if self.s_decay is None else self.s_decay,
+                "initial_sparsity": self.initial_sparsity, "scale": self.scale}
 
     def load_state_dict(self, state: dict) -> None:
         self.s_decay = None if state["s_decay"] < 0 else float(state["s_decay"])
+        self.initial_sparsity = float(state.get("initial_sparsity", 0.0))
+        self.scale = float(state.get("scale", 1.0))
         if self.s_decay is not None and self.optimizer is not None:
             self._s_group()["weight_decay"] = self.s_decay
 
