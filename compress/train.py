@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -34,13 +35,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_plan(cfg: TrainConfig, n_train: int, input_shape: tuple[int, ...] | None = None) -> TrainPlan:
+def make_plan(cfg: TrainConfig, n_train: int, input_shape: tuple[int, ...] | None = None,
+              latency_ratio: Callable[[nn.Module, nn.Module], float] | None = None) -> TrainPlan:
     """What the pruner plans over: the pruning phase (epochs − finetune_epochs) and the real LR per step."""
     steps = math.ceil(n_train / cfg.batch_size)
     lr = functools.partial(lr_at, total_steps=cfg.epochs * steps, base_lr=cfg.lr, kind=cfg.lr_schedule,
                            warmup_steps=cfg.warmup_epochs * steps,
                            milestones=tuple(m * steps for m in cfg.lr_milestones), gamma=cfg.lr_gamma)
-    return TrainPlan(cfg.epochs - cfg.finetune_epochs, steps, lr, input_shape)
+    return TrainPlan(cfg.epochs - cfg.finetune_epochs, steps, lr, input_shape, latency_ratio)
 
 
 @torch.no_grad()
@@ -108,19 +110,20 @@ def _tensorboard(out_dir: Path | None):
 
 def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers: list[str], *,
           seed: int = 0, out_dir: Path | None = None, desc: str = "train", progress: bool = True,
-          log_start: bool = False) -> list[dict]:
+          log_start: bool = False, latency_ratio: Callable[[nn.Module, nn.Module], float] | None = None) -> list[dict]:
     """Train `model` with `pruner` attached; returns one metrics dict per epoch.
 
     With `out_dir`, writes metrics.jsonl, checkpoint.pt (and TensorBoard events when tensorboard is
     installed) after every epoch and resumes from an existing checkpoint (weights, optimizer,
     pruner state, epoch). With `log_start`, the first row (epoch 0) is the model as it starts
-    (e.g. given weights), evaluated with the pruner attached, before any step.
+    (e.g. given weights), evaluated with the pruner attached, before any step. `latency_ratio`
+    (see TrainPlan) lets a pruner aim at measured latency.
     """
     device = resolve_device(cfg.device)
     world = distributed.current()
     if cfg.batch_size % world.size:
         raise UserError(f"train.batch_size: {cfg.batch_size} does not split over {world.size} processes")
-    plan = make_plan(cfg, len(data.train), data.input_shape)
+    plan = make_plan(cfg, len(data.train), data.input_shape, latency_ratio)
     pruner.attach(model, layers, plan)
     model.to(device)
     optimizer = _optimizer(model, pruner, cfg)

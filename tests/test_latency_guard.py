@@ -2,6 +2,8 @@
 flags any exported variant slower than dense."""
 import json
 
+import pytest
+
 from safetensors.torch import load_file
 
 from conftest import REPO, cli
@@ -24,7 +26,8 @@ def test_a_cut_that_is_not_fast_enough_is_not_kept_and_the_report_says_so(tmp_pa
     assert not b["latency_check"]["kept"] and b["keep"] == {} and b["not_kept"]["channels_removed"] == a["channels_removed"]
     assert b["latency_check"]["before_ms"] > 0 and b["latency_check"]["after_ms"] > 0
     full, cut = load_file(str(dropped / "frozen" / "sparse.safetensors")), load_file(str(kept / "frozen" / "sparse.safetensors"))
-    assert full["net.1.weight"].shape[0] == 256 > cut["net.1.weight"].shape[0]
+    assert [full[f"net.{i}.weight"].shape[0] for i in (1, 3)] == [256, 256]
+    assert sum(v.numel() for v in full.values()) > sum(v.numel() for v in cut.values())
     report = json.loads((dropped / "report" / "report.json").read_text())
     assert any("uncut model was kept" in w for w in report["warnings"])
     assert "uncut model was kept" in (dropped / "report" / "report.md").read_text()
@@ -35,3 +38,43 @@ def test_variants_slower_than_dense_are_flagged():
                "sparse-compact": {"p50_ms": 1.02, "ratio_vs_dense": 1.02}, "batch_size": 1, "threads": 1}
     warnings = slower_than_dense(latency)
     assert warnings == ["variant sparse is slower than dense: x1.20 p50 at batch 1, 1 thread(s)"]
+
+
+def _widths(folder) -> list[int]:
+    state = load_file(str(folder / "frozen" / "sparse.safetensors"))
+    return [int(v.shape[0]) for k, v in sorted(state.items()) if k.endswith("conv1.weight")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["filter", "greg"])
+def test_latency_target_times_candidate_widths_and_the_cut_model_keeps_them(tmp_path, method):
+    """`latency_target` finds its widths by timing cut copies in onnxruntime when training starts; the
+    freeze stage replays them from the checkpoint (no second timing) and the cut model has them."""
+    run = tmp_path / method
+    res = cli("run", CONFIG, "--out", run, *QUICK, "--set", "model.name='resnet20'", "--set", "train.epochs=1",
+              "--set", "export.compute=false", "--set", "export.compact=false",
+              "--set", f"prune.method='{method}'", "--set", f"prune.{method}.latency_target=2",
+              "--set", "prune.greg.granularity='filter'", "--set", "freeze.latency_check=false")
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads((run / "report" / "report.json").read_text())
+    pruner = report["pruner"]["sparse"] if "sparse" in report["pruner"] else report["pruner"]
+    probes = pruner["latency_probes"]
+    assert len(probes) >= 4 and pruner["latency_target"] == 2
+    assert pruner["latency_ratio_measured"] <= 0.5  # the one chosen measured at or under 1/target
+    chosen = pruner["ratio"] if method == "filter" else pruner["sparsity"]
+    assert all(p["latency_ratio"] > 0.5 for p in probes if p["ratio"] < chosen - 1e-9)  # the least cut that does
+    widths = _widths(run)
+    assert widths and max(widths) < 64  # ResNet-20's 16/32/64 were cut
+    assert (run / "train" / "sparse" / "checkpoint.pt").exists()
+
+
+def test_latency_target_rejects_a_second_target_and_weight_granularity(tmp_path):
+    res = cli("run", CONFIG, "--out", tmp_path / "a", *QUICK, "--set", "prune.method='filter'",
+              "--set", "prune.filter.latency_target=2", "--set", "prune.filter.flops_target=2")
+    assert res.returncode == 2 and "flops_target or latency_target" in res.stderr
+    res = cli("run", CONFIG, "--out", tmp_path / "b", *QUICK, "--set", "prune.method='greg'",
+              "--set", "prune.greg.latency_target=2")
+    assert res.returncode == 2 and "granularity 'filter'" in res.stderr
+    res = cli("run", CONFIG, "--out", tmp_path / "c", *QUICK, "--set", "prune.method='filter'",
+              "--set", "prune.filter.latency_target=0.5")
+    assert res.returncode == 2 and "factor above 1" in res.stderr

@@ -125,8 +125,18 @@ class GRegOptions:
     reg_granularity_pick: float = opt(0.0, "GReg-2: increment while picking (official 1e-5; 0 = derived).", lo=0.0)
     reg_granularity_recover: float = opt(-1e-4, "GReg-2: increment on kept groups after the pick (≤ 0).", hi=0.0)
     stabilize_steps: int = opt(0, "Steps with the full penalty on before removal (official 10000 on CIFAR).", lo=0)
+    latency_target: float = opt(0.0, "Filter mode: instead of `sparsity`, cut the one fraction of every channel "
+                                "group that divides the measured onnxruntime latency by this factor (see "
+                                "prune.filter.latency_target). 0: off.", lo=0.0)
     mag_ratio_limit: float = opt(1000.0, "Filter mode: a layer is also done when mean|kept|/mean|pruned| "
                                  "(EMA 0.9) reaches this.", lo=1.0)
+
+    def check(self, where: str) -> None:
+        if self.latency_target > 0 and self.granularity != "filter":
+            raise UserError(f"{where}.latency_target: only granularity 'filter' removes channels; "
+                            "use sparsity for single weights")
+        if 0 < self.latency_target <= 1:
+            raise UserError(f"{where}.latency_target: expected 0 (off) or a factor above 1, got {self.latency_target}")
 
 
 
@@ -145,6 +155,10 @@ class FilterOptions:
                                          "tables with layer (glob) and ratio.")
     flops_target: float = opt(0.0, "Divide the model's MACs by this factor (e.g. 2.5); one ratio for every group "
                               "not in layer_ratios is found for it. 0: use ratio.", lo=0.0)
+    latency_target: float = opt(0.0, "Divide the model's measured latency by this factor (e.g. 2): one ratio for "
+                                "every group not in layer_ratios is found by timing candidate widths in "
+                                "onnxruntime at [freeze] latency_batch_size / latency_threads before training "
+                                "(NetAdapt-style). 0: off.", lo=0.0)
     importance: Literal["l1", "l2"] = opt("l1", "Channel score: L1 or L2 norm of the producing filters.")
     schedule: Literal["oneshot", "gradual"] = opt("oneshot", "Cut once at prune_after, or gradually (cubic, each "
                                                   "epoch) from prune_after to prune_until.")
@@ -156,6 +170,13 @@ class FilterOptions:
                         lo=1)
     pow2: bool = opt(False, "Keep every cut width a power of two (round_to is then ignored): on our CPU, "
                      "onnxruntime ran such widths far faster than others (README).")
+
+    def check(self, where: str) -> None:
+        if self.flops_target > 0 and self.latency_target > 0:
+            raise UserError(f"{where}.latency_target: set flops_target or latency_target, not both")
+        for name in ("flops_target", "latency_target"):
+            if 0 < getattr(self, name) <= 1:
+                raise UserError(f"{where}.{name}: expected 0 (off) or a factor above 1, got {getattr(self, name)}")
 
 
 

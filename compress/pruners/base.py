@@ -27,6 +27,9 @@ class TrainPlan:
     steps_per_epoch: int
     lr_at: Callable[[int], float]
     input_shape: tuple[int, ...] | None = None  # one sample's shape, for pruners that trace the model
+    # latency_ratio(model, cut) -> cut's / model's measured latency, for latency targets; given by the
+    # caller that knows the runtime (None: not available, e.g. when a stage only replays a checkpoint)
+    latency_ratio: Callable[[nn.Module, nn.Module], float] | None = None
 
     @property
     def total_steps(self) -> int:

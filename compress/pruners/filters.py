@@ -1,7 +1,9 @@
 """Filter (channel) pruning over coupled channel groups, removed physically at freeze.
 
 How much: a ratio per group (`ratio`, overridden by `layer_ratios`), or one ratio found so that
-the model's MACs drop by `flops_target`; never to zero width, optionally keeping multiples of
+the model's MACs drop by `flops_target`, or its measured latency by `latency_target` (candidate
+widths timed in the runtime before training; the widths found are checkpointed, so replaying the
+run does not time again); never to zero width, optionally keeping multiples of
 `round_to` (or powers of two, `pow2`). When: once (`oneshot`, at prune_after) or `gradual` (cubic, every epoch from
 prune_after to prune_until). What: the lowest-importance channels (L1/L2 norm of the producing
 filters, summed over the producers a residual add couples). Dropped channels are zeroed in every
@@ -19,7 +21,7 @@ from torch import nn
 from ..errors import UserError
 from ..config.prune import FilterOptions, L1Options, LayerRatio
 from ..ranking import lowest
-from ..structured import channel_importance, keep_count, macs_with_widths, ratio_for_macs
+from ..structured import channel_importance, keep_counts, macs_with_widths, ratio_for_latency, ratio_for_macs
 from ..schedules import cubic_ramp
 from ..structured import ChannelGroup
 from .base import Pruner
@@ -47,26 +49,31 @@ class FilterPruner(Pruner):
         if o.schedule == "gradual" and o.prune_until <= o.prune_after:
             raise UserError(f"prune.filter.prune_until: expected more than prune_after ({o.prune_after}), "
                             f"got {o.prune_until}")
-        if 0 < o.flops_target <= 1:
-            raise UserError(f"prune.filter.flops_target: expected 0 (off) or a factor above 1, got {o.flops_target}")
+        o.check("prune.filter")
         self.groups, self.whole = selected_groups(model, layers, plan.input_shape, "prune.method 'filter'")
         fixed = {}
         for key, g in self.groups.items():
             rule = next((r for r in o.layer_ratios if any(fnmatch.fnmatch(p, r.layer) for p in g.producers)), None)
             if rule is not None:
                 fixed[key] = rule.ratio
-        ratio = o.ratio
-        if o.flops_target > 0:
-            try:
-                ratio, _, _ = ratio_for_macs(model, list(self.groups.values()), plan.input_shape, o.flops_target,
-                                             o.round_to, fixed, o.pow2)
-            except ValueError as e:
-                raise UserError(f"prune.filter.flops_target: {e}") from None
-        self.final_keep = {k: keep_count(g.size, fixed.get(k, ratio), o.round_to, o.pow2, g.blocks)
-                           for k, g in self.groups.items()}
+        if o.latency_target > 0 and plan.latency_ratio is None:
+            return  # replaying a checkpoint: load_state_dict brings the widths that were measured
+        ratio, found = o.ratio, {}
+        groups = list(self.groups.values())
+        try:
+            if o.flops_target > 0:
+                ratio, _, _ = ratio_for_macs(model, groups, plan.input_shape, o.flops_target, o.round_to, fixed, o.pow2)
+            elif o.latency_target > 0:
+                ratio, measured, probes = ratio_for_latency(model, groups, o.latency_target, plan.latency_ratio,
+                                                            o.round_to, fixed, o.pow2)
+                found = {"latency_ratio_measured": measured, "latency_probes": probes}
+        except ValueError as e:
+            raise UserError(f"prune.filter.{'flops' if o.flops_target > 0 else 'latency'}_target: {e}") from None
+        self.final_keep = keep_counts(groups, ratio, o.round_to, o.pow2, fixed)
         dense = macs_with_widths(model, [], {}, plan.input_shape)
-        after = macs_with_widths(model, list(self.groups.values()), self.final_keep, plan.input_shape)
-        self.planned = {"ratio": ratio, "macs_before": dense, "macs_after": after, "macs_factor": dense / after}
+        after = macs_with_widths(model, groups, self.final_keep, plan.input_shape)
+        self.planned = {"ratio": ratio, "macs_before": dense, "macs_after": after, "macs_factor": dense / after,
+                        **found}
 
     def _cut_epochs(self) -> tuple[int, int]:
         o, epochs = self.options, self.plan.epochs
@@ -78,6 +85,9 @@ class FilterPruner(Pruner):
         start, end = self._cut_epochs()
         if not start <= epoch <= end:
             return
+        if not self.final_keep:
+            raise UserError("prune.filter.latency_target: the widths are timed in onnxruntime when training "
+                            "starts; run it through the pipeline (`sparsepipe run`), which provides the timing")
         progress = cubic_ramp((epoch - start + 1) / (end - start + 1))  # 1 at the last cut
         for key, g in self.groups.items():
             drop = round((g.size - self.final_keep[key]) * progress / g.blocks) * g.blocks  # even per block
@@ -95,14 +105,17 @@ class FilterPruner(Pruner):
         return {"channels_dropped": sum(len(v) for v in self.dropped.values())} if self.dropped else {}
 
     def state_dict(self) -> dict:
-        return {"dropped": dict(self.dropped)}
+        return {"dropped": dict(self.dropped), "final_keep": dict(self.final_keep), "planned": dict(self.planned)}
 
     def load_state_dict(self, state: dict) -> None:
         self.dropped = dict(state["dropped"])
+        self.final_keep = dict(state.get("final_keep", self.final_keep))
+        self.planned = dict(state.get("planned", self.planned))
         self._apply()
 
     def summary(self) -> dict:
-        return {**self.planned, "flops_target": self.options.flops_target, "schedule": self.options.schedule,
+        return {**self.planned, "flops_target": self.options.flops_target,
+                "latency_target": self.options.latency_target, "schedule": self.options.schedule,
                 "groups_cut": sum(1 for v in self.dropped.values() if len(v)), "kept_whole": self.whole,
                 "channels_removed": {k: int(len(v)) for k, v in self.dropped.items()}}
 

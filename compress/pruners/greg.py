@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from ..config.prune import GRegOptions
+from ..errors import UserError
 from ..selection import get_module
-from ..structured import ChannelGroup, channel_importance
+from ..structured import ChannelGroup, channel_importance, ratio_for_latency
 from .base import MaskPruner
 from .channels import selected_groups, zero_dropped
 from .groups import per_row, pick_pruned
@@ -51,6 +52,8 @@ class GRegPruner(MaskPruner):
         self.whole: dict[str, str] = {}             # filter mode: selected groups kept whole, with the reason
         self.producers: dict[str, nn.Module] = {}   # filter mode: every producing layer of the groups
         self.dropped: dict[str, torch.Tensor] = {}
+        self.sparsity = options.sparsity            # filter mode with latency_target: the ratio found
+        self.latency_found: dict = {}
 
     def attach(self, model: nn.Module, layers: list[str], plan) -> None:
         super().attach(model, layers, plan)
@@ -61,6 +64,13 @@ class GRegPruner(MaskPruner):
                                                       "prune.greg (filter granularity)")
             self.units = list(self.groups)
             self.producers = {p: get_module(model, p) for g in self.groups.values() for p in g.producers}
+            if o.latency_target > 0 and plan.latency_ratio is not None:  # else: replayed from a checkpoint
+                try:
+                    self.sparsity, measured, probes = ratio_for_latency(model, list(self.groups.values()),
+                                                                        o.latency_target, plan.latency_ratio)
+                except ValueError as e:
+                    raise UserError(f"prune.greg.latency_target: {e}") from None
+                self.latency_found = {"latency_ratio_measured": measured, "latency_probes": probes}
         steps = max(int((o.reg_by - o.pick_after) * plan.total_steps), o.update_reg_interval)
         updates = max(steps // o.update_reg_interval, 2)
         if o.variant == 1:
@@ -79,7 +89,10 @@ class GRegPruner(MaskPruner):
         return self._weight(unit).detach().abs()
 
     def _pick(self) -> dict[str, torch.Tensor]:
-        return {n: pick_pruned(self._groups(n), self.options.sparsity, self.groups[n].blocks if self.groups else 1)
+        if self.options.latency_target > 0 and not self.latency_found:
+            raise UserError("prune.greg.latency_target: the widths are timed in onnxruntime when training starts; "
+                            "run it through the pipeline (`sparsepipe run`), which provides the timing")
+        return {n: pick_pruned(self._groups(n), self.sparsity, self.groups[n].blocks if self.groups else 1)
                 for n in self.units}
 
     def begin_epoch(self, epoch: int) -> None:
@@ -185,7 +198,7 @@ class GRegPruner(MaskPruner):
                 "l1_pick": dict(self.l1_pick),
                 "done": {k: int(v) for k, v in self.done.items()}, "mag_ratio": dict(self.mag_ratio),
                 "l1_overlap": -1.0 if self.l1_overlap is None else self.l1_overlap,
-                "stable_steps": self.stable_steps}
+                "stable_steps": self.stable_steps, "sparsity": self.sparsity, "latency_found": dict(self.latency_found)}
 
     def load_state_dict(self, state: dict) -> None:
         self.phase = state["phase"]
@@ -194,6 +207,8 @@ class GRegPruner(MaskPruner):
         self.mag_ratio = dict(state["mag_ratio"])
         self.l1_overlap = None if state["l1_overlap"] < 0 else state["l1_overlap"]
         self.stable_steps = int(state["stable_steps"])
+        self.sparsity = float(state.get("sparsity", self.options.sparsity))
+        self.latency_found = dict(state.get("latency_found", {}))
         super().load_state_dict(state)
         if self.groups and self.phase == "finetune":
             self._remove()
@@ -207,4 +222,6 @@ class GRegPruner(MaskPruner):
         return {"variant": f"GReg-{o.variant}", "granularity": o.granularity, "phase_at_end": self.phase,
                 "reg_granularity_prune": self.gran_prune, "l1_overlap": self.l1_overlap,
                 "mag_ratio": dict(self.mag_ratio), "kept_whole": self.whole,
-                "pruned_groups": {n: int(p.sum()) for n, p in self.pruned.items()}}
+                "pruned_groups": {n: int(p.sum()) for n, p in self.pruned.items()},
+                **({"sparsity": self.sparsity, "latency_target": o.latency_target, **self.latency_found}
+                   if o.latency_target > 0 else {})}

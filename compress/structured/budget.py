@@ -1,16 +1,20 @@
-"""How many channels each group keeps: per-group ratios, or one ratio found for a MAC target.
+"""How many channels each group keeps: per-group ratios, or one ratio found for a MAC or latency target.
 
-Pure counting plus a bisection: the MACs of a candidate set of widths are measured on a pruned
-copy of the model, so every layer kind the removal supports is counted the way it will run.
+Pure counting plus a bisection: the MACs (or the measured latency) of a candidate set of widths
+are taken on a pruned copy of the model, so every layer kind the removal supports is counted the
+way it will run. Latency is measured by a function the caller passes in (the runtime lives in
+`deploy`), NetAdapt's point: a target in measured time, not in a proxy.
 """
 from __future__ import annotations
 
 import copy
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 
+from .. import distributed
 from ..flops import count_macs
 from .graph import ChannelGroup
 from .remove import remove_channels
@@ -44,15 +48,75 @@ def group_key(group: ChannelGroup) -> str:
     return group.producers[0]
 
 
-def macs_with_widths(model: nn.Module, groups: list[ChannelGroup], keep: dict[str, int],
-                     input_shape: tuple[int, ...]) -> int:
-    """MACs of one sample after cutting each group to keep[group key] channels (on a copy)."""
+def cut_copy(model: nn.Module, groups: list[ChannelGroup], keep: dict[str, int]) -> nn.Module:
+    """A copy of `model` with each group cut to keep[group key] channels (the first ones: for
+    counting and timing, where only the widths matter)."""
     smaller, groups = copy.deepcopy(model), copy.deepcopy(groups)
     for g in groups:
         k = keep.get(group_key(g), g.size)
         if k < g.size:
-            remove_channels(smaller, g, first_kept(g, k), constants_folded=True)  # counting only
-    return count_macs(smaller, input_shape)["dense"]
+            remove_channels(smaller, g, first_kept(g, k), constants_folded=True)
+    return smaller
+
+
+def macs_with_widths(model: nn.Module, groups: list[ChannelGroup], keep: dict[str, int],
+                     input_shape: tuple[int, ...]) -> int:
+    """MACs of one sample after cutting each group to keep[group key] channels (on a copy)."""
+    return count_macs(cut_copy(model, groups, keep), input_shape)["dense"]
+
+
+def keep_counts(groups: list[ChannelGroup], ratio: float, round_to: int = 1, pow2: bool = False,
+                fixed: dict[str, float] | None = None) -> dict[str, int]:
+    """Channels kept per group key when `ratio` is cut from every group not in `fixed`."""
+    fixed = fixed or {}
+    return {group_key(g): keep_count(g.size, fixed.get(group_key(g), ratio), round_to, pow2, g.blocks)
+            for g in groups}
+
+
+def ratio_for_latency(model: nn.Module, groups: list[ChannelGroup], factor: float,
+                      latency_ratio: Callable[[nn.Module, nn.Module], float], round_to: int = 1,
+                      fixed: dict[str, float] | None = None, pow2: bool = False,
+                      probes: int = 6, _local: bool = False) -> tuple[float, float, list[dict]]:
+    """The smallest ratio, cut from every group not in `fixed`, whose cut model measures at most
+    1/factor of the model's latency. `latency_ratio(model, cut)` times both side by side and returns
+    cut / model. Bisection over the ratio, `probes` measurements; every distinct set of widths is
+    timed once. Returns (ratio, its measured latency ratio, every probe). Raises ValueError when
+    even the deepest cut allowed measures slower than the target. Under torchrun only rank 0 times
+    (the others would share its cores) and every rank gets its answer."""
+    if distributed.current().size > 1 and not _local:
+        found, trail, error = (-1.0, 0.0), [], ""
+        if distributed.current().main:
+            try:
+                ratio, measured, trail = ratio_for_latency(model, groups, factor, latency_ratio, round_to, fixed,
+                                                           pow2, probes, _local=True)
+                found = (ratio, measured)
+            except ValueError as e:
+                error = str(e)
+        ratio, measured = distributed.from_main(list(found))
+        if ratio < 0:
+            raise ValueError(error or f"a {factor:g}x latency reduction is out of reach (measured on rank 0)")
+        return ratio, measured, trail
+    goal = 1.0 / factor
+    measured: dict[tuple, float] = {}
+    trail: list[dict] = []
+
+    def probe(ratio: float) -> float:
+        keep = keep_counts(groups, ratio, round_to, pow2, fixed)
+        widths = tuple(sorted(keep.items()))
+        if widths not in measured:
+            measured[widths] = latency_ratio(model, cut_copy(model, groups, keep))
+            trail.append({"ratio": ratio, "latency_ratio": measured[widths]})
+        return measured[widths]
+
+    hi = 0.999
+    if probe(hi) > goal:
+        raise ValueError(f"a {factor:g}x latency reduction is out of reach: cutting all but one channel "
+                         f"(or round_to) of every prunable group measured {1 / probe(hi):.2f}x")
+    lo = 0.0
+    for _ in range(probes):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if probe(mid) <= goal else (mid, hi)
+    return hi, probe(hi), trail
 
 
 def ratio_for_macs(model: nn.Module, groups: list[ChannelGroup], input_shape: tuple[int, ...], factor: float,
@@ -66,9 +130,7 @@ def ratio_for_macs(model: nn.Module, groups: list[ChannelGroup], input_shape: tu
     goal = dense / factor
 
     def macs(ratio: float) -> int:
-        keep = {group_key(g): keep_count(g.size, fixed.get(group_key(g), ratio), round_to, pow2, g.blocks)
-                for g in groups}
-        return macs_with_widths(model, groups, keep, input_shape)
+        return macs_with_widths(model, groups, keep_counts(groups, ratio, round_to, pow2, fixed), input_shape)
 
     hi = 0.999
     if macs(hi) > goal:

@@ -12,6 +12,7 @@ from torch import nn
 
 from compress import atomic, distributed
 from compress.pruners import Pruner
+from compress.loader import first
 from compress.selection import select_layers
 from compress.sparsity import global_sparsity
 from compress.train import evaluate, train
@@ -37,6 +38,15 @@ def _given_baseline(run: Run, model: nn.Module, folder) -> None:
                         "pruner": Pruner().state_dict(), "history": [row]}, tmp)
 
 
+def _latency_measure(run: Run):
+    """How latency targets time candidate widths: onnxruntime at the freeze stage's batch and threads."""
+    from ..cut_check import latency_ratio_measure
+
+    c = run.cfg.freeze
+    return latency_ratio_measure(first(run.data.test, max(c.latency_batch_size, 2))[0], c.latency_batch_size,
+                                 c.latency_threads)
+
+
 def train_stage(run: Run) -> list[str]:
     out = []
     # chosen afresh: the train/layers.json in place may be from an earlier run with other inputs
@@ -51,7 +61,8 @@ def train_stage(run: Run) -> list[str]:
             _given_baseline(run, model, folder)
         else:
             train(model, pruner, run.data, run.cfg.train, run.layers, seed=run.cfg.seed, out_dir=folder,
-                  desc=f"train {variant}", progress=run.progress, log_start=weights is not None)
+                  desc=f"train {variant}", progress=run.progress, log_start=weights is not None,
+                  latency_ratio=_latency_measure(run))
         out += [f"{variant}/checkpoint.pt", f"{variant}/metrics.jsonl"]
     if distributed.current().main:
         atomic.write_json(run.stage_dir / "layers.json", run.layers)
