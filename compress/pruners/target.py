@@ -13,22 +13,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
-def _drift(history: list[tuple[float, float, float]], settle: float) -> float:
-    """dq/dp by least squares over the (x, p, q) points with x ≥ `settle` (0 with fewer than 3): the
-    first part of training, when weights move fast from their init, would overstate the drift."""
-    recent = [(p, q) for x, p, q in history if x >= settle]
-    if len(recent) < 3:
-        return 0.0
-    n = len(recent)
-    mp = sum(p for p, _ in recent) / n
-    mq = sum(q for _, q in recent) / n
-    var = sum((p - mp) ** 2 for p, _ in recent)
-    if var <= 0:
-        return 0.0
-    return sum((p - mp) * (q - mq) for p, q in recent) / var
+def predict_end(history: list[tuple[float, float, float]], settle: float) -> float:
+    """q at p = 1 from the (x, p, q) points with x ≥ `settle`: the mean of a straight line and a
+    quadratic in p (bounded by the current q and twice the line's rise). Measured at mid-window:
+    on LeNet-5 / full MNIST q accelerated (the line predicted 13% low, the quadratic 1% high),
+    on a digits MLP it did not (the quadratic overshot by 1.2 points of sparsity); the mean kept
+    every case we ran within ±1 point. The current q with fewer than 3 points. Before `settle`,
+    weights move fast from their init and would overstate any trend."""
+    pts = [(p, q) for x, p, q in history if x >= settle]
+    q_now = history[-1][2]
+    if len(pts) < 3:
+        return q_now
+    p_arr, q_arr = np.array([a for a, _ in pts]), np.array([b for _, b in pts])
+    if np.ptp(p_arr) <= 0:
+        return q_now
+    line = float(np.polyval(np.polyfit(p_arr, q_arr, 1), 1.0))
+    if len(pts) < 6:
+        return max(line, q_now)
+    quad = float(np.polyval(np.polyfit(p_arr, q_arr, 2), 1.0))
+    quad = min(max(quad, q_now), q_now + 2 * max(line - q_now, 0.0))
+    return max((line + quad) / 2, q_now)
 
 
 @dataclass
@@ -37,9 +45,9 @@ class RateCalibration:
     window (Ση so far / Σ_window η for schedule 'lats', so K/Σ_window η is λ).
 
     Before `hold_after` (a fraction of the window's steps) each update sets K so that d reaches the
-    predicted end-of-window quantile q_end = q + (dq/dp)(1 − p), the drift dq/dp fitted from
-    `settle` of the window on (before it, q_end = q: an early fit front-loads the threshold and
-    cost 6 points of accuracy on a short LeNet-5 run); after `hold_after` K stays within
+    predicted end-of-window quantile (`predict_end`, fitted from `settle` of the window on; before
+    it q_end = q: an early fit front-loads the threshold and cost 6 points of accuracy on a short
+    LeNet-5 run); after `hold_after` K stays within
     `band` of the value it had, so λ varies by at most (1 + band)² over the rest of the window.
     """
     target: float
@@ -54,7 +62,7 @@ class RateCalibration:
         """New K from window progress x (steps), schedule progress p, threshold d and quantile q now."""
         self.history.append((x, p, q))
         remaining = max(1.0 - p, 1e-9)
-        predicted = max(q + _drift(self.history, self.settle) * remaining, d)
+        predicted = max(predict_end(self.history, self.settle), d)
         wanted = (predicted - d) / remaining
         if x < self.hold_after or self.rate <= 0:
             self.rate = wanted
