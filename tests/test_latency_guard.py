@@ -54,15 +54,15 @@ def test_latency_target_times_candidate_widths_and_the_cut_model_keeps_them(tmp_
     res = cli("run", CONFIG, "--out", run, *QUICK, "--set", "model.name='resnet20'", "--set", "train.epochs=1",
               "--set", "export.compute=false", "--set", "export.compact=false",
               "--set", f"prune.method='{method}'", "--set", f"prune.{method}.latency_target=2",
-              "--set", "prune.greg.granularity='filter'", "--set", "freeze.latency_check=false")
+              "--set", "prune.greg.granularity='filter'", "--set", "freeze.latency_check=false",
+              *(["--set", "prune.filter.pow2=true"] if method == "filter" else []))
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads((run / "report" / "report.json").read_text())
     pruner = report["pruner"]["sparse"] if "sparse" in report["pruner"] else report["pruner"]
     probes = pruner["latency_probes"]
     assert len(probes) >= 4 and pruner["latency_target"] == 2
-    assert pruner["latency_ratio_measured"] <= 0.5  # the one chosen measured at or under 1/target
-    chosen = pruner["ratio"] if method == "filter" else pruner["sparsity"]
-    assert all(p["latency_ratio"] > 0.5 for p in probes if p["ratio"] < chosen - 1e-9)  # the least cut that does
+    assert pruner["latency_ratio_measured"] <= 0.5  # the widths chosen measured at or under 1/target
+    assert pruner["latency_ratio_measured"] in [p["latency_ratio"] for p in probes]
     widths = _widths(run)
     assert widths and max(widths) < 64  # ResNet-20's 16/32/64 were cut
     assert (run / "train" / "sparse" / "checkpoint.pt").exists()
@@ -78,3 +78,34 @@ def test_latency_target_rejects_a_second_target_and_weight_granularity(tmp_path)
     res = cli("run", CONFIG, "--out", tmp_path / "c", *QUICK, "--set", "prune.method='filter'",
               "--set", "prune.filter.latency_target=0.5")
     assert res.returncode == 2 and "factor above 1" in res.stderr
+
+
+def test_widths_for_latency_searches_every_rounding_and_keeps_the_most_channels_under_the_goal():
+    """With a latency that is exactly the MAC ratio, the search must land on a cut measuring at most 1/3
+    and keep more channels than any other rounding's best."""
+    import torch
+
+    from compress.flops import count_macs
+    from compress.models import build_model, ModelConfig
+    from compress.structured import channel_groups, widths_for_latency
+    from compress.structured.budget import ROUNDINGS, keep_counts
+
+    model = build_model(ModelConfig(name="resnet20"), (1, 8, 8), 10).eval()
+    groups = [g for g in channel_groups(model, torch.zeros(2, 1, 8, 8)) if g.prunable]
+    dense = count_macs(model, (1, 8, 8))["dense"]
+    calls = []
+
+    def mac_ratio(reference, cut):
+        calls.append(1)
+        return count_macs(cut, (1, 8, 8))["dense"] / dense
+
+    found = widths_for_latency(model, groups, 3.0, mac_ratio)
+    assert found["latency_ratio"] <= 1 / 3 and len(calls) == len(found["probes"])
+    assert {(p["round_to"], p["pow2"]) for p in found["probes"]} == set(ROUNDINGS)
+    under = [p for p in found["probes"] if p["latency_ratio"] <= 1 / 3]
+    kept = lambda p: sum(keep_counts(groups, p["ratio"], p["round_to"], p["pow2"]).values())  # noqa: E731
+    assert sum(found["keep"].values()) == max(kept(p) for p in under)
+    only_pow2 = widths_for_latency(model, groups, 3.0, mac_ratio, pow2=True)
+    assert {p["pow2"] for p in only_pow2["probes"]} == {True}
+    with pytest.raises(ValueError, match="out of reach"):
+        widths_for_latency(model, groups, 1e6, mac_ratio)

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import UserError
 from ..config.prune import FilterOptions, L1Options, LayerRatio
 from ..ranking import lowest
-from ..structured import channel_importance, keep_counts, macs_with_widths, ratio_for_latency, ratio_for_macs
+from ..structured import channel_importance, keep_counts, macs_with_widths, ratio_for_macs, widths_for_latency
 from ..schedules import cubic_ramp
 from ..structured import ChannelGroup
 from .base import Pruner
@@ -64,12 +64,16 @@ class FilterPruner(Pruner):
             if o.flops_target > 0:
                 ratio, _, _ = ratio_for_macs(model, groups, plan.input_shape, o.flops_target, o.round_to, fixed, o.pow2)
             elif o.latency_target > 0:
-                ratio, measured, probes = ratio_for_latency(model, groups, o.latency_target, plan.latency_ratio,
-                                                            o.round_to, fixed, o.pow2)
-                found = {"latency_ratio_measured": measured, "latency_probes": probes}
+                found = widths_for_latency(model, groups, o.latency_target, plan.latency_ratio, o.round_to, fixed,
+                                           o.pow2)
         except ValueError as e:
             raise UserError(f"prune.filter.{'flops' if o.flops_target > 0 else 'latency'}_target: {e}") from None
-        self.final_keep = keep_counts(groups, ratio, o.round_to, o.pow2, fixed)
+        if found:
+            ratio, self.final_keep = found["ratio"], found["keep"]
+            found = {"latency_ratio_measured": found["latency_ratio"], "round_to_found": found["round_to"],
+                     "pow2_found": found["pow2"], "latency_probes": found["probes"]}
+        else:
+            self.final_keep = keep_counts(groups, ratio, o.round_to, o.pow2, fixed)
         dense = macs_with_widths(model, [], {}, plan.input_shape)
         after = macs_with_widths(model, groups, self.final_keep, plan.input_shape)
         self.planned = {"ratio": ratio, "macs_before": dense, "macs_after": after, "macs_factor": dense / after,

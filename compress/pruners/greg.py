@@ -23,9 +23,10 @@ from torch import nn
 from ..config.prune import GRegOptions
 from ..errors import UserError
 from ..selection import get_module
-from ..structured import ChannelGroup, channel_importance, ratio_for_latency
+from ..structured import ChannelGroup, channel_importance, widths_for_latency
 from .base import MaskPruner
 from .channels import selected_groups, zero_dropped
+from ..ranking import lowest_mask
 from .groups import per_row, pick_pruned
 
 PHASES = ("dense", "pick", "prune", "stabilize", "finetune")
@@ -52,7 +53,7 @@ class GRegPruner(MaskPruner):
         self.whole: dict[str, str] = {}             # filter mode: selected groups kept whole, with the reason
         self.producers: dict[str, nn.Module] = {}   # filter mode: every producing layer of the groups
         self.dropped: dict[str, torch.Tensor] = {}
-        self.sparsity = options.sparsity            # filter mode with latency_target: the ratio found
+        self.keep: dict[str, int] = {}              # filter mode with latency_target: channels kept per group
         self.latency_found: dict = {}
 
     def attach(self, model: nn.Module, layers: list[str], plan) -> None:
@@ -66,11 +67,14 @@ class GRegPruner(MaskPruner):
             self.producers = {p: get_module(model, p) for g in self.groups.values() for p in g.producers}
             if o.latency_target > 0 and plan.latency_ratio is not None:  # else: replayed from a checkpoint
                 try:
-                    self.sparsity, measured, probes = ratio_for_latency(model, list(self.groups.values()),
-                                                                        o.latency_target, plan.latency_ratio)
+                    found = widths_for_latency(model, list(self.groups.values()), o.latency_target,
+                                               plan.latency_ratio)
                 except ValueError as e:
                     raise UserError(f"prune.greg.latency_target: {e}") from None
-                self.latency_found = {"latency_ratio_measured": measured, "latency_probes": probes}
+                self.keep = found["keep"]
+                self.latency_found = {"latency_ratio_measured": found["latency_ratio"], "ratio": found["ratio"],
+                                      "round_to_found": found["round_to"], "pow2_found": found["pow2"],
+                                      "latency_probes": found["probes"]}
         steps = max(int((o.reg_by - o.pick_after) * plan.total_steps), o.update_reg_interval)
         updates = max(steps // o.update_reg_interval, 2)
         if o.variant == 1:
@@ -92,7 +96,10 @@ class GRegPruner(MaskPruner):
         if self.options.latency_target > 0 and not self.latency_found:
             raise UserError("prune.greg.latency_target: the widths are timed in onnxruntime when training starts; "
                             "run it through the pipeline (`sparsepipe run`), which provides the timing")
-        return {n: pick_pruned(self._groups(n), self.sparsity, self.groups[n].blocks if self.groups else 1)
+        if self.keep:  # widths found for a latency target
+            return {n: lowest_mask(self._groups(n), self.groups[n].size - self.keep[n], self.groups[n].blocks)
+                    for n in self.units}
+        return {n: pick_pruned(self._groups(n), self.options.sparsity, self.groups[n].blocks if self.groups else 1)
                 for n in self.units}
 
     def begin_epoch(self, epoch: int) -> None:
@@ -198,7 +205,7 @@ class GRegPruner(MaskPruner):
                 "l1_pick": dict(self.l1_pick),
                 "done": {k: int(v) for k, v in self.done.items()}, "mag_ratio": dict(self.mag_ratio),
                 "l1_overlap": -1.0 if self.l1_overlap is None else self.l1_overlap,
-                "stable_steps": self.stable_steps, "sparsity": self.sparsity, "latency_found": dict(self.latency_found)}
+                "stable_steps": self.stable_steps, "keep": dict(self.keep), "latency_found": dict(self.latency_found)}
 
     def load_state_dict(self, state: dict) -> None:
         self.phase = state["phase"]
@@ -207,7 +214,7 @@ class GRegPruner(MaskPruner):
         self.mag_ratio = dict(state["mag_ratio"])
         self.l1_overlap = None if state["l1_overlap"] < 0 else state["l1_overlap"]
         self.stable_steps = int(state["stable_steps"])
-        self.sparsity = float(state.get("sparsity", self.options.sparsity))
+        self.keep = {k: int(v) for k, v in state.get("keep", {}).items()}
         self.latency_found = dict(state.get("latency_found", {}))
         super().load_state_dict(state)
         if self.groups and self.phase == "finetune":
@@ -223,5 +230,4 @@ class GRegPruner(MaskPruner):
                 "reg_granularity_prune": self.gran_prune, "l1_overlap": self.l1_overlap,
                 "mag_ratio": dict(self.mag_ratio), "kept_whole": self.whole,
                 "pruned_groups": {n: int(p.sum()) for n, p in self.pruned.items()},
-                **({"sparsity": self.sparsity, "latency_target": o.latency_target, **self.latency_found}
-                   if o.latency_target > 0 else {})}
+                **({"latency_target": o.latency_target, **self.latency_found} if o.latency_target > 0 else {})}

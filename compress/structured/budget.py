@@ -73,50 +73,65 @@ def keep_counts(groups: list[ChannelGroup], ratio: float, round_to: int = 1, pow
             for g in groups}
 
 
-def ratio_for_latency(model: nn.Module, groups: list[ChannelGroup], factor: float,
-                      latency_ratio: Callable[[nn.Module, nn.Module], float], round_to: int = 1,
-                      fixed: dict[str, float] | None = None, pow2: bool = False,
-                      probes: int = 6, _local: bool = False) -> tuple[float, float, list[dict]]:
-    """The smallest ratio, cut from every group not in `fixed`, whose cut model measures at most
-    1/factor of the model's latency. `latency_ratio(model, cut)` times both side by side and returns
-    cut / model. Bisection over the ratio, `probes` measurements; every distinct set of widths is
-    timed once. Returns (ratio, its measured latency ratio, every probe). Raises ValueError when
-    even the deepest cut allowed measures slower than the target. Under torchrun only rank 0 times
-    (the others would share its cores) and every rank gets its answer."""
+ROUNDINGS = ((1, False), (8, False), (16, False), (1, True))  # (round_to, pow2) tried by default
+
+
+def widths_for_latency(model: nn.Module, groups: list[ChannelGroup], factor: float,
+                       latency_ratio: Callable[[nn.Module, nn.Module], float], round_to: int = 1,
+                       fixed: dict[str, float] | None = None, pow2: bool = False,
+                       probes: int = 6, _local: bool = False) -> dict:
+    """Widths whose cut model measures at most 1/factor of the model's latency, cutting one ratio
+    from every group not in `fixed`. `latency_ratio(model, cut)` times both side by side and returns
+    cut / model. Latency jumps with the widths (a runtime runs some much faster than their
+    neighbours), so unless `round_to` or `pow2` is given, four roundings are searched — any width,
+    multiples of 8, of 16, powers of two — each by bisection over the ratio (`probes` timings;
+    each distinct set of widths timed once); of every set that measured under the goal, the one
+    keeping the most channels wins. Returns {"keep": group key → channels, "ratio", "round_to",
+    "pow2", "latency_ratio", "probes"}. Raises ValueError when no cut measures under the goal.
+    Under torchrun only rank 0 times (the others would share its cores); every rank gets its answer."""
     if distributed.current().size > 1 and not _local:
-        found, trail, error = (-1.0, 0.0), [], ""
+        keys = [group_key(g) for g in groups]
+        flat, found, error = [-1.0, 0.0, 0.0, 0.0] + [0.0] * len(keys), None, ""
         if distributed.current().main:
             try:
-                ratio, measured, trail = ratio_for_latency(model, groups, factor, latency_ratio, round_to, fixed,
-                                                           pow2, probes, _local=True)
-                found = (ratio, measured)
+                found = widths_for_latency(model, groups, factor, latency_ratio, round_to, fixed, pow2, probes,
+                                           _local=True)
+                flat = [found["ratio"], found["round_to"], float(found["pow2"]), found["latency_ratio"]] + \
+                       [float(found["keep"][k]) for k in keys]
             except ValueError as e:
                 error = str(e)
-        ratio, measured = distributed.from_main(list(found))
-        if ratio < 0:
+        flat = distributed.from_main(flat)
+        if flat[0] < 0:
             raise ValueError(error or f"a {factor:g}x latency reduction is out of reach (measured on rank 0)")
-        return ratio, measured, trail
+        return found or {"ratio": flat[0], "round_to": int(flat[1]), "pow2": bool(flat[2]),
+                         "latency_ratio": flat[3], "keep": {k: int(v) for k, v in zip(keys, flat[4:])},
+                         "probes": []}
     goal = 1.0 / factor
-    measured: dict[tuple, float] = {}
-    trail: list[dict] = []
+    measured: dict[tuple, dict] = {}
 
-    def probe(ratio: float) -> float:
-        keep = keep_counts(groups, ratio, round_to, pow2, fixed)
+    def probe(ratio: float, rounding: tuple[int, bool]) -> float:
+        keep = keep_counts(groups, ratio, rounding[0], rounding[1], fixed)
         widths = tuple(sorted(keep.items()))
         if widths not in measured:
-            measured[widths] = latency_ratio(model, cut_copy(model, groups, keep))
-            trail.append({"ratio": ratio, "latency_ratio": measured[widths]})
-        return measured[widths]
+            measured[widths] = {"ratio": ratio, "round_to": rounding[0], "pow2": rounding[1], "keep": keep,
+                                "latency_ratio": latency_ratio(model, cut_copy(model, groups, keep))}
+        return measured[widths]["latency_ratio"]
 
-    hi = 0.999
-    if probe(hi) > goal:
-        raise ValueError(f"a {factor:g}x latency reduction is out of reach: cutting all but one channel "
-                         f"(or round_to) of every prunable group measured {1 / probe(hi):.2f}x")
-    lo = 0.0
-    for _ in range(probes):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if probe(mid) <= goal else (mid, hi)
-    return hi, probe(hi), trail
+    for rounding in ((round_to, pow2),) if round_to > 1 or pow2 else ROUNDINGS:
+        lo, hi = 0.0, 0.999
+        if probe(hi, rounding) > goal:
+            continue
+        for _ in range(probes):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if probe(mid, rounding) <= goal else (mid, hi)
+    under = [m for m in measured.values() if m["latency_ratio"] <= goal]
+    if not under:
+        deepest = min(m["latency_ratio"] for m in measured.values())
+        raise ValueError(f"a {factor:g}x latency reduction is out of reach: the deepest cut measured "
+                         f"{1 / deepest:.2f}x")
+    best = max(under, key=lambda m: (sum(m["keep"].values()), -m["latency_ratio"]))
+    trail = [{k: m[k] for k in ("ratio", "round_to", "pow2", "latency_ratio")} for m in measured.values()]
+    return {**best, "probes": trail}
 
 
 def ratio_for_macs(model: nn.Module, groups: list[ChannelGroup], input_shape: tuple[int, ...], factor: float,
