@@ -101,20 +101,24 @@ def test_lats_target_mode_holds_its_rate_over_the_last_half(digits, schedule):
         assert pruner.summary()["lambda"] == pytest.approx(seen[-1], rel=1e-6)
 
 
-def test_str_target_mode_keeps_the_learned_layer_proportions(digits):
-    """Every 1% of training all s are scaled by one factor: the per-layer thresholds move together."""
+def test_str_target_mode_keeps_the_learned_layer_differences(digits):
+    """Every 1% of training all s are shifted by one amount: the per-layer thresholds move together,
+    and past sigmoid(0) = 0.5 when the target needs it."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="mlp"), digits.input_shape, digits.num_classes)
-    pruner = STRPruner(STROptions(target_sparsity=0.9))
+    pruner = STRPruner(STROptions(target_sparsity=0.999, ramp_fraction=0.01))
     layers = select_layers(model, LayerRule())
     pruner.attach(model, layers, plan(epochs=2, steps=50))
     with torch.no_grad():
         for k, s in enumerate(pruner._params()):
             s.fill_(-4.0 - k)
+        for n in layers:  # weights larger than 0.5: a threshold below sigmoid(0) cannot reach 99.9%
+            pruner.modules[n].parametrizations.weight.original.mul_(3)
     pruner.after_step(0, 0.1)
     after = [float(s.detach()) for s in pruner._params()]
-    assert pruner.scale != 1.0
-    assert [a / (-4.0 - k) for k, a in enumerate(after)] == pytest.approx([pruner.scale] * len(after))
+    assert pruner.shift > 4.0 and max(float(torch.sigmoid(torch.tensor(a))) for a in after) > 0.5
+    assert [a - (-4.0 - k) for k, a in enumerate(after)] == pytest.approx([pruner.shift] * len(after))
+    assert global_sparsity(model, layers) == pytest.approx(0.999, abs=0.002)
 
 
 # ---- STR ----

@@ -17,6 +17,7 @@ stopped benchmark keeps what it measured), summary.md (mean ± std per cell) and
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import sys
@@ -162,6 +163,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default="../shared/data/mnist")
     p.add_argument("--train-limit", type=int, default=0)
     p.add_argument("--out", type=Path)
+    p.add_argument("--update", action="store_true",
+                   help="keep the rows already in OUT/results.json except those of the methods run now")
     args = p.parse_args(argv)
     out = args.out or Path("results") / f"fair-{args.experiment}"
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +182,9 @@ def main(argv=None) -> int:
     if args.experiment == "greg":
         meta.update(penalty_epochs=args.penalty_epochs, finetune_epochs=args.finetune_epochs,
                     finetune_lr=args.finetune_lr, stabilize_steps=steps_per_epoch)
+    if args.update and (out / "results.json").exists():
+        old = json.loads((out / "results.json").read_text())
+        meta["rows"] = [r for r in old["rows"] if r["method"] not in methods]
     dense: dict[tuple[str, int], dict] = {}
     jobs = [(model, target, method, seed) for model, target in cells for method in methods for seed in seeds]
     for model, target, method, seed in tqdm(jobs, desc=args.experiment):

@@ -96,8 +96,8 @@ class STROptions:
                         "ImageNet; short or small runs need about -5..-10.")
     s_weight_decay: float = opt(-1.0, "Weight decay on s (negative: the same as train.weight_decay).")
     target_sparsity: float = opt(0.0, "Target global sparsity (0 = off): instead of a fixed decay on s, every "
-                                 "1% of training all s are scaled by the one factor (a decay step) that puts "
-                                 "sparsity on a cubic ramp to the target; layers keep their learned proportions.",
+                                 "1% of training all s are shifted by the one amount that puts sparsity on a "
+                                 "cubic ramp to the target; layers keep their learned differences.",
                                  lo=0.0, hi=1.0, hi_open=True)
     ramp_fraction: float = opt(0.75, "Target mode: fraction of the epochs over which sparsity ramps "
                                "(cubic) to the target.", lo=0.0, hi=1.0, lo_open=True)

@@ -17,7 +17,7 @@ from ..config.prune import STROptions
 from ..selection import get_module
 from ..schedules import cubic_sparsity
 from .base import Pruner
-from .target import solve_scale, scaled_sparsity
+from .target import shifted_sparsity, solve_shift
 
 
 class SoftThresholdLearned(nn.Module):
@@ -44,7 +44,7 @@ class STRPruner(Pruner):
         self.s_decay: float | None = None if options.s_weight_decay < 0 else options.s_weight_decay
         self._frozen_thresholds: dict[str, float] | None = None
         self.initial_sparsity = 0.0   # target mode: the ramp starts where s_init puts it
-        self.scale = 1.0              # target mode: the last factor applied to every s
+        self.shift = 0.0              # target mode: the last shift applied to every s
 
     def attach(self, model: nn.Module, layers: list[str], plan) -> None:
         super().attach(model, layers, plan)
@@ -53,7 +53,7 @@ class STRPruner(Pruner):
                                                  SoftThresholdLearned(self.options.s_init))
         if self.options.target_sparsity > 0:
             self.s_decay = 0.0  # the controller takes the decay's place
-            self.initial_sparsity = scaled_sparsity(self._latents(), self._s_values(), 1.0)
+            self.initial_sparsity = shifted_sparsity(self._latents(), self._s_values(), 0.0)
 
     def _latents(self) -> list[torch.Tensor]:
         return [self.modules[n].parametrizations.weight.original for n in self.layers]
@@ -76,25 +76,25 @@ class STRPruner(Pruner):
             return
         ramp_end = max(int(math.ceil(o.ramp_fraction * total)), 1)
         wanted = cubic_sparsity(step + 1, 0, ramp_end, o.target_sparsity, self.initial_sparsity)
-        self.scale = solve_scale(self._latents(), self._s_values(), wanted)
+        self.shift = solve_shift(self._latents(), self._s_values(), wanted)
         with torch.no_grad():
             for s in self._params():
-                s.mul_(self.scale)
+                s.add_(self.shift)
 
     def log_state(self) -> dict:
         thresholds = list(self.thresholds().values())
         return {"threshold_mean": sum(thresholds) / len(thresholds),
-                **({"s_scale": self.scale} if self.options.target_sparsity > 0 else {}),
+                **({"s_shift": self.shift} if self.options.target_sparsity > 0 else {}),
                 **({"s_weight_decay": self.s_decay} if self.s_decay is not None else {})}
 
     def state_dict(self) -> dict:
         return {"s_decay": -1.0 if self.s_decay is None else self.s_decay,
-                "initial_sparsity": self.initial_sparsity, "scale": self.scale}
+                "initial_sparsity": self.initial_sparsity, "shift": self.shift}
 
     def load_state_dict(self, state: dict) -> None:
         self.s_decay = None if state["s_decay"] < 0 else float(state["s_decay"])
         self.initial_sparsity = float(state.get("initial_sparsity", 0.0))
-        self.scale = float(state.get("scale", 1.0))
+        self.shift = float(state.get("shift", 0.0))
         if self.s_decay is not None and self.optimizer is not None:
             self._s_group()["weight_decay"] = self.s_decay
 

@@ -6,8 +6,8 @@ that rate while the first part of the pruning window runs (predicting where the 
 target will be when the window ends) and then holds it, allowing only a small correction band.
 
 STR learns one threshold per layer; weight decay on s is what raises them. Its target mode picks,
-every interval, the one multiplicative step s ← r·s (what a decay of 1 − r does) that puts the
-global sparsity on a cubic ramp to the target, so the layers keep their learned proportions.
+every interval, the one common shift s ← s + c that puts the global sparsity on a cubic ramp to
+the target, so the layers keep their learned differences.
 """
 from __future__ import annotations
 
@@ -83,36 +83,38 @@ class RateCalibration:
 
 
 @torch.no_grad()
-def sparsity_after_scaling(sorted_abs: list[torch.Tensor], s: list[float], r: float) -> float:
-    """Global fraction of weights with |θ| ≤ sigmoid(r·s_l) in their layer (STR's pruned set)."""
+def sparsity_after_shift(sorted_abs: list[torch.Tensor], s: list[float], c: float) -> float:
+    """Global fraction of weights with |θ| ≤ sigmoid(s_l + c) in their layer (STR's pruned set)."""
     pruned = total = 0
     for values, s_l in zip(sorted_abs, s):
-        tau = torch.sigmoid(torch.tensor(r * s_l, dtype=values.dtype))
+        tau = torch.sigmoid(torch.tensor(s_l + c, dtype=torch.float64)).to(values.dtype)
         pruned += int(torch.searchsorted(values, tau, right=True))
         total += values.numel()
     return pruned / max(total, 1)
 
 
 @torch.no_grad()
-def scaled_sparsity(latents: list[torch.Tensor], s: list[float], r: float) -> float:
-    """Global sparsity with every layer's s scaled by r."""
-    return sparsity_after_scaling([t.detach().abs().flatten().sort().values for t in latents], s, r)
+def shifted_sparsity(latents: list[torch.Tensor], s: list[float], c: float) -> float:
+    """Global sparsity with every layer's s shifted by c."""
+    return sparsity_after_shift([t.detach().abs().flatten().sort().values for t in latents], s, c)
 
 
 @torch.no_grad()
-def solve_scale(latents: list[torch.Tensor], s: list[float], wanted: float,
-                lo: float = 1e-3, hi: float = 4.0, iters: int = 40) -> float:
-    """The r for which scaling every layer's s by r gives global sparsity `wanted` (bisection; the
-    sparsity falls as r grows, since s < 0). Clamped to [lo, hi]."""
+def solve_shift(latents: list[torch.Tensor], s: list[float], wanted: float,
+                lo: float = -30.0, hi: float = 30.0, iters: int = 40) -> float:
+    """The c for which shifting every layer's s by c gives global sparsity `wanted` (bisection; the
+    sparsity grows with c). A shift keeps the layers' differences in s, so their thresholds keep
+    the order and odds ratios the loss taught them, and unlike a scaling toward 0 it can raise a
+    threshold past sigmoid(0) = 0.5 (needed above ~99% on LeNet-5). Clamped to [lo, hi]."""
     sorted_abs = [t.detach().abs().flatten().sort().values for t in latents]
-    if sparsity_after_scaling(sorted_abs, s, hi) >= wanted:
-        return hi
-    if sparsity_after_scaling(sorted_abs, s, lo) <= wanted:
+    if sparsity_after_shift(sorted_abs, s, lo) >= wanted:
         return lo
+    if sparsity_after_shift(sorted_abs, s, hi) <= wanted:
+        return hi
     for _ in range(iters):
-        mid = (lo * hi) ** 0.5
-        if sparsity_after_scaling(sorted_abs, s, mid) > wanted:
+        mid = (lo + hi) / 2
+        if sparsity_after_shift(sorted_abs, s, mid) < wanted:
             lo = mid
         else:
             hi = mid
-    return (lo * hi) ** 0.5
+    return hi
