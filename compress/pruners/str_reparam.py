@@ -28,10 +28,9 @@ class SoftThresholdLearned(nn.Module):
         self.s = nn.Parameter(torch.tensor(float(s_init)))
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
-        # sign(θ)·ReLU(|θ| − τ) as θ − clamp(θ, −τ, τ): the same values (+0.0 where pruned) and the
-        # same gradients (1 above the threshold, 0 below; −sign(θ) to τ), in two kernels instead of five
-        tau = torch.sigmoid(self.s)
-        return theta - torch.clamp(theta, -tau, tau)
+        # not θ − clamp(θ, −τ, τ) as in LATS: with a learned τ, clamp's backward to its tensor bounds
+        # measured 4-10x slower than this (LeNet-5's 120×400 layer, 1 thread)
+        return torch.sign(theta) * torch.relu(theta.abs() - torch.sigmoid(self.s))
 
 
 class STRPruner(Pruner):
