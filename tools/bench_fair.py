@@ -39,11 +39,14 @@ from compress.models import ModelConfig, build_model  # noqa: E402
 from compress.pruners import Pruner, build_pruner  # noqa: E402
 from compress.selection import select_layers  # noqa: E402
 from compress.sparsity import global_sparsity  # noqa: E402
+from compress.structured import channel_groups, harvest_channels, ratio_for_macs  # noqa: E402
+from compress.flops import count_macs  # noqa: E402
 from compress.train import train  # noqa: E402
 from deploy.export import export_onnx  # noqa: E402
 from deploy.latency import make_session  # noqa: E402
 
-MODELS = {"lenet5": ModelConfig(name="lenet5"), "lenet300": ModelConfig(name="mlp", hidden=[300, 100])}
+MODELS = {"lenet5": ModelConfig(name="lenet5"), "lenet300": ModelConfig(name="mlp", hidden=[300, 100]),
+          "resnet20": ModelConfig(name="resnet20")}
 WEIGHT_DECAY = {"lats": 3.0517578125e-5, "str": 2.251757813e-5, "gmp": 5e-4, "magnitude": 5e-4,
                 "dense": 5e-4, "greg1": 5e-4, "greg2": 5e-4, "l1": 5e-4}
 
@@ -58,13 +61,15 @@ def sparse_config(method: str, sparsity: float) -> PruneConfig:
 
 
 def greg_config(method: str, sparsity: float, penalty_epochs: int, finetune_epochs: int,
-                stabilize_steps: int) -> tuple[PruneConfig, int]:
-    """(config, epochs): L1 cuts at step 0 and fine-tunes; GReg regularises first, then the same fine-tuning."""
+                stabilize_steps: int, granularity: str = "weight") -> tuple[PruneConfig, int]:
+    """(config, epochs): L1 cuts at step 0 and fine-tunes; GReg regularises first, then the same fine-tuning.
+    `sparsity` is the fraction of groups (weights, or channels of every channel group) removed."""
     if method == "l1":
         cfg = PruneConfig(method="l1")
-        cfg.l1.sparsity, cfg.l1.prune_after = sparsity, 0.0
+        cfg.l1.sparsity, cfg.l1.prune_after, cfg.l1.granularity = sparsity, 0.0, granularity
         return cfg, finetune_epochs
     cfg = PruneConfig(method="greg")
+    cfg.greg.granularity = granularity
     epochs = penalty_epochs + finetune_epochs
     cfg.greg.variant, cfg.greg.sparsity, cfg.greg.pick_after = int(method[-1]), sparsity, 0.0
     cfg.greg.stabilize_steps = stabilize_steps
@@ -85,11 +90,16 @@ def run_one(model_cfg: ModelConfig, data, cfg: PruneConfig, epochs: int, lr: flo
           seed=seed, progress=False)
     seconds = time.perf_counter() - start
     frozen = pruner.freeze().eval()
+    macs_dense = count_macs(frozen, data.input_shape)["dense"]
+    if cfg.method in ("l1", "greg") and getattr(getattr(cfg, cfg.method), "granularity", "") == "filter":
+        harvest_channels(frozen, channel_groups(frozen, torch.zeros(2, *data.input_shape)), data.input_shape)
+    macs_ratio = count_macs(frozen, data.input_shape)["dense"] / macs_dense
     path = out / "model.onnx"
     export_onnx(frozen, data.test.x[:8], path)
     acc = accuracy(make_session(path), data)
     path.unlink()
-    return {"accuracy": acc, "sparsity": global_sparsity(frozen, layers), "train_seconds": seconds,
+    return {"accuracy": acc, "sparsity": global_sparsity(frozen, layers) if macs_ratio == 1 else 0.0,
+            "macs_ratio": macs_ratio, "train_seconds": seconds,
             "state": {k: v.clone() for k, v in frozen.state_dict().items()}}
 
 
@@ -152,6 +162,8 @@ def main(argv=None) -> int:
     p.add_argument("experiment", choices=["sparse", "greg"])
     p.add_argument("--models", default="lenet5,lenet300")
     p.add_argument("--sparsities", default="0.98,0.99,0.995")
+    p.add_argument("--granularity", choices=["weight", "filter"], default="weight",
+                   help="greg: filter = channels; --sparsities are then MAC reduction factors (e.g. 2,3,5,10)")
     p.add_argument("--extra", default="lenet5:0.95", help="more (model:sparsity) cells, comma separated")
     p.add_argument("--methods", default="")
     p.add_argument("--seeds", default="0,1,2")
@@ -175,7 +187,7 @@ def main(argv=None) -> int:
     cells = [(m, float(s)) for m in args.models.split(",") for s in args.sparsities.split(",")]
     cells += [(c.split(":")[0], float(c.split(":")[1])) for c in args.extra.split(",") if c]
     steps_per_epoch = -(-len(data.train) // 128)
-    meta = {"experiment": args.experiment, "data": "MNIST", "train_samples": len(data.train),
+    meta = {"experiment": args.experiment, "granularity": args.granularity, "data": "MNIST", "train_samples": len(data.train),
             "test_samples": len(data.test), "epochs": args.epochs, "lr": args.lr, "batch_size": 128,
             "weight_decay": WEIGHT_DECAY, "seeds": seeds, "machine": platform.platform(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": []}
@@ -198,7 +210,13 @@ def main(argv=None) -> int:
                 dense[model, seed] = d
                 meta["rows"].append({"model": model, "target": 0.0, "method": "dense", "seed": seed,
                                      **{k: v for k, v in d.items() if k != "state"}})
-            cfg, epochs = greg_config(method, target, args.penalty_epochs, args.finetune_epochs, steps_per_epoch)
+            fraction = target
+            if args.granularity == "filter":  # the one channel fraction that divides the MACs by `target`
+                probe = build_model(model_cfg, data.input_shape, data.num_classes)
+                groups = [g for g in channel_groups(probe, torch.zeros(2, *data.input_shape)) if g.prunable]
+                fraction = ratio_for_macs(probe, groups, data.input_shape, target)[0]
+            cfg, epochs = greg_config(method, fraction, args.penalty_epochs, args.finetune_epochs, steps_per_epoch,
+                                      args.granularity)
             row = run_one(model_cfg, data, cfg, epochs, args.finetune_lr, WEIGHT_DECAY[method], seed,
                           dense[model, seed]["state"], out)
         row.pop("state")
