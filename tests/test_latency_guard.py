@@ -49,19 +49,21 @@ def _widths(folder) -> list[int]:
 @pytest.mark.parametrize("method", ["filter", "greg"])
 def test_latency_target_times_candidate_widths_and_the_cut_model_keeps_them(tmp_path, method):
     """`latency_target` finds its widths by timing cut copies in onnxruntime when training starts; the
-    freeze stage replays them from the checkpoint (no second timing) and the cut model has them."""
+    freeze stage replays them from the checkpoint (no second timing) and the cut model has them.
+    The factor is 1.4: on 8x8 digits ResNet-20 is mostly per-op overhead, and a loaded CI machine
+    measured its deepest cut at only 1.91x (this machine: about 3x)."""
     run = tmp_path / method
     res = cli("run", CONFIG, "--out", run, *QUICK, "--set", "model.name='resnet20'", "--set", "train.epochs=1",
               "--set", "export.compute=false", "--set", "export.compact=false",
-              "--set", f"prune.method='{method}'", "--set", f"prune.{method}.latency_target=2",
+              "--set", f"prune.method='{method}'", "--set", f"prune.{method}.latency_target=1.4",
               "--set", "prune.greg.granularity='filter'", "--set", "freeze.latency_check=false",
               *(["--set", "prune.filter.pow2=true"] if method == "filter" else []))
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads((run / "report" / "report.json").read_text())
     pruner = report["pruner"]["sparse"] if "sparse" in report["pruner"] else report["pruner"]
     probes = pruner["latency_probes"]
-    assert len(probes) >= 4 and pruner["latency_target"] == 2
-    assert pruner["latency_ratio_measured"] <= 0.5  # the widths chosen measured at or under 1/target
+    assert len(probes) >= 3 and pruner["latency_target"] == 1.4
+    assert pruner["latency_ratio_measured"] <= 1 / 1.4  # the widths chosen measured at or under 1/target
     assert pruner["latency_ratio_measured"] in [p["latency_ratio"] for p in probes]
     widths = _widths(run)
     assert widths and max(widths) < 64  # ResNet-20's 16/32/64 were cut

@@ -254,6 +254,25 @@ def test_greg2_filter_mode_ends_with_channels_cut_out(digits):
     assert hidden == [32, 32]  # half of every hidden layer's neurons physically gone, the logits whole
 
 
+def test_greg_filter_mode_finishes_when_a_width_target_leaves_a_layer_whole(digits):
+    """A latency target can keep every channel of a layer (its rounding lands on the full width); the
+    prune phase must pass over that layer, not take the max of its empty pruned set."""
+    model, layers = mlp(64)
+
+    class WholeFirst(GRegPruner):
+        def _pick(self):
+            picked = super()._pick()
+            first = next(iter(picked))
+            picked[first] = torch.zeros_like(picked[first])
+            return picked
+
+    pruner = WholeFirst(GRegOptions(variant=2, granularity="filter", sparsity=0.5, pick_after=0.25))
+    history = train(model, pruner, digits, TrainConfig(epochs=8), layers, progress=False)
+    assert history[-1]["phase"] == "finetune"
+    first, second = (pruner.pruned[n] for n in pruner.units)
+    assert not first.any() and second.any()
+
+
 def test_pick_pruned_keeps_at_least_one_group():
     scores = torch.tensor([3.0, 1.0, 2.0])
     assert pick_pruned(scores, 0.99).tolist() == [False, True, True]  # n−1 at most: the best group stays

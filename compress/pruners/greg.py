@@ -161,6 +161,9 @@ class GRegPruner(MaskPruner):
             if self.done[n]:
                 continue
             reg, pruned = self.reg[n], self.pruned[n]
+            if not bool(pruned.any()):  # a layer its width target leaves whole: nothing to push down
+                self.done[n] = True
+                continue
             reg[pruned] += self.gran_prune
             if o.variant == 2:  # kept groups: the recover penalty (≤ 0), as in the paper and the official code
                 reg[~pruned] = o.reg_granularity_recover
