@@ -1,5 +1,7 @@
 """What each pruner's hooks cost per training step: LeNet-5 on MNIST, 1 thread, the same batches,
-median of 3 repetitions of 60 steps each, against a dense step (no pruner). JSON + PNG.
+repetitions of 60 steps each, the methods taking turns within each repetition so that a slow spell
+of the machine hits all of them alike; the ratio to a dense step (no pruner) is taken within each
+repetition, and its median reported. JSON.
 
     .venv/bin/python tools/bench_hooks.py --mnist ../shared/data/mnist
 """
@@ -58,16 +60,24 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "hooks")
     args = p.parse_args()
     torch.set_num_threads(1)
     data = load_data("mnist", str(args.mnist.resolve()), train_limit=6400)
     x, y = data.train.x, data.train.y
-    times = {m: statistics.median(step_time(m, x, y, args.steps) for _ in range(3)) for m in METHODS}
-    ratios = {m: times[m] / times["dense"] for m in METHODS}
+    runs: dict[str, list[float]] = {m: [] for m in METHODS}
+    for _ in range(args.repeats):
+        for m in METHODS:
+            runs[m].append(step_time(m, x, y, args.steps))
+    times = {m: statistics.median(runs[m]) for m in METHODS}
+    # each repetition's ratio against the dense run beside it, then the median: the machine's slow
+    # and fast spells (±5% here between minutes) cancel within a repetition
+    ratios = {m: statistics.median(t / d for t, d in zip(runs[m], runs["dense"])) for m in METHODS}
     for m in METHODS:
         print(f"{m:10s} {1000 * times[m]:.2f} ms/step  x{ratios[m]:.3f}")
     atomic.write_json(args.out / "results.json", {"machine": platform.platform(), "threads": 1, "batch": 64,
+                                                  "repeats": args.repeats, "steps": args.steps,
                                                   "ms_per_step": {m: 1000 * t for m, t in times.items()},
                                                   "ratio_vs_dense": ratios})
 
