@@ -147,6 +147,27 @@ def test_str_learns_different_per_layer_sparsity(digits):
     assert not any(parametrize.is_parametrized(model.get_submodule(n)) for n in layers)
 
 
+@pytest.mark.parametrize("shape", [(120, 400), (6, 1, 5, 5)])
+def test_str_threshold_function_equals_the_papers_formula_in_value_and_gradient(shape):
+    """The hand-written backward must give what autograd gives for sign(θ)·ReLU(|θ| − sigmoid(s)),
+    including at θ = 0 and exactly at the threshold."""
+    from compress.pruners.str_reparam import _SoftThreshold
+    torch.manual_seed(0)
+    theta, s = torch.randn(shape, dtype=torch.float64) * 0.5, torch.tensor(-0.4, dtype=torch.float64)
+    theta.view(-1)[0], theta.view(-1)[1] = 0.0, float(torch.sigmoid(s))
+    grad = torch.randn(shape, dtype=torch.float64)
+    results = []
+    for f in (lambda t, v: torch.sign(t) * torch.relu(t.abs() - torch.sigmoid(v)), _SoftThreshold.apply):
+        t, v = theta.clone().requires_grad_(), s.clone().requires_grad_()
+        out = f(t, v)
+        out.backward(grad)
+        results.append((out.detach(), t.grad, v.grad))
+    (ref, ref_t, ref_s), (ours, ours_t, ours_s) = results
+    assert torch.equal(ref, ours) and torch.equal(ref_t, ours_t)
+    assert float(ours_s) == pytest.approx(float(ref_s), rel=1e-12)
+    assert ours.view(-1)[:2].eq(0).all() and ours_t.view(-1)[:2].eq(0).all()
+
+
 def test_str_s_has_its_own_weight_decay(digits):
     model, layers = mlp()
     pruner = STRPruner(STROptions(s_weight_decay=0.123))
