@@ -210,3 +210,81 @@ def test_the_harvest_cuts_grouped_channels_evenly_and_exactly():
     assert model.b.weight.shape == (28, 8, 3, 3) and model.c.in_channels == 28
     with torch.no_grad():
         assert (model(x) - want).abs().max() < 1e-5
+
+
+class TokenBlock(nn.Module):
+    """A ConvNeXt block in miniature: channels-last through a permute, a LayerNorm over the channels,
+    an MLP, a per-channel layer scale and a position embedding, a residual back in channels-first."""
+    def __init__(self, shift: bool = False):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.pos = nn.Parameter(torch.randn(8, 8, 16))
+        self.norm = nn.LayerNorm(16)
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.scale = nn.Parameter(torch.rand(16) + 0.5)
+        self.head = nn.Linear(16, 3)
+        self.shift = shift
+
+    def forward(self, x):
+        s = self.stem(x)
+        t = s.permute(0, 2, 3, 1) + self.pos
+        t = torch.sigmoid(t) if self.shift else t
+        y = self.fc2(nn.functional.gelu(self.fc1(self.norm(t)))) * self.scale
+        return self.head((y.permute(0, 3, 1, 2) + s).mean((2, 3)))
+
+
+def test_a_layernorm_stream_is_cut_exactly_with_removed_channels_counted_as_zeros(tmp_path):
+    import onnxruntime as ort
+
+    from compress.structured.norm import NormWithRemoved
+    from deploy.export import export_onnx
+    torch.manual_seed(0)
+    model, x = TokenBlock().eval(), torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5), model.norm.bias.uniform_(-0.5, 0.5)
+    stream = next(g for g in channel_groups(model, x) if "stem" in g.producers)
+    assert stream.prunable and set(stream.producers) == {"stem", "fc2"}
+    assert stream.passthrough == ["norm"] and {t for t, _ in stream.parameters} == {"pos", "scale"}
+    cut, refused, diff = cut_vs_masked(model, x)
+    assert cut == 2 and refused == 0 and diff < 1e-5
+    # cut twice: the second cut finds the wrapped norm and is still exact against the twice-masked model
+    smaller, masked = copy.deepcopy(model), copy.deepcopy(model)
+    for keep in (torch.tensor([0, 2, 3, 5, 7, 8, 9, 11, 12, 15]), torch.tensor([1, 2, 4, 5, 8, 9])):
+        group = next(g for g in channel_groups(smaller, x) if "stem" in g.producers)
+        same = next(g for g in channel_groups(masked, x) if "stem" in g.producers)
+        full = torch.arange(same.size)
+        kept_before = full if group.size == same.size else kept
+        kept = kept_before[keep]
+        zero_channels(masked, same, torch.tensor(sorted(set(full.tolist()) - set(kept.tolist()))))
+        remove_channels(smaller, group, keep)
+    assert isinstance(smaller.norm, NormWithRemoved) and smaller.norm.width == 6 and smaller.pos.shape == (8, 8, 6)
+    with torch.no_grad():
+        want, got = masked(x), smaller(x)
+    assert (got - want).abs().max() < 1e-5 * want.abs().max()
+    # and it exports: onnxruntime gives the same answer
+    export_onnx(smaller, x[:1], tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})[0]
+    assert abs(out - got[:1].numpy()).max() < 1e-4
+
+
+def test_a_layernorm_over_channels_that_carry_a_constant_blocks():
+    groups = channel_groups(TokenBlock(shift=True).eval(), torch.randn(2, 1, 8, 8))
+    stream = next(g for g in groups if "stem" in g.producers)
+    assert not stream.prunable and any("norm normalises channels that carry" in b for b in stream.blockers)
+
+
+@pytest.mark.slow
+def test_convnext_loses_as_many_macs_as_a_plain_cnn_and_stays_exact():
+    import torchvision
+
+    from compress.flops import count_macs
+    torch.manual_seed(0)
+    model, x = torchvision.models.get_model("convnext_tiny", weights=None).eval(), torch.randn(2, 3, 64, 64)
+    before = count_macs(model, x.shape[1:])["dense"]
+    cut, refused, diff = cut_vs_masked(model, x)
+    smaller = copy.deepcopy(model)
+    for g in [g for g in channel_groups(smaller, x) if g.prunable]:
+        remove_channels(smaller, g, first_kept(g, keep_count(g.size, 0.3, blocks=g.blocks)))
+    assert refused == 0 and diff < 1e-4 and cut >= 22
+    assert 1 - count_macs(smaller, x.shape[1:])["dense"] / before >= 0.45

@@ -5,6 +5,11 @@ Each model runs in a child process with a time limit (random weights, BatchNorm 
 non-trivial; 64x64 input, 96 for inception_v3, 224 for the vision transformers). "exact": the cut model's output equals
 the model with those channels zeroed (relative difference < 1e-4).
 
+With --torch-pruning, Torch-Pruning (`pip install torch-pruning`) runs beside it on the same model,
+input and ratio, in its own child process: its generic call (MetaPruner, L1 magnitude importance,
+pruning_ratio 0.3 per layer, the classifier ignored, nothing model-specific), one step; "works"
+when the pruned model runs; MACs are counted by our counter on both, so the medians compare.
+
     .venv/bin/python tools/bench_torchvision_sweep.py            # writes results/torchvision-sweep/
 """
 from __future__ import annotations
@@ -21,16 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def child(name: str) -> dict:
-    import copy
-    from collections import Counter
-
+def model_and_input(name: str):
+    """The torchvision model `name` (random weights, seeded; BatchNorm statistics made non-trivial) in
+    eval mode, and the input it is swept at."""
     import torch
     import torchvision
-
-    from compress.flops import count_macs
-    from compress.structured import channel_groups, remove_channels, zero_channels
-    from compress.structured.budget import first_kept, keep_count
 
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
@@ -39,7 +39,38 @@ def child(name: str) -> dict:
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
     size = 224 if any(k in name for k in ("vit", "swin", "maxvit")) else 96 if "inception" in name else 64
-    x = torch.randn(2, 3, size, size)
+    return model, torch.randn(2, 3, size, size)
+
+
+def child_torch_pruning(name: str) -> dict:
+    """Torch-Pruning's generic call on `name`: its MAC reduction at ratio 0.3, counted by our counter."""
+    import torch
+    import torch_pruning as tp
+
+    from compress.flops import count_macs
+
+    model, x = model_and_input(name)
+    before = count_macs(model, x.shape[1:])["dense"]
+    ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000]
+    pruner = tp.pruner.MetaPruner(model, x[:1], importance=tp.importance.MagnitudeImportance(p=1),
+                                  pruning_ratio=0.3, ignored_layers=ignored)
+    pruner.step()
+    with torch.no_grad():
+        model(x)
+    return {"status": "works", "mac_reduction": 1 - count_macs(model, x.shape[1:])["dense"] / before}
+
+
+def child(name: str) -> dict:
+    import copy
+    from collections import Counter
+
+    import torch
+
+    from compress.flops import count_macs
+    from compress.structured import channel_groups, remove_channels, zero_channels
+    from compress.structured.budget import first_kept, keep_count
+
+    model, x = model_and_input(name)
     groups = channel_groups(model, x)
     prunable = [g for g in groups if g.prunable]
     params = sum(p.numel() for p in model.parameters())
@@ -91,10 +122,15 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "results" / "torchvision-sweep")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds per model")
     p.add_argument("--models", default="", help="comma-separated subset (default: every classification model)")
+    p.add_argument("--torch-pruning", action="store_true", help="run Torch-Pruning beside it on every model")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--child-tp", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args.child)))
+        return
+    if args.child_tp:
+        print(json.dumps(child_torch_pruning(args.child_tp)))
         return
     import torchvision
     from tqdm import tqdm
@@ -104,26 +140,60 @@ def main() -> None:
     names = args.models.split(",") if args.models else torchvision.models.list_models(module=torchvision.models)
     rows = []
     for name in tqdm(names, desc="models"):
-        t0 = time.perf_counter()
-        try:
-            res = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True, text=True,
-                                 timeout=args.timeout)
-            if res.returncode == 0:
-                row = json.loads(res.stdout.strip().splitlines()[-1])
-            else:
-                last = (res.stderr.strip().splitlines() or ["?"])[-1]
-                row = {"model": name, "status": "crash", "error": last[:300]}
-        except subprocess.TimeoutExpired:
-            row = {"model": name, "status": "timeout"}
-        row["seconds"] = round(time.perf_counter() - t0, 1)
+        row = {"model": name, **in_child("--child", name, args.timeout)}
+        if args.torch_pruning:
+            row["torch_pruning"] = in_child("--child-tp", name, args.timeout)
         rows.append(row)
-        tqdm.write(f"{name}: {row['status']} {100 * row.get('mac_reduction', 0):.0f}% {row.get('top_blockers', '')}")
-        counts = {s: sum(r["status"] == s for r in rows) for s in ("exact", "refused", "crash", "wrong", "timeout")}
-        reductions = sorted(r["mac_reduction"] for r in rows if "mac_reduction" in r)
-        atomic.write_json(args.out / "results.json", {
-            "machine": platform.platform(), "ratio": 0.3, "counts": counts,
-            "median_mac_reduction": reductions[len(reductions) // 2] if reductions else None, "rows": rows})
+        tp = row.get("torch_pruning", {})
+        tqdm.write(f"{name}: {row['status']} {100 * row.get('mac_reduction', 0):.0f}% {row.get('top_blockers', '')}"
+                   + (f" | Torch-Pruning: {tp['status']} {100 * tp.get('mac_reduction', 0):.0f}%" if tp else ""))
+        atomic.write_json(args.out / "results.json", summary(rows))
     plot(rows, args.out / "sweep.png")
+
+
+def in_child(flag: str, name: str, timeout: float) -> dict:
+    """One child process's JSON answer, or {"status": "crash" | "timeout"}, with its seconds."""
+    t0 = time.perf_counter()
+    try:
+        res = subprocess.run([sys.executable, __file__, flag, name], capture_output=True, text=True, timeout=timeout)
+        if res.returncode == 0:
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+            row.pop("model", None)
+        else:
+            last = (res.stderr.strip().splitlines() or ["?"])[-1]
+            row = {"status": "crash", "error": last[:300]}
+    except subprocess.TimeoutExpired:
+        row = {"status": "timeout"}
+    return {**row, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def median(values: list[float]) -> float | None:
+    values = sorted(values)
+    n = len(values)
+    return None if not n else values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def summary(rows: list[dict]) -> dict:
+    """Counts and medians; with Torch-Pruning beside it, both medians over the models where both work."""
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("exact", "refused", "crash", "wrong", "timeout")}
+    out = {"machine": platform.platform(), "ratio": 0.3, "counts": counts,
+           "median_mac_reduction": median([r["mac_reduction"] for r in rows if "mac_reduction" in r])}
+    if any("torch_pruning" in r for r in rows):
+        tp = [r["torch_pruning"] for r in rows if "torch_pruning" in r]
+        both = [r for r in rows if r["status"] == "exact" and r.get("torch_pruning", {}).get("status") == "works"]
+        out["torch_pruning"] = {
+            "version": torch_pruning_version(),
+            "counts": {s: sum(t["status"] == s for t in tp) for s in ("works", "crash", "timeout")},
+            "both_work": len(both),
+            "median_mac_reduction_where_both_work": {
+                "sparsepipe": median([r["mac_reduction"] for r in both]),
+                "torch_pruning": median([r["torch_pruning"]["mac_reduction"] for r in both])}}
+    return {**out, "rows": rows}
+
+
+def torch_pruning_version() -> str:
+    from importlib.metadata import version
+    return version("torch-pruning")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ activations, dropout, pooling (channel axis 1 only) and depthwise convs pass the
 (their per-channel parameters join it); a residual add merges the groups of its operands (an
 operand that is an untracked tensor blocks: it is not a scalar); flatten of a channel-major
 tensor passes the group on with a spatial factor (the Linear after it consumes channel c as inputs
-c·k … c·k+k−1); a concatenation along the channel axis lays several groups side by side, and
+c·k … c·k+k−1); a permute moves the channel axis; a LayerNorm over the channel axis passes the
+group through (the cut model counts removed channels as zeros in its statistics, see norm.py); a
+parameter added or multiplied along the channel axis (ConvNeXt's layer scale, a position
+embedding) joins the group; a concatenation along the channel axis lays several groups side by side, and
 every module reading it records which groups come before (`ChannelGroup.offset`). Activations
 with f(0) ≠ 0 (sigmoid, hardsigmoid) are recorded in `ChannelGroup.shifts`: a removed channel then
 carried a constant, so a cut is exact only with that constant folded (the freeze stage's harvest
@@ -25,6 +28,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from .norm import NormWithRemoved, norm_axis
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -55,6 +60,7 @@ class ChannelGroup:
     producers: list[str] = field(default_factory=list)     # Conv2d / Linear whose output rows are these channels
     passthrough: list[str] = field(default_factory=list)   # BatchNorm / depthwise conv: per-channel params
     consumers: list[tuple[str, int]] = field(default_factory=list)  # (Conv2d / Linear, inputs per channel)
+    parameters: list[tuple[str, int]] = field(default_factory=list)  # (parameter, its channel dim) added or multiplied
     blockers: list[str] = field(default_factory=list)      # why it must stay whole
     shifts: list[str] = field(default_factory=list)        # ops with f(0) != 0 between producers and consumers
     blocks: int = 1  # a grouped conv reads or writes these channels in this many equal blocks: cut evenly
@@ -94,7 +100,7 @@ class _Groups:
         if ra == rb:
             return ra
         ga, gb = self.groups.pop(rb), self.groups[ra]
-        for attr in ("producers", "passthrough", "consumers", "blockers", "shifts"):
+        for attr in ("producers", "passthrough", "consumers", "parameters", "blockers", "shifts"):
             getattr(gb, attr).extend(getattr(ga, attr))
         gb.before.update(ga.before)
         if ga.size != gb.size:
@@ -106,10 +112,17 @@ class _Groups:
         return ra
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with LayerNorm-like modules kept whole (their axis is known as a module)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (nn.LayerNorm, NormWithRemoved)) or super().is_leaf_module(m, qualname)
+
+
 def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
     """The channel groups of `model` for inputs shaped like `example` ([B, C, ...] or [B, F])."""
     try:
-        traced = fx.symbolic_trace(model)
+        traced = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as e:  # data-dependent control flow and the like
         raise ValueError(f"cannot trace {type(model).__name__} with torch.fx: {str(e).splitlines()[0]}") from None
     try:
@@ -215,6 +228,17 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
                     follow(node, first, reset=True)
                 elif first in label:
                     block(node, f"{node.target} normalises axis 1, not the channel axis {axis[first]}")
+            elif norm_axis(m) is not None:
+                if first in label and axis[first] == norm_axis(m) % ndim(first) and \
+                        all(per == 1 for _, per in label[first]):
+                    if shifted.get(first):  # the statistics would see the constant, not a zero
+                        block(node, f"{node.target} normalises channels that carry {shifted[first]}")
+                    else:
+                        join(node.target, label[first], "passthrough")
+                        follow(node, first, reset=True)
+                elif first in label:
+                    block(node, f"{node.target} ({type(m).__name__}) normalises axis "
+                                f"{norm_axis(m) % ndim(first)}, not the channel axis {axis[first]}")
             elif isinstance(m, ELEMENTWISE_MODULES) or type(m).__name__ == "StochasticDepth":
                 follow(node, first)  # stochastic depth scales whole samples: a zero channel stays zero
             elif isinstance(m, SHIFT_MODULES):
@@ -243,6 +267,11 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
                         (shifted.get(a) and shifted.get(b))
                 elif len(tensors) == 1 and tensors[0] in label:
                     follow(node, tensors[0], shift=f"{node.name} (+ a constant)" if kind == "add" else None)
+                elif len(tensors) == 2 and sum(t in label for t in tensors) == 1 and \
+                        any(t.op == "get_attr" for t in tensors if t not in label):
+                    x = next(t for t in tensors if t in label)
+                    _parameter(g, node, x, next(t for t in tensors if t not in label), kind, label, axis, shifted,
+                               block)
                 elif inputs:
                     block(node, f"{kind} {node.name} of a channel tensor and an untracked tensor")
             elif fn in CAT or (method and fn == "cat"):
@@ -257,6 +286,10 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
                     follow(node, first)
                 elif inputs:
                     block(node, f"pooling {node.name} over the channel axis")
+            elif fn in (torch.permute, "permute") and first in label:
+                dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) \
+                    else node.args[1:] or node.kwargs.get("dims")
+                label[node], axis[node] = label[first], [d % len(dims) for d in dims].index(axis[first])
             elif fn in (torch.flatten, "flatten") or (method and fn in ("view", "reshape")):
                 _flatten(node, first, label, axis, block)
             elif fn in (torch.mean, "mean") and first in label:
@@ -331,3 +364,28 @@ def _mean(node: fx.Node, src: fx.Node, label: dict, axis: dict, block) -> None:
         return
     label[node] = label[src]
     axis[node] = axis[src] if keep else axis[src] - sum(d < axis[src] for d in dims)
+
+
+def _parameter(g: _Groups, node: fx.Node, x: fx.Node, p: fx.Node, kind: str, label: dict, axis: dict,
+               shifted: dict, block) -> None:
+    """x + p or x * p with p a parameter (get_attr). Broadcast along the channel axis (size 1 there, or
+    too few dims to reach it) p is a constant: a product keeps removed channels zero, a sum shifts
+    them. With one entry per channel (ConvNeXt's layer scale [C, 1, 1], ViT's position embedding
+    [1, T, C]) p joins the groups along that dim: the masked model zeroes those entries too."""
+    shape, nd = p.meta["tensor_meta"].shape, len(x.meta["tensor_meta"].shape)
+    dim = axis[x] - (nd - len(shape))
+    label[node], axis[node] = label[x], axis[x]
+    if dim < 0 or shape[dim] == 1:
+        shifted[node] = shifted.get(x) or (f"{node.name} (+ a constant)" if kind == "add" else None)
+        return
+    segs = label[x]
+    if shape[dim] != sum(g.get(gid).size for gid, _ in segs) or any(per != 1 for _, per in segs):
+        block(node, f"{kind} {node.name} of a channel tensor and parameter {p.target} of shape {list(shape)}")
+        return
+    for i, (gid, _) in enumerate(segs):
+        grp = g.get(gid)
+        grp.parameters.append((p.target, dim))
+        if i:
+            grp.before[p.target] = list(segs[:i])
+    # a product with a zeroed entry is zero whatever x carried; a sum keeps what x carried
+    shifted[node] = shifted.get(x) if kind == "add" else None

@@ -1,8 +1,9 @@
 """Cut channels out of every module of a group (physically smaller layers), or zero them (the mask).
 
 `zero_channels` gives the masked model the removal must reproduce: producers' output rows and
-biases and the passthrough per-channel parameters (BatchNorm γ and β, depthwise filters) are set
-to exact zeros, so those channels carry exact zeros to every consumer.
+biases, the passthrough per-channel parameters (BatchNorm and LayerNorm γ and β, depthwise
+filters) and the parameters added or multiplied along the channel axis are set to exact zeros, so
+those channels carry exact zeros to every consumer.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from .graph import CONV, ChannelGroup
+from .norm import keep_norm_channels, norm_axis
 
 
 def _index(t: torch.Tensor, keep: torch.Tensor, dim: int) -> nn.Parameter | torch.Tensor:
@@ -42,6 +44,14 @@ def zero_channels(model: nn.Module, group: ChannelGroup, drop: torch.Tensor) -> 
         m.weight[at] = 0
         if m.bias is not None:
             m.bias[at] = 0
+    for target, dim in group.parameters:
+        at = group.offset(target) + torch.as_tensor(drop, dtype=torch.long)
+        _get_parameter(model, target).index_fill_(dim, at, 0)
+
+
+def _get_parameter(model: nn.Module, target: str) -> torch.Tensor:
+    owner, _, attr = target.rpartition(".")
+    return getattr(model.get_submodule(owner), attr)
 
 
 @torch.no_grad()
@@ -66,7 +76,8 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor, c
     if group.shifts and not constants_folded and len(keep) < group.size:
         raise ValueError(f"group of {group.producers}: removed channels would carry a constant through "
                          f"{group.shifts[0]}; cut it with the harvest (which folds constants) or not at all")
-    names = [*group.producers, *group.passthrough, *(n for n, _ in group.consumers)]
+    names = [*group.producers, *group.passthrough, *(n for n, _ in group.consumers),
+             *(t.rpartition(".")[0] for t, _ in group.parameters)]
     saved = {n: copy.deepcopy(model.get_submodule(n)) for n in dict.fromkeys(names)}
     try:
         _cut(model, group, keep)
@@ -95,12 +106,19 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
             if m.bias is not None:
                 m.bias = _index(m.bias, rows, 0)
             m.in_channels = m.out_channels = m.groups = len(rows)
+        elif norm_axis(m) is not None:  # removed channels stay in its statistics as zeros
+            model.set_submodule(name, keep_norm_channels(m, rows))
         else:
             for attr in ("weight", "bias", "running_mean", "running_var"):
                 t = getattr(m, attr)
                 if t is not None:
                     setattr(m, attr, _index(t, rows, 0))
             m.num_features = len(rows)
+    for target, dim in group.parameters:
+        owner, _, attr = target.rpartition(".")
+        t = _get_parameter(model, target)
+        setattr(model.get_submodule(owner), attr,
+                _index(t, _span(t.shape[dim], group.offset(target), group.size, keep), dim))
     for name, per_channel in group.consumers:
         m = model.get_submodule(name)
         if isinstance(m, CONV) and m.groups > 1:  # each block of rows reads its own block of inputs

@@ -1,0 +1,67 @@
+"""LayerNorm over a channel axis that lost channels: the removed ones still count, as zeros.
+
+A LayerNorm normalises over all its channels, so cutting channels out of its input changes the
+mean and variance of the ones that stay. In the masked model a removed channel is an exact zero
+that still takes part in those statistics; `NormWithRemoved` reproduces that exactly by padding
+its input with as many zeros as were removed, normalising at the original width, and keeping the
+first channels. Its inner norm keeps the original width with its γ and β reordered so that the
+kept channels come first (the statistics do not depend on the order).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def norm_axis(m: nn.Module) -> int | None:
+    """The channel axis a LayerNorm-like module normalises over (−1: the last; 1: torchvision's
+    channels-first LayerNorm2d), or None when it is not one over a single axis."""
+    if isinstance(m, NormWithRemoved):
+        return m.axis
+    if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1 and m.elementwise_affine:
+        if type(m) is nn.LayerNorm:
+            return -1
+        if type(m).__name__ == "LayerNorm2d" and type(m).__module__.startswith("torchvision."):
+            return 1
+    return None
+
+
+class NormWithRemoved(nn.Module):
+    """`inner` (a LayerNorm of the original width, kept channels first) applied to the kept channels
+    with zeros standing in for the removed ones."""
+
+    def __init__(self, inner: nn.LayerNorm, axis: int, width: int):
+        super().__init__()
+        self.inner, self.axis, self.width = inner, axis, width
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """γ of the kept channels (a view: writing to it writes the inner norm's)."""
+        return self.inner.weight[: self.width]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return None if self.inner.bias is None else self.inner.bias[: self.width]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axis = self.axis % x.dim()
+        missing = self.inner.normalized_shape[0] - self.width
+        padded = nn.functional.pad(x, [0, 0] * (x.dim() - 1 - axis) + [0, missing])
+        return self.inner(padded).narrow(axis, 0, self.width)
+
+
+@torch.no_grad()
+def keep_norm_channels(m: nn.Module, rows: torch.Tensor) -> NormWithRemoved:
+    """`m` (a LayerNorm-like module or a NormWithRemoved) keeping only channels `rows` of its current
+    ones: the wrapper to put in its place."""
+    wrapper = m if isinstance(m, NormWithRemoved) else NormWithRemoved(m, norm_axis(m), m.normalized_shape[0])
+    full = wrapper.inner.normalized_shape[0]
+    rows = rows.to(torch.long)
+    others = torch.tensor([i for i in range(full) if i not in set(rows.tolist())], dtype=torch.long)
+    order = torch.cat([rows, others])  # kept first, then the removed, then those removed before
+    for attr in ("weight", "bias"):
+        t = getattr(wrapper.inner, attr)
+        if t is not None:
+            setattr(wrapper.inner, attr, nn.Parameter(t.detach()[order].clone(), requires_grad=t.requires_grad))
+    wrapper.width = len(rows)
+    return wrapper
