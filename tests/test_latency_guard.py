@@ -66,7 +66,7 @@ def test_latency_target_times_candidate_widths_and_the_cut_model_keeps_them(tmp_
     assert pruner["latency_ratio_measured"] <= 1 / 1.4  # the widths chosen measured at or under 1/target
     assert pruner["latency_ratio_measured"] in [p["latency_ratio"] for p in probes]
     widths = _widths(run)
-    assert widths and max(widths) < 64  # ResNet-20's 16/32/64 were cut
+    assert len(widths) == 10 and sum(widths) < 16 + 3 * (16 + 32 + 64)  # the stem and 9 blocks: cut
     assert (run / "train" / "sparse" / "checkpoint.pt").exists()
 
 
@@ -90,7 +90,7 @@ def test_widths_for_latency_searches_every_rounding_and_keeps_the_most_channels_
     from compress.flops import count_macs
     from compress.models import build_model, ModelConfig
     from compress.structured import channel_groups, widths_for_latency
-    from compress.structured.budget import ROUNDINGS, keep_counts
+    from compress.structured.budget import ROUNDINGS, cut_copy, keep_counts
 
     model = build_model(ModelConfig(name="resnet20"), (1, 8, 8), 10).eval()
     groups = [g for g in channel_groups(model, torch.zeros(2, 1, 8, 8)) if g.prunable]
@@ -101,12 +101,20 @@ def test_widths_for_latency_searches_every_rounding_and_keeps_the_most_channels_
         calls.append(1)
         return count_macs(cut, (1, 8, 8))["dense"] / dense
 
-    found = widths_for_latency(model, groups, 3.0, mac_ratio)
-    assert found["latency_ratio"] <= 1 / 3 and len(calls) == len(found["probes"])
-    assert {(p["round_to"], p["pow2"]) for p in found["probes"]} == set(ROUNDINGS)
-    under = [p for p in found["probes"] if p["latency_ratio"] <= 1 / 3]
+    uniform = widths_for_latency(model, groups, 3.0, mac_ratio, refine=0)
+    assert uniform["latency_ratio"] <= 1 / 3 and len(calls) == len(uniform["probes"])
+    assert {(p["round_to"], p["pow2"]) for p in uniform["probes"]} == set(ROUNDINGS)
+    under = [p for p in uniform["probes"] if p["latency_ratio"] <= 1 / 3]
     kept = lambda p: sum(keep_counts(groups, p["ratio"], p["round_to"], p["pow2"]).values())  # noqa: E731
-    assert sum(found["keep"].values()) == max(kept(p) for p in under)
+    assert sum(uniform["keep"].values()) == max(kept(p) for p in under) and uniform["refined"] == []
+    # refined: channels given back group by group, still measured under the goal, closer to it
+    calls.clear()
+    found = widths_for_latency(model, groups, 3.0, mac_ratio)
+    assert len(calls) == len(found["probes"]) <= len(uniform["probes"]) + 8
+    assert found["refined"] and 1 / 3 >= found["latency_ratio"] > uniform["latency_ratio"]
+    assert sum(found["keep"].values()) > sum(uniform["keep"].values())
+    assert all(found["keep"][k] >= uniform["keep"][k] for k in uniform["keep"])
+    assert found["latency_ratio"] == pytest.approx(mac_ratio(model, cut_copy(model, groups, found["keep"])))
     only_pow2 = widths_for_latency(model, groups, 3.0, mac_ratio, pow2=True)
     assert {p["pow2"] for p in only_pow2["probes"]} == {True}
     with pytest.raises(ValueError, match="out of reach"):

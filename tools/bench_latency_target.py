@@ -47,7 +47,7 @@ def find_widths(model, groups, kind: str, factor: float, batch: int) -> dict:
     if kind == "flops":
         ratio = ratio_for_macs(model, groups, SHAPE, factor)[0]
         return {"keep": keep_counts(groups, ratio), "ratio": ratio, "latency_ratio": None, "round_to": 1,
-                "pow2": False, "probes": []}
+                "pow2": False, "probes": [], "refined": []}
     measure = latency_ratio_measure(torch.randn(max(batch, 2), *SHAPE), batch, threads=1,
                                     runs=100 if batch == 1 else 20)
     return widths_for_latency(model, groups, factor, measure)
@@ -102,7 +102,8 @@ def main(argv=None) -> int:
         macs = count_macs(cut, SHAPE)["dense"] / count_macs(model, SHAPE)["dense"]
         row = {"model": name, "target": f"{kind}_target", "factor": factor, "searched_at_batch": batch if kind == "latency" else None,
                "ratio": ratio, "round_to": found["round_to"], "pow2": found["pow2"], "macs_ratio": macs,
-               "search_seconds": search_s, "latency_ratio_in_search": during, "probes": len(found["probes"])}
+               "search_seconds": search_s, "latency_ratio_in_search": during, "probes": len(found["probes"]),
+               "groups_refined": len(found.get("refined", []))}
         for b in batches:
             timing = cut_speedup(model, cut, torch.randn(max(b, 2), *SHAPE), b, 1, runs=300 if b == 1 else 40)
             row[f"latency_ratio_b{b}"] = timing["ratio"]

@@ -71,7 +71,8 @@ class FilterPruner(Pruner):
         if found:
             ratio, self.final_keep = found["ratio"], found["keep"]
             found = {"latency_ratio_measured": found["latency_ratio"], "round_to_found": found["round_to"],
-                     "pow2_found": found["pow2"], "latency_probes": found["probes"]}
+                     "pow2_found": found["pow2"], "latency_probes": found["probes"],
+                     "latency_refined": found["refined"]}
         else:
             self.final_keep = keep_counts(groups, ratio, o.round_to, o.pow2, fixed)
         dense = macs_with_widths(model, [], {}, plan.input_shape)

@@ -74,6 +74,7 @@ class GRegPruner(MaskPruner):
                 self.keep = found["keep"]
                 self.latency_found = {"latency_ratio_measured": found["latency_ratio"], "ratio": found["ratio"],
                                       "round_to_found": found["round_to"], "pow2_found": found["pow2"],
+                                      "latency_refined": found["refined"],
                                       "latency_probes": found["probes"]}
         steps = max(int((o.reg_by - o.pick_after) * plan.total_steps), o.update_reg_interval)
         updates = max(steps // o.update_reg_interval, 2)

@@ -79,15 +79,20 @@ ROUNDINGS = ((1, False), (8, False), (16, False), (1, True))  # (round_to, pow2)
 def widths_for_latency(model: nn.Module, groups: list[ChannelGroup], factor: float,
                        latency_ratio: Callable[[nn.Module, nn.Module], float], round_to: int = 1,
                        fixed: dict[str, float] | None = None, pow2: bool = False,
-                       probes: int = 6, _local: bool = False) -> dict:
+                       probes: int = 6, refine: int = 8, _local: bool = False) -> dict:
     """Widths whose cut model measures at most 1/factor of the model's latency, cutting one ratio
     from every group not in `fixed`. `latency_ratio(model, cut)` times both side by side and returns
     cut / model. Latency jumps with the widths (a runtime runs some much faster than their
     neighbours), so unless `round_to` or `pow2` is given, four roundings are searched — any width,
     multiples of 8, of 16, powers of two — each by bisection over the ratio (`probes` timings;
     each distinct set of widths timed once); of every set that measured under the goal, the one
-    keeping the most channels wins. Returns {"keep": group key → channels, "ratio", "round_to",
-    "pow2", "latency_ratio", "probes"}. Raises ValueError when no cut measures under the goal.
+    keeping the most channels wins. One ratio for all groups moves latency in steps, so the winner
+    can land well under the goal; up to `refine` more timings then give channels back one group at a
+    time (NetAdapt's idea, measured, not modelled): each group, the largest gain first, tries the
+    width of the nearest cut of the same rounding that measured over the goal, and keeps it if the
+    model still measures under. Returns {"keep": group key → channels, "ratio", "round_to", "pow2",
+    "latency_ratio", "probes", "refined": group keys widened}. Raises ValueError when no cut
+    measures under the goal.
     Under torchrun only rank 0 times (the others would share its cores); every rank gets its answer."""
     if distributed.current().size > 1 and not _local:
         keys = [group_key(g) for g in groups]
@@ -95,7 +100,7 @@ def widths_for_latency(model: nn.Module, groups: list[ChannelGroup], factor: flo
         if distributed.current().main:
             try:
                 found = widths_for_latency(model, groups, factor, latency_ratio, round_to, fixed, pow2, probes,
-                                           _local=True)
+                                           refine, _local=True)
                 flat = [found["ratio"], found["round_to"], float(found["pow2"]), found["latency_ratio"]] + \
                        [float(found["keep"][k]) for k in keys]
             except ValueError as e:
@@ -105,12 +110,12 @@ def widths_for_latency(model: nn.Module, groups: list[ChannelGroup], factor: flo
             raise ValueError(error or f"a {factor:g}x latency reduction is out of reach (measured on rank 0)")
         return found or {"ratio": flat[0], "round_to": int(flat[1]), "pow2": bool(flat[2]),
                          "latency_ratio": flat[3], "keep": {k: int(v) for k, v in zip(keys, flat[4:])},
-                         "probes": []}
+                         "probes": [], "refined": []}
     goal = 1.0 / factor
     measured: dict[tuple, dict] = {}
 
-    def probe(ratio: float, rounding: tuple[int, bool]) -> float:
-        keep = keep_counts(groups, ratio, rounding[0], rounding[1], fixed)
+    def probe(ratio: float, rounding: tuple[int, bool], keep: dict[str, int] | None = None) -> float:
+        keep = keep or keep_counts(groups, ratio, rounding[0], rounding[1], fixed)
         widths = tuple(sorted(keep.items()))
         if widths not in measured:
             measured[widths] = {"ratio": ratio, "round_to": rounding[0], "pow2": rounding[1], "keep": keep,
@@ -130,8 +135,20 @@ def widths_for_latency(model: nn.Module, groups: list[ChannelGroup], factor: flo
         raise ValueError(f"a {factor:g}x latency reduction is out of reach: the deepest cut measured "
                          f"{1 / deepest:.2f}x")
     best = max(under, key=lambda m: (sum(m["keep"].values()), -m["latency_ratio"]))
+    rounding = (best["round_to"], best["pow2"])
+    over = [m for m in measured.values() if m["latency_ratio"] > goal and (m["round_to"], m["pow2"]) == rounding
+            and all(m["keep"][k] >= n for k, n in best["keep"].items())]
+    refined = []
+    if over and refine > 0:
+        nearest = min(over, key=lambda m: sum(m["keep"].values()))
+        gains = sorted((nearest["keep"][k] - n, k) for k, n in best["keep"].items() if nearest["keep"][k] > n)
+        for _, key in reversed(gains[-refine:]):
+            keep = {**best["keep"], key: nearest["keep"][key]}
+            if probe(best["ratio"], rounding, keep) <= goal:
+                best = measured[tuple(sorted(keep.items()))]
+                refined.append(key)
     trail = [{k: m[k] for k in ("ratio", "round_to", "pow2", "latency_ratio")} for m in measured.values()]
-    return {**best, "probes": trail}
+    return {**best, "probes": trail, "refined": refined}
 
 
 def ratio_for_macs(model: nn.Module, groups: list[ChannelGroup], input_shape: tuple[int, ...], factor: float,
