@@ -25,7 +25,9 @@ class _Batches(CalibrationDataReader):
 def quantize(src: str | Path, dst: str | Path, mode: str, calibration: np.ndarray | None = None,
              input_name: str = "input") -> dict:
     """Write an int8 copy of `src`: 'dynamic' (weights int8, activations at run time) or 'static'
-    (activations calibrated on `calibration`, QDQ format)."""
+    (activations calibrated on `calibration`, QDQ format). Static activations are uint8 with int8
+    weights (U8S8), onnxruntime's fast path on x86-64: on this machine's AVX-512 VNNI CPU, ResNet-20
+    ran at x0.47-0.53 of fp32 with U8S8 and x1.32-1.35 with int8 activations (S8S8)."""
     dst = Path(dst)
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as work, atomic.atomic_path(dst) as tmp, \
@@ -37,7 +39,7 @@ def quantize(src: str | Path, dst: str | Path, mode: str, calibration: np.ndarra
             quantize_dynamic(str(clean), str(tmp), weight_type=QuantType.QInt8)
         elif mode == "static":
             quantize_static(str(clean), str(tmp), _Batches(input_name, calibration),
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         else:
             raise ValueError(f"unknown quantisation mode {mode!r}")
     return {"path": dst.name, "bytes": dst.stat().st_size, "mode": mode}

@@ -24,6 +24,9 @@ CASES = {
     "lenet5-magnitude-95": ("mnist-lenet5-magnitude.toml", ["prune.magnitude.sparsity=0.95", "train.epochs=8"]),
     "resnet20-filter-2x-pow2": ("mnist-resnet20-filter-2x.toml", ["prune.filter.pow2=true", "train.epochs=4",
                                                                   "data.train_limit=12000"]),
+    "resnet20-filter-3x-latency": ("mnist-resnet20-filter-2x.toml", [
+        "prune.filter.flops_target=0", "prune.filter.latency_target=3", "prune.filter.round_to=1", "train.epochs=4",
+        "data.train_limit=12000"]),
 }
 
 

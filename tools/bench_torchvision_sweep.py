@@ -51,7 +51,8 @@ def child_torch_pruning(name: str) -> dict:
 
     model, x = model_and_input(name)
     before = count_macs(model, x.shape[1:])["dense"]
-    ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000]
+    ignored = [m for m in model.modules()  # the classifier: a Linear, or squeezenet's 1x1 conv, to 1000 classes
+               if getattr(m, "out_features", None) == 1000 or getattr(m, "out_channels", None) == 1000]
     pruner = tp.pruner.MetaPruner(model, x[:1], importance=tp.importance.MagnitudeImportance(p=1),
                                   pruning_ratio=0.3, ignored_layers=ignored)
     pruner.step()
