@@ -268,6 +268,24 @@ def test_a_layernorm_stream_is_cut_exactly_with_removed_channels_counted_as_zero
     assert abs(out - got[:1].numpy()).max() < 1e-4
 
 
+class SharedScale(nn.Module):
+    """One per-channel parameter used twice: multiplied in, and summed into the output."""
+    def __init__(self):
+        super().__init__()
+        self.conv, self.scale, self.head = nn.Conv2d(1, 8, 3), nn.Parameter(torch.rand(8, 1, 1) + 0.5), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head((self.conv(x) * self.scale).mean((2, 3))) + self.scale.sum()
+
+
+def test_a_parameter_used_elsewhere_too_blocks():
+    model, x = SharedScale().eval(), torch.randn(2, 1, 8, 8)
+    group = next(g for g in channel_groups(model, x) if "conv" in g.producers)
+    assert not group.prunable and any("scale is used elsewhere" in b for b in group.blockers)
+    cut, _, diff = cut_vs_masked(model, x)
+    assert cut == 0 and diff < 1e-6
+
+
 def test_a_layernorm_over_channels_that_carry_a_constant_blocks():
     groups = channel_groups(TokenBlock(shift=True).eval(), torch.randn(2, 1, 8, 8))
     stream = next(g for g in groups if "stem" in g.producers)

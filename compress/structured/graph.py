@@ -379,6 +379,9 @@ def _parameter(g: _Groups, node: fx.Node, x: fx.Node, p: fx.Node, kind: str, lab
         shifted[node] = shifted.get(x) or (f"{node.name} (+ a constant)" if kind == "add" else None)
         return
     segs = label[x]
+    if len(p.users) > 1:  # cutting it would change what its other uses compute
+        block(node, f"{kind} {node.name}: parameter {p.target} is used elsewhere too")
+        return
     if shape[dim] != sum(g.get(gid).size for gid, _ in segs) or any(per != 1 for _, per in segs):
         block(node, f"{kind} {node.name} of a channel tensor and parameter {p.target} of shape {list(shape)}")
         return
