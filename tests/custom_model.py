@@ -41,3 +41,12 @@ class Inception(torch.nn.Module):
         m = torch.nn.functional.adaptive_avg_pool2d(self.mix(z), 4)
         pooled = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(z, 1), 1)
         return self.fc(torch.cat((torch.flatten(m, 1), pooled), 1))
+
+
+def convnext_like(input_shape, num_classes):
+    """torchvision's own ConvNeXt pieces (channels-first LayerNorm2d, CNBlock with its permutes,
+    LayerNorm, layer scale and stochastic depth) on a small stem: a stream cut through LayerNorms."""
+    from torchvision.models.convnext import CNBlock, LayerNorm2d
+    return nn.Sequential(nn.Conv2d(input_shape[0], 32, 3, padding=1), LayerNorm2d(32),
+                         CNBlock(32, 0.5, 0.0), CNBlock(32, 0.5, 0.0), nn.AdaptiveAvgPool2d(1), LayerNorm2d(32),
+                         nn.Flatten(), nn.Linear(32, num_classes))

@@ -161,6 +161,37 @@ def test_filter_method_gives_a_physically_smaller_model_through_the_pipeline(tmp
     assert shapes["features.0.weight"] == [3, 1, 5, 5] and shapes["classifier.2.weight"] == [42, 60]
 
 
+def test_a_convnext_stream_is_cut_through_the_pipeline_and_the_frozen_model_reloads(tmp_path):
+    """torchvision's ConvNeXt block (LayerNorm2d, permutes, LayerNorm, layer scale) in a user's model:
+    filter pruning cuts the residual stream, the frozen model is rebuilt from its files with the
+    wrapped norms, equals the masked model, and its ONNX export agrees with PyTorch."""
+    import json
+
+    from conftest import REPO, cli
+    from compress.structured.norm import NormWithRemoved
+    from compress.train import load_checkpoint, make_plan
+    from deploy.pipeline import open_run
+    res = cli("run", REPO / "configs" / "quickstart.toml", "--out", tmp_path / "c", "--no-progress",
+              "--set", "model.name='custom_model:convnext_like'", "--set", "prune.method='filter'",
+              "--set", "prune.filter.ratio=0.5", "--set", "train.epochs=3", "--set", "gate.min_sparsity=0",
+              "--set", "gate.max_accuracy_drop=1", "--set", "validate.runs=10", "--set", "freeze.latency_check=false")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    r = json.loads((tmp_path / "c" / "report" / "report.json").read_text())
+    widths = sorted(r["structure"]["widths"].values())
+    assert widths == [[32, 16], [128, 64], [128, 64]]  # the stream and each block's MLP, halved
+    assert r["sparse"]["agreement_with_torch"] == 1.0
+    run = open_run(tmp_path / "c", progress=False)
+    small = run.frozen_model("sparse")
+    assert sum(isinstance(m, NormWithRemoved) for m in small.modules()) == 4  # 2 LayerNorm2d, 1 LayerNorm per block
+    ckpt_model, pruner = run.new_model(), run.new_pruner("sparse")
+    pruner.attach(ckpt_model, run.layers, make_plan(run.cfg.train, len(run.data.train), run.data.input_shape))
+    ckpt_model.load_state_dict(load_checkpoint(tmp_path / "c" / "train" / "sparse" / "checkpoint.pt")["model"])
+    masked = pruner.freeze().eval()
+    x = run.data.test.x[:64]
+    with torch.no_grad():
+        assert (small(x) - masked(x)).abs().max() < 1e-4 * masked(x).abs().max()
+
+
 def test_filter_pruner_keeps_widths_a_multiple_of_round_to():
     from compress.pruners import TrainPlan
     from compress.pruners.filters import FilterOptions, FilterPruner

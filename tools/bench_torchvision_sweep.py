@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -169,9 +170,7 @@ def in_child(flag: str, name: str, timeout: float) -> dict:
 
 
 def median(values: list[float]) -> float | None:
-    values = sorted(values)
-    n = len(values)
-    return None if not n else values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+    return statistics.median(values) if values else None
 
 
 def summary(rows: list[dict]) -> dict:
