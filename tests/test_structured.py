@@ -127,13 +127,24 @@ def test_harvest_removes_dead_neurons_and_folds_their_constant_output():
         assert torch.allclose(model(x), want, atol=1e-6)
 
 
+def frozen_and_masked(folder):
+    """A finished run's frozen sparse model (rebuilt from its files), the masked model its training
+    checkpoint gives before any cut, and 64 test images."""
+    from compress.train import load_checkpoint, make_plan
+    from deploy.pipeline import open_run
+    run = open_run(folder, progress=False)
+    ckpt_model, pruner = run.new_model(), run.new_pruner("sparse")
+    pruner.attach(ckpt_model, run.layers, make_plan(run.cfg.train, len(run.data.train), run.data.input_shape))
+    ckpt_model.load_state_dict(load_checkpoint(folder / "train" / "sparse" / "checkpoint.pt")["model"])
+    return run.frozen_model("sparse"), pruner.freeze().eval(), run.data.test.x[:64]
+
+
 def test_filter_method_gives_a_physically_smaller_model_through_the_pipeline(tmp_path):
     import json
 
     import onnx
 
     from conftest import REPO, cli
-    from deploy.pipeline import open_run
     res = cli("run", REPO / "configs" / "quickstart.toml", "--out", tmp_path / "f",
               "--no-progress", "--set", "model.name='lenet5'", "--set", "prune.method='filter'",
               "--set", "prune.filter.ratio=0.5", "--set", "gate.min_sparsity=0", "--set",
@@ -146,14 +157,7 @@ def test_filter_method_gives_a_physically_smaller_model_through_the_pipeline(tmp
     assert r["size"]["sparse_onnx_bytes"] < 0.5 * r["size"]["dense_onnx_bytes"]
     assert r["sparse"]["agreement_with_torch"] == 1.0
     # the smaller model's outputs equal the masked model's (before the cut) on real data
-    run = open_run(tmp_path / "f", progress=False)
-    small = run.frozen_model("sparse")
-    ckpt_model, pruner = run.new_model(), run.new_pruner("sparse")
-    from compress.train import load_checkpoint, make_plan
-    pruner.attach(ckpt_model, run.layers, make_plan(run.cfg.train, len(run.data.train), run.data.input_shape))
-    ckpt_model.load_state_dict(load_checkpoint(tmp_path / "f" / "train" / "sparse" / "checkpoint.pt")["model"])
-    masked = pruner.freeze().eval()
-    x = run.data.test.x[:64]
+    small, masked, x = frozen_and_masked(tmp_path / "f")
     with torch.no_grad():
         assert (small(x) - masked(x)).abs().max() < 1e-5
     graph = onnx.load(str(tmp_path / "f" / "onnx" / "sparse.onnx")).graph
@@ -169,8 +173,6 @@ def test_a_convnext_stream_is_cut_through_the_pipeline_and_the_frozen_model_relo
 
     from conftest import REPO, cli
     from compress.structured.norm import NormWithRemoved
-    from compress.train import load_checkpoint, make_plan
-    from deploy.pipeline import open_run
     res = cli("run", REPO / "configs" / "quickstart.toml", "--out", tmp_path / "c", "--no-progress",
               "--set", "model.name='custom_model:convnext_like'", "--set", "prune.method='filter'",
               "--set", "prune.filter.ratio=0.5", "--set", "train.epochs=3", "--set", "gate.min_sparsity=0",
@@ -180,14 +182,8 @@ def test_a_convnext_stream_is_cut_through_the_pipeline_and_the_frozen_model_relo
     widths = sorted(r["structure"]["widths"].values())
     assert widths == [[32, 16], [128, 64], [128, 64]]  # the stream and each block's MLP, halved
     assert r["sparse"]["agreement_with_torch"] == 1.0
-    run = open_run(tmp_path / "c", progress=False)
-    small = run.frozen_model("sparse")
+    small, masked, x = frozen_and_masked(tmp_path / "c")
     assert sum(isinstance(m, NormWithRemoved) for m in small.modules()) == 4  # 2 LayerNorm2d, 1 LayerNorm per block
-    ckpt_model, pruner = run.new_model(), run.new_pruner("sparse")
-    pruner.attach(ckpt_model, run.layers, make_plan(run.cfg.train, len(run.data.train), run.data.input_shape))
-    ckpt_model.load_state_dict(load_checkpoint(tmp_path / "c" / "train" / "sparse" / "checkpoint.pt")["model"])
-    masked = pruner.freeze().eval()
-    x = run.data.test.x[:64]
     with torch.no_grad():
         assert (small(x) - masked(x)).abs().max() < 1e-4 * masked(x).abs().max()
 
