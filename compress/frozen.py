@@ -51,7 +51,11 @@ def load_frozen(folder: str | Path, variant: str) -> nn.Module:
     model = build_model(parse(ModelConfig, spec["model"], f"{folder / 'model.json'}: model"), shape,
                         spec["num_classes"])
     if entry.get("structure"):
-        apply_structure(model, json.loads((folder / entry["structure"]).read_text()), shape)
+        structure_path = folder / entry["structure"]
+        try:
+            apply_structure(model, json.loads(structure_path.read_text()), shape)
+        except (OSError, ValueError, TypeError, AttributeError) as e:  # a damaged or crafted record
+            raise UserError(f"{structure_path}: {str(e).strip().splitlines()[0][:200]}") from None
     path = folder / entry["weights"]
     try:
         model.load_state_dict(load_file(str(path)))

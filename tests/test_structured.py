@@ -186,6 +186,24 @@ def test_a_convnext_stream_is_cut_through_the_pipeline_and_the_frozen_model_relo
     assert sum(isinstance(m, NormWithRemoved) for m in small.modules()) == 4  # 2 LayerNorm2d, 1 LayerNorm per block
     with torch.no_grad():
         assert (small(x) - masked(x)).abs().max() < 1e-4 * masked(x).abs().max()
+    # a damaged or crafted structure record is refused with the file named, never a wrongly cut model
+    import shutil
+
+    from compress.errors import UserError
+    from compress.frozen import load_frozen
+    spec = json.loads((tmp_path / "c" / "frozen" / "model.json").read_text())
+    name = spec["variants"]["sparse"]["structure"]
+    record = json.loads((tmp_path / "c" / "frozen" / name).read_text())
+    key = next(iter(record["keep"]))
+    for bad in ({key: [-1] + record["keep"][key][1:]}, {key: record["keep"][key][:-1] + [9999]},
+                {key: [0, 0] + record["keep"][key][2:]}, {"no.such.layer": [0]}, {key: []}, {key: "0,1"}):
+        crafted = tmp_path / "crafted"
+        shutil.rmtree(crafted, ignore_errors=True)
+        shutil.copytree(tmp_path / "c" / "frozen", crafted)
+        (crafted / name).write_text(json.dumps({**record, "keep": {**record["keep"], **bad}}))
+        with pytest.raises(UserError, match=name):
+            load_frozen(crafted, "sparse")
+    assert isinstance(load_frozen(tmp_path / "c" / "frozen", "sparse"), torch.nn.Module)
 
 
 def test_filter_pruner_keeps_widths_a_multiple_of_round_to():

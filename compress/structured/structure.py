@@ -43,4 +43,11 @@ def apply_structure(model: nn.Module, structure: dict, input_shape: tuple[int, .
         m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], dtype=m.weight.dtype))
     groups = {g.producers[0]: g for g in channel_groups(model, torch.zeros(2, *input_shape)) if g.producers}
     for producer, indices in structure["keep"].items():
-        remove_channels(model, groups[producer], torch.tensor(indices, dtype=torch.long), constants_folded=True)
+        group = groups.get(producer)
+        if group is None or not group.prunable:
+            raise ValueError(f"keep: {producer!r} is not a group of channels this model can cut")
+        if not isinstance(indices, list) or not indices or not all(type(i) is int for i in indices) or \
+                indices != sorted(set(indices)) or indices[0] < 0 or indices[-1] >= group.size:
+            raise ValueError(f"keep.{producer}: expected increasing channel indices in [0, {group.size}), "
+                             f"without repeats")
+        remove_channels(model, group, torch.tensor(indices, dtype=torch.long), constants_folded=True)
