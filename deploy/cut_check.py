@@ -12,7 +12,10 @@ from torch import nn
 
 from .export import export_onnx
 from .latency import compare_latency
+from .quantize import quantize
 from .runtime import open_model
+
+PRECISIONS = ("fp32", "int8")
 
 
 def _batch(sample: torch.Tensor, batch: int):
@@ -21,33 +24,46 @@ def _batch(sample: torch.Tensor, batch: int):
     return x.repeat((batch + len(x) - 1) // len(x), 0)[:batch] if len(x) < batch else x
 
 
+def _exported(model: nn.Module, sample: torch.Tensor, path: Path, precision: str) -> Path:
+    """`model` as the ONNX file that gets timed: fp32, or static int8 (the export stage's recipe,
+    calibrated on `sample`; timing barely depends on the calibration)."""
+    export_onnx(model.eval(), sample, path)
+    if precision == "fp32":
+        return path
+    if precision != "int8":
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    quantize(path, path.with_suffix(".int8.onnx"), "static", sample.numpy())
+    return path.with_suffix(".int8.onnx")
+
+
 def cut_speedup(before: nn.Module, after: nn.Module, sample: torch.Tensor, batch: int = 1, threads: int = 1,
-                runs: int = 200) -> dict:
-    """{"before_ms", "after_ms", "ratio"}: p50 latency of both models (ratio = after / before)."""
+                runs: int = 200, precision: str = "fp32") -> dict:
+    """{"before_ms", "after_ms", "ratio"}: p50 latency of both models (ratio = after / before), each
+    exported at `precision` ('fp32' or 'int8')."""
     with tempfile.TemporaryDirectory() as work:
-        paths = {}
-        for name, model in (("before", before), ("after", after)):
-            paths[name] = Path(work) / f"{name}.onnx"
-            export_onnx(model, sample, paths[name])
+        paths = {name: _exported(model, sample, Path(work) / f"{name}.onnx", precision)
+                 for name, model in (("before", before), ("after", after))}
         sessions = {name: open_model(path, threads=threads) for name, path in paths.items()}
         lat = compare_latency(sessions, _batch(sample, batch), warmup=20, runs=runs)
     return {"before_ms": lat["before"]["p50_ms"], "after_ms": lat["after"]["p50_ms"],
-            "ratio": lat["after"]["p50_ms"] / lat["before"]["p50_ms"], "batch": batch, "threads": threads}
+            "ratio": lat["after"]["p50_ms"] / lat["before"]["p50_ms"], "batch": batch, "threads": threads,
+            "precision": precision}
 
 
-def latency_ratio_measure(sample: torch.Tensor, batch: int = 1, threads: int = 1, runs: int = 100):
+def latency_ratio_measure(sample: torch.Tensor, batch: int = 1, threads: int = 1, runs: int = 100,
+                          precision: str = "fp32"):
     """A `latency_ratio(model, cut)` for the pruners' latency targets: cut's p50 / model's, timed side by
-    side as above. A search times many cuts of one model, so that model is exported once."""
+    side as above, both at `precision`. A search times many cuts of one model, so that model is
+    exported once."""
     work = tempfile.TemporaryDirectory()
     reference: dict = {}
     x = _batch(sample, batch)
 
     def latency_ratio(model: nn.Module, cut: nn.Module) -> float:
         if reference.get("model") is not model:
-            export_onnx(model.eval(), sample, Path(work.name) / "model.onnx")
-            reference.update(model=model, session=open_model(Path(work.name) / "model.onnx", threads=threads))
-        path = Path(work.name) / "cut.onnx"
-        export_onnx(cut.eval(), sample, path)
+            path = _exported(model, sample, Path(work.name) / "model.onnx", precision)
+            reference.update(model=model, session=open_model(path, threads=threads))
+        path = _exported(cut, sample, Path(work.name) / "cut.onnx", precision)
         lat = compare_latency({"model": reference["session"], "cut": open_model(path, threads=threads)}, x,
                               warmup=20, runs=runs)
         return lat["cut"]["p50_ms"] / lat["model"]["p50_ms"]

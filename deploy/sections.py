@@ -28,6 +28,9 @@ class FreezeConfig:
                               "before the cut (onnxruntime, timed side by side); otherwise keep the uncut model.")
     latency_batch_size: int = opt(1, "Batch size of that timing.", lo=1)
     latency_threads: int = opt(1, "onnxruntime threads of that timing.", lo=1)
+    latency_precision: Literal["fp32", "int8"] = opt("fp32", "The exported model that timing (and the search of "
+                                                     "prune.*.latency_target) measures: fp32, or static int8 "
+                                                     "(export.int8's recipe) to choose widths that run fast in int8.")
     min_speedup: float = opt(1.0, "The cut model's latency must be below before / min_speedup to be kept.",
                              lo=0.0, lo_open=True)
 
@@ -37,13 +40,15 @@ class ExportConfig:
     opset: int = opt(18, "ONNX opset (>= 17).", lo=17, hi=23)
     compact: bool = opt(True, "Also write sparse-compact.onnx (weights as ONNX sparse initializers).")
     compute: bool = opt(True, "Also write the sparse-compute/ folder (SparseToDenseMatMul where measured faster).")
-    compute_batch: int = opt(1, "Batch size at which sparse-compute times each layer to choose sparse or dense.",
+    compute_batch: int = opt(1, "Batch size at which sparse-compute times each layer to choose sparse or "
+                             "dense, and static int8 its float-or-int8 choice.",
                              lo=1)
     compute_threads: int = opt(1, "onnxruntime threads for that timing.", lo=1)
     compute_min_sparsity: float = opt(0.5, "Linear layers with fewer zeros are never considered for sparse compute.",
                                       lo=0.0, hi=1.0)
     int8: Literal["none", "dynamic", "static"] = opt("none", "Also write dense-int8.onnx and sparse-int8.onnx: "
-                                                     "dynamic, or static (calibrated on training data).")
+                                                     "dynamic, or static (calibrated on training data; Convs without a fast "
+                                                     "int8 kernel stay float where that measures faster).")
     calibration_samples: int = opt(256, "int8 static: training samples used for calibration.", lo=1)
 
 

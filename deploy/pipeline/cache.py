@@ -32,6 +32,15 @@ def read_manifest(run: Run, stage: Stage) -> dict | None:
     return manifest if isinstance(manifest, dict) and isinstance(manifest.get("outputs"), dict) else None
 
 
+def config_read(table: dict, keys: tuple[str, ...]) -> dict:
+    """The parts of the resolved config `keys` name: whole sections, or 'section.field'."""
+    out = {}
+    for key in keys:
+        section, _, field = key.partition(".")
+        out[key] = table[section][field] if field else table[section]
+    return out
+
+
 def fingerprint(run: Run, stage: Stage, upstream: list[Stage]) -> str:
     """Hash of what decides the stage's result: its config sections and its upstream stages' outputs."""
     outputs = {}
@@ -43,9 +52,8 @@ def fingerprint(run: Run, stage: Stage, upstream: list[Stage]) -> str:
         outputs[up.name] = manifest["outputs"]
     from .provenance import stage_inputs
 
-    table = run.table
     blob = {"stage": stage.name, "config_version": CONFIG_VERSION,
-            "config": {k: table[k] for k in stage.config}, "upstream": outputs, "inputs": stage_inputs(run, stage)}
+            "config": config_read(run.table, stage.config), "upstream": outputs, "inputs": stage_inputs(run, stage)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
@@ -65,7 +73,7 @@ def write_manifest(run: Run, stage: Stage, fp: str, outputs: list[str], upstream
     atomic.write_json(run.dir / stage.folder / "stage.json", {
         "stage": stage.name, "fingerprint": fp, "wall_time_s": round(seconds, 3),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": {k: run.table[k] for k in stage.config},
+        "config": config_read(run.table, stage.config),
         "inputs": {up.name: (read_manifest(run, up) or {}).get("fingerprint") for up in upstream},
         "outputs": {rel: atomic.sha256_file(run.dir / rel) for rel in outputs},
         "versions": versions()})

@@ -42,7 +42,8 @@ def export_stage(run: Run) -> list[str]:
     if cfg.int8 != "none":
         calibration = first(run.data.train, cfg.calibration_samples)[0].numpy()
         for v in ("dense", "sparse"):
-            info[f"{v}-int8"] = quantize(folder / f"{v}.onnx", folder / f"{v}-int8.onnx", cfg.int8, calibration)
+            info[f"{v}-int8"] = quantize(folder / f"{v}.onnx", folder / f"{v}-int8.onnx", cfg.int8, calibration,
+                                       timing=(cfg.compute_batch, cfg.compute_threads))
             stamp_metadata(folder / f"{v}-int8.onnx", metadata)
             out.append(f"{v}-int8.onnx")
     with torch.no_grad():

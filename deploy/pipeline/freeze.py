@@ -55,7 +55,7 @@ def _keep_if_faster(run: Run, uncut: nn.Module, cut: nn.Module, structure: dict)
     (the structure record says which, with the timing)."""
     c = run.cfg.freeze
     timing = cut_speedup(uncut, cut, first(run.data.test, max(c.latency_batch_size, 2))[0], c.latency_batch_size,
-                         c.latency_threads)
+                         c.latency_threads, precision=c.latency_precision)
     kept = timing["ratio"] < 1 / c.min_speedup
     timing["kept"] = kept
     if kept:

@@ -13,11 +13,15 @@ if TYPE_CHECKING:
     from .run import Run
 
 
+# how latency targets time candidate widths during training: part of the train stage's fingerprint
+LATENCY_TIMING = ("freeze.latency_batch_size", "freeze.latency_threads", "freeze.latency_precision")
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str                    # CLI command and key in logs
     folder: str                  # its folder inside the run
-    config: tuple[str, ...]      # config sections it reads (part of its fingerprint)
+    config: tuple[str, ...]      # config sections (or 'section.field') it reads (part of its fingerprint)
     upstream: tuple[str, ...]    # stages whose outputs it reads (their hashes are part of its fingerprint)
     function: str                # 'module:function' doing the work in run.stage_dir; returns the files it
                                  # wrote there (relative to it)
@@ -31,7 +35,8 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("train", folder="train", config=("seed", "data", "model", "prune", "train"), upstream=(),
+    Stage("train", folder="train", config=("seed", "data", "model", "prune", "train", *LATENCY_TIMING),
+          upstream=(),
           function="deploy.pipeline.train:train_stage", collective=True,
           help="train the dense baseline and the pruned model (resumes from the last epoch checkpoint)"),
     Stage("freeze", folder="frozen", config=("model", "prune", "train", "freeze"), upstream=("train",),
