@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from torch.nn.utils import parametrize
 
 from compress.models import MLP, ModelConfig, build_model
@@ -133,6 +134,7 @@ def test_str_gradient_is_zero_below_threshold_and_s_learns():
     below = theta.abs() <= torch.sigmoid(torch.tensor(-3.0))
     assert 0.3 < below.float().mean() < 1.0
     assert torch.all(theta.grad[below] == 0) and theta.grad[~below].abs().sum() > 0
+    pruner.after_backward(0)  # the pruner gives s its gradient
     assert layer.parametrizations.weight[0].s.grad is not None  # s is a trained parameter
 
 
@@ -148,23 +150,32 @@ def test_str_learns_different_per_layer_sparsity(digits):
 
 
 @pytest.mark.parametrize("shape", [(120, 400), (6, 1, 5, 5)])
-def test_str_threshold_function_equals_the_papers_formula_in_value_and_gradient(shape):
-    """The hand-written backward must give what autograd gives for sign(θ)·ReLU(|θ| − sigmoid(s)),
-    including at θ = 0 and exactly at the threshold."""
-    from compress.pruners.str_reparam import _SoftThreshold
+def test_str_threshold_equals_the_papers_formula_in_value_and_gradient(shape):
+    """STR's weight and the gradients of θ and s (s's set by the pruner after the backward pass) are
+    what autograd gives for sign(θ)·ReLU(|θ| − sigmoid(s)), including at θ = 0 and exactly at the
+    threshold."""
     torch.manual_seed(0)
-    theta, s = torch.randn(shape, dtype=torch.float64) * 0.5, torch.tensor(-0.4, dtype=torch.float64)
+    theta, s = torch.randn(shape, dtype=torch.float64) * 0.5, torch.tensor(-0.375, dtype=torch.float64)  # exact in float32
     theta.view(-1)[0], theta.view(-1)[1] = 0.0, float(torch.sigmoid(s))
     grad = torch.randn(shape, dtype=torch.float64)
-    results = []
-    for f in (lambda t, v: torch.sign(t) * torch.relu(t.abs() - torch.sigmoid(v)), _SoftThreshold.apply):
-        t, v = theta.clone().requires_grad_(), s.clone().requires_grad_()
-        out = f(t, v)
-        out.backward(grad)
-        results.append((out.detach(), t.grad, v.grad))
-    (ref, ref_t, ref_s), (ours, ours_t, ours_s) = results
-    assert torch.equal(ref, ours) and torch.equal(ref_t, ours_t)
-    assert float(ours_s) == pytest.approx(float(ref_s), rel=1e-12)
+    t, v = theta.clone().requires_grad_(), s.clone().requires_grad_()
+    ref = torch.sign(t) * torch.relu(t.abs() - torch.sigmoid(v))
+    ref.backward(grad)
+
+    layer = (nn.Linear(shape[1], shape[0], bias=False) if len(shape) == 2 else
+             nn.Conv2d(shape[1], shape[0], shape[2], bias=False)).double()
+    with torch.no_grad():
+        layer.weight.copy_(theta)
+    model = nn.Sequential(layer)
+    pruner = STRPruner(STROptions(s_init=float(s)))
+    pruner.attach(model, ["0"], TrainPlan(1, 1, lambda step: 0.1, None))
+    ours = layer.weight
+    ours.backward(grad)
+    assert layer.parametrizations.weight[0].s.grad is None  # s is set by the pruner, not autograd
+    pruner.after_backward(0)
+    ours_t, ours_s = layer.parametrizations.weight.original.grad, layer.parametrizations.weight[0].s.grad
+    assert torch.equal(ref.detach(), ours.detach()) and torch.equal(t.grad, ours_t)
+    assert float(ours_s) == pytest.approx(float(v.grad), rel=1e-7)  # s is a float32 parameter
     assert ours.view(-1)[:2].eq(0).all() and ours_t.view(-1)[:2].eq(0).all()
 
 
