@@ -147,7 +147,7 @@ def test_filter_method_gives_a_physically_smaller_model_through_the_pipeline(tmp
     from conftest import REPO, cli
     res = cli("run", REPO / "configs" / "quickstart.toml", "--out", tmp_path / "f",
               "--no-progress", "--set", "model.name='lenet5'", "--set", "prune.method='filter'",
-              "--set", "prune.filter.ratio=0.5", "--set", "gate.min_sparsity=0", "--set",
+              "--set", "prune.filter.ratio=0.5", "--set", "prune.filter.round_to=1", "--set", "gate.min_sparsity=0", "--set",
               "gate.max_accuracy_drop=0.05", "--set", "validate.runs=10")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     r = json.loads((tmp_path / "f" / "report" / "report.json").read_text())
@@ -206,18 +206,18 @@ def test_a_convnext_stream_is_cut_through_the_pipeline_and_the_frozen_model_relo
     assert isinstance(load_frozen(tmp_path / "c" / "frozen", "sparse"), torch.nn.Module)
 
 
-def test_filter_pruner_keeps_widths_a_multiple_of_round_to():
-    from compress.pruners import TrainPlan
-    from compress.pruners.filters import FilterOptions, FilterPruner
-    from compress.selection import LayerRule, select_layers
+@pytest.mark.parametrize("round_to", [8, 0])  # 0: the default, multiples of 8 for a ratio or MAC target
+def test_filter_pruner_keeps_widths_a_multiple_of_round_to(round_to):
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="resnet20"), (1, 28, 28), 10)
-    pruner = FilterPruner(FilterOptions(ratio=0.3, prune_after=0.0, round_to=8))
-    pruner.attach(model, select_layers(model, LayerRule()), TrainPlan(1, 1, lambda s: 0.1, (1, 28, 28)))
+    pruner = filter_pruner(model, ratio=0.3, prune_after=0.0, round_to=round_to)
     pruner.begin_epoch(0)
     kept = {k: g.size - len(pruner.dropped[k]) for k, g in pruner.groups.items()}
     assert kept and all(k % 8 == 0 and k > 0 for k in kept.values())
     assert {16: 8, 32: 24, 64: 48}[next(iter(pruner.groups.values())).size] in kept.values()
+    # any width when asked for: 70% of 16, 32, 64
+    anywidth = filter_pruner(build_model(ModelConfig(name="resnet20"), (1, 28, 28), 10), ratio=0.3, round_to=1)
+    assert set(anywidth.final_keep.values()) == {11, 22, 44}
 
 
 def filter_pruner(model, shape=(1, 28, 28), epochs=1, **options):
@@ -265,7 +265,7 @@ def test_flops_target_out_of_reach_is_a_clear_error():
 def test_layer_ratios_override_the_default_ratio():
     from compress.pruners.filters import LayerRatio
     model = build_model(ModelConfig(name="lenet5"), (1, 28, 28), 10)
-    pruner = filter_pruner(model, ratio=0.5, layer_ratios=[LayerRatio("features.3", 0.25)])
+    pruner = filter_pruner(model, ratio=0.5, round_to=1, layer_ratios=[LayerRatio("features.3", 0.25)])
     assert pruner.final_keep == {"features.0": 3, "features.3": 12, "classifier.0": 60, "classifier.2": 42}
 
 
@@ -299,7 +299,7 @@ def test_greg_filter_mode_penalises_coupled_filters_and_is_cut_physically():
     greg = GRegPruner(GRegOptions(variant=1, granularity="filter", sparsity=0.5, pick_after=0.25))
     greg.attach(model, select_layers(model, LayerRule()), plan)
     greg.begin_epoch(1)
-    l1 = filter_pruner(twin, epochs=4, ratio=0.5, prune_after=0.25)
+    l1 = filter_pruner(twin, epochs=4, ratio=0.5, prune_after=0.25, round_to=1)  # GReg counts any width
     l1.begin_epoch(1)
     assert set(greg.pruned) == set(l1.dropped)  # same channels as the L1 filter method on the same weights
     for k in greg.pruned:

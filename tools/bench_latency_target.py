@@ -11,6 +11,7 @@ Writes results/latency-target/results.json and latency_target.png.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
@@ -45,8 +46,10 @@ SHAPE = (1, 28, 28)  # MNIST-sized inputs ("small inputs" for the torchvision mo
 def find_widths(model, groups, kind: str, factor: float, batch: int) -> dict:
     """{"keep", "ratio", "latency_ratio" (measured in the search, None for MACs), ...} for a target."""
     if kind == "flops":
-        ratio = ratio_for_macs(model, groups, SHAPE, factor)[0]
-        return {"keep": keep_counts(groups, ratio), "ratio": ratio, "latency_ratio": None, "round_to": 1,
+        rounding = FilterOptions().rounding()  # the pipeline's default for flops_target: multiples of 8
+        ratio = ratio_for_macs(model, groups, SHAPE, factor, rounding)[0]
+        return {"keep": keep_counts(groups, ratio, rounding), "ratio": ratio, "latency_ratio": None,
+                "round_to": rounding,
                 "pow2": False, "probes": [], "refined": []}
     measure = latency_ratio_measure(torch.randn(max(batch, 2), *SHAPE), batch, threads=1,
                                     runs=100 if batch == 1 else 20)
@@ -80,16 +83,22 @@ def main(argv=None) -> int:
     p.add_argument("--train-limit", type=int, default=6000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--data-root", default="../shared/data/mnist")
+    p.add_argument("--kinds", default="latency,flops", help="which targets to run; rows of the others already in "
+                                                            "the results file are kept")
     p.add_argument("--out", type=Path, default=Path("results/latency-target"))
     args = p.parse_args(argv)
+    kinds = args.kinds.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     batches = [int(b) for b in args.batches.split(",")]
     data = load_data("mnist", str(Path(args.data_root).resolve()), train_limit=args.train_limit) if args.train else None
     meta = {"machine": platform.platform(), "torch": torch.__version__, "threads": 1, "input": list(SHAPE),
             "batches": batches, "rows": []}
+    old = args.out / "results.json"
+    if old.exists() and set(kinds) != {"latency", "flops"}:
+        meta["rows"] = [r for r in json.loads(old.read_text())["rows"] if r["target"].split("_")[0] not in kinds]
     jobs = [(m, kind, float(t), b) for m in args.models.split(",") for t in args.targets.split(",")
-            for kind in ("latency", "flops") for b in (batches if kind == "latency" else batches[:1])]
+            for kind in kinds for b in (batches if kind == "latency" else batches[:1])]
     for name, kind, factor, batch in tqdm(jobs, desc="cuts"):
         torch.manual_seed(0)
         model = build_model(ModelConfig(name=name), SHAPE, 10).eval()

@@ -62,7 +62,8 @@ class FilterPruner(Pruner):
         groups = list(self.groups.values())
         try:
             if o.flops_target > 0:
-                ratio, _, _ = ratio_for_macs(model, groups, plan.input_shape, o.flops_target, o.round_to, fixed, o.pow2)
+                ratio, _, _ = ratio_for_macs(model, groups, plan.input_shape, o.flops_target, o.rounding(), fixed,
+                                           o.pow2)
             elif o.latency_target > 0:
                 found = widths_for_latency(model, groups, o.latency_target, plan.latency_ratio, o.round_to, fixed,
                                            o.pow2)
@@ -74,7 +75,7 @@ class FilterPruner(Pruner):
                      "pow2_found": found["pow2"], "latency_probes": found["probes"],
                      "latency_refined": found["refined"]}
         else:
-            self.final_keep = keep_counts(groups, ratio, o.round_to, o.pow2, fixed)
+            self.final_keep = keep_counts(groups, ratio, o.rounding(), o.pow2, fixed)
         dense = macs_with_widths(model, [], {}, plan.input_shape)
         after = macs_with_widths(model, groups, self.final_keep, plan.input_shape)
         self.planned = {"ratio": ratio, "macs_before": dense, "macs_after": after, "macs_factor": dense / after,

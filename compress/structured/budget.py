@@ -77,13 +77,13 @@ ROUNDINGS = ((1, False), (8, False), (16, False), (1, True))  # (round_to, pow2)
 
 
 def widths_for_latency(model: nn.Module, groups: list[ChannelGroup], factor: float,
-                       latency_ratio: Callable[[nn.Module, nn.Module], float], round_to: int = 1,
+                       latency_ratio: Callable[[nn.Module, nn.Module], float], round_to: int = 0,
                        fixed: dict[str, float] | None = None, pow2: bool = False,
                        probes: int = 6, refine: int = 8, _local: bool = False) -> dict:
     """Widths whose cut model measures at most 1/factor of the model's latency, cutting one ratio
     from every group not in `fixed`. `latency_ratio(model, cut)` times both side by side and returns
     cut / model. Latency jumps with the widths (a runtime runs some much faster than their
-    neighbours), so unless `round_to` or `pow2` is given, four roundings are searched — any width,
+    neighbours), so unless `round_to` (≥ 1) or `pow2` is given, four roundings are searched — any width,
     multiples of 8, of 16, powers of two — each by bisection over the ratio (`probes` timings;
     each distinct set of widths timed once); of every set that measured under the goal, the one
     keeping the most channels wins. One ratio for all groups moves latency in steps, so the winner
@@ -122,7 +122,7 @@ def widths_for_latency(model: nn.Module, groups: list[ChannelGroup], factor: flo
                                 "latency_ratio": latency_ratio(model, cut_copy(model, groups, keep))}
         return measured[widths]["latency_ratio"]
 
-    for rounding in ((round_to, pow2),) if round_to > 1 or pow2 else ROUNDINGS:
+    for rounding in ((max(round_to, 1), pow2),) if round_to >= 1 or pow2 else ROUNDINGS:
         lo, hi = 0.0, 0.999
         if probe(hi, rounding) > goal:
             continue
