@@ -36,18 +36,28 @@ def _exported(model: nn.Module, sample: torch.Tensor, path: Path, precision: str
     return path.with_suffix(".int8.onnx")
 
 
+def time_cuts(before: nn.Module, cuts: dict[str, nn.Module], sample: torch.Tensor, batch: int = 1,
+              threads: int = 1, runs: int = 200, precision: str = "fp32") -> dict:
+    """p50 latency of `before` and of every cut, all exported at `precision` ('fp32' or 'int8') and
+    timed side by side: {"before_ms", "cuts": {name: {"ms", "ratio"}}} (ratio = cut / before)."""
+    with tempfile.TemporaryDirectory() as work:
+        models = {"before": before, **{f"cut-{name}": cut for name, cut in cuts.items()}}
+        sessions = {key: open_model(_exported(model, sample, Path(work) / f"{key}.onnx", precision), threads=threads)
+                    for key, model in models.items()}
+        lat = compare_latency(sessions, _batch(sample, batch), warmup=20, runs=runs)
+    before_ms = lat["before"]["p50_ms"]
+    return {"before_ms": before_ms, "batch": batch, "threads": threads, "precision": precision,
+            "cuts": {name: {"ms": lat[f"cut-{name}"]["p50_ms"], "ratio": lat[f"cut-{name}"]["p50_ms"] / before_ms}
+                     for name in cuts}}
+
+
 def cut_speedup(before: nn.Module, after: nn.Module, sample: torch.Tensor, batch: int = 1, threads: int = 1,
                 runs: int = 200, precision: str = "fp32") -> dict:
     """{"before_ms", "after_ms", "ratio"}: p50 latency of both models (ratio = after / before), each
     exported at `precision` ('fp32' or 'int8')."""
-    with tempfile.TemporaryDirectory() as work:
-        paths = {name: _exported(model, sample, Path(work) / f"{name}.onnx", precision)
-                 for name, model in (("before", before), ("after", after))}
-        sessions = {name: open_model(path, threads=threads) for name, path in paths.items()}
-        lat = compare_latency(sessions, _batch(sample, batch), warmup=20, runs=runs)
-    return {"before_ms": lat["before"]["p50_ms"], "after_ms": lat["after"]["p50_ms"],
-            "ratio": lat["after"]["p50_ms"] / lat["before"]["p50_ms"], "batch": batch, "threads": threads,
-            "precision": precision}
+    timed = time_cuts(before, {"after": after}, sample, batch, threads, runs, precision)
+    after_ms = timed.pop("cuts")["after"]
+    return {**timed, "after_ms": after_ms["ms"], "ratio": after_ms["ratio"]}
 
 
 def latency_ratio_measure(sample: torch.Tensor, batch: int = 1, threads: int = 1, runs: int = 100,

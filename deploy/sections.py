@@ -24,6 +24,8 @@ class ConvertConfig:
 
 @dataclass
 class FreezeConfig:
+    round_to: int = opt(8, "Harvest widths a multiple of this (dead channels kept to round up, still exact); with "
+                        "latency_check, any width is also tried and the faster kept. 1: any width.", lo=1)
     latency_check: bool = opt(True, "Keep the channel cut only if the exported model runs faster than the model "
                               "before the cut (onnxruntime, timed side by side); otherwise keep the uncut model.")
     latency_batch_size: int = opt(1, "Batch size of that timing.", lo=1)

@@ -23,6 +23,12 @@ def test_a_cut_that_is_not_fast_enough_is_not_kept_and_the_report_says_so(tmp_pa
     a = json.loads((kept / "frozen" / "structure.json").read_text())
     b = json.loads((dropped / "frozen" / "structure.json").read_text())
     assert a["latency_check"]["kept"] and a["channels_removed"] > 0
+    # any width and multiples of 8 were both harvested and timed; the faster was kept
+    check = a["latency_check"]
+    assert "any width" in check["candidates"] and check["ratio"] == min(check["candidates"].values())
+    assert check["candidate"] == min(check["candidates"], key=check["candidates"].get)
+    if check["candidate"] == "x8":
+        assert all(after % 8 == 0 or after == before for before, after in a["widths"].values())
     assert not b["latency_check"]["kept"] and b["keep"] == {} and b["not_kept"]["channels_removed"] == a["channels_removed"]
     assert b["latency_check"]["before_ms"] > 0 and b["latency_check"]["after_ms"] > 0
     full, cut = load_file(str(dropped / "frozen" / "sparse.safetensors")), load_file(str(kept / "frozen" / "sparse.safetensors"))

@@ -127,6 +127,28 @@ def test_harvest_removes_dead_neurons_and_folds_their_constant_output():
         assert torch.allclose(model(x), want, atol=1e-6)
 
 
+def test_harvest_rounds_widths_up_to_a_multiple_and_stays_exact():
+    """round_to=8 keeps 8 or 16 of 32 hidden neurons where 5 or 13 are alive: the dead ones taken
+    back stay dead (or keep their constant), so the output is unchanged."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="mlp", hidden=[32, 32]), (1, 8, 8), 10).eval()
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        model.net[1].weight[5:] = 0    # 5 alive; the dead carry their bias (a constant) or zero
+        model.net[1].bias[20:] = 0
+        model.net[3].weight[13:] = 0   # 13 alive
+        want = model(x)
+    any_width = copy.deepcopy(model)
+    assert {k: len(v) for k, v in harvest_channels(any_width, channel_groups(any_width, x), (1, 8, 8)).keep.items()} \
+        == {"net.1": 5, "net.3": 13}
+    result = harvest_channels(model, channel_groups(model, x), (1, 8, 8), round_to=8)
+    assert {k: len(v) for k, v in result.keep.items()} == {"net.1": 8, "net.3": 16}
+    assert model.net[1].out_features == 8 and model.net[5].in_features == 16
+    with torch.no_grad():
+        assert torch.allclose(model(x), want, atol=1e-6)
+        assert torch.allclose(any_width(x), want, atol=1e-6)
+
+
 def frozen_and_masked(folder):
     """A finished run's frozen sparse model (rebuilt from its files), the masked model its training
     checkpoint gives before any cut, and 64 test images."""

@@ -84,11 +84,29 @@ def _even_blocks(keep_mask: torch.Tensor, blocks: int) -> torch.Tensor:
     return rows.flatten()
 
 
+def _round_up(keep_mask: torch.Tensor, blocks: int, round_to: int) -> torch.Tensor:
+    """Keep a multiple of `round_to` channels in every block (or the whole block), taking back
+    removable channels: they stay as they are (dead, or carrying their constant), so the model
+    still computes the same."""
+    if round_to <= 1:
+        return keep_mask
+    rows = keep_mask.view(blocks, -1).clone()
+    width = rows.shape[1]
+    for row in rows:
+        kept = int(row.sum())
+        need = min(-(-kept // round_to) * round_to, width)
+        spare = torch.nonzero(~row).flatten()
+        row[spare[: need - kept]] = True
+    return rows.flatten()
+
+
 @torch.no_grad()
-def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: tuple[int, ...]) -> Harvest:
+def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: tuple[int, ...],
+                     round_to: int = 1) -> Harvest:
     """Physically remove, in place, every channel of a prunable group whose producers are all zero,
-    folding constants into consumer biases where exact. The model must be in eval mode (BatchNorm
-    uses its running statistics)."""
+    folding constants into consumer biases where exact. With `round_to` > 1 each group keeps a
+    multiple of that many channels (widths a runtime runs fast), taking back some removable ones.
+    The model must be in eval mode (BatchNorm uses its running statistics)."""
     result = Harvest()
     example = torch.zeros(1, *input_shape)
     for group in groups:
@@ -112,7 +130,7 @@ def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: 
             ok[0] = False  # never to zero width
         keep_mask = torch.ones(group.size, dtype=torch.bool)
         keep_mask[idx[ok]] = False
-        keep_mask = _even_blocks(keep_mask, group.blocks)
+        keep_mask = _round_up(_even_blocks(keep_mask, group.blocks), group.blocks, round_to)
         ok &= ~keep_mask[idx]  # only what is really removed gets its constant folded
         if not ok.any():
             continue

@@ -16,18 +16,19 @@ def _sizes(model: nn.Module, input_shape: tuple[int, ...], suffix: str) -> dict:
             f"macs_{suffix}": count_macs(model, input_shape)["dense"]}
 
 
-def harvest(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
-    """Remove dead channels in place (constants folded where exact); returns the structure record:
-    kept channels per group (by first producer), biased consumers, widths, MACs and parameters."""
+def harvest(model: nn.Module, input_shape: tuple[int, ...], round_to: int = 1) -> dict:
+    """Remove dead channels in place (constants folded where exact), each group keeping a multiple
+    of `round_to` channels; returns the structure record: kept channels per group (by first
+    producer), biased consumers, widths, MACs and parameters."""
     before = _sizes(model, input_shape, "before")
     try:
         groups = channel_groups(model, torch.zeros(2, *input_shape))
     except ValueError as e:  # e.g. a model torch.fx cannot trace: nothing removed, and the report says why
         return {"keep": {}, "skipped": str(e), **before, **_sizes(model, input_shape, "after")}
     widths = {g.producers[0]: g.size for g in groups if g.producers}
-    result = harvest_channels(model.eval(), groups, input_shape)
+    result = harvest_channels(model.eval(), groups, input_shape, round_to)
     keep = result.keep
-    return {"keep": keep, "biased": result.biased, "constant_channels_folded": result.folded,
+    return {"keep": keep, "round_to": round_to, "biased": result.biased, "constant_channels_folded": result.folded,
             "widths": {p: (widths[p], len(k)) for p, k in keep.items()},
             "channels_removed": sum(widths[p] - len(k) for p, k in keep.items()),
             **before, **_sizes(model, input_shape, "after")}

@@ -17,7 +17,7 @@ from compress.loader import first
 from compress.structured import harvest
 from compress.train import load_checkpoint, make_plan
 
-from ..cut_check import cut_speedup
+from ..cut_check import time_cuts
 from .run import Run
 
 
@@ -50,12 +50,19 @@ def _frozen(run: Run, variant: str) -> tuple[nn.Module, dict]:
     return pruner.freeze().cpu().eval(), summary
 
 
-def _keep_if_faster(run: Run, uncut: nn.Module, cut: nn.Module, structure: dict) -> tuple[nn.Module, dict]:
-    """The cut model if it measures faster than the uncut one in onnxruntime, else the uncut one
-    (the structure record says which, with the timing)."""
+def _keep_fastest(run: Run, uncut: nn.Module, cuts: dict[str, tuple[nn.Module, dict]]) -> tuple[nn.Module, dict]:
+    """Of the cut models (name -> model, structure record), the one that measures fastest in
+    onnxruntime if it is faster than the uncut model, else the uncut one; the structure record says
+    which, with the timing of every candidate."""
     c = run.cfg.freeze
-    timing = cut_speedup(uncut, cut, first(run.data.test, max(c.latency_batch_size, 2))[0], c.latency_batch_size,
-                         c.latency_threads, precision=c.latency_precision)
+    timed = time_cuts(uncut, {name: model for name, (model, _) in cuts.items()},
+                      first(run.data.test, max(c.latency_batch_size, 2))[0], c.latency_batch_size, c.latency_threads,
+                      precision=c.latency_precision)
+    name = min(timed["cuts"], key=lambda n: timed["cuts"][n]["ratio"])
+    cut, structure = cuts[name]
+    timing = {k: timed[k] for k in ("before_ms", "batch", "threads", "precision")}
+    timing.update(after_ms=timed["cuts"][name]["ms"], ratio=timed["cuts"][name]["ratio"], candidate=name,
+                  candidates={n: t["ratio"] for n, t in timed["cuts"].items()})
     kept = timing["ratio"] < 1 / c.min_speedup
     timing["kept"] = kept
     if kept:
@@ -65,6 +72,24 @@ def _keep_if_faster(run: Run, uncut: nn.Module, cut: nn.Module, structure: dict)
                    "latency_check": timing, **{k: v for k, v in structure.items() if k.startswith(("params", "macs"))
                                                and k.endswith("before")},
                    "params_after": structure["params_before"], "macs_after": structure["macs_before"]}
+
+
+def _harvested(run: Run, model: nn.Module) -> tuple[nn.Module, dict]:
+    """`model` with its dead channels cut out. With the latency check, both any width and widths a
+    multiple of freeze.round_to are harvested and the fastest measured (or the uncut model) is kept;
+    without it, the rounded widths."""
+    c, shape = run.cfg.freeze, run.data.input_shape
+    if not c.latency_check:
+        return model, harvest(model, shape, c.round_to)
+    uncut, cuts = copy.deepcopy(model), {}
+    for round_to in dict.fromkeys((1, c.round_to)):
+        cut = copy.deepcopy(uncut)
+        structure = harvest(cut, shape, round_to)
+        if structure["keep"] and all(s["keep"] != structure["keep"] for _, s in cuts.values()):
+            cuts["any width" if round_to == 1 else f"x{round_to}"] = (cut, structure)
+    if not cuts:
+        return model, structure
+    return _keep_fastest(run, uncut, cuts)
 
 
 def freeze_stage(run: Run) -> list[str]:
@@ -79,11 +104,8 @@ def freeze_stage(run: Run) -> list[str]:
     overall, per_layer = global_sparsity(sparse, run.layers), layer_sparsity(sparse, run.layers)
     structure = None
     if "sparse" in run.variants:  # channels that carry only zeros are cut out: a smaller dense model
-        uncut = copy.deepcopy(sparse)
-        structure = harvest(sparse, shape)
-        if structure["keep"] and run.cfg.freeze.latency_check:
-            sparse, structure = _keep_if_faster(run, uncut, sparse, structure)
-            models[run.trained("sparse")] = sparse
+        sparse, structure = _harvested(run, sparse)
+        models[run.trained("sparse")] = sparse
         atomic.write_json(folder / "structure.json", structure)
         out.append("structure.json")
     for variant, model in models.items():
