@@ -24,15 +24,17 @@ def _batch(sample: torch.Tensor, batch: int):
     return x.repeat((batch + len(x) - 1) // len(x), 0)[:batch] if len(x) < batch else x
 
 
-def _exported(model: nn.Module, sample: torch.Tensor, path: Path, precision: str) -> Path:
+def _exported(model: nn.Module, sample: torch.Tensor, path: Path, precision: str, batch: int = 1,
+              threads: int = 1) -> Path:
     """`model` as the ONNX file that gets timed: fp32, or static int8 (the export stage's recipe,
-    calibrated on `sample`; timing barely depends on the calibration)."""
+    calibrated on `sample`, its float-or-int8 choice timed at `batch` and `threads`; timing barely
+    depends on the calibration)."""
     export_onnx(model.eval(), sample, path)
     if precision == "fp32":
         return path
     if precision != "int8":
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
-    quantize(path, path.with_suffix(".int8.onnx"), "static", sample.numpy())
+    quantize(path, path.with_suffix(".int8.onnx"), "static", sample.numpy(), timing=(batch, threads))
     return path.with_suffix(".int8.onnx")
 
 
@@ -42,8 +44,9 @@ def time_cuts(before: nn.Module, cuts: dict[str, nn.Module], sample: torch.Tenso
     timed side by side: {"before_ms", "cuts": {name: {"ms", "ratio"}}} (ratio = cut / before)."""
     with tempfile.TemporaryDirectory() as work:
         models = {"before": before, **{f"cut-{name}": cut for name, cut in cuts.items()}}
-        sessions = {key: open_model(_exported(model, sample, Path(work) / f"{key}.onnx", precision), threads=threads)
-                    for key, model in models.items()}
+        paths = {key: _exported(model, sample, Path(work) / f"{key}.onnx", precision, batch, threads)
+                 for key, model in models.items()}
+        sessions = {key: open_model(path, threads=threads) for key, path in paths.items()}
         lat = compare_latency(sessions, _batch(sample, batch), warmup=20, runs=runs)
     before_ms = lat["before"]["p50_ms"]
     return {"before_ms": before_ms, "batch": batch, "threads": threads, "precision": precision,
@@ -71,9 +74,9 @@ def latency_ratio_measure(sample: torch.Tensor, batch: int = 1, threads: int = 1
 
     def latency_ratio(model: nn.Module, cut: nn.Module) -> float:
         if reference.get("model") is not model:
-            path = _exported(model, sample, Path(work.name) / "model.onnx", precision)
+            path = _exported(model, sample, Path(work.name) / "model.onnx", precision, batch, threads)
             reference.update(model=model, session=open_model(path, threads=threads))
-        path = _exported(cut, sample, Path(work.name) / "cut.onnx", precision)
+        path = _exported(cut, sample, Path(work.name) / "cut.onnx", precision, batch, threads)
         lat = compare_latency({"model": reference["session"], "cut": open_model(path, threads=threads)}, x,
                               warmup=20, runs=runs)
         return lat["cut"]["p50_ms"] / lat["model"]["p50_ms"]

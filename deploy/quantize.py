@@ -19,6 +19,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from compress import atomic
 
+from .latency import compare_latency, make_session
+
 
 class _Batches(CalibrationDataReader):
     def __init__(self, input_name: str, x: np.ndarray, batch: int = 32):
@@ -35,7 +37,8 @@ def fast_int8_conv(out_channels: int, in_channels_per_group: int, groups: int) -
     and a multiple of 8, or a depthwise Conv over a multiple of 16 channels. Any other Conv falls back
     to a generic int8 path that ran slower than fp32 on this project's machine (ResNet-20 with
     8-channel stages: int8 x1.04-1.12 the fp32 latency at batch 1; with the stem and the 8-channel
-    convs left float, x0.87)."""
+    convs left float, x0.87). A rule, not a measurement: torchvision's resnet18 ran faster with its
+    3-channel stem in int8 than in float, which is why `quantize` times both when it can."""
     if groups > 1:
         return in_channels_per_group == 1 and out_channels == groups and groups % 16 == 0
     return in_channels_per_group % 4 == 0 and out_channels >= 16 and out_channels % 8 == 0
@@ -57,8 +60,6 @@ def slow_int8_convs(model: onnx.ModelProto) -> list[str]:
 
 
 def _time_pair(paths: dict[str, Path], x: np.ndarray, threads: int) -> dict[str, float]:
-    from .latency import compare_latency, make_session
-
     sessions = {name: make_session(path, threads=threads) for name, path in paths.items()}
     lat = compare_latency(sessions, x, warmup=10, runs=50 if len(x) > 1 else 200)
     return {name: lat[name]["p50_ms"] for name in paths}

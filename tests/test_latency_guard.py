@@ -29,7 +29,9 @@ def test_a_cut_that_is_not_fast_enough_is_not_kept_and_the_report_says_so(tmp_pa
     assert check["candidate"] == min(check["candidates"], key=check["candidates"].get)
     if check["candidate"] == "x8":
         assert all(after % 8 == 0 or after == before for before, after in a["widths"].values())
-    assert not b["latency_check"]["kept"] and b["keep"] == {} and b["not_kept"]["channels_removed"] == a["channels_removed"]
+    assert not b["latency_check"]["kept"] and b["keep"] == {} and b["not_kept"]["channels_removed"] > 0
+    if b["latency_check"]["candidate"] == check["candidate"]:  # which harvest times fastest can differ by run
+        assert b["not_kept"]["channels_removed"] == a["channels_removed"]
     assert b["latency_check"]["before_ms"] > 0 and b["latency_check"]["after_ms"] > 0
     full, cut = load_file(str(dropped / "frozen" / "sparse.safetensors")), load_file(str(kept / "frozen" / "sparse.safetensors"))
     assert [full[f"net.{i}.weight"].shape[0] for i in (1, 3)] == [256, 256]
