@@ -73,7 +73,8 @@ class STRPruner(Pruner):
     def after_backward(self, step: int) -> None:
         for theta, reparam in zip(self._latents(), self._reparams()):
             if theta.grad is not None:
-                reparam.s.grad = s_gradient(theta, theta.grad, reparam.tau()).to(reparam.s.dtype).reshape(reparam.s.shape)
+                grad = s_gradient(theta, theta.grad, reparam.tau())
+                reparam.s.grad = grad.to(reparam.s.dtype).reshape(reparam.s.shape)
 
     def _reparams(self) -> list[SoftThresholdLearned]:
         return [self.modules[n].parametrizations.weight[0] for n in self.layers]
