@@ -71,32 +71,16 @@ def _fold_terms(m: nn.Module, inp: torch.Tensor, idx: torch.Tensor, per_channel:
     return torch.ones(len(idx), dtype=torch.bool), terms
 
 
-def _even_blocks(keep_mask: torch.Tensor, blocks: int) -> torch.Tensor:
-    """Keep as many channels in every block as the fullest block keeps (a grouped conv cuts evenly):
-    blocks with fewer live channels also keep some removable ones, which stay as they are."""
-    if blocks == 1:
-        return keep_mask
+def _fill_blocks(keep_mask: torch.Tensor, blocks: int, round_to: int = 1) -> torch.Tensor:
+    """Keep the same number of channels in every block (a grouped conv cuts evenly): as many as
+    the fullest block keeps, rounded up to a multiple of `round_to` (widths a runtime runs fast) or
+    the whole block. Blocks take back removable channels for it; those stay as they are (dead, or
+    carrying their constant), so the model still computes the same."""
     rows = keep_mask.view(blocks, -1).clone()
-    need = int(rows.sum(1).max())
+    need = min(-(-int(rows.sum(1).max()) // round_to) * round_to, rows.shape[1])
     for row in rows:
         spare = torch.nonzero(~row).flatten()
         row[spare[: need - int(row.sum())]] = True
-    return rows.flatten()
-
-
-def _round_up(keep_mask: torch.Tensor, blocks: int, round_to: int) -> torch.Tensor:
-    """Keep a multiple of `round_to` channels in every block (or the whole block), taking back
-    removable channels: they stay as they are (dead, or carrying their constant), so the model
-    still computes the same."""
-    if round_to <= 1:
-        return keep_mask
-    rows = keep_mask.view(blocks, -1).clone()
-    width = rows.shape[1]
-    for row in rows:
-        kept = int(row.sum())
-        need = min(-(-kept // round_to) * round_to, width)
-        spare = torch.nonzero(~row).flatten()
-        row[spare[: need - kept]] = True
     return rows.flatten()
 
 
@@ -130,7 +114,7 @@ def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: 
             ok[0] = False  # never to zero width
         keep_mask = torch.ones(group.size, dtype=torch.bool)
         keep_mask[idx[ok]] = False
-        keep_mask = _round_up(_even_blocks(keep_mask, group.blocks), group.blocks, round_to)
+        keep_mask = _fill_blocks(keep_mask, group.blocks, round_to)
         ok &= ~keep_mask[idx]  # only what is really removed gets its constant folded
         if not ok.any():
             continue
