@@ -21,8 +21,13 @@ def norm_axis(m: nn.Module) -> int | None:
     if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1 and m.elementwise_affine:
         if type(m) is nn.LayerNorm:
             return -1
-        if type(m).__name__ == "LayerNorm2d" and type(m).__module__.startswith("torchvision."):
+        # channels-first LayerNorms of the libraries we know (their forward permutes, normalises the last
+        # axis, permutes back), and timm's plain subclass
+        known = type(m).__module__.startswith(("torchvision.", "timm."))
+        if known and type(m).__name__ == "LayerNorm2d":
             return 1
+        if known and type(m).__name__ == "LayerNorm":
+            return -1
     return None
 
 

@@ -39,11 +39,14 @@ def zero_channels(model: nn.Module, group: ChannelGroup, drop: torch.Tensor) -> 
         if m.bias is not None:
             m.bias[drop] = 0
     for name in group.passthrough:
-        m, at = model.get_submodule(name), group.offset(name) + torch.as_tensor(drop, dtype=torch.long)
-        # depthwise conv: its filter for the channel; BatchNorm: γ = β = 0 gives exact zeros whatever the statistics
-        m.weight[at] = 0
-        if m.bias is not None:
-            m.bias[at] = 0
+        m = model.get_submodule(name)
+        at = group.offset(name) + _consumer_columns(torch.as_tensor(drop, dtype=torch.long),
+                                                    group.passthrough_per.get(name, 1))
+        # depthwise conv: its filter for the channel; BatchNorm: γ = β = 0 gives exact zeros whatever the
+        # statistics; a norm without affine parameters already maps a zero channel to zero
+        for t in (getattr(m, "weight", None), getattr(m, "bias", None)):
+            if t is not None:
+                t[at] = 0
     for target, dim in group.parameters:
         at = group.offset(target) + torch.as_tensor(drop, dtype=torch.long)
         _get_parameter(model, target).index_fill_(dim, at, 0)
@@ -100,7 +103,8 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
             m.out_features = len(keep)
     for name in group.passthrough:
         m = model.get_submodule(name)
-        rows = _span(m.weight.shape[0], group.offset(name), group.size, keep)
+        per = group.passthrough_per.get(name, 1)
+        rows = _span(_width(m), group.offset(name), group.size * per, _consumer_columns(keep, per))
         if isinstance(m, CONV):
             m.weight = _index(m.weight, rows, 0)
             if m.bias is not None:
@@ -108,12 +112,14 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
             m.in_channels = m.out_channels = m.groups = len(rows)
         elif norm_axis(m) is not None:  # removed channels stay in its statistics as zeros
             model.set_submodule(name, keep_norm_channels(m, rows))
-        else:
+        else:  # BatchNorm, InstanceNorm, PReLU, a registered per-channel module: every per-channel tensor
             for attr in ("weight", "bias", "running_mean", "running_var"):
-                t = getattr(m, attr)
-                if t is not None:
+                t = getattr(m, attr, None)
+                if t is not None and t.dim() >= 1 and t.shape[0] > 1:
                     setattr(m, attr, _index(t, rows, 0))
-            m.num_features = len(rows)
+            for attr in ("num_features", "num_parameters"):
+                if hasattr(m, attr):
+                    setattr(m, attr, len(rows))
     for target, dim in group.parameters:
         owner, _, attr = target.rpartition(".")
         t = _get_parameter(model, target)
@@ -131,6 +137,14 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
             m.in_channels = len(cols)
         else:
             m.in_features = len(cols)
+
+
+def _width(m: nn.Module) -> int:
+    """How many channels a per-channel (passthrough) module has now."""
+    for attr in ("num_features", "num_parameters"):
+        if isinstance(getattr(m, attr, None), int):
+            return getattr(m, attr)
+    return m.weight.shape[0]
 
 
 def _cut_grouped_inputs(m: nn.Module, keep: torch.Tensor) -> None:

@@ -1,0 +1,335 @@
+"""The built-in channel rules: how channels flow through the ops torchvision and timm models use.
+
+Each function is one op kind's rule (see rules.py for the verbs). A conv (groups = 1) or Linear
+starts a new group and consumes its input's channels along the axis it reads; BatchNorm,
+InstanceNorm, PReLU and depthwise convs pass the group through with their per-channel
+parameters; element-wise activations, dropout and pooling (channel axis 1) pass it on; a residual
+add or a product merges its operands' groups; flatten of a channel-major tensor passes the group
+on with a spatial factor; permute moves the channel axis; a LayerNorm over the channel axis passes
+it through (removed channels count as zeros in its statistics, see norm.py); a parameter added or
+multiplied along the channel axis joins the group; a concatenation along the channel axis lays
+groups side by side. Activations with f(0) != 0 are recorded as shifts (a removed channel then
+carries a constant, folded by the harvest).
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+from torch import fx, nn
+
+from .norm import NormWithRemoved, norm_axis
+from .rules import elementwise_rule, function_rule, module_rule, register_function_rule, register_module_rule
+
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+INSTANCENORM = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+                nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+F = nn.functional
+
+
+# --- producers ---------------------------------------------------------------------------------
+
+@module_rule(*CONV)
+def conv(w, node, m) -> None:
+    x = w.first(node)
+    on_axis1 = x in w.label and w.axis[x] == 1
+    if x in w.label and (not on_axis1 or any(per != 1 for _, per in w.label[x])):
+        why = f"conv {node.target} after an unsupported reshape"
+        w.block(node, why)
+        w.start(node, m.out_channels, blocker=why)
+    elif m.groups == 1:
+        if x in w.label:
+            w.join(node.target, w.label[x], "consumer", x)
+        w.start(node, m.out_channels, producer=node.target)
+    elif m.groups == m.in_channels == m.out_channels and x in w.label:  # depthwise: pass through
+        w.join(node.target, w.label[x], "passthrough")
+        w.follow(node, x, reset=True)
+    elif x in w.label and len(w.label[x]) == 1:
+        # grouped: it reads its input in `groups` blocks and writes its output in as many; both are cut
+        # evenly per block
+        gid = w.label[x][0][0]
+        w.join(node.target, w.label[x], "consumer", x)
+        grp = w.g.get(gid)
+        grp.blocks = math.lcm(grp.blocks, m.groups)
+        if grp.size % grp.blocks:
+            grp.blockers.append(f"{grp.size} channels do not split into {grp.blocks} equal blocks")
+        w.start(node, m.out_channels, producer=node.target)
+        w.g.get(w.label[node][0][0]).blocks = m.groups
+    else:
+        why = f"grouped conv {node.target} ({m.groups} groups) after a concatenation or reshape"
+        w.block(node, why)
+        w.start(node, m.out_channels, blocker=why)
+
+
+@module_rule(nn.Linear)
+def linear(w, node, m) -> None:
+    x = w.first(node)
+    if x in w.label and w.axis[x] == w.ndim(x) - 1:
+        w.join(node.target, w.label[x], "consumer", x)
+    elif x in w.label:
+        w.block(node, f"Linear {node.target} reads axis {w.ndim(x) - 1}, not the channel axis {w.axis[x]}")
+    w.start(node, m.out_features, producer=node.target, axis=w.ndim(node) - 1)
+
+
+# --- per-channel modules (pass through, their parameters cut with the channels) ------------------
+
+def _per_channel(w, node, name: str, what: str) -> None:
+    """Module `name` normalises or scales each channel of axis 1 on its own (BatchNorm, InstanceNorm,
+    PReLU): it joins the groups; after a flatten it has one entry per flattened input."""
+    x = w.first(node)
+    if x in w.label and w.axis[x] == 1:
+        w.join(name, w.label[x], "passthrough")
+        w.follow(node, x, reset=True)
+    elif x in w.label:
+        w.block(node, f"{name} ({what}) works on axis 1, not the channel axis {w.axis[x]}")
+
+
+@module_rule(*BATCHNORM)
+def batchnorm(w, node, m) -> None:
+    _per_channel(w, node, node.target, type(m).__name__)
+
+
+@module_rule(*INSTANCENORM)
+def instancenorm(w, node, m) -> None:
+    """Statistics per sample and channel: a zero channel normalises to zero, and the others do not see it."""
+    x = w.first(node)
+    if x in w.label and any(per != 1 for _, per in w.label[x]):
+        w.block(node, f"{node.target} (InstanceNorm) after a flatten")
+    else:
+        _per_channel(w, node, node.target, "InstanceNorm")
+
+
+@module_rule(nn.PReLU)
+def prelu(w, node, m) -> None:
+    if m.num_parameters == 1:  # one shared slope: element-wise
+        w.follow(node, w.first(node))
+    else:
+        _per_channel(w, node, node.target, "PReLU")
+
+
+@function_rule(F.batch_norm, F.instance_norm)
+def functional_norm(w, node, m) -> None:
+    """F.batch_norm(x, running_mean, running_var, weight, bias, ...) inside a module (timm's
+    BatchNormAct2d and relatives): the module owning those tensors is a per-channel member."""
+    owners = {a.target.rpartition(".")[0] for a in node.all_input_nodes if a.op == "get_attr"}
+    owner = next(iter(owners)) if len(owners) == 1 else None
+    if owner is not None and isinstance(w.modules.get(owner), (*BATCHNORM, *INSTANCENORM)):
+        _per_channel(w, node, owner, type(w.modules[owner]).__name__)
+    else:
+        w.block(node, f"{node.name}: a functional norm whose parameters belong to no single norm module")
+
+
+@module_rule(nn.LayerNorm, NormWithRemoved)
+def layernorm(w, node, m) -> None:
+    x = w.first(node)
+    axis = norm_axis(m)
+    if x not in w.label:
+        return
+    if axis is None:
+        w.block(node, f"unsupported module {node.target} ({type(m).__name__}: not a LayerNorm over one axis)")
+    elif w.axis[x] == axis % w.ndim(x) and all(per == 1 for _, per in w.label[x]):
+        if w.shifted.get(x):  # the statistics would see the constant, not a zero
+            w.block(node, f"{node.target} normalises channels that carry {w.shifted[x]}")
+        else:
+            w.join(node.target, w.label[x], "passthrough")
+            w.follow(node, x, reset=True)
+    else:
+        w.block(node, f"{node.target} ({type(m).__name__}) normalises axis {axis % w.ndim(x)}, "
+                      f"not the channel axis {w.axis[x]}")
+
+
+# --- element-wise --------------------------------------------------------------------------------
+
+for _cls in (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Mish,
+             nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity, nn.Hardtanh, nn.Softsign,
+             nn.Tanhshrink, nn.Hardshrink, nn.Softshrink, nn.CELU, nn.SELU):
+    register_module_rule(_cls, elementwise_rule)
+for _fn in (torch.relu, F.relu, F.relu6, F.hardswish, F.silu, F.gelu, F.dropout, torch.tanh, F.leaky_relu, F.elu,
+            F.mish, F.hardtanh, F.dropout2d, torch.nn.functional.relu_, "relu", "relu_", "tanh", "contiguous",
+            "clone", "detach", "float"):
+    register_function_rule(_fn, elementwise_rule)
+
+
+def stochastic_depth(w, node, m) -> None:
+    """torchvision's stochastic depth scales whole samples: a zero channel stays zero."""
+    w.follow(node, w.first(node))
+
+
+try:
+    import torchvision.ops
+
+    register_module_rule(torchvision.ops.StochasticDepth, stochastic_depth)
+    register_function_rule(torchvision.ops.stochastic_depth, stochastic_depth)
+except ImportError:  # torchvision is optional here
+    pass
+
+
+@module_rule(nn.Sigmoid, nn.Hardsigmoid)
+def shift_module(w, node, m) -> None:
+    w.follow(node, w.first(node), shift=f"{node.target} ({type(m).__name__}: f(0) != 0)")
+
+
+@function_rule(torch.sigmoid, F.sigmoid, F.hardsigmoid, "sigmoid")
+def shift_function(w, node, m) -> None:
+    w.follow(node, w.first(node), shift=f"{node.name} (sigmoid: f(0) != 0)")
+
+
+@module_rule(*POOL_MODULES)
+def pool(w, node, m) -> None:
+    x = w.first(node)
+    if x in w.label and w.axis[x] == 1:
+        w.follow(node, x)
+    elif x in w.label:
+        w.block(node, f"pooling {node.name} over the channel axis")
+
+
+for _fn in (F.adaptive_avg_pool2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_max_pool2d,
+            F.avg_pool1d, F.max_pool1d):
+    register_function_rule(_fn, pool)
+
+
+# --- reshapes ------------------------------------------------------------------------------------
+
+@module_rule(nn.Flatten)
+def flatten_module(w, node, m) -> None:
+    flatten(w, node, m)
+
+
+@function_rule(torch.flatten, "flatten", "view", "reshape")
+def flatten(w, node, m) -> None:
+    """Flatten of a channel-major [B, C, ...] to [B, C·k]: C channels, each now k inputs wide. Any other
+    reshape of a channel-carrying tensor blocks (e.g. [B, T, F] → [B, T·F] interleaves the channels)."""
+    src = w.first(node)
+    if src not in w.label:
+        return
+    before, after = src.meta["tensor_meta"].shape, node.meta["tensor_meta"].shape
+    if tuple(before) == tuple(after):  # a no-op reshape
+        w.follow(node, src)
+    elif w.axis[src] == 1 and len(after) == 2 and after[0] == before[0] and len(before) >= 2:
+        spatial = math.prod(before[2:])
+        w.label[node], w.axis[node] = tuple((gid, per * spatial) for gid, per in w.label[src]), 1
+    else:
+        w.block(node, f"reshape {node.name} of {list(before)} with channels on axis {w.axis[src]}")
+
+
+@function_rule(torch.permute, "permute")
+def permute(w, node, m) -> None:
+    x = w.first(node)
+    if x not in w.label:
+        return
+    dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) \
+        else node.args[1:] or node.kwargs.get("dims")
+    w.label[node], w.axis[node] = w.label[x], [d % len(dims) for d in dims].index(w.axis[x])
+
+
+@function_rule(torch.mean, "mean")
+def mean(w, node, m) -> None:
+    """A mean over dims that do not include the channel axis keeps the channels (e.g. global pooling)."""
+    src = w.first(node)
+    if src not in w.label:
+        return
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    ndim = w.ndim(src)
+    dims = [d % ndim for d in ([dims] if isinstance(dims, int) else dims or [])]
+    if not dims or w.axis[src] in dims:
+        w.block(node, f"mean {node.name} over the channel axis")
+        return
+    w.label[node] = w.label[src]
+    w.axis[node] = w.axis[src] if keep else w.axis[src] - sum(d < w.axis[src] for d in dims)
+
+
+@function_rule(getattr, operator.getitem, "size", "dim")
+def indexing(w, node, m) -> None:
+    if w.ndim(node) is not None and any(a in w.label for a in node.all_input_nodes):
+        w.block(node, f"indexing {node.name}")  # a tensor cut out of a channel-carrying one
+
+
+# --- sums, products, concatenation ----------------------------------------------------------------
+
+@function_rule(operator.add, operator.iadd, torch.add, "add", "add_")
+def add(w, node, m) -> None:
+    _binary(w, node, "add")
+
+
+@function_rule(operator.mul, operator.imul, torch.mul, "mul", "mul_")
+def mul(w, node, m) -> None:
+    _binary(w, node, "mul")
+
+
+def _binary(w, node, kind: str) -> None:
+    """add: a residual; mul: e.g. squeeze-and-excitation, x * scale[B, C, 1, 1]. Either way the operands'
+    channels are the same channels, so their groups merge."""
+    tensors = [a for a in node.all_input_nodes if w.ndim(a) is not None]
+    if len(tensors) == 2 and all(t in w.label for t in tensors) and w.axis[tensors[0]] == w.axis[tensors[1]]:
+        a, b = tensors
+        w.label[node], w.axis[node] = _merge(w, node, w.label[a], w.label[b]), w.axis[a]
+        # a removed channel is zero in a sum if zero in both, in a product if zero in either
+        w.shifted[node] = (w.shifted.get(a) or w.shifted.get(b)) if kind == "add" else \
+            (w.shifted.get(a) and w.shifted.get(b))
+    elif len(tensors) == 1 and tensors[0] in w.label:
+        w.follow(node, tensors[0], shift=f"{node.name} (+ a constant)" if kind == "add" else None)
+    elif len(tensors) == 2 and sum(t in w.label for t in tensors) == 1 and \
+            any(t.op == "get_attr" for t in tensors if t not in w.label):
+        x = next(t for t in tensors if t in w.label)
+        _parameter(w, node, x, next(t for t in tensors if t not in w.label), kind)
+    elif any(a in w.label for a in node.all_input_nodes):
+        w.block(node, f"{kind} {node.name} of a channel tensor and an untracked tensor")
+
+
+def _merge(w, node, a, b):
+    """A residual add: the operands' channels are the same channels, segment by segment."""
+    g = w.g
+    if len(a) != len(b) or any(g.get(x).size != g.get(y).size or p != q for (x, p), (y, q) in zip(a, b)):
+        for gid, _ in (*a, *b):
+            g.get(gid).blockers.append(f"add {node.name} of differently concatenated tensors")
+        return a
+    return tuple((g.merge(x, y), p) for (x, p), (y, _) in zip(a, b))
+
+
+@function_rule(torch.cat, torch.concat, torch.concatenate, "cat")
+def concat(w, node, m) -> None:
+    """torch.cat along the channel axis: the inputs' segments side by side; any other axis blocks."""
+    tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    ndim = w.ndim(node)
+    parts = [w.label.get(t) if isinstance(t, fx.Node) else None for t in tensors]
+    axes = {w.axis.get(t) for t in tensors if isinstance(t, fx.Node)}
+    if all(p is not None for p in parts) and len(axes) == 1 and dim % ndim == axes.pop():
+        w.label[node] = tuple(seg for p in parts for seg in p)
+        w.axis[node] = dim % ndim
+        return
+    for p in parts:
+        for gid, _ in p or ():
+            w.g.get(gid).blockers.append(f"concatenation {node.name} along dim {dim}, not the channel axis")
+
+
+def _parameter(w, node: fx.Node, x: fx.Node, p: fx.Node, kind: str) -> None:
+    """x + p or x * p with p a parameter (get_attr). Broadcast along the channel axis (size 1 there, or
+    too few dims to reach it) p is a constant: a product keeps removed channels zero, a sum shifts
+    them. With one entry per channel (ConvNeXt's layer scale [C, 1, 1], ViT's position embedding
+    [1, T, C]) p joins the groups along that dim: the masked model zeroes those entries too."""
+    shape, nd = p.meta["tensor_meta"].shape, w.ndim(x)
+    dim = w.axis[x] - (nd - len(shape))
+    w.label[node], w.axis[node] = w.label[x], w.axis[x]
+    if dim < 0 or shape[dim] == 1:
+        w.shifted[node] = w.shifted.get(x) or (f"{node.name} (+ a constant)" if kind == "add" else None)
+        return
+    segs = w.label[x]
+    if len(p.users) > 1:  # cutting it would change what its other uses compute
+        w.block(node, f"{kind} {node.name}: parameter {p.target} is used elsewhere too")
+        return
+    if shape[dim] != sum(w.g.get(gid).size for gid, _ in segs) or any(per != 1 for _, per in segs):
+        w.block(node, f"{kind} {node.name} of a channel tensor and parameter {p.target} of shape {list(shape)}")
+        return
+    for i, (gid, _) in enumerate(segs):
+        grp = w.g.get(gid)
+        grp.parameters.append((p.target, dim))
+        if i:
+            grp.before[p.target] = list(segs[:i])
+    # a product with a zeroed entry is zero whatever x carried; a sum keeps what x carried
+    w.shifted[node] = w.shifted.get(x) if kind == "add" else None
