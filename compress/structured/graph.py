@@ -104,8 +104,10 @@ class _Tracer(fx.Tracer):
 class Walk:
     """The state of one pass over a traced graph, and the verbs channel rules use (see rules.py)."""
 
-    def __init__(self, traced: fx.GraphModule):
-        self.modules = dict(traced.named_modules())
+    def __init__(self, traced: fx.GraphModule, model: nn.Module):
+        # the model's own modules: the traced copy keeps only what the graph calls, so a module whose
+        # tensors a functional call reads (timm's BatchNormAct2d) is an empty shell there
+        self.modules = {**dict(traced.named_modules()), **dict(model.named_modules())}
         self.g = _Groups()
         # node -> its channel axis as segments (group id, inputs per channel); several after a concatenation
         self.label: dict[fx.Node, tuple[tuple[int, int], ...]] = {}
@@ -200,7 +202,7 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
     Raises ValueError, with one line saying why, for a model it cannot trace or run; any op it does
     not understand leaves the groups involved unprunable (their `blockers` say why)."""
     traced = _trace(model, example)
-    w = Walk(traced)
+    w = Walk(traced, model)
     try:
         _walk(w, traced)
     except Exception as e:  # a rule met a case it does not know: refuse the model, never crash

@@ -1,0 +1,278 @@
+"""Channel rules on models nobody here tuned for: shared weights, a module called twice, functional
+norms, per-channel ops, optional forward arguments, a user's own module with a registered rule.
+Every cut is compared with the masked model on random (seeded) keep sets; shared uses must block."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from compress.structured import channel_groups, remove_channels, zero_channels
+from compress.structured.budget import keep_count
+from compress.structured.rules import MODULE_RULES, register_channelwise, register_elementwise
+
+
+def random_keep(group, ratio, gen):
+    """A seeded random keep set with the same count in every block of a grouped conv."""
+    count = keep_count(group.size, ratio, blocks=group.blocks)
+    width, per = group.size // group.blocks, count // group.blocks
+    return torch.cat([b * width + torch.randperm(width, generator=gen)[:per].sort().values
+                      for b in range(group.blocks)])
+
+
+def cut_vs_masked(model, x, ratio=0.4, seed=0):
+    """Cut every prunable group (random keep sets) and zero the same channels in a copy; returns
+    (groups cut, max relative output difference, the groups)."""
+    model = model.eval()
+    groups = channel_groups(model, x)
+    gen = torch.Generator().manual_seed(seed)
+    masked, smaller = copy.deepcopy(model), copy.deepcopy(model)
+    cut = 0
+    for group, same in zip(groups, copy.deepcopy(groups)):
+        if not group.prunable:
+            continue
+        keep = random_keep(group, ratio, gen)
+        drop = torch.tensor(sorted(set(range(group.size)) - set(keep.tolist())), dtype=torch.long)
+        remove_channels(smaller, group, keep)
+        zero_channels(masked, same, drop)
+        cut += 1
+    with torch.no_grad():
+        want, got = masked(x), smaller(x)
+    return cut, float((got - want).abs().max() / want.abs().max().clamp_min(1e-6)), groups
+
+
+def blockers(groups, producer):
+    return next(g.blockers for g in groups if producer in g.producers)
+
+
+class TiedLinears(nn.Module):
+    """Two Linear layers holding one weight tensor."""
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+class TransposedReuse(nn.Module):
+    """An encoder whose weight the decoder also reads, transposed, through F.linear."""
+    def __init__(self):
+        super().__init__()
+        self.enc, self.head = nn.Linear(12, 20), nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.enc(x))
+        return self.head(nn.functional.linear(h, self.enc.weight.t()))
+
+
+class CalledTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block, self.head = nn.Linear(10, 16), nn.Linear(16, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        return self.head(self.block(torch.relu(self.block(h))))
+
+
+class FlattenNormHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.flat = nn.Flatten()
+        self.norm = nn.BatchNorm1d(8 * 4 * 4)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(self.norm(self.flat(torch.relu(self.conv(x)))))
+
+
+class PerChannelOps(nn.Module):
+    """InstanceNorm (with and without affine), PReLU with a slope per channel and a shared one."""
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1, self.a1 = nn.Conv2d(3, 12, 3, padding=1), nn.InstanceNorm2d(12, affine=True), nn.PReLU(12)
+        self.c2, self.n2, self.a2 = nn.Conv2d(12, 10, 3, padding=1), nn.InstanceNorm2d(10), nn.PReLU()
+        self.c3 = nn.Conv2d(10, 4, 1)
+
+    def forward(self, x):
+        return self.c3(self.a2(self.n2(self.c2(self.a1(self.n1(self.c1(x)))))))
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """timm's fused norm + activation shape: a BatchNorm2d subclass calling F.batch_norm itself."""
+    def __init__(self, n):
+        super().__init__(n)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        x = nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                     self.training, self.momentum, self.eps)
+        return self.act(x)
+
+
+class FusedNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(3, 16, 3, padding=1), BatchNormAct(16)
+        self.c2, self.n2 = nn.Conv2d(16, 16, 3, padding=1), BatchNormAct(16)
+        self.head = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        h = self.n1(self.c1(x))
+        return self.head(h + self.n2(self.c2(h)))
+
+
+class OptionalArgs(nn.Module):
+    """A forward with extra optional arguments (as timm's ViT has): traced at their defaults."""
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 24), nn.Linear(24, 3)
+
+    def forward(self, x, mask=None, scale: float = 1.0, return_features: bool = False):
+        h = torch.relu(self.fc1(x))
+        if mask is not None:
+            h = h * mask
+        return h if return_features else self.fc2(h) * scale
+
+
+class Swish(nn.Module):
+    """A user's own activation: fx would trace into it; a registered rule keeps it whole."""
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+class ChannelScale(nn.Module):
+    """A user's own per-channel scale with a `weight` of one entry per channel."""
+    def __init__(self, n):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(n) + 0.5)
+
+    def forward(self, x):
+        return x * self.weight.view(1, -1, 1, 1)
+
+
+class UserModules(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.s1, self.act = nn.Conv2d(3, 12, 3, padding=1), ChannelScale(12), Swish()
+        self.c2 = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        return self.c2(self.act(self.s1(self.c1(x))))
+
+
+def _randomise_norms(model):
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 1.5)
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.affine:
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    return model
+
+
+def test_tied_weights_block_both_layers():
+    torch.manual_seed(0)
+    model, x = TiedLinears(), torch.randn(4, 16)
+    cut, diff, groups = cut_vs_masked(model, x)
+    assert any("shared" in b for b in blockers(groups, "a")) and any("shared" in b for b in blockers(groups, "b"))
+    assert diff < 1e-5  # nothing cut wrongly (before: 0.27 relative difference)
+
+
+def test_weight_read_by_a_functional_call_blocks_its_group():
+    torch.manual_seed(0)
+    model, x = TransposedReuse(), torch.randn(4, 12)
+    cut, diff, groups = cut_vs_masked(model, x)
+    assert not next(g for g in groups if "enc" in g.producers).prunable
+    assert diff < 1e-5
+
+
+def test_module_called_twice_blocks_its_groups():
+    torch.manual_seed(0)
+    model, x = CalledTwice(), torch.randn(4, 10)
+    cut, diff, groups = cut_vs_masked(model, x)
+    assert any("block" in b and "2 uses" in b for b in blockers(groups, "block"))
+    assert diff < 1e-5
+
+
+def test_batchnorm1d_after_flatten_is_cut_per_flattened_input():
+    torch.manual_seed(0)
+    model, x = _randomise_norms(FlattenNormHead()), torch.randn(4, 3, 6, 6)
+    cut, diff, groups = cut_vs_masked(model, x)
+    assert cut == 1 and diff < 1e-5
+    smaller = copy.deepcopy(model).eval()
+    group = next(g for g in channel_groups(smaller, x) if g.prunable)
+    remove_channels(smaller, group, torch.tensor([1, 4, 6]))
+    assert smaller.norm.num_features == 3 * 16 and smaller.fc.in_features == 3 * 16
+    smaller(x)  # runs
+
+
+def test_instance_norm_and_prelu_pass_channels_through():
+    torch.manual_seed(0)
+    model, x = _randomise_norms(PerChannelOps()), torch.randn(2, 3, 8, 8)
+    cut, diff, groups = cut_vs_masked(model, x)
+    assert cut == 2 and diff < 1e-5
+    assert "n1" in next(g for g in groups if "c1" in g.producers).passthrough
+    assert "a1" in next(g for g in groups if "c1" in g.producers).passthrough
+
+
+def test_functional_batch_norm_inside_a_fused_module_joins_its_module():
+    torch.manual_seed(0)
+    model, x = _randomise_norms(FusedNormNet()), torch.randn(2, 3, 8, 8)
+    cut, diff, groups = cut_vs_masked(model, x)
+    assert cut == 1 and diff < 1e-5
+    group = next(g for g in groups if "c1" in g.producers)
+    assert set(group.passthrough) == {"n1", "n2"} and set(group.producers) == {"c1", "c2"}
+
+
+def test_optional_forward_arguments_are_traced_at_their_defaults():
+    torch.manual_seed(0)
+    cut, diff, groups = cut_vs_masked(OptionalArgs(), torch.randn(3, 8))
+    assert cut == 1 and diff < 1e-5
+
+
+def test_a_required_second_argument_is_a_one_line_refusal():
+    class TwoInputs(nn.Module):
+        def forward(self, x, y):
+            return x + y
+    with pytest.raises(ValueError, match="needs argument 'y'"):
+        channel_groups(TwoInputs(), torch.randn(2, 3))
+
+
+def test_a_users_module_blocks_until_a_rule_is_registered():
+    torch.manual_seed(0)
+    model, x = UserModules(), torch.randn(2, 3, 8, 8)
+    groups = channel_groups(model, x)
+    assert not next(g for g in groups if "c1" in g.producers).prunable  # fx sees mul with a view: blocked
+    saved = dict(MODULE_RULES)
+    try:
+        register_channelwise(ChannelScale)
+        register_elementwise(Swish)
+        cut, diff, groups = cut_vs_masked(model, x)
+        group = next(g for g in groups if "c1" in g.producers)
+        assert group.prunable and "s1" in group.passthrough and cut == 1
+        # Swish(0) = 0, so the removed channels stay zero: exact
+        assert diff < 1e-5
+        smaller = copy.deepcopy(model).eval()
+        remove_channels(smaller, next(g for g in channel_groups(smaller, x) if g.prunable), torch.arange(5))
+        assert smaller.s1.weight.shape == (5,)
+    finally:
+        MODULE_RULES.clear()
+        MODULE_RULES.update(saved)
+
+
+def test_unknown_module_blocks_naming_module_path_and_type():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.attn = nn.Conv1d(4, 8, 1), nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            h = self.c(x).transpose(1, 2)
+            return self.attn(h, h, h)[0]
+    groups = channel_groups(Net(), torch.randn(2, 4, 5))
+    assert any("transpose" in b for b in blockers(groups, "c"))
