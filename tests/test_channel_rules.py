@@ -276,3 +276,68 @@ def test_unknown_module_blocks_naming_module_path_and_type():
             return self.attn(h, h, h)[0]
     groups = channel_groups(Net(), torch.randn(2, 4, 5))
     assert any("transpose" in b for b in blockers(groups, "c"))
+
+
+class GroupNormNet(nn.Module):
+    """Conv → GroupNorm → ReLU, twice, with a residual: both norms sit in one group."""
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16)
+        self.c2, self.n2 = nn.Conv2d(16, 16, 3, padding=1), nn.GroupNorm(8, 16)
+        self.mid, self.n3 = nn.Conv2d(16, 12, 1), nn.GroupNorm(3, 12, affine=False)
+        self.head = nn.Conv2d(12, 5, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.n1(self.c1(x)))
+        h = h + torch.relu(self.n2(self.c2(h)))
+        return self.head(torch.relu(self.n3(self.mid(h))))
+
+
+def _randomise_affine(model):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.GroupNorm) and m.affine:
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def test_group_norm_keeps_the_statistics_of_the_masked_model():
+    torch.manual_seed(0)
+    model, x = _randomise_affine(GroupNormNet()), torch.randn(2, 3, 8, 8)
+    cut, diff, groups = cut_vs_masked(model, x)
+    assert cut == 1 and diff < 1e-5
+    assert set(next(g for g in groups if "c1" in g.producers).passthrough) == {"n1", "n2"}
+    assert "without affine" in blockers(groups, "mid")[0]  # −mean/std where the channel was: not removable
+
+
+def test_group_norm_cut_twice_and_exported_matches_onnxruntime(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    torch.manual_seed(1)
+    model, x = _randomise_affine(GroupNormNet()).eval(), torch.randn(2, 3, 8, 8)
+    reference = copy.deepcopy(model)
+    for keep in ([0, 2, 3, 5, 7, 8, 9, 10, 12, 13, 15], [0, 1, 3, 4, 6, 8, 9, 10]):  # a cut of a cut
+        group = next(g for g in channel_groups(model, x) if "c1" in g.producers)
+        full = list(range(group.size))
+        drop = torch.tensor(sorted(set(full) - set(keep)), dtype=torch.long)
+        zero_channels(reference, next(g for g in channel_groups(reference, x) if "c1" in g.producers),
+                      _original_indices(model, drop))
+        remove_channels(model, group, torch.tensor(keep))
+    with torch.no_grad():
+        want, got = reference(x), model(x)
+    assert model.c1.out_channels == 8 and float((got - want).abs().max()) < 1e-5
+    from deploy.export import export_onnx
+
+    path = tmp_path / "gn.onnx"
+    export_onnx(model, x, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(out - got.numpy()).max() < 1e-4
+
+
+def _original_indices(model, drop):
+    """Channels `drop` of the cut model's c1 group, as indices of the uncut model."""
+    n1 = model.n1
+    return n1.kept[drop] if hasattr(n1, "kept") else drop

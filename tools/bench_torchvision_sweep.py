@@ -1,8 +1,10 @@
-"""Channel removal on every torchvision classification model: exact, refused (naming the blocker),
-crash or WRONG, with the MAC reduction when every prunable group loses 30% of its channels.
+"""Channel removal on every torchvision classification model (or a timm set, --zoo timm): exact,
+refused (naming the blocker), crash or WRONG, with the MAC reduction when every prunable group
+loses 30% of its channels (block-balanced random keep sets, seeded).
 
 Each model runs in a child process with a time limit (random weights, BatchNorm statistics made
-non-trivial; 64x64 input, 96 for inception_v3, 224 for the vision transformers). "exact": the cut model's output equals
+non-trivial; 64x64 input, 96 for inception_v3, 224 for the vision transformers; timm models at
+64x64, or their configured input size when they do not run at 64). "exact": the cut model's output equals
 the model with those channels zeroed (relative difference < 1e-4).
 
 With --torch-pruning, Torch-Pruning (`pip install torch-pruning`) runs beside it on the same model,
@@ -11,6 +13,7 @@ pruning_ratio 0.3 per layer, the classifier ignored, nothing model-specific), on
 when the pruned model runs; MACs are counted by our counter on both, so the medians compare.
 
     .venv/bin/python tools/bench_torchvision_sweep.py            # writes results/torchvision-sweep/
+    .venv/bin/python tools/bench_torchvision_sweep.py --zoo timm --torch-pruning   # results/timm-sweep/
 """
 from __future__ import annotations
 
@@ -27,20 +30,48 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+# timm models across families (issue 25's list); `timm` is the optional extra `sparsepipe[compare]`
+TIMM_MODELS = """resnet18 resnet50 resnext26ts seresnet18 skresnet18 resnet26d ecaresnet26t efficientnet_b0
+tf_efficientnet_lite0 mobilenetv2_100 mobilenetv3_large_100 mobilenetv3_small_100 mobilenetv4_conv_small
+ghostnet_100 mixnet_s rexnet_100 tinynet_a lcnet_050 fbnetc_100 mnasnet_100 densenet121 inception_v3
+repvgg_a0 mobileone_s0 cspresnet50 cspdarknet53 dpn68 gernet_s regnetx_002 regnety_004 convnext_atto
+convnextv2_atto vit_tiny_patch16_224 deit_tiny_patch16_224 swin_tiny_patch4_window7_224 levit_128s
+mixer_s16_224 nf_resnet26 dm_nfnet_f0 mobilevit_xxs efficientvit_b0 hrnet_w18_small res2net50_14w_8s
+selecsls42b dla34 vgg11 poolformer_s12 resmlp_12_224""".split()
+
+
 def model_and_input(name: str):
-    """The torchvision model `name` (random weights, seeded; BatchNorm statistics made non-trivial) in
-    eval mode, and the input it is swept at."""
+    """The model `name` ('timm:<name>' for timm; random weights, seeded; BatchNorm statistics made
+    non-trivial) in eval mode, and the input it is swept at."""
     import torch
-    import torchvision
 
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None).eval()
+    if name.startswith("timm:"):
+        model, size = _timm_model(name[5:])
+    else:
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None).eval()
+        size = 224 if any(k in name for k in ("vit", "swin", "maxvit")) else 96 if "inception" in name else 64
     for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    size = 224 if any(k in name for k in ("vit", "swin", "maxvit")) else 96 if "inception" in name else 64
     return model, torch.randn(2, 3, size, size)
+
+
+def _timm_model(name: str):
+    """A timm model and the smallest of 64 and its configured input size it runs at."""
+    import timm
+    import torch
+
+    model = timm.create_model(name, pretrained=False).eval()
+    try:
+        with torch.no_grad():
+            model(torch.randn(1, 3, 64, 64))
+        return model, 64
+    except Exception:  # a fixed patch grid / window size: its own input size
+        return model, int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
 
 
 def child_torch_pruning(name: str) -> dict:
@@ -54,6 +85,8 @@ def child_torch_pruning(name: str) -> dict:
     before = count_macs(model, x.shape[1:])["dense"]
     ignored = [m for m in model.modules()  # the classifier: a Linear, or squeezenet's 1x1 conv, to 1000 classes
                if getattr(m, "out_features", None) == 1000 or getattr(m, "out_channels", None) == 1000]
+    ignored += [getattr(model, "get_classifier", lambda: None)()] if hasattr(model, "get_classifier") else []
+    ignored = [m for m in ignored if isinstance(m, torch.nn.Module)]
     pruner = tp.pruner.MetaPruner(model, x[:1], importance=tp.importance.MagnitudeImportance(p=1),
                                   pruning_ratio=0.3, ignored_layers=ignored)
     pruner.step()
@@ -70,17 +103,24 @@ def child(name: str) -> dict:
 
     from compress.flops import count_macs
     from compress.structured import channel_groups, remove_channels, zero_channels
-    from compress.structured.budget import first_kept, keep_count
+    from compress.structured.budget import keep_count
 
     model, x = model_and_input(name)
-    groups = channel_groups(model, x)
+    try:
+        groups = channel_groups(model, x)
+    except ValueError as e:  # cannot trace or run it: a one-line refusal
+        return {"model": name, "status": "refused", "mac_reduction": 0.0, "top_blockers": {str(e)[:160]: 1}}
     prunable = [g for g in groups if g.prunable]
+    gen = torch.Generator().manual_seed(0)
     params = sum(p.numel() for p in model.parameters())
     in_groups = sum(model.get_submodule(n).weight.numel() for g in prunable for n in g.producers)
     masked, smaller = copy.deepcopy(model), copy.deepcopy(model)
     cut = refused = 0
     for group, same in zip(prunable, copy.deepcopy(prunable)):
-        keep = first_kept(group, keep_count(group.size, 0.3, blocks=group.blocks))
+        count = keep_count(group.size, 0.3, blocks=group.blocks)
+        width, per = group.size // group.blocks, count // group.blocks
+        keep = torch.cat([b * width + torch.randperm(width, generator=gen)[:per].sort().values
+                          for b in range(group.blocks)])
         try:
             remove_channels(smaller, group, keep)
         except ValueError:
@@ -101,7 +141,7 @@ def child(name: str) -> dict:
             "max_rel_diff": diff, "top_blockers": dict(blockers.most_common(3))}
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,14 +154,15 @@ def plot(rows: list[dict], path: Path) -> None:
     colours = {"exact": "tab:green", "refused": "tab:gray", "wrong": "tab:red"}
     ax.bar(range(len(rows)), [100 * r["mac_reduction"] for r in rows], color=[colours[r["status"]] for r in rows])
     ax.set_xticks(range(len(rows)), [r["model"] for r in rows], rotation=90, fontsize=6)
-    ax.set(ylabel="MAC reduction at ratio 0.3 (%)", title="torchvision classification models: channel removal")
+    ax.set(ylabel="MAC reduction at ratio 0.3 (%)", title=f"{title}: channel removal")
     fig.tight_layout()
     save_png(fig, path)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "torchvision-sweep")
+    p.add_argument("--zoo", choices=("torchvision", "timm"), default="torchvision")
+    p.add_argument("--out", type=Path, help="default: results/torchvision-sweep or results/timm-sweep")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds per model")
     p.add_argument("--models", default="", help="comma-separated subset (default: every classification model)")
     p.add_argument("--torch-pruning", action="store_true", help="run Torch-Pruning beside it on every model")
@@ -139,7 +180,13 @@ def main() -> None:
 
     from compress import atomic
 
-    names = args.models.split(",") if args.models else torchvision.models.list_models(module=torchvision.models)
+    out = args.out or ROOT / "results" / f"{args.zoo}-sweep"
+    if args.models:
+        names = args.models.split(",")
+    else:
+        names = TIMM_MODELS if args.zoo == "timm" else torchvision.models.list_models(module=torchvision.models)
+    if args.zoo == "timm":
+        names = [n if n.startswith("timm:") else f"timm:{n}" for n in names]
     rows = []
     for name in tqdm(names, desc="models"):
         row = {"model": name, **in_child("--child", name, args.timeout)}
@@ -149,8 +196,8 @@ def main() -> None:
         tp = row.get("torch_pruning", {})
         tqdm.write(f"{name}: {row['status']} {100 * row.get('mac_reduction', 0):.0f}% {row.get('top_blockers', '')}"
                    + (f" | Torch-Pruning: {tp['status']} {100 * tp.get('mac_reduction', 0):.0f}%" if tp else ""))
-        atomic.write_json(args.out / "results.json", summary(rows))
-    plot(rows, args.out / "sweep.png")
+        atomic.write_json(out / "results.json", summary(rows))
+    plot(rows, out / "sweep.png", "timm models" if args.zoo == "timm" else "torchvision classification models")
 
 
 def in_child(flag: str, name: str, timeout: float) -> dict:

@@ -70,3 +70,45 @@ def keep_norm_channels(m: nn.Module, rows: torch.Tensor) -> NormWithRemoved:
             setattr(wrapper.inner, attr, nn.Parameter(t.detach()[order].clone(), requires_grad=t.requires_grad))
     wrapper.width = len(rows)
     return wrapper
+
+
+class GroupNormWithRemoved(nn.Module):
+    """A GroupNorm whose input lost channels: the removed ones are put back as zeros at their
+    original places (so every group sees the statistics it had in the masked model), the norm runs
+    without its affine part, and the kept channels get their own γ and β."""
+
+    def __init__(self, gn: nn.GroupNorm):
+        super().__init__()
+        self.num_groups, self.full, self.eps = gn.num_groups, gn.num_channels, gn.eps
+        self.weight = None if gn.weight is None else nn.Parameter(gn.weight.detach().clone())
+        self.bias = None if gn.bias is None else nn.Parameter(gn.bias.detach().clone())
+        self.register_buffer("kept", torch.arange(gn.num_channels))
+        self.register_buffer("inverse", torch.arange(gn.num_channels))
+
+    @property
+    def num_features(self) -> int:
+        return len(self.kept)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        zeros = x.new_zeros(x.shape[0], self.full - x.shape[1], *x.shape[2:])
+        full = torch.cat([x, zeros], 1).index_select(1, self.inverse)  # back to the original channel order
+        y = nn.functional.group_norm(full, self.num_groups, None, None, self.eps).index_select(1, self.kept)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        if self.weight is not None:
+            y = y * self.weight.view(shape)
+        return y if self.bias is None else y + self.bias.view(shape)
+
+
+@torch.no_grad()
+def keep_group_norm_channels(m: nn.Module, rows: torch.Tensor) -> GroupNormWithRemoved:
+    """`m` (a GroupNorm or a GroupNormWithRemoved) keeping only channels `rows` of its current ones."""
+    wrapper = m if isinstance(m, GroupNormWithRemoved) else GroupNormWithRemoved(m)
+    rows = rows.to(torch.long)
+    kept = wrapper.kept[rows]
+    others = torch.tensor([i for i in range(wrapper.full) if i not in set(kept.tolist())], dtype=torch.long)
+    wrapper.kept, wrapper.inverse = kept.clone(), torch.argsort(torch.cat([kept, others]))
+    for attr in ("weight", "bias"):
+        t = getattr(wrapper, attr)
+        if t is not None:
+            setattr(wrapper, attr, nn.Parameter(t.detach()[rows].clone(), requires_grad=t.requires_grad))
+    return wrapper

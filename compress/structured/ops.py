@@ -19,7 +19,7 @@ import operator
 import torch
 from torch import fx, nn
 
-from .norm import NormWithRemoved, norm_axis
+from .norm import GroupNormWithRemoved, NormWithRemoved, norm_axis
 from .rules import elementwise_rule, function_rule, module_rule, register_function_rule, register_module_rule
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -121,6 +121,24 @@ def functional_norm(w, node, m) -> None:
         _per_channel(w, node, owner, type(w.modules[owner]).__name__)
     else:
         w.block(node, f"{node.name}: a functional norm whose parameters belong to no single norm module")
+
+
+@module_rule(nn.GroupNorm, GroupNormWithRemoved)
+def groupnorm(w, node, m) -> None:
+    """Statistics per sample over groups of channels: a removed channel stays in them as a zero (see
+    GroupNormWithRemoved), so any channel can go, as long as it is an exact zero there."""
+    x = w.first(node)
+    if x not in w.label:
+        return
+    if w.axis[x] != 1 or any(per != 1 for _, per in w.label[x]):
+        w.block(node, f"{node.target} (GroupNorm) normalises axis 1, not the channel axis {w.axis[x]}")
+    elif m.weight is None:  # with no γ = β = 0 to silence it, a zero channel comes out as −mean/std
+        w.block(node, f"{node.target} (GroupNorm without affine) turns a removed channel into −mean/std")
+    elif w.shifted.get(x):  # the statistics would see the constant, not a zero
+        w.block(node, f"{node.target} normalises channels that carry {w.shifted[x]}")
+    else:
+        w.join(node.target, w.label[x], "passthrough")
+        w.follow(node, x, reset=True)
 
 
 @module_rule(nn.LayerNorm, NormWithRemoved)

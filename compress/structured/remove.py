@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .graph import CONV, ChannelGroup
-from .norm import keep_norm_channels, norm_axis
+from .norm import GroupNormWithRemoved, keep_group_norm_channels, keep_norm_channels, norm_axis
 
 
 def _index(t: torch.Tensor, keep: torch.Tensor, dim: int) -> nn.Parameter | torch.Tensor:
@@ -112,6 +112,8 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
             m.in_channels = m.out_channels = m.groups = len(rows)
         elif norm_axis(m) is not None:  # removed channels stay in its statistics as zeros
             model.set_submodule(name, keep_norm_channels(m, rows))
+        elif isinstance(m, (nn.GroupNorm, GroupNormWithRemoved)):  # the same, at their places in its groups
+            model.set_submodule(name, keep_group_norm_channels(m, rows))
         else:  # BatchNorm, InstanceNorm, PReLU, a registered per-channel module: every per-channel tensor
             for attr in ("weight", "bias", "running_mean", "running_var"):
                 t = getattr(m, attr, None)
@@ -141,6 +143,8 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
 
 def _width(m: nn.Module) -> int:
     """How many channels a per-channel (passthrough) module has now."""
+    if isinstance(m, nn.GroupNorm):
+        return m.num_channels
     for attr in ("num_features", "num_parameters"):
         if isinstance(getattr(m, attr, None), int):
             return getattr(m, attr)
