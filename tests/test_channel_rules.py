@@ -341,3 +341,15 @@ def _original_indices(model, drop):
     """Channels `drop` of the cut model's c1 group, as indices of the uncut model."""
     n1 = model.n1
     return n1.kept[drop] if hasattr(n1, "kept") else drop
+
+
+def test_harvest_records_the_groups_left_whole_and_why():
+    from compress.structured.structure import harvest
+
+    torch.manual_seed(0)
+    model = TiedLinears().eval()
+    with torch.no_grad():
+        model.head.weight[:, :4] = 0  # dead inputs of the head: a's group could lose them, were it not tied
+    record = harvest(model, (16,))
+    assert "a" in record["whole"] and "shared" in record["whole"]["a"]
+    assert record["keep"] == {}

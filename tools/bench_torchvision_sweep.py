@@ -166,6 +166,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=240.0, help="seconds per model")
     p.add_argument("--models", default="", help="comma-separated subset (default: every classification model)")
     p.add_argument("--torch-pruning", action="store_true", help="run Torch-Pruning beside it on every model")
+    p.add_argument("--update", action="store_true", help="replace only these models' rows in the existing results")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--child-tp", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -187,7 +188,8 @@ def main() -> None:
         names = TIMM_MODELS if args.zoo == "timm" else torchvision.models.list_models(module=torchvision.models)
     if args.zoo == "timm":
         names = [n if n.startswith("timm:") else f"timm:{n}" for n in names]
-    rows = []
+    old = json.loads((out / "results.json").read_text())["rows"] if args.update else []
+    rows = [r for r in old if r["model"] not in names]
     for name in tqdm(names, desc="models"):
         row = {"model": name, **in_child("--child", name, args.timeout)}
         if args.torch_pruning:

@@ -69,6 +69,7 @@ def _keep_fastest(run: Run, uncut: nn.Module, cuts: dict[str, tuple[nn.Module, d
         return cut, {**structure, "latency_check": timing}
     run.log(f"freeze: the channel cut measured x{timing['ratio']:.2f} the latency of the uncut model; not kept")
     return uncut, {"keep": {}, "not_kept": {k: structure[k] for k in ("keep", "biased", "widths", "channels_removed")},
+                   "whole": structure.get("whole", {}),
                    "latency_check": timing, **{k: v for k, v in structure.items() if k.startswith(("params", "macs"))
                                                and k.endswith("before")},
                    "params_after": structure["params_before"], "macs_after": structure["macs_before"]}
