@@ -353,3 +353,71 @@ def test_harvest_records_the_groups_left_whole_and_why():
     record = harvest(model, (16,))
     assert "a" in record["whole"] and "shared" in record["whole"]["a"]
     assert record["keep"] == {}
+
+
+class TinyViT(nn.Module):
+    """ViT's shape, written here: patch conv, tokens, class token, position embedding, pre-norm
+    attention (qkv reshaped into heads) and MLP on a residual stream, the class token's output."""
+    def __init__(self, dim=24, heads=3):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads  # fixed, as timm's Attention
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, 5, dim))
+        self.n1, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.n2, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 40), nn.Linear(40, dim)
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, 6)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        b, t, _ = x.shape
+        q, k, v = self.qkv(self.n1(x)).reshape(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        a = nn.functional.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, -1))
+        x = x + self.fc2(nn.functional.gelu(self.fc1(self.n2(x))))
+        return self.head(self.norm(x)[:, 0])
+
+
+class Windows(nn.Module):
+    """Swin's shape: channels last, shifted with roll, split into windows and back."""
+    def __init__(self):
+        super().__init__()
+        self.embed, self.norm, self.fc, self.out = nn.Conv2d(3, 16, 2, stride=2), nn.LayerNorm(16), \
+            nn.Linear(16, 16), nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.embed(x).permute(0, 2, 3, 1)  # [B, 4, 4, C]
+        b, h, w, c = x.shape
+        s = torch.roll(self.norm(x), shifts=(1, 1), dims=(1, 2))
+        s = s.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4, c)
+        s = self.fc(s).view(b, h // 2, w // 2, 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        x = x + torch.roll(s, shifts=(-1, -1), dims=(1, 2))
+        return self.out(x.mean((1, 2)))
+
+
+def test_vit_residual_stream_is_one_group_and_cuts_exactly():
+    torch.manual_seed(0)
+    model, x = TinyViT(), torch.randn(2, 3, 8, 8)
+    cut, diff, groups = cut_vs_masked(model, x)
+    stream = next(g for g in groups if "patch" in g.producers)
+    assert set(stream.producers) == {"patch", "proj", "fc2"} and stream.prunable
+    assert {t for t, _ in stream.parameters} == {"cls", "pos"}
+    assert "reshape" in blockers(groups, "qkv")[0]  # heads: not cut (yet), and said so
+    assert cut == 2 and diff < 1e-5  # the stream and the MLP's hidden units
+
+
+def test_windows_rolls_and_channels_last_reshapes_keep_the_channels():
+    torch.manual_seed(0)
+    cut, diff, groups = cut_vs_masked(Windows(), torch.randn(2, 3, 8, 8))
+    assert next(g for g in groups if "embed" in g.producers).prunable
+    assert cut == 1 and diff < 1e-5
+
+
+@pytest.mark.parametrize("index,axis,expected", [
+    ((slice(None), 0), 2, 1), ((slice(None), slice(1, None)), 2, 2), ((Ellipsis, 0), 1, 1),
+    ((slice(None), None, slice(None)), 1, 2), ((slice(None), slice(0, 2)), 1, None), ((0,), 0, None),
+    ((slice(None), slice(None, None, 2), slice(None, None, 2), slice(None)), 3, 3)])
+def test_where_the_channel_axis_lands_after_indexing(index, axis, expected):
+    from compress.structured.ops import _index_axis
+    assert _index_axis(index, 4, axis) == expected

@@ -219,19 +219,61 @@ def flatten_module(w, node, m) -> None:
 
 @function_rule(torch.flatten, "flatten", "view", "reshape")
 def flatten(w, node, m) -> None:
-    """Flatten of a channel-major [B, C, ...] to [B, C·k]: C channels, each now k inputs wide. Any other
-    reshape of a channel-carrying tensor blocks (e.g. [B, T, F] → [B, T·F] interleaves the channels)."""
+    """A reshape that keeps the channel axis whole (the dims before it and after it regrouped among
+    themselves, e.g. ViT's [B, C, H, W] → [B, C, H·W] or Swin's windows [B, H, W, C] → [B, h, 7, w, 7, C])
+    carries the channels on; flatten of a channel-major [B, C, ...] to [B, C·k]: C channels, each now k
+    inputs wide. Any other reshape of a channel-carrying tensor blocks (it would interleave them)."""
     src = w.first(node)
     if src not in w.label:
         return
-    before, after = src.meta["tensor_meta"].shape, node.meta["tensor_meta"].shape
-    if tuple(before) == tuple(after):  # a no-op reshape
+    before, after = tuple(src.meta["tensor_meta"].shape), tuple(node.meta["tensor_meta"].shape)
+    axis = w.axis[src]
+    k = _same_axis(before, after, axis)
+    if k is not None:
         w.follow(node, src)
-    elif w.axis[src] == 1 and len(after) == 2 and after[0] == before[0] and len(before) >= 2:
+        w.axis[node] = k
+    elif axis == 1 and len(after) == 2 and after[0] == before[0] and len(before) >= 2:
         spatial = math.prod(before[2:])
         w.label[node], w.axis[node] = tuple((gid, per * spatial) for gid, per in w.label[src]), 1
     else:
-        w.block(node, f"reshape {node.name} of {list(before)} with channels on axis {w.axis[src]}")
+        w.block(node, f"reshape {node.name} of {list(before)} with channels on axis {axis}")
+
+
+def _same_axis(before: tuple, after: tuple, axis: int) -> int | None:
+    """The dim of `after` holding `before`'s dim `axis` unchanged (the same elements before it, and
+    the same size), or None."""
+    pre, size = math.prod(before[:axis]), before[axis]
+    for k in range(len(after)):
+        if math.prod(after[:k]) == pre and after[k] == size:
+            return k
+        if math.prod(after[:k]) > pre:
+            return None
+    return None
+
+
+@function_rule(torch.transpose, "transpose")
+def transpose(w, node, m) -> None:
+    x = w.first(node)
+    if x not in w.label:
+        return
+    nd = w.ndim(x)
+    a, b = (d % nd for d in node.args[1:3])
+    w.follow(node, x)
+    w.axis[node] = b if w.axis[x] == a else a if w.axis[x] == b else w.axis[x]
+
+
+@function_rule(torch.roll, "roll")
+def roll(w, node, m) -> None:
+    """Swin's shifted windows: a roll along other dims moves values, not channels."""
+    x = w.first(node)
+    if x not in w.label:
+        return
+    dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dims")
+    dims = [dims] if isinstance(dims, int) else list(dims or [])
+    if not dims or w.axis[x] in [d % w.ndim(x) for d in dims]:
+        w.block(node, f"roll {node.name} along the channel axis")
+    else:
+        w.follow(node, x)
 
 
 @function_rule(torch.permute, "permute")
@@ -263,8 +305,40 @@ def mean(w, node, m) -> None:
 
 @function_rule(getattr, operator.getitem, "size", "dim")
 def indexing(w, node, m) -> None:
+    """Basic indexing that leaves the channel axis whole (ViT's x[:, 0], Swin's x[:, 0::2, 0::2, :])
+    carries the channels on; any other indexing of a channel-carrying tensor blocks."""
+    x = w.first(node)
+    if x in w.label and node.target is operator.getitem and w.ndim(node) is not None:
+        k = _index_axis(node.args[1], w.ndim(x), w.axis[x])
+        if k is not None:
+            w.follow(node, x)
+            w.axis[node] = k
+            return
     if w.ndim(node) is not None and any(a in w.label for a in node.all_input_nodes):
         w.block(node, f"indexing {node.name}")  # a tensor cut out of a channel-carrying one
+
+
+def _index_axis(index, ndim: int, axis: int) -> int | None:
+    """Where the channel axis lands after `x[index]` (ints, slices, None, one Ellipsis), or None when
+    the index touches it or is not basic indexing."""
+    index = index if isinstance(index, tuple) else (index,)
+    if sum(i is Ellipsis for i in index) > 1 or not all(i is None or i is Ellipsis or isinstance(i, (int, slice))
+                                                        for i in index):
+        return None
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        fill = ndim - sum(i is not None for i in index if i is not Ellipsis)
+        index = index[:at] + (slice(None),) * fill + index[at + 1:]
+    dim, out = 0, 0
+    for i in index:
+        if i is None:
+            out += 1
+            continue
+        if dim == axis:
+            return out if i == slice(None) else None
+        out += isinstance(i, slice)
+        dim += 1
+    return out + (axis - dim) if axis >= dim else None
 
 
 # --- sums, products, concatenation ----------------------------------------------------------------
@@ -311,19 +385,54 @@ def _merge(w, node, a, b):
 
 @function_rule(torch.cat, torch.concat, torch.concatenate, "cat")
 def concat(w, node, m) -> None:
-    """torch.cat along the channel axis: the inputs' segments side by side; any other axis blocks."""
+    """torch.cat along the channel axis: the inputs' segments side by side. Along another axis (ViT's
+    class token before the patch tokens) the inputs' channels are the same channels: their groups
+    merge, and a parameter among them (expanded or not) joins them along its channel dim."""
     tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     ndim = w.ndim(node)
     parts = [w.label.get(t) if isinstance(t, fx.Node) else None for t in tensors]
-    axes = {w.axis.get(t) for t in tensors if isinstance(t, fx.Node)}
-    if all(p is not None for p in parts) and len(axes) == 1 and dim % ndim == axes.pop():
+    axes = {w.axis.get(t) for t in tensors if isinstance(t, fx.Node) and t in w.label}
+    if all(p is not None for p in parts) and len(axes) == 1 and dim % ndim == next(iter(axes)):
         w.label[node] = tuple(seg for p in parts for seg in p)
         w.axis[node] = dim % ndim
+        return
+    if len(axes) == 1 and ndim is not None and dim % ndim != next(iter(axes)) and _concat_along(w, node, tensors):
         return
     for p in parts:
         for gid, _ in p or ():
             w.g.get(gid).blockers.append(f"concatenation {node.name} along dim {dim}, not the channel axis")
+
+
+def _concat_along(w, node: fx.Node, tensors) -> bool:
+    """Concatenation along a non-channel axis: merge the labelled inputs' groups; each other input must
+    be a parameter (or its expand) of one entry per channel. False when that is not the case."""
+    labelled = [t for t in tensors if t in w.label]
+    axis, label = w.axis[labelled[0]], w.label[labelled[0]]
+    params = []
+    for t in tensors:
+        if t in w.label:
+            continue
+        p = t.args[0] if t.op == "call_method" and t.target == "expand" and isinstance(t.args[0], fx.Node) else t
+        if p.op != "get_attr" or len(p.users) > 1 or w.ndim(p) != w.ndim(node):
+            return False
+        if any(per != 1 for _, per in label) or \
+                p.meta["tensor_meta"].shape[axis] != sum(w.g.get(gid).size for gid, _ in label):
+            return False
+        params.append(p)
+    for t in labelled[1:]:
+        if w.axis[t] != axis:
+            return False
+        label = _merge(w, node, label, w.label[t])
+    w.label[node], w.axis[node] = label, axis
+    w.shifted[node] = next((w.shifted[t] for t in labelled if w.shifted.get(t)), None)
+    for p in params:
+        for i, (gid, _) in enumerate(label):
+            grp = w.g.get(gid)
+            grp.parameters.append((p.target, axis))
+            if i:
+                grp.before[p.target] = list(label[:i])
+    return True
 
 
 def _parameter(w, node: fx.Node, x: fx.Node, p: fx.Node, kind: str) -> None:
