@@ -1,4 +1,5 @@
-"""Rewrite the README's config reference from the config classes (run after changing a field).
+"""Rewrite the configuration reference page, docs/config-reference.md, from the config classes
+(run after changing a field; tests/test_config.py checks the page against the code).
 
     .venv/bin/python tools/readme_reference.py
 """
@@ -11,15 +12,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy.config import config_reference  # noqa: E402
 
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
 HEADER = "| field | type | default | meaning |"
-END = "## Development"
+
+
+def reference_table(text: str) -> tuple[int, int]:
+    """Start and end offsets of the page's reference table: from its header row through the last
+    row of the table (the lines that follow it and start with '|')."""
+    start = text.index(HEADER)
+    end = start
+    for line in text[start:].splitlines(keepends=True):
+        if not line.startswith("|"):
+            break
+        end += len(line)
+    return start, end
 
 
 def main() -> int:
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    text = readme.read_text()
-    start, end = text.index(HEADER), text.index(END)
-    readme.write_text(text[:start] + config_reference() + "\n" + text[end:])
+    text = PAGE.read_text()
+    start, end = reference_table(text)
+    PAGE.write_text(text[:start] + config_reference() + text[end:])
     return 0
 
 
