@@ -421,3 +421,28 @@ def test_windows_rolls_and_channels_last_reshapes_keep_the_channels():
 def test_where_the_channel_axis_lands_after_indexing(index, axis, expected):
     from compress.structured.ops import _index_axis
     assert _index_axis(index, 4, axis) == expected
+
+
+def test_a_blocker_names_the_module_path_the_op_sits_in():
+    groups = channel_groups(UserModules(), torch.randn(2, 3, 8, 8))
+    assert blockers(groups, "c1")[0].endswith("(in s1: ChannelScale)")
+
+
+class Branches(nn.Module):
+    """Selective-kernel shape: two branches stacked on a new dim, weighted, summed back."""
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 12, 3, padding=1), nn.Conv2d(8, 12, 1)
+        self.head = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        s = torch.stack([self.a(h), self.b(h)], dim=1)  # [B, 2, C, H, W]
+        return self.head(torch.relu(s.sum(1) + s.amax(1)))
+
+
+def test_stacked_branches_are_one_group():
+    torch.manual_seed(0)
+    cut, diff, groups = cut_vs_masked(Branches(), torch.randn(2, 3, 8, 8))
+    assert set(next(g for g in groups if "a" in g.producers).producers) == {"a", "b"}
+    assert cut == 2 and diff < 1e-5

@@ -286,9 +286,10 @@ def permute(w, node, m) -> None:
     w.label[node], w.axis[node] = w.label[x], [d % len(dims) for d in dims].index(w.axis[x])
 
 
-@function_rule(torch.mean, "mean")
+@function_rule(torch.mean, "mean", torch.sum, "sum", torch.amax, "amax")
 def mean(w, node, m) -> None:
-    """A mean over dims that do not include the channel axis keeps the channels (e.g. global pooling)."""
+    """A mean, sum or max over dims that do not include the channel axis keeps the channels (e.g. global
+    pooling, or summing the branches a stack put side by side); a zero channel stays zero."""
     src = w.first(node)
     if src not in w.label:
         return
@@ -402,6 +403,26 @@ def concat(w, node, m) -> None:
     for p in parts:
         for gid, _ in p or ():
             w.g.get(gid).blockers.append(f"concatenation {node.name} along dim {dim}, not the channel axis")
+
+
+@function_rule(torch.stack, "stack")
+def stack(w, node, m) -> None:
+    """torch.stack of tensors carrying channels on the same axis, along a new dim: the same channels
+    side by side (their groups merge, as in a sum); the channel axis moves past the new dim."""
+    tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    labelled = [t for t in tensors if isinstance(t, fx.Node) and t in w.label]
+    if not labelled:
+        return
+    axes = {w.axis[t] for t in labelled}
+    if len(labelled) != len(tensors) or len(axes) != 1:
+        w.block(node, f"stack {node.name} of a channel tensor and an untracked tensor")
+        return
+    axis, label = axes.pop(), w.label[labelled[0]]
+    for t in labelled[1:]:
+        label = _merge(w, node, label, w.label[t])
+    w.label[node], w.axis[node] = label, axis + (dim % w.ndim(node) <= axis)
+    w.shifted[node] = next((w.shifted[t] for t in labelled if w.shifted.get(t)), None)
 
 
 def _concat_along(w, node: fx.Node, tensors) -> bool:

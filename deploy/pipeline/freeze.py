@@ -57,10 +57,10 @@ def _keep_fastest(run: Run, uncut: nn.Module, cuts: dict[str, tuple[nn.Module, d
     c = run.cfg.freeze
     timed = time_cuts(uncut, {name: model for name, (model, _) in cuts.items()},
                       first(run.data.test, max(c.latency_batch_size, 2))[0], c.latency_batch_size, c.latency_threads,
-                      precision=c.latency_precision)
+                      precision=c.latency_precision, decide_at=1 / c.min_speedup, progress=run.progress)
     name = min(timed["cuts"], key=lambda n: timed["cuts"][n]["ratio"])
     cut, structure = cuts[name]
-    timing = {k: timed[k] for k in ("before_ms", "batch", "threads", "precision")}
+    timing = {k: timed[k] for k in ("before_ms", "batch", "threads", "precision", "rounds")}
     timing.update(after_ms=timed["cuts"][name]["ms"], ratio=timed["cuts"][name]["ratio"], candidate=name,
                   candidates={n: t["ratio"] for n, t in timed["cuts"].items()})
     kept = timing["ratio"] < 1 / c.min_speedup
