@@ -446,3 +446,26 @@ def test_stacked_branches_are_one_group():
     cut, diff, groups = cut_vs_masked(Branches(), torch.randn(2, 3, 8, 8))
     assert set(next(g for g in groups if "a" in g.producers).producers) == {"a", "b"}
     assert cut == 2 and diff < 1e-5
+
+
+@pytest.mark.parametrize("name,shape", [("timm:resnet18", (1, 28, 28)), ("timm:efficientnet_b0", (3, 32, 32)),
+                                        ("timm:deit_tiny_patch16_224", (3, 32, 32))])
+def test_timm_models_by_name_cut_exactly(name, shape):
+    """Models nobody here wrote, as a user names them (model.name = "timm:..."): every prunable group
+    cut, the result equal to the masked model."""
+    from compress.config.model import ModelConfig
+    from compress.models import build_model
+
+    torch.manual_seed(0)
+    model = _randomise_norms(build_model(ModelConfig(name=name), shape, 10))
+    cut, diff, groups = cut_vs_masked(model, torch.randn(2, *shape), ratio=0.5)
+    assert cut >= 0.4 * len(groups) and diff < 1e-4
+
+
+def test_an_unknown_timm_model_is_a_one_line_error():
+    from compress.config.model import ModelConfig
+    from compress.errors import UserError
+    from compress.models import build_model
+
+    with pytest.raises(UserError, match="timm has no model 'resnet_nonexistent'"):
+        build_model(ModelConfig(name="timm:resnet_nonexistent"), (3, 32, 32), 10)

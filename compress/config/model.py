@@ -15,7 +15,7 @@ ZOO = ("mlp", "lenet5", "resnet20", "resnet32", "resnet56", "vgg16", "vgg19", "m
 class ModelConfig:
     name: str = opt("mlp", "Model: mlp, lenet5, resnet20/32/56, vgg16/19, mobilenet_v1, spiking_cnn, "
                     "sew_resnet18/34, 'torchvision:NAME' "
-                    "(e.g. torchvision:resnet18), or 'package.module:factory' called as "
+                    "(e.g. torchvision:resnet18), 'timm:NAME' (e.g. timm:efficientnet_b0; needs timm), or 'package.module:factory' called as "
                     "factory(input_shape=..., num_classes=...).")
     hidden: list[int] = opt([256, 256], "mlp: widths of the hidden layers.", lo=1)
     width: float = opt(1.0, "resnet/vgg/mobilenet_v1/spiking_cnn: channel width multiplier.", lo=0.0, lo_open=True)

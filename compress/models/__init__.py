@@ -53,6 +53,22 @@ def torchvision_model(name: str, input_shape: tuple[int, ...], num_classes: int)
     return RepeatChannels(model, 3) if input_shape[0] == 1 else model
 
 
+def timm_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """timm's model `name` (random weights; pass trained ones with model.weights) for this data: its
+    input channels and classes, and its input size where the architecture fixes one (ViT, Swin)."""
+    try:
+        import timm
+    except ImportError:
+        raise UserError("model.name: 'timm:...' needs the timm package (pip install 'sparsepipe[timm]')") from None
+    if not timm.is_model(name):
+        raise UserError(f"model.name: timm has no model {name!r} (timm.list_models() lists them)")
+    kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=input_shape[0])
+    try:
+        return timm.create_model(name, img_size=tuple(input_shape[1:]), **kwargs)
+    except TypeError:  # a convolutional model: any input size
+        return timm.create_model(name, **kwargs)
+
+
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Instantiate the configured model for data of `input_shape` with `num_classes` classes."""
     if cfg.name in MODELS:
@@ -60,6 +76,8 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     module_name, _, attr = cfg.name.partition(":")
     if module_name == "torchvision":
         return torchvision_model(attr, tuple(input_shape), num_classes)
+    if module_name == "timm":
+        return timm_model(attr, tuple(input_shape), num_classes)
     factory = load_object(cfg.name, "model.name")
     try:
         model = factory(input_shape=tuple(input_shape), num_classes=num_classes)
