@@ -469,3 +469,10 @@ def test_an_unknown_timm_model_is_a_one_line_error():
 
     with pytest.raises(UserError, match="timm has no model 'resnet_nonexistent'"):
         build_model(ModelConfig(name="timm:resnet_nonexistent"), (3, 32, 32), 10)
+
+
+def test_a_slice_of_all_channels_keeps_them_whole():
+    from compress.structured.ops import _index_axis
+    assert _index_axis((slice(None), slice(None, 8)), 4, 1, size=8) == 1   # GhostNet's [:, :out_chs]
+    assert _index_axis((slice(None), slice(None, 6)), 4, 1, size=8) is None
+    assert _index_axis((slice(None), slice(0, 8, 2)), 4, 1, size=8) is None

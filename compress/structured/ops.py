@@ -34,45 +34,68 @@ F = nn.functional
 # --- producers ---------------------------------------------------------------------------------
 
 @module_rule(*CONV)
-def conv(w, node, m) -> None:
+def conv(w, node, m, name: str | None = None) -> None:
+    name = name or node.target
     x = w.first(node)
     on_axis1 = x in w.label and w.axis[x] == 1
     if x in w.label and (not on_axis1 or any(per != 1 for _, per in w.label[x])):
-        why = f"conv {node.target} after an unsupported reshape"
+        why = f"conv {name} after an unsupported reshape"
         w.block(node, why)
         w.start(node, m.out_channels, blocker=why)
     elif m.groups == 1:
         if x in w.label:
-            w.join(node.target, w.label[x], "consumer", x)
-        w.start(node, m.out_channels, producer=node.target)
+            w.join(name, w.label[x], "consumer", x)
+        w.start(node, m.out_channels, producer=name)
     elif m.groups == m.in_channels == m.out_channels and x in w.label:  # depthwise: pass through
-        w.join(node.target, w.label[x], "passthrough")
+        w.join(name, w.label[x], "passthrough")
         w.follow(node, x, reset=True)
     elif x in w.label and len(w.label[x]) == 1:
         # grouped: it reads its input in `groups` blocks and writes its output in as many; both are cut
         # evenly per block
         gid = w.label[x][0][0]
-        w.join(node.target, w.label[x], "consumer", x)
+        w.join(name, w.label[x], "consumer", x)
         grp = w.g.get(gid)
         grp.blocks = math.lcm(grp.blocks, m.groups)
         if grp.size % grp.blocks:
             grp.blockers.append(f"{grp.size} channels do not split into {grp.blocks} equal blocks")
-        w.start(node, m.out_channels, producer=node.target)
+        w.start(node, m.out_channels, producer=name)
         w.g.get(w.label[node][0][0]).blocks = m.groups
     else:
-        why = f"grouped conv {node.target} ({m.groups} groups) after a concatenation or reshape"
+        why = f"grouped conv {name} ({m.groups} groups) after a concatenation or reshape"
         w.block(node, why)
         w.start(node, m.out_channels, blocker=why)
 
 
 @module_rule(nn.Linear)
-def linear(w, node, m) -> None:
+def linear(w, node, m, name: str | None = None) -> None:
+    name = name or node.target
     x = w.first(node)
     if x in w.label and w.axis[x] == w.ndim(x) - 1:
-        w.join(node.target, w.label[x], "consumer", x)
+        w.join(name, w.label[x], "consumer", x)
     elif x in w.label:
-        w.block(node, f"Linear {node.target} reads axis {w.ndim(x) - 1}, not the channel axis {w.axis[x]}")
-    w.start(node, m.out_features, producer=node.target, axis=w.ndim(node) - 1)
+        w.block(node, f"Linear {name} reads axis {w.ndim(x) - 1}, not the channel axis {w.axis[x]}")
+    w.start(node, m.out_features, producer=name, axis=w.ndim(node) - 1)
+
+
+@function_rule(F.linear, F.conv1d, F.conv2d, F.conv3d)
+def functional_layer(w, node, m) -> None:
+    """F.linear / F.conv2d(x, self.weight, self.bias, ...) inside a Linear or conv subclass with its own
+    forward (timm's Linear, Conv2dSame): the module owning those tensors, as if called itself. A weight
+    that is computed (transposed, standardised) or belongs to no such module blocks."""
+    kind = nn.Linear if node.target is F.linear else CONV
+    args = [*node.args[1:3], node.kwargs.get("weight"), node.kwargs.get("bias")]
+    owners = {a.target.rpartition(".")[0] for a in args if isinstance(a, fx.Node) and a.op == "get_attr"}
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    owner = next(iter(owners)) if len(owners) == 1 else None
+    ok = owner is not None and isinstance(weight, fx.Node) and weight.op == "get_attr" and \
+        weight.target == f"{owner}.weight" and isinstance(w.modules.get(owner), kind)
+    if not ok:
+        w.block(node, f"{node.name}: a functional {getattr(node.target, '__name__', node.target)} whose weight "
+                      f"is not a layer's own")
+    elif kind is nn.Linear:
+        linear(w, node, w.modules[owner], name=owner)
+    else:
+        conv(w, node, w.modules[owner], name=owner)
 
 
 # --- per-channel modules (pass through, their parameters cut with the channels) ------------------
@@ -310,7 +333,7 @@ def indexing(w, node, m) -> None:
     carries the channels on; any other indexing of a channel-carrying tensor blocks."""
     x = w.first(node)
     if x in w.label and node.target is operator.getitem and w.ndim(node) is not None:
-        k = _index_axis(node.args[1], w.ndim(x), w.axis[x])
+        k = _index_axis(node.args[1], w.ndim(x), w.axis[x], x.meta["tensor_meta"].shape[w.axis[x]])
         if k is not None:
             w.follow(node, x)
             w.axis[node] = k
@@ -319,9 +342,10 @@ def indexing(w, node, m) -> None:
         w.block(node, f"indexing {node.name}")  # a tensor cut out of a channel-carrying one
 
 
-def _index_axis(index, ndim: int, axis: int) -> int | None:
+def _index_axis(index, ndim: int, axis: int, size: int | None = None) -> int | None:
     """Where the channel axis lands after `x[index]` (ints, slices, None, one Ellipsis), or None when
-    the index touches it or is not basic indexing."""
+    the index touches it or is not basic indexing. A slice of all `size` channels (GhostNet's
+    x[:, :out_chs] of exactly out_chs) leaves them whole, and stays whole after a cut."""
     index = index if isinstance(index, tuple) else (index,)
     if sum(i is Ellipsis for i in index) > 1 or not all(i is None or i is Ellipsis or isinstance(i, (int, slice))
                                                         for i in index):
@@ -336,7 +360,9 @@ def _index_axis(index, ndim: int, axis: int) -> int | None:
             out += 1
             continue
         if dim == axis:
-            return out if i == slice(None) else None
+            whole = isinstance(i, slice) and i.start in (None, 0) and i.step in (None, 1) and \
+                (i.stop is None or (size is not None and isinstance(i.stop, int) and i.stop >= size))
+            return out if whole else None
         out += isinstance(i, slice)
         dim += 1
     return out + (axis - dim) if axis >= dim else None
