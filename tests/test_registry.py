@@ -1,16 +1,15 @@
 """One pruner registry: built-in names, typed options, and a user's class by 'package.module:Class'."""
 import pytest
 
-from compress.config.prune import L1Options, PruneConfig
+from compress.config.prune import PruneConfig
 from compress.errors import UserError
-from compress.pruners import PRUNERS, build_pruner
-from compress.pruners.filters import L1FilterPruner
-from compress.pruners.magnitude import L1Pruner
+from compress.pruners import build_pruner, registered_pruners
+from compress.pruners.l1 import L1FilterPruner, L1Options, L1Pruner
 from compress.schema import parse
 
 
 def test_every_builtin_gets_its_own_typed_options():
-    for name, cls in PRUNERS.items():
+    for name, cls in registered_pruners().items():
         pruner = build_pruner(PruneConfig(method=name))
         assert type(pruner) is cls
         if cls.Options is not None:
@@ -19,7 +18,7 @@ def test_every_builtin_gets_its_own_typed_options():
 
 def test_l1_with_filter_granularity_is_a_named_class():
     weights = build_pruner(PruneConfig(method="l1"))
-    filters = build_pruner(PruneConfig(method="l1", l1=L1Options(granularity="filter", sparsity=0.3)))
+    filters = build_pruner(PruneConfig(method="l1", options={"l1": L1Options(granularity="filter", sparsity=0.3)}))
     assert type(weights) is L1Pruner and type(filters) is L1FilterPruner and filters.name == "l1"
     assert filters.options.ratio == 0.3 and filters.l1_options.granularity == "filter"
 
