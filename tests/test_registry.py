@@ -46,3 +46,36 @@ def test_a_users_class_with_its_options(digits):
 def test_bad_user_pruners_are_one_line_errors(method, custom, message):
     with pytest.raises(UserError, match=message):
         build_pruner(parse(PruneConfig, {"method": method, "custom": custom}, "prune"))
+
+
+def test_a_registered_class_is_a_method_with_its_own_table(monkeypatch, tmp_path):
+    """@register_pruner is all it takes: prune.method, [prune.NAME] parsed and checked, the reference."""
+    from custom_pruner import HalfPruner
+    from deploy.config import config_reference, load_config
+    from compress.pruners import registry
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry.registered_pruners()))
+
+    @registry.register_pruner("half")
+    class Half(HalfPruner):
+        pass
+
+    path = tmp_path / "run.toml"
+    path.write_text("[prune]\nmethod = 'half'\n[prune.half]\nfraction = 0.25\n")
+    cfg = load_config(path)
+    pruner = build_pruner(cfg.prune)
+    assert type(pruner) is Half and pruner.options.fraction == 0.25 and pruner.name == "half"
+    assert "`prune.half.fraction`" in config_reference()
+    path.write_text("[prune.half]\nspeed = 1\n")
+    with pytest.raises(UserError, match=r"^run.toml: prune.half.speed: unknown field \(expected one of: fraction\)$"):
+        load_config(path)
+    path.write_text("[prune.nope]\nx = 1\n")
+    with pytest.raises(UserError, match=r"prune.nope: unknown field .*half"):
+        load_config(path)
+
+
+def test_a_name_cannot_be_registered_twice():
+    from compress.pruners import register_pruner
+    from compress.pruners.lats import LATSPruner
+    assert register_pruner("lats")(LATSPruner) is LATSPruner  # the same class again: a no-op
+    with pytest.raises(ValueError, match="already"):
+        register_pruner("lats")(L1Pruner)
