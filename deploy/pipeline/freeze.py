@@ -93,12 +93,20 @@ def _harvested(run: Run, model: nn.Module) -> tuple[nn.Module, dict]:
 
 
 def freeze_stage(run: Run) -> list[str]:
-    folder, shape = run.stage_dir, run.data.input_shape
-    out, variants, summary = [], {}, {}
-    models = {}
+    models, summary = {}, {}
     for variant in run.variants:
         models[variant], s = _frozen(run, variant)
         summary = s if variant == "sparse" else summary
+    return write_frozen(run, models, summary)
+
+
+def write_frozen(run: Run, models: dict[str, nn.Module], summary: dict) -> list[str]:
+    """The frozen folder from plain models with exact zeros (dense and, unless the method is dense,
+    sparse) and the pruner's summary: the sparse model with its dead channels cut out, weights,
+    model.json, masks and sparsity.json. Returns the files written (relative to run.stage_dir)."""
+    folder, shape = run.stage_dir, run.data.input_shape
+    out, variants = [], {}
+    models = dict(models)
     sparse = models[run.trained("sparse")]
     # what the pruner achieved: exact zeros in the pruned layers, counted before the channel cut
     overall, per_layer = global_sparsity(sparse, run.layers), layer_sparsity(sparse, run.layers)

@@ -107,7 +107,8 @@ def validate_stage(run: Run) -> list[str]:
     folder = run.stage_dir
     plot_training(histories, sparsity["per_layer"], folder / "training.png")
     report.artifacts = {
-        "config": "config.toml", "checkpoints": [f"train/{v}/checkpoint.pt" for v in run.variants],
+        "config": "config.toml", "checkpoints": [f"train/{v}/checkpoint.pt" for v in run.variants
+                                             if (d / "train" / v / "checkpoint.pt").exists()],
         "frozen": [f"frozen/{v}.safetensors" for v in run.variants] + ["frozen/model.json"],
         "sparse": "sparse/weights.safetensors", "dense_onnx": "onnx/dense.onnx", "sparse_onnx": "onnx/sparse.onnx",
         **({"sparse_compact_onnx": "onnx/sparse-compact.onnx"} if cfg.export.compact else {}),
