@@ -80,6 +80,11 @@ class Run:
         self._frozen.clear()
 
 
+def keep_given(run: Run, variant: str) -> bool:
+    """Is `variant` the given model, unchanged?"""
+    return variant == "dense" and bool(run.cfg.model.weights) and run.cfg.model.baseline == "given"
+
+
 def open_run(run_dir: str | Path, cfg: RunConfig | None = None, *, write: bool = True, **kwargs) -> Run:
     """A Run for `run_dir`: with `cfg`, checks data, model and weights, then (with `write`) writes
     config.toml; without `cfg`, reads the folder's config.toml."""

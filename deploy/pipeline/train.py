@@ -18,12 +18,7 @@ from compress.sparsity import global_sparsity
 from compress.train import evaluate, train
 from compress.weights import apply_weights, load_weights
 
-from .run import Run
-
-
-def keep_given(run: Run, variant: str) -> bool:
-    """Is `variant` the given model, unchanged?"""
-    return variant == "dense" and bool(run.cfg.model.weights) and run.cfg.model.baseline == "given"
+from .run import Run, keep_given
 
 
 def _given_baseline(run: Run, model: nn.Module, folder) -> None:

@@ -16,9 +16,8 @@ from ..gate import check
 from ..report import plot_training, write_report
 from ..report_schema import GateResult, Report, Scores, Sparsity
 from ..validate import validate
-from .cache import versions
-from .train import keep_given
-from .run import Run
+from .provenance import versions
+from .run import Run, keep_given
 
 
 def spiking_summary(models: dict[str, nn.Module], x: torch.Tensor) -> dict:
