@@ -27,14 +27,14 @@ from compress.sparsity import global_sparsity
 from compress.train import evaluate
 
 from .config import RunConfig, apply_overrides, load_config
-from .pipeline.freeze import write_frozen
-from .pipeline.run import Run, open_run
+from .pipeline.run import SQUASHED, SUMMARY, Run, open_run
+from .pipeline.train import save_squashed
 from .pipeline.runner import run_pipeline, run_stage
 from .report_schema import Report
 
 __all__ = ["deploy_pruned", "run_config"]
 
-DEPLOY_STAGES = ("convert", "export", "validate")
+DEPLOY_STAGES = ("freeze", "convert", "export", "validate")
 
 
 def run_config(settings: dict | str | Path | RunConfig | None = None, overrides: list[str] = ()) -> RunConfig:
@@ -54,12 +54,14 @@ def _record_pruner(cfg: RunConfig, pruner: Pruner) -> None:
         cfg.prune.options[pruner.name] = copy.deepcopy(pruner.options)
 
 
-def _training_record(models: dict[str, nn.Module], histories: dict[str, list[dict]] | None):
+def _training_record(models: dict[str, nn.Module], summary: dict, histories: dict[str, list[dict]] | None):
     """The train stage's files for models trained outside the pipeline: each model's metrics rows (given,
-    or one row measured now) and the pruned layers."""
+    or one row measured now) and its squashed weights (what the freeze stage reads), and the pruned layers."""
     def work(run: Run) -> list[str]:
         out = []
         for variant, model in models.items():
+            save_squashed(model, summary if variant == "sparse" else {}, run.stage_dir / variant)
+            out += [f"{variant}/{SQUASHED}", f"{variant}/{SUMMARY}"]
             rows = (histories or {}).get(variant)
             if not rows:
                 acc, loss = evaluate(model, run.data.test, workers=run.data.workers, num_classes=run.data.num_classes)
@@ -78,6 +80,7 @@ def deploy_pruned(sparse: nn.Module, dense: nn.Module, run_dir: str | Path,
                   histories: dict[str, list[dict]] | None = None, progress: bool = False) -> Report:
     """Freeze, convert, export, validate and gate `sparse` (pruned anywhere, plain modules with exact
     zeros) against its `dense` baseline into `run_dir`; returns the report (also report/report.json).
+    The models are recorded as the train stage's output; the stages after it run as in `sparsepipe run`.
 
     `settings` as for `run_config` ([model] must describe the models, [data] is the validation data;
     [convert], [export], [validate] and [gate] apply as in `sparsepipe run`). `pruner`: the pruner
@@ -104,7 +107,7 @@ def deploy_pruned(sparse: nn.Module, dense: nn.Module, run_dir: str | Path,
     run.set_layers(layers or (pruner.layers if pruner is not None else select_layers(models["sparse"],
                                                                                      cfg.prune.layers)))
     summary = pruner.summary() if pruner is not None else {}
-    # always re-recorded: their fingerprints (config) do not see the models; later stages see their files
-    run_stage(run, "train", force=True, work=_training_record(models, histories))
-    run_stage(run, "freeze", force=True, work=lambda r: write_frozen(r, models, summary))
+    # always re-recorded (its fingerprint, the config, does not see the models); the stages after it
+    # see the files it writes, so they run again exactly when the models changed
+    run_stage(run, "train", force=True, work=_training_record(models, summary, histories))
     return run_pipeline(run, DEPLOY_STAGES)

@@ -22,6 +22,10 @@ from compress.weights import apply_weights, load_weights
 from ..config import CONFIG_VERSION, RunConfig, load_config, resolved_table, to_toml
 
 
+# what the train stage leaves per model for the freeze stage: the squashed weights and the pruner's summary
+SQUASHED, SUMMARY = "frozen.safetensors", "pruner.json"
+
+
 @dataclass
 class Run:
     """A run folder and its resolved config."""
