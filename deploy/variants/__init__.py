@@ -2,7 +2,7 @@
 
 A variant module registers a `Variant`: its name (the report's key), the PyTorch model its outputs
 are compared with ('dense' or 'sparse'), the artifact validate opens (relative to onnx/), the
-[export] switch that turns it on, and the function that builds it. The export stage builds every
+[export] switch that turns it on, the function that builds it, and its rows in the report. The export stage builds every
 enabled variant, the validate stage validates each against its PyTorch model; adding a variant is
 adding a module to this package (found on the first lookup).
 """
@@ -12,11 +12,16 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ..sections import ExportConfig
+
+if TYPE_CHECKING:
+    from ..report_schema import Report
+
+Row = tuple[str, str, str]  # (metric, dense, sparse) in the report's summary table
 
 
 @dataclass
@@ -39,7 +44,8 @@ class Variant:
     build: Callable[[VariantInputs], dict]      # writes into inputs.folder; returns its export.json entry
                                                 # with "files": the paths written (relative to the folder)
     check_against_torch: bool = True            # export records its max |difference| from the PyTorch model
-    about: str = field(default="", compare=False)
+    # its rows in the report's summary table, by section ("accuracy", "latency", "size"), when it was validated
+    rows: Callable[["Report"], dict[str, list[Row]]] | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:

@@ -11,5 +11,10 @@ def _build(inputs: VariantInputs) -> dict:
     return {**info, "files": ["sparse-compact.onnx"]}
 
 
+def _rows(report) -> dict:
+    size = report.size.get("sparse_compact_onnx_bytes")
+    return {} if size is None else {"size": [("  sparse-compact ONNX file", "", f"{size:,} B")]}
+
+
 register_variant(Variant("sparse-compact", compared_with="sparse", artifact="sparse-compact.onnx",
-                         enabled=lambda cfg: cfg.compact, build=_build))
+                         enabled=lambda cfg: cfg.compact, build=_build, rows=_rows))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..onnx_variants import make_sparse_compute
+from ..report_rows import ms
 from . import Variant, VariantInputs, register_variant
 
 FILES = ("model.onnx", "manifest.json", "csr/weights.safetensors", "csr/manifest.json")
@@ -17,5 +18,9 @@ def _build(inputs: VariantInputs) -> dict:
             "files": [f"sparse-compute/{f}" for f in FILES]}
 
 
+def _rows(report) -> dict:
+    return {"latency": [("  sparse-compute", "", ms(report.variants["sparse-compute"]["latency"]))]}
+
+
 register_variant(Variant("sparse-compute", compared_with="sparse", artifact="sparse-compute",
-                         enabled=lambda cfg: cfg.compute, build=_build))
+                         enabled=lambda cfg: cfg.compute, build=_build, rows=_rows))

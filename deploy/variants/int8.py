@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..export import stamp_metadata
 from ..quantize import quantize
+from ..report_rows import ms, pct
 from . import Variant, VariantInputs, register_variant
 
 
@@ -16,7 +17,16 @@ def _builder(source: str):
     return build
 
 
+def _rows(report) -> dict:
+    """One pair of rows for both int8 models (on the sparse one: it comes second)."""
+    dense, sparse = report.variants.get("dense-int8"), report.variants["sparse-int8"]
+    if dense is None:
+        return {}
+    return {"accuracy": [("accuracy int8 (onnxruntime)", pct(dense["accuracy"]), pct(sparse["accuracy"]))],
+            "latency": [("  int8", ms(dense["latency"]), ms(sparse["latency"]))]}
+
+
 for _source in ("dense", "sparse"):
     register_variant(Variant(f"{_source}-int8", compared_with=_source, artifact=f"{_source}-int8.onnx",
                              enabled=lambda cfg: cfg.int8 != "none", build=_builder(_source),
-                             check_against_torch=False))
+                             check_against_torch=False, rows=_rows if _source == "sparse" else None))
