@@ -16,16 +16,16 @@ from __future__ import annotations
 import gzip
 import struct
 import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from .dataset import Data, Split
 from .errors import UserError
 from .config.data import CLASSES, DATASETS, DataConfig
 from .loader import batches, crop_flip, first
+from .userdata import load_factory_data
 
 __all__ = ["Data", "Split", "load_data", "load_config_data", "read_idx", "batches", "crop_flip", "first"]
 
@@ -33,36 +33,6 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-
-
-@dataclass
-class Split(Dataset):
-    """A split held in memory: images [N, C, H, W] float32 (normalised) and labels [N] int64."""
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.x[i], int(self.y[i])
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices)
-        return self.x[idx], self.y[idx]
-
-
-@dataclass
-class Data:
-    """The train and test splits (torch Datasets), the class count and one sample's shape, and how
-    raw inputs become model inputs (`preprocessing`, recorded with every exported model)."""
-    train: Dataset
-    test: Dataset
-    num_classes: int
-    input_shape: tuple[int, ...]
-    augment: str = "none"
-    workers: int = 0
-    preprocessing: dict = field(default_factory=dict)
 
 
 MAX_IDX_BYTES = 1 << 31  # 2 GiB of pixels: far more than any IDX data set
@@ -131,7 +101,6 @@ def _limit(split: Split, n: int) -> Split:
 def load_config_data(cfg: DataConfig, seed: int = 0) -> "Data":
     """`load_data` for a config section."""
     if ":" in cfg.name:
-        from .userdata import load_factory_data
         data = load_factory_data(cfg.name, cfg.root, seed, cfg.train_limit, cfg.test_limit)
     elif cfg.name == "imagefolder":
         data = load_imagefolder_data(cfg.root, cfg.image_size, cfg.mean, cfg.std, cfg.train_limit, cfg.test_limit)

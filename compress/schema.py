@@ -10,7 +10,7 @@ import math
 import dataclasses
 import types
 import typing
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, Callable, Literal, TypeVar, get_args, get_origin
 
 from .errors import UserError
 
@@ -24,6 +24,18 @@ def opt(default: Any, doc: str, *, lo: float | None = None, hi: float | None = N
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def tables(lookup: Callable[[], dict[str, type]], doc: str) -> Any:
+    """A field holding named sub-tables of its section (TOML `[section.NAME]`), each parsed by the
+    dataclass `lookup()` gives for NAME; names not written get that class's defaults. `lookup` is
+    called when a section is built, so a table registered later (a user's pruner) is seen."""
+    return dataclasses.field(default_factory=lambda: {n: c() for n, c in lookup().items()},
+                             metadata={"doc": doc, "tables": lookup})
+
+
+def _tables_field(cls: type) -> dataclasses.Field | None:
+    return next((f for f in dataclasses.fields(cls) if "tables" in f.metadata), None)
 
 
 def _type_name(tp: Any) -> str:
@@ -114,15 +126,22 @@ def field_path(where: str, key: str) -> str:
 
 def parse(cls: type[T], table: dict, where: str) -> T:
     """Build a `cls` from a TOML table; `where` prefixes every error ('run.toml' or 'run.toml: train')."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    named = _tables_field(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f is not named}
     hints = typing.get_type_hints(cls)
+    sub = {n: c() for n, c in named.metadata["tables"]().items()} if named else {}
     kwargs = {}
     for key, value in table.items():
         path = field_path(where, key)
-        if key not in fields:
-            raise UserError(f"{path}: unknown field (expected one of: {', '.join(fields)})")
-        kwargs[key] = _coerce(value, hints[key], path)
-        _check_range(kwargs[key], fields[key].metadata, path)
+        if key in fields:
+            kwargs[key] = _coerce(value, hints[key], path)
+            _check_range(kwargs[key], fields[key].metadata, path)
+        elif key in sub:
+            sub[key] = _coerce(value, type(sub[key]), path)
+        else:
+            raise UserError(f"{path}: unknown field (expected one of: {', '.join([*fields, *sub])})")
+    if named:
+        kwargs[named.name] = sub
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
     if check is not None:
@@ -131,8 +150,26 @@ def parse(cls: type[T], table: dict, where: str) -> T:
 
 
 def to_dict(obj: Any) -> dict:
-    """The resolved section as a plain dict (what gets written to the run's config.toml)."""
-    return dataclasses.asdict(obj)
+    """The resolved section as a plain dict (what gets written to the run's config.toml); named
+    sub-tables (`tables`) sit in the section itself, as in the TOML."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if "tables" in f.metadata:
+            out.update({n: to_dict(v) for n, v in value.items()})
+        else:
+            out[f.name] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return to_dict(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return copy.deepcopy(value)
 
 
 def reference(cls: type, prefix: str) -> list[str]:
@@ -141,6 +178,10 @@ def reference(cls: type, prefix: str) -> list[str]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        if "tables" in f.metadata:
+            for name, sub in f.metadata["tables"]().items():
+                rows += reference(sub, f"{prefix}{name}.")
+            continue
         if dataclasses.is_dataclass(tp):
             rows += reference(tp, f"{prefix}{f.name}.")
             continue

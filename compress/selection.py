@@ -2,11 +2,28 @@
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 
 from torch import nn
 
-from .config.prune import LayerRule
 from .errors import UserError
+from .schema import opt
+
+LAYER_KINDS = ("conv", "linear")
+
+
+@dataclass
+class LayerRule:
+    types: list[str] = opt(["conv", "linear"], "Layer kinds to prune: conv, linear.")
+    exclude: list[str] = opt([], "Glob patterns of layer names never pruned (e.g. 'classifier.*').")
+    keep_first_dense: bool = opt(False, "Leave the first prunable layer dense.")
+    keep_last_dense: bool = opt(False, "Leave the last prunable layer dense.")
+
+    def check(self, where: str) -> None:
+        for t in self.types:
+            if t not in LAYER_KINDS:
+                raise UserError(f"{where}.types: unknown layer kind {t!r} (expected conv or linear)")
+
 
 LAYER_TYPES = {"conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d), "linear": (nn.Linear,)}
 

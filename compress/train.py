@@ -62,16 +62,23 @@ def evaluate(model: nn.Module, split: Dataset, batch_size: int = 512, device: to
     return correct / len(split), loss_sum / len(split)
 
 
-def _optimizer(model: nn.Module, pruner: Pruner, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD; weight decay on weights only (not biases, not BatchNorm), pruner parameters as the pruner says."""
+def optimizer_groups(model: nn.Module, pruner: Pruner, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups for a model with `pruner` attached: weight decay on weights only (not
+    biases, not BatchNorm), the pruner's own parameters (e.g. STR's thresholds) with the decay it asks for."""
     own = pruner.param_groups()
     taken = {id(p) for g in own for p in g["params"]}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
-    groups = [{"params": [p for p in rest if p.ndim > 1], "weight_decay": cfg.weight_decay},
+    groups = [{"params": [p for p in rest if p.ndim > 1], "weight_decay": weight_decay},
               {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0}]
     for g in own:
-        wd = cfg.weight_decay if g.get("weight_decay") is None else g["weight_decay"]
+        wd = weight_decay if g.get("weight_decay") is None else g["weight_decay"]
         groups.append({**g, "weight_decay": wd})
+    return groups
+
+
+def _optimizer(model: nn.Module, pruner: Pruner, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW over `optimizer_groups`."""
+    groups = optimizer_groups(model, pruner, cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Subset
 
+from .dataset import Data
 from .errors import UserError
 from .imports import load_object
 
@@ -21,9 +22,8 @@ def _check_sample(ds: Dataset, spec: str, split: str) -> tuple[int, ...]:
     return tuple(sample[0].shape)
 
 
-def load_factory_data(spec: str, root: str, seed: int, train_limit: int = 0, test_limit: int = 0):
-    from .data import Data
-
+def load_factory_data(spec: str, root: str, seed: int, train_limit: int = 0, test_limit: int = 0) -> Data:
+    """The user's factory's splits, checked (sized Datasets, float image tensors, one shape), as Data."""
     factory = load_object(spec, "data.name")
     try:
         result = factory(root=root, seed=seed)

@@ -8,7 +8,9 @@ import xml.etree.ElementTree as ET
 from compress import atomic
 from compress.errors import UserError
 
+from .report_rows import ms, pct
 from .report_schema import Report
+from .variants import registered_variants
 
 
 def junit_xml(checks: list[dict], suite: str = "sparsepipe.gate") -> str:
@@ -25,33 +27,21 @@ def junit_xml(checks: list[dict], suite: str = "sparsepipe.gate") -> str:
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
 def summary_rows(report: Report) -> list[tuple[str, str, str]]:
-    """(metric, dense, sparse) rows shared by the Markdown report and the CLI's closing table."""
+    """(metric, dense, sparse) rows shared by the Markdown report and the CLI's closing table; each
+    export variant in the report adds its own rows (deploy/variants)."""
     d, s, lat, size = report.dense, report.sparse, report.latency, report.size
-    variants = report.variants
-    int8 = "dense-int8" in variants and "sparse-int8" in variants
-
-    def ms(entry: dict) -> str:
-        return f"{entry['p50_ms']:.3f} ms (x{entry['ratio_vs_dense']:.2f})"
-
-    rows = [("accuracy (onnxruntime)", _pct(d.accuracy), _pct(s.accuracy))]
-    if int8:
-        rows.append(("accuracy int8 (onnxruntime)", _pct(variants["dense-int8"]["accuracy"]),
-                     _pct(variants["sparse-int8"]["accuracy"])))
-    rows += [("accuracy (PyTorch)", _pct(d.torch_accuracy), _pct(s.torch_accuracy)),
-             ("global sparsity", _pct(0.0), _pct(report.sparsity.global_)),
+    extra: dict[str, list[tuple[str, str, str]]] = {"accuracy": [], "latency": [], "size": []}
+    for variant in registered_variants().values():
+        if variant.name in report.variants and variant.rows is not None:
+            for section, rows in variant.rows(report).items():
+                extra[section] += rows
+    rows = [("accuracy (onnxruntime)", pct(d.accuracy), pct(s.accuracy)), *extra["accuracy"]]
+    rows += [("accuracy (PyTorch)", pct(d.torch_accuracy), pct(s.torch_accuracy)),
+             ("global sparsity", pct(0.0), pct(report.sparsity.global_)),
              (f"latency p50, batch {lat['batch_size']}, {lat['threads']} thread(s)",
-              f"{lat['dense']['p50_ms']:.3f} ms", ms(lat["sparse"]))]
-    if "sparse-compute" in variants:
-        rows.append(("  sparse-compute", "", ms(variants["sparse-compute"]["latency"])))
-    if int8:
-        rows.append(("  int8", ms(variants["dense-int8"]["latency"]), ms(variants["sparse-int8"]["latency"])))
-    compact = f" (compact: {size['sparse_compact_onnx_bytes']:,} B)" if "sparse_compact_onnx_bytes" in size else ""
-    rows += [("ONNX file size", f"{size['dense_onnx_bytes']:,} B", f"{size['sparse_onnx_bytes']:,} B{compact}"),
+              f"{lat['dense']['p50_ms']:.3f} ms", ms(lat["sparse"])), *extra["latency"]]
+    rows += [("ONNX file size", f"{size['dense_onnx_bytes']:,} B", f"{size['sparse_onnx_bytes']:,} B"), *extra["size"],
              ("weights stored (dense vs CSR/BSR)", f"{size['dense_bytes']:,} B",
               f"{size['sparse_bytes']:,} B (x{size['dense_bytes'] / max(size['sparse_bytes'], 1):.1f} smaller)")]
     st = report.structure or {}
@@ -83,7 +73,7 @@ def markdown(report: Report) -> str:
         lines += ["", "## Pruner", ""]
         lines += [f"- {k}: `{json.dumps(v) if isinstance(v, (dict, list)) else v}`" for k, v in report.pruner.items()]
     lines += ["", "## Per-layer sparsity", "", "| layer | sparsity |", "|---|---|"]
-    lines += [f"| `{k}` | {_pct(v)} |" for k, v in report.sparsity.per_layer.items()]
+    lines += [f"| `{k}` | {pct(v)} |" for k, v in report.sparsity.per_layer.items()]
     st = report.structure or {}
     if st.get("channels_removed"):
         lines += ["", "## Channels removed (physically smaller model)", "",

@@ -105,12 +105,13 @@ def test_an_interrupted_run_on_streamed_images_resumes_bit_identically(folder, t
     epoch and resuming from the checkpoint ends with the same weights as an uninterrupted run."""
     from compress.models import LeNet5
     from compress.pruners import build_pruner
-    from compress.config.prune import MagnitudeOptions, PruneConfig
+    from compress.config.prune import PruneConfig
+    from compress.pruners.magnitude import MagnitudeOptions
     from compress.train import TrainConfig, train
 
     data = load(folder, workers=2)
     cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05)
-    prune = PruneConfig(method="magnitude", magnitude=MagnitudeOptions(sparsity=0.5, prune_after=0.3))
+    prune = PruneConfig(method="magnitude", options={"magnitude": MagnitudeOptions(sparsity=0.5, prune_after=0.3)})
 
     def fresh():
         torch.manual_seed(0)

@@ -7,11 +7,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compress.models import MLP, ModelConfig, build_model
-from compress.pruners import PruneConfig, TrainPlan, build_pruner
+from compress.config.prune import PruneConfig
+from compress.pruners import TrainPlan, build_pruner
 from compress.pruners.greg import GRegOptions, GRegPruner
 from compress.pruners.groups import per_row, pick_pruned
 from compress.pruners.lats import LATSOptions, LATSPruner
-from compress.pruners.magnitude import L1Options
+from compress.pruners.l1 import L1Options
 from compress.pruners.str_reparam import STROptions, STRPruner
 from compress.schedules import cubic_sparsity, lr_at, threshold_fraction
 from compress.selection import LayerRule, select_layers
@@ -218,8 +219,8 @@ def test_l1_baseline_removes_exactly_grego1s_groups(digits):
     for method in ("greg", "l1"):
         model, layers = mlp(64)
         cfg = PruneConfig(method=method)
-        cfg.greg = GRegOptions(variant=1, sparsity=0.7, pick_after=0.25)
-        cfg.l1 = L1Options(sparsity=0.7, prune_after=0.25)
+        cfg.options |= {"greg": GRegOptions(variant=1, sparsity=0.7, pick_after=0.25),
+                        "l1": L1Options(sparsity=0.7, prune_after=0.25)}
         pruner = build_pruner(cfg)
         train(model, pruner, digits, TrainConfig(epochs=4), layers, progress=False)
         picks[method] = {n: ~m for n, m in pruner.masks.items()}

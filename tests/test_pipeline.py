@@ -151,3 +151,21 @@ def test_int8_variants_are_validated_side_by_side(tmp_path, mode):
         zero_points = {i.name: i.data_type for i in graph.initializer if i.name.endswith("zero_point")}
         quantized = [n for n in graph.node if n.op_type == "QuantizeLinear"]
         assert quantized and {zero_points[n.input[2]] for n in quantized} == {onnx.TensorProto.UINT8}
+
+
+def test_freeze_reads_the_squashed_weights_without_replaying_training(own_run):
+    """The train stage leaves each model squashed (pruner.freeze()); freeze rebuilds no pruner: with
+    [prune] and [train] changed to what could not replay this checkpoint, it still gives the same weights."""
+    import tomllib
+    from deploy.config import to_toml
+    before = json.loads((own_run / "frozen" / "sparsity.json").read_text())
+    assert load_file(own_run / "train" / "sparse" / "frozen.safetensors")  # written by the train stage
+    pruner = json.loads((own_run / "train" / "sparse" / "pruner.json").read_text())
+    table = tomllib.loads((own_run / "config.toml").read_text())
+    table["prune"]["method"], table["train"]["epochs"] = "str", 1
+    (own_run / "config.toml").write_text(to_toml(table))
+    res = sparsepipe("freeze", own_run, "--force")
+    assert res.returncode == 0, res.stderr
+    after = json.loads((own_run / "frozen" / "sparsity.json").read_text())  # counted before any channel cut
+    assert after["per_layer"] == before["per_layer"] and after["global"] == before["global"] > 0.5
+    assert after["pruner"] == before["pruner"] == pruner and after["method"] == "str"

@@ -6,7 +6,8 @@ from torch.nn.utils import parametrize
 
 from compress.errors import UserError
 from compress.models import LeNet5, MLP
-from compress.pruners import PruneConfig, Pruner, TrainPlan, build_pruner
+from compress.config.prune import PruneConfig
+from compress.pruners import Pruner, TrainPlan, build_pruner
 from compress.pruners.lats import LATSOptions, LATSPruner, soft_threshold
 from compress.pruners.magnitude import MagnitudeOptions, MagnitudePruner, magnitude_masks
 from compress.schedules import lr_at

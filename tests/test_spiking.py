@@ -9,7 +9,8 @@ pytest.importorskip("spikingjelly", reason="spiking models need the snn extra (t
 
 from compress.models import ModelConfig, build_model  # noqa: E402
 from compress.models.spiking import firing_rates  # noqa: E402
-from compress.pruners import PruneConfig, build_pruner  # noqa: E402
+from compress.config.prune import PruneConfig
+from compress.pruners import build_pruner  # noqa: E402
 from compress.selection import select_layers  # noqa: E402
 from compress.train import TrainConfig, train  # noqa: E402
 from conftest import REPO, cli  # noqa: E402

@@ -3,7 +3,8 @@ import torch
 
 from compress.errors import UserError
 from compress.models import ModelConfig, build_model
-from compress.pruners import PruneConfig, build_pruner
+from compress.config.prune import PruneConfig
+from compress.pruners import build_pruner
 from compress.selection import select_layers
 from compress.train import TrainConfig, load_checkpoint, train
 

@@ -96,3 +96,35 @@ def test_profile_command(sparse_mlp, tmp_path, capsys):
     (tmp_path / "bad.onnx").write_bytes(b"junk")
     assert main(["profile", str(tmp_path / "bad.onnx")]) == 2
     assert "onnxruntime cannot load this model" in capsys.readouterr().err
+
+
+def test_a_registered_variant_is_built_validated_and_reported(tmp_path, monkeypatch):
+    """Adding an export variant is one registration: export builds it and checks it against its PyTorch
+    model, validate runs it, the report carries it."""
+    import json
+    import shutil
+
+    from conftest import REPO, cli
+    from deploy import variants
+
+    monkeypatch.setattr(variants, "_VARIANTS", dict(variants.registered_variants()))
+
+    def build(inputs):
+        shutil.copy(inputs.folder / "sparse.onnx", inputs.folder / "sparse-copy.onnx")
+        return {"bytes": (inputs.folder / "sparse-copy.onnx").stat().st_size, "files": ["sparse-copy.onnx"]}
+
+    variants.register_variant(variants.Variant("sparse-copy", compared_with="sparse", artifact="sparse-copy.onnx",
+                                               enabled=lambda cfg: True, build=build))
+    out = tmp_path / "run"
+    res = cli("run", REPO / "configs" / "quickstart.toml", "--out", out, "--no-progress", "--set", "train.epochs=2",
+              "--set", "model.hidden=[32]", "--set", "validate.runs=5", "--set", "export.compute=false",
+              "--set", "gate.min_sparsity=0", "--set", "gate.max_accuracy_drop=1")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["variants"]["sparse-copy"]["accuracy"] == report["sparse"]["accuracy"]
+    assert report["variants"]["sparse-copy"]["agreement_with_torch"] == 1.0
+    assert report["artifacts"]["sparse_copy_onnx"] == "onnx/sparse-copy.onnx"
+    assert report["size"]["sparse_copy_onnx_bytes"] == report["size"]["sparse_onnx_bytes"]
+    exported = json.loads((out / "onnx" / "export.json").read_text())
+    assert exported["sparse-copy"]["max_abs_diff_vs_torch"] == exported["sparse"]["max_abs_diff_vs_torch"] < 1e-5
+    assert "sparse-compute" not in report["variants"]  # switched off in [export]

@@ -4,7 +4,8 @@ import torch
 
 from compress.errors import UserError
 from compress.models import ModelConfig, build_model
-from compress.pruners import PruneConfig, TrainPlan, build_pruner
+from compress.config.prune import PruneConfig
+from compress.pruners import TrainPlan, build_pruner
 from compress.selection import select_layers
 from compress.sparsity import global_sparsity
 from deploy.export import export_onnx

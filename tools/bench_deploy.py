@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compress import atomic  # noqa: E402
 from compress.data import load_data  # noqa: E402
 from compress.models import ModelConfig, build_model  # noqa: E402
-from compress.pruners import PruneConfig, build_pruner  # noqa: E402
+from compress.config.prune import PruneConfig  # noqa: E402
+from compress.pruners import build_pruner  # noqa: E402
 from compress.selection import select_layers  # noqa: E402
 from compress.sparsity import global_sparsity  # noqa: E402
 from compress.train import TrainConfig, train  # noqa: E402

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_structured import accuracy  # noqa: E402
 from compress import atomic  # noqa: E402
-from compress.config.prune import FilterOptions, PruneConfig  # noqa: E402
+from compress.config.prune import PruneConfig  # noqa: E402
+from compress.pruners.filters import FilterOptions  # noqa: E402
 from compress.config.train import TrainConfig  # noqa: E402
 from compress.data import load_data  # noqa: E402
 from compress.flops import count_macs  # noqa: E402
@@ -60,8 +61,8 @@ def train_with_widths(name: str, data, found: dict, epochs: int) -> float:
     """Accuracy in onnxruntime after training `name` with `filter` cutting to the widths found (at 30%)."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(name=name), data.input_shape, data.num_classes)
-    cfg = PruneConfig(method="filter", filter=FilterOptions(ratio=found["ratio"], round_to=found["round_to"],
-                                                            pow2=found["pow2"], prune_after=0.3))
+    cfg = PruneConfig(method="filter", options={"filter": FilterOptions(
+        ratio=found["ratio"], round_to=found["round_to"], pow2=found["pow2"], prune_after=0.3)})
     pruner = build_pruner(cfg)
     train(model, pruner, data, TrainConfig(epochs=epochs, lr=0.1, batch_size=128, weight_decay=1e-4),
           select_layers(model, cfg.layers), progress=False)

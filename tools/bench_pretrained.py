@@ -19,7 +19,10 @@ from safetensors.torch import load_file, save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from compress import atomic  # noqa: E402
-from compress.config.prune import GMPOptions, LATSOptions, MagnitudeOptions, PruneConfig  # noqa: E402
+from compress.config.prune import PruneConfig  # noqa: E402
+from compress.pruners.gmp import GMPOptions  # noqa: E402
+from compress.pruners.lats import LATSOptions  # noqa: E402
+from compress.pruners.magnitude import MagnitudeOptions  # noqa: E402
 from compress.config.train import TrainConfig  # noqa: E402
 from compress.data import load_data  # noqa: E402
 from compress.models import LeNet5  # noqa: E402
@@ -32,12 +35,12 @@ from compress.train import evaluate, train  # noqa: E402
 def prune_config(method: str, sparsity: float, pretrained: bool) -> PruneConfig:
     """The method at `sparsity`; from trained weights the schedule starts at once (no dense warm-up)."""
     if method == "lats":
-        return PruneConfig(method="lats", lats=LATSOptions(target_sparsity=sparsity))
-    if method == "gmp":
-        return PruneConfig(method="gmp", gmp=GMPOptions(sparsity=sparsity, start=0.0 if pretrained else 0.1,
-                                                        end=0.6 if pretrained else 0.7))
-    return PruneConfig(method="magnitude", magnitude=MagnitudeOptions(sparsity=sparsity,
-                                                                      prune_after=0.0 if pretrained else 0.5))
+        options = LATSOptions(target_sparsity=sparsity)
+    elif method == "gmp":
+        options = GMPOptions(sparsity=sparsity, start=0.0 if pretrained else 0.1, end=0.6 if pretrained else 0.7)
+    else:
+        method, options = "magnitude", MagnitudeOptions(sparsity=sparsity, prune_after=0.0 if pretrained else 0.5)
+    return PruneConfig(method=method, options={method: options})
 
 
 def run(data, prune: PruneConfig | None, epochs: int, weights: dict | None, finetune: int = 0) -> dict:

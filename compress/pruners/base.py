@@ -1,5 +1,8 @@
 """The pruner protocol every method implements.
 
+A method is one module: its `Options` dataclass, its class, and `@register_pruner("name")`
+(registry.py), which makes it `prune.method = "name"` with options `[prune.name]`.
+
 Lifecycle (called by the training loop):
     attach(model, layers, plan)      before the optimizer is built (a pruner may add parameters)
     begin_epoch(epoch)
@@ -57,6 +60,11 @@ class Pruner:
         self.plan: TrainPlan | None = None
         self.modules: dict[str, nn.Module] = {}
         self.optimizer = None
+
+    @classmethod
+    def class_for(cls, options: object) -> type[Pruner]:
+        """The class that runs these options (the registered class itself unless a method has variants)."""
+        return cls
 
     def attach(self, model: nn.Module, layers: list[str], plan: TrainPlan) -> None:
         self.model, self.layers, self.plan = model, list(layers), plan

@@ -14,24 +14,72 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from ..errors import UserError
-from ..config.prune import FilterOptions, L1Options, LayerRatio
 from ..ranking import lowest
+from ..schema import opt
 from ..structured import channel_importance, keep_counts, macs_with_widths, ratio_for_macs, widths_for_latency
 from ..schedules import cubic_ramp
 from ..structured import ChannelGroup
 from .base import Pruner
 from .channels import selected_groups, zero_dropped
+from .registry import register_pruner
 
-__all__ = ["FilterPruner", "L1FilterPruner", "FilterOptions", "LayerRatio"]  # the section dataclass is re-exported for callers
+
+@dataclass
+class LayerRatio:
+    layer: str = opt("", "Glob matched against the producing layers of a channel group (e.g. 'layers.2.*').")
+    ratio: float = opt(0.5, "Fraction of that group's channels removed.", lo=0.0, hi=1.0, hi_open=True)
 
 
+AUTO_ROUND_TO = 8  # widths a multiple of 8: SIMD-friendly on x86 (AVX2: 8 floats) and ARM (NEON: 4)
+
+
+@dataclass
+class FilterOptions:
+    ratio: float = opt(0.5, "Fraction of the channels removed in every prunable group (at most n−1).",
+                       lo=0.0, hi=1.0, hi_open=True)
+    layer_ratios: list[LayerRatio] = opt([], "Per-group ratios, first match wins: [[prune.filter.layer_ratios]] "
+                                         "tables with layer (glob) and ratio.")
+    flops_target: float = opt(0.0, "Divide the model's MACs by this factor (e.g. 2.5); one ratio for every group "
+                              "not in layer_ratios is found for it. 0: use ratio.", lo=0.0)
+    latency_target: float = opt(0.0, "Divide the model's measured latency by this factor (e.g. 2): one ratio for "
+                                "every group not in layer_ratios is found by timing candidate widths in "
+                                "onnxruntime at [freeze] latency_batch_size / latency_threads before training "
+                                "(NetAdapt-style). 0: off.", lo=0.0)
+    importance: Literal["l1", "l2"] = opt("l1", "Channel score: L1 or L2 norm of the producing filters.")
+    schedule: Literal["oneshot", "gradual"] = opt("oneshot", "Cut once at prune_after, or gradually (cubic, each "
+                                                  "epoch) from prune_after to prune_until.")
+    prune_after: float = opt(0.3, "Fraction of the epochs trained dense before the (first) cut.",
+                             lo=0.0, hi=1.0, hi_open=True)
+    prune_until: float = opt(0.6, "gradual: fraction of the epochs by which the final widths are reached.",
+                             lo=0.0, hi=1.0, hi_open=True)
+    round_to: int = opt(0, "Keep a multiple of this many channels per group (1: any width). 0: automatic — "
+                        "multiples of 8 for ratio and flops_target cuts (any width ran up to 4.4x slower than "
+                        "multiples of 8 in onnxruntime: README), and latency_target searches several roundings.",
+                        lo=0)
+    pow2: bool = opt(False, "Keep every cut width a power of two (round_to is then ignored): on our CPU, "
+                     "onnxruntime ran such widths far faster than others (README).")
+
+    def rounding(self) -> int:
+        """round_to as used for ratio and flops_target cuts (latency_target reads 0 as 'search')."""
+        return self.round_to or AUTO_ROUND_TO
+
+    def check(self, where: str) -> None:
+        if self.flops_target > 0 and self.latency_target > 0:
+            raise UserError(f"{where}.latency_target: set flops_target or latency_target, not both")
+        for name in ("flops_target", "latency_target"):
+            if 0 < getattr(self, name) <= 1:
+                raise UserError(f"{where}.{name}: expected 0 (off) or a factor above 1, got {getattr(self, name)}")
+
+
+@register_pruner("filter")
 class FilterPruner(Pruner):
-    name = "filter"
     Options = FilterOptions
 
     def __init__(self, options: FilterOptions):
@@ -128,15 +176,3 @@ class FilterPruner(Pruner):
     def freeze(self) -> nn.Module:
         self._apply()
         return super().freeze()
-
-
-class L1FilterPruner(FilterPruner):
-    """Method 'l1' with granularity 'filter': the one-shot filter cut at `prune_after`, counting like
-    GReg-1's pick, so on the same weights it removes the channels GReg's filter mode removes."""
-
-    name = "l1"
-    Options = L1Options
-
-    def __init__(self, options: L1Options):
-        super().__init__(FilterOptions(ratio=options.sparsity, prune_after=options.prune_after))
-        self.l1_options = options

@@ -19,18 +19,49 @@ the target and then held within ±4.5% (`target.RateCalibration`). Modes 'init' 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import UserError
+from ..schema import opt
 from ..schedules import threshold_fraction
-from ..config.prune import LATSOptions
 from ..selection import get_module
 from ..sparsity import magnitude_quantile
 from .base import Pruner
+from .registry import register_pruner
 from .target import RateCalibration
+
+
+@dataclass
+class LATSOptions:
+    schedule: Literal["lats", "s-lats", "pgh", "linear", "constant"] = opt(
+        "lats", "Threshold schedule over the pruning window (see the method notes in the README).")
+    mode: Literal["during", "early", "init"] = opt(
+        "during", "during: sparsify while training; early: reach D by end_epoch, then fix the mask and keep "
+        "training; init: pruning at initialisation (constant D from step 0, inflated latent init).")
+    threshold_final: float = opt(0.05, "D: the threshold at the end of the pruning window.", lo=0.0, lo_open=True)
+    l1_lambda: float = opt(0.0, "λ (schedule 'lats' only): d_t = λ·Σ_{s<t} η_s with no final value; "
+                           "when > 0 it replaces threshold_final.", lo=0.0)
+    start_epoch: int = opt(0, "Epoch at which the threshold starts growing (dense before it).", lo=0)
+    end_epoch: int = opt(0, "mode 'early': epoch by which the threshold reaches D (0 = half of the epochs).", lo=0)
+    pgh_beta: float = opt(10.0, "schedule 'pgh': λ grows geometrically by this factor over the window.",
+                          lo=0.0, lo_open=True)
+    target_sparsity: float = opt(0.0, "Target global sparsity (0 = off). The threshold's rate λ = Δd/η is "
+                                 "calibrated in the first half of the pruning window and then held (±4.5%); "
+                                 "the report records the λ and D that resulted.",
+                                 lo=0.0, hi=1.0, hi_open=True)
+
+    def check(self, where: str) -> None:
+        if self.l1_lambda > 0 and self.schedule != "lats":
+            raise UserError(f"{where}.l1_lambda: only schedule 'lats' takes λ; others need threshold_final")
+        if self.l1_lambda > 0 and self.target_sparsity > 0:
+            raise UserError(f"{where}.target_sparsity: calibrates D, so it cannot be combined with l1_lambda")
+        if self.mode == "init" and self.schedule not in ("lats", "constant"):
+            raise UserError(f"{where}.schedule: mode 'init' uses a constant threshold; leave schedule at 'lats'")
 
 
 def soft_threshold(theta: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor:
@@ -62,6 +93,7 @@ class SoftThreshold(nn.Module):
         return _SoftThresholdSTE.apply(theta, self.threshold)
 
 
+@register_pruner("lats")
 class LATSPruner(Pruner):
     name = "lats"
     Options = LATSOptions

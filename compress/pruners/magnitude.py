@@ -2,15 +2,27 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from ..schedules import cubic_sparsity
-from ..config.prune import GMPOptions, L1Options, MagnitudeOptions
+from ..ranking import lowest_mask
+from ..schema import opt
 from ..selection import get_module
 from .base import MaskPruner
-from ..ranking import lowest_mask
-from .groups import pick_pruned
+from .registry import register_pruner
+
+
+@dataclass
+class MagnitudeOptions:
+    sparsity: float = opt(0.9, "Fraction of the selected weights set to zero.", lo=0.0, hi=1.0, hi_open=True)
+    scope: Literal["global", "layer"] = opt("global", "global: one magnitude cut over all layers; "
+                                            "layer: the same fraction in every layer.")
+    prune_after: float = opt(0.5, "Fraction of the epochs trained dense before the one-shot prune; "
+                             "the rest fine-tunes with the mask fixed.", lo=0.0, hi=1.0, hi_open=True)
+    block: list[int] = opt([1, 1], "Prune whole [rows, cols] blocks of the 2-D weight (out, in·kh·kw), scored "
+                           "by mean |w|, so BSR storage pays off; [1, 1] = single weights.", lo=1)
 
 
 def smallest_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -18,8 +30,8 @@ def smallest_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return ~lowest_mask(scores, round(sparsity * scores.numel()))
 
 
+@register_pruner("magnitude")
 class MagnitudePruner(MaskPruner):
-    name = "magnitude"
     Options = MagnitudeOptions
 
     def __init__(self, options: MagnitudeOptions):
@@ -72,44 +84,3 @@ def magnitude_masks(model, layers: list[str], sparsity: float, scope: str,
         masks[n] = keep[offset:offset + w.numel()].view_as(w)
         offset += w.numel()
     return masks
-
-
-class L1Pruner(MaskPruner):
-    """One-shot layer-wise L1 pruning with GReg-1's selection rule: the fair baseline for GReg."""
-
-    name = "l1"
-    Options = L1Options
-
-    def __init__(self, options: L1Options):
-        super().__init__(options)
-        self.options: L1Options = options
-
-    def begin_epoch(self, epoch: int) -> None:
-        if epoch == math.floor(self.options.prune_after * self.plan.epochs) and not self.masks:
-            for n in self.layers:
-                w = get_module(self.model, n).weight
-                self.masks[n] = (~pick_pruned(w.detach().abs(), self.options.sparsity)).contiguous()
-            self.apply_masks()
-
-
-class GMPPruner(MaskPruner):
-    """Gradual magnitude pruning (Zhu & Gupta 2017): sparsity follows a cubic ramp, masks by |w|."""
-
-    name = "gmp"
-    Options = GMPOptions
-
-    def __init__(self, options: GMPOptions):
-        super().__init__(options)
-        self.options: GMPOptions = options
-
-    def after_step(self, step: int, lr: float) -> None:
-        o, total = self.options, self.plan.total_steps
-        start, end = int(o.start * total), int(o.end * total)
-        if start <= step <= end and (step - start) % o.frequency == 0 or step == end:
-            target = cubic_sparsity(step, start, end, o.sparsity)
-            if target > 0:
-                self.masks = magnitude_masks(self.model, self.layers, target, o.scope, tuple(o.block))
-        self.apply_masks()
-
-    def log_state(self) -> dict:
-        return {"masked": bool(self.masks)}

@@ -8,17 +8,32 @@ follows a cubic ramp to the target.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..config.prune import STROptions
 from ..selection import get_module
 from ..schedules import cubic_sparsity
+from ..schema import opt
 from .base import Pruner
+from .registry import register_pruner
 from .target import shifted_sparsity, solve_shift
+
+
+@dataclass
+class STROptions:
+    s_init: float = opt(-5.0, "Initial s of every layer (threshold sigmoid(s)). The paper uses -3200 on "
+                        "ImageNet; short or small runs need about -5..-10.")
+    s_weight_decay: float = opt(-1.0, "Weight decay on s (negative: the same as train.weight_decay).")
+    target_sparsity: float = opt(0.0, "Target global sparsity (0 = off): instead of a fixed decay on s, every "
+                                 "1% of training all s are shifted by the one amount that puts sparsity on a "
+                                 "cubic ramp to the target; layers keep their learned differences.",
+                                 lo=0.0, hi=1.0, hi_open=True)
+    ramp_fraction: float = opt(0.75, "Target mode: fraction of the epochs over which sparsity ramps "
+                               "(cubic) to the target.", lo=0.0, hi=1.0, lo_open=True)
 
 
 def s_gradient(theta: torch.Tensor, grad_theta: torch.Tensor, tau: float) -> torch.Tensor:
@@ -46,6 +61,7 @@ class SoftThresholdLearned(nn.Module):
         return torch.nn.functional.softshrink(theta, self.tau())
 
 
+@register_pruner("str")
 class STRPruner(Pruner):
     name = "str"
     Options = STROptions

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
-from importlib.metadata import version as package_version
 
 from compress import atomic
 from compress.errors import UserError
 
 from ..config import CONFIG_VERSION
+from .provenance import stage_inputs, versions
 from .run import Run
 from .stage import Stage
-
-PACKAGES = ("sparsepipe", "torch", "onnx", "onnxruntime", "numpy")
-
-
-def versions() -> dict:
-    """Python and the library versions that decide a result."""
-    return {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES}}
 
 
 def read_manifest(run: Run, stage: Stage) -> dict | None:
@@ -50,8 +42,6 @@ def fingerprint(run: Run, stage: Stage, upstream: list[Stage]) -> str:
             raise UserError(f"{run.dir}: stage '{stage.name}' needs stage '{up.name}' first "
                             f"(no {up.folder}/stage.json)")
         outputs[up.name] = manifest["outputs"]
-    from .provenance import stage_inputs
-
     blob = {"stage": stage.name, "config_version": CONFIG_VERSION,
             "config": config_read(run.table, stage.config), "upstream": outputs, "inputs": stage_inputs(run, stage)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()

@@ -1,11 +1,13 @@
 """Stage freeze: plain weights with exact zeros, dead channels cut out, and a self-describing folder
-(model.json) from which any later stage rebuilds each variant once."""
+(model.json) from which any later stage rebuilds each variant once. It starts from the weights the
+train stage squashed (pruner.freeze() at the end of training), not from a replay of training."""
 from __future__ import annotations
 
 import copy
+import json
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from compress import atomic
@@ -15,10 +17,9 @@ from compress.selection import clean_name, get_module
 from compress.sparsity import global_sparsity, layer_sparsity
 from compress.loader import first
 from compress.structured import harvest
-from compress.train import load_checkpoint, make_plan
 
 from ..cut_check import time_cuts
-from .run import Run
+from .run import SQUASHED, SUMMARY, Run
 
 
 def _save_weights(model: nn.Module, path) -> None:
@@ -27,27 +28,26 @@ def _save_weights(model: nn.Module, path) -> None:
 
 
 def _frozen(run: Run, variant: str) -> tuple[nn.Module, dict]:
-    """The trained `variant` as a plain model with exact zeros, and its pruner's summary."""
-    model, pruner = run.new_model(), run.new_pruner(variant)
-    ckpt = run.dir / "train" / variant / "checkpoint.pt"
+    """The trained `variant` as the train stage squashed it (plain weights, exact zeros), and its
+    pruner's summary: no training, pruner or plan is rebuilt."""
+    folder = run.dir / "train" / variant
+    path = folder / SQUASHED
+    model = run.new_model()
     names = {clean_name(n) for n, _ in model.named_modules()}
     missing = [n for n in run.layers if n not in names]
     if missing:
-        raise UserError(f"{ckpt}: checkpoint does not fit model {run.cfg.model.name!r} "
+        raise UserError(f"{path}: checkpoint does not fit model {run.cfg.model.name!r} "
                         f"(trained layer {missing[0]!r} does not exist in it)")
-    pruner.attach(model, run.layers, make_plan(run.cfg.train, len(run.data.train), run.data.input_shape))
-    state = load_checkpoint(ckpt)
-    if state.get("epoch") != run.cfg.train.epochs:
-        raise UserError(f"{ckpt}: training stopped at epoch {state.get('epoch')} of {run.cfg.train.epochs}; "
-                        "run the train stage to finish it")
+    if not path.is_file():
+        raise UserError(f"{path}: missing; finish the train stage (`sparsepipe train {run.dir}`; a folder trained "
+                        f"by an older sparsepipe: add --force)")
     try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise UserError(f"{ckpt}: checkpoint does not fit model {run.cfg.model.name!r} "
-                        f"({str(e).splitlines()[0][:200]})") from None
-    pruner.load_state_dict(state["pruner"])
-    summary = pruner.summary()
-    return pruner.freeze().cpu().eval(), summary
+        model.load_state_dict(load_file(str(path)))
+    except Exception as e:  # a damaged file, or weights of another architecture
+        raise UserError(f"{path}: checkpoint does not fit model {run.cfg.model.name!r} "
+                        f"({str(e).strip().splitlines()[0][:200]})") from None
+    summary = json.loads((folder / SUMMARY).read_text())
+    return model.eval(), summary
 
 
 def _keep_fastest(run: Run, uncut: nn.Module, cuts: dict[str, tuple[nn.Module, dict]]) -> tuple[nn.Module, dict]:
@@ -94,12 +94,20 @@ def _harvested(run: Run, model: nn.Module) -> tuple[nn.Module, dict]:
 
 
 def freeze_stage(run: Run) -> list[str]:
-    folder, shape = run.stage_dir, run.data.input_shape
-    out, variants, summary = [], {}, {}
-    models = {}
+    models, summary = {}, {}
     for variant in run.variants:
         models[variant], s = _frozen(run, variant)
         summary = s if variant == "sparse" else summary
+    return write_frozen(run, models, summary)
+
+
+def write_frozen(run: Run, models: dict[str, nn.Module], summary: dict) -> list[str]:
+    """The frozen folder from plain models with exact zeros (dense and, unless the method is dense,
+    sparse) and the pruner's summary: the sparse model with its dead channels cut out, weights,
+    model.json, masks and sparsity.json. Returns the files written (relative to run.stage_dir)."""
+    folder, shape = run.stage_dir, run.data.input_shape
+    out, variants = [], {}
+    models = dict(models)
     sparse = models[run.trained("sparse")]
     # what the pruner achieved: exact zeros in the pruned layers, counted before the channel cut
     overall, per_layer = global_sparsity(sparse, run.layers), layer_sparsity(sparse, run.layers)

@@ -10,13 +10,22 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import platform
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 from compress import atomic
 
-from .cache import versions
 from .run import Run
 from .stage import Stage
+
+
+PACKAGES = ("sparsepipe", "torch", "onnx", "onnxruntime", "numpy")
+
+
+def versions() -> dict:
+    """Python and the library versions that decide a result."""
+    return {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES}}
 
 
 def listing_digest(root: Path) -> str:

@@ -22,6 +22,10 @@ from compress.weights import apply_weights, load_weights
 from ..config import CONFIG_VERSION, RunConfig, load_config, resolved_table, to_toml
 
 
+# what the train stage leaves per model for the freeze stage: the squashed weights and the pruner's summary
+SQUASHED, SUMMARY = "frozen.safetensors", "pruner.json"
+
+
 @dataclass
 class Run:
     """A run folder and its resolved config."""
@@ -78,6 +82,11 @@ class Run:
 
     def forget_frozen(self) -> None:
         self._frozen.clear()
+
+
+def keep_given(run: Run, variant: str) -> bool:
+    """Is `variant` the given model, unchanged?"""
+    return variant == "dense" and bool(run.cfg.model.weights) and run.cfg.model.baseline == "given"
 
 
 def open_run(run_dir: str | Path, cfg: RunConfig | None = None, *, write: bool = True, **kwargs) -> Run:

@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from compress import atomic, distributed
 from compress.errors import UserError
@@ -44,9 +45,11 @@ def move_into_place(staging: Path, final: Path) -> None:
     shutil.rmtree(staging)
 
 
-def run_stage(run: Run, name: str, force: bool = False) -> bool:
+def run_stage(run: Run, name: str, force: bool = False, work: Callable[[Run], list[str]] | None = None) -> bool:
     """Run one stage unless up to date; returns True when it ran.
 
+    `work` stands in for the stage's own function (same contract: write into run.stage_dir, return the
+    files written), e.g. to record a model trained outside the pipeline as the stage's output.
     Under torchrun every rank runs a collective stage (train); rank 0 alone writes and moves files.
     """
     stage = BY_NAME[name]
@@ -74,7 +77,7 @@ def run_stage(run: Run, name: str, force: bool = False) -> bool:
     run.stage_dir = staging
     t0 = time.perf_counter()
     try:
-        outputs = stage.run(run)
+        outputs = stage.run(run) if work is None else work(run)
     finally:
         run.stage_dir = None
     if stage.collective:

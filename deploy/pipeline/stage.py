@@ -39,7 +39,7 @@ STAGES: tuple[Stage, ...] = (
           upstream=(),
           function="deploy.pipeline.train:train_stage", collective=True,
           help="train the dense baseline and the pruned model (resumes from the last epoch checkpoint)"),
-    Stage("freeze", folder="frozen", config=("model", "prune", "train", "freeze"), upstream=("train",),
+    Stage("freeze", folder="frozen", config=("model", "freeze"), upstream=("train",),
           function="deploy.pipeline.freeze:freeze_stage",
           help="write plain weights with exact zeros (dead channels cut out), masks, per-layer sparsity "
                "and model.json"),

@@ -8,22 +8,19 @@ from __future__ import annotations
 import json
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from compress import atomic, distributed
 from compress.pruners import Pruner
+from compress.pruners.base import exact_zeros
 from compress.loader import first
-from compress.selection import select_layers
+from compress.selection import get_module, select_layers
 from compress.sparsity import global_sparsity
 from compress.train import evaluate, train
 from compress.weights import apply_weights, load_weights
 
-from .run import Run
-
-
-def keep_given(run: Run, variant: str) -> bool:
-    """Is `variant` the given model, unchanged?"""
-    return variant == "dense" and bool(run.cfg.model.weights) and run.cfg.model.baseline == "given"
+from .run import SQUASHED, SUMMARY, Run, keep_given
 
 
 def _given_baseline(run: Run, model: nn.Module, folder) -> None:
@@ -36,6 +33,23 @@ def _given_baseline(run: Run, model: nn.Module, folder) -> None:
         with atomic.atomic_path(folder / "checkpoint.pt") as tmp:
             torch.save({"epoch": run.cfg.train.epochs, "model": model.state_dict(), "optimizer": {},
                         "pruner": Pruner().state_dict(), "history": [row]}, tmp)
+
+
+def _with_exact_zeros(model: nn.Module, layers: list[str]) -> nn.Module:
+    """`model` with -0.0 written as +0.0 in its prunable layers, as every pruner's freeze leaves them."""
+    with torch.no_grad():
+        for name in layers:
+            weight = get_module(model, name).weight
+            weight.copy_(exact_zeros(weight))
+    return model
+
+
+def save_squashed(model: nn.Module, summary: dict, folder) -> None:
+    """The trained model as plain weights with exact zeros, and the pruner's summary, for the freeze stage."""
+    if distributed.current().main:
+        with atomic.atomic_path(folder / SQUASHED) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        atomic.write_json(folder / SUMMARY, summary)
 
 
 def _latency_measure(run: Run):
@@ -59,11 +73,14 @@ def train_stage(run: Run) -> list[str]:
             apply_weights(model, weights, run.cfg.model.weights, run.cfg.model.name)
         if keep_given(run, variant):
             _given_baseline(run, model, folder)
+            squashed, summary = _with_exact_zeros(model, run.layers), {}
         else:
             train(model, pruner, run.data, run.cfg.train, run.layers, seed=run.cfg.seed, out_dir=folder,
                   desc=f"train {variant}", progress=run.progress, log_start=weights is not None,
                   latency_ratio=_latency_measure(run))
-        out += [f"{variant}/checkpoint.pt", f"{variant}/metrics.jsonl"]
+            squashed, summary = pruner.freeze(), pruner.summary()
+        save_squashed(squashed, summary, folder)
+        out += [f"{variant}/{f}" for f in ("checkpoint.pt", "metrics.jsonl", SQUASHED, SUMMARY)]
     if distributed.current().main:
         atomic.write_json(run.stage_dir / "layers.json", run.layers)
     return out + ["layers.json"]

@@ -16,9 +16,9 @@ from ..gate import check
 from ..report import plot_training, write_report
 from ..report_schema import GateResult, Report, Scores, Sparsity
 from ..validate import validate
-from .cache import versions
-from .train import keep_given
-from .run import Run
+from ..variants import enabled_variants
+from .provenance import versions
+from .run import Run, keep_given
 
 
 def spiking_summary(models: dict[str, nn.Module], x: torch.Tensor) -> dict:
@@ -49,14 +49,9 @@ def _read(run: Run, rel: str):
 def validate_stage(run: Run) -> list[str]:
     cfg, d = run.cfg, run.dir
     models = {v: run.frozen_model(v) for v in ("dense", "sparse")}
-    paths = {v: d / "onnx" / f"{v}.onnx" for v in models}
-    if cfg.export.compact:
-        paths["sparse-compact"] = d / "onnx" / "sparse-compact.onnx"
-    if cfg.export.compute:
-        paths["sparse-compute"] = d / "onnx" / "sparse-compute"
-    if cfg.export.int8 != "none":
-        paths.update({f"{v}-int8": d / "onnx" / f"{v}-int8.onnx" for v in ("dense", "sparse")})
-    torch_models = {v: models["dense" if v.startswith("dense") else "sparse"] for v in paths}
+    variants = enabled_variants(cfg.export)
+    paths = {**{v: d / "onnx" / f"{v}.onnx" for v in models}, **{v.name: d / "onnx" / v.artifact for v in variants}}
+    torch_models = {**models, **{v.name: models[v.compared_with] for v in variants}}
     def test_batches():
         for x, y in batches(run.data.test, cfg.validate.batch_size, shuffle=False, workers=run.data.workers,
                             world=World(), num_classes=run.data.num_classes, where="test split"):
@@ -80,8 +75,7 @@ def validate_stage(run: Run) -> list[str]:
               "per_layer": {n: {k: v[k] for k in ("format", "block", "dense_bytes", "csr_bytes", "bsr_bytes",
                                                   "stored_bytes")} for n, v in csr["layers"].items()},
               "dense_onnx_bytes": exported["dense"]["bytes"], "sparse_onnx_bytes": exported["sparse"]["bytes"],
-              **({"sparse_compact_onnx_bytes": exported["sparse-compact"]["bytes"]}
-                 if "sparse-compact" in exported else {})},
+              **{f"{v.key}_bytes": exported[v.name]["bytes"] for v in variants if "bytes" in exported[v.name]}},
         export=exported, training={v: h[-1] for v, h in histories.items()}, versions=versions(),
         machine={"platform": platform.platform(), "processor": platform.machine(), "cpus": torch.get_num_threads()})
     if any(hasattr(m, "export_copy") for m in models.values()):
@@ -107,11 +101,11 @@ def validate_stage(run: Run) -> list[str]:
     folder = run.stage_dir
     plot_training(histories, sparsity["per_layer"], folder / "training.png")
     report.artifacts = {
-        "config": "config.toml", "checkpoints": [f"train/{v}/checkpoint.pt" for v in run.variants],
+        "config": "config.toml", "checkpoints": [f"train/{v}/checkpoint.pt" for v in run.variants
+                                             if (d / "train" / v / "checkpoint.pt").exists()],
         "frozen": [f"frozen/{v}.safetensors" for v in run.variants] + ["frozen/model.json"],
         "sparse": "sparse/weights.safetensors", "dense_onnx": "onnx/dense.onnx", "sparse_onnx": "onnx/sparse.onnx",
-        **({"sparse_compact_onnx": "onnx/sparse-compact.onnx"} if cfg.export.compact else {}),
-        **({"sparse_compute": "onnx/sparse-compute"} if cfg.export.compute else {}),
+        **{v.key: f"onnx/{v.artifact}" for v in variants},
         "report_md": "report/report.md", "junit": "report/junit.xml", "training_plot": "report/training.png"}
     write_report(folder, report)
     return ["report.json", "report.md", "junit.xml", "training.png"]

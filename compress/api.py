@@ -1,0 +1,59 @@
+"""The pruner lifecycle as a Python API, for any training loop.
+
+    pruner = attach_pruner(model, "lats", epochs=E, steps_per_epoch=S, lr=lambda step: ...,
+                           threshold_final=0.05)            # options as in [prune.lats]
+    optimizer = torch.optim.SGD(optimizer_groups(model, pruner, weight_decay=5e-4), lr=0.1, momentum=0.9)
+    pruner.bind_optimizer(optimizer)
+    for epoch in range(E):
+        pruner.begin_epoch(epoch)
+        for x, y in loader:                                  # step counts optimizer steps from 0
+            loss = loss_fn(model(x), y); optimizer.zero_grad(); loss.backward()
+            pruner.after_backward(step)
+            optimizer.step()
+            pruner.after_step(step, lr_used_at_this_step)
+        pruner.end_epoch(epoch)
+    frozen = pruner.freeze()                                 # a plain nn.Module with exact zeros
+
+The deploy half (convert → export → validate → gate) on such a model: `deploy.api.deploy_pruned`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from .errors import UserError
+from .pruners import Pruner, TrainPlan, registered_pruners
+from .schema import parse
+from .selection import LayerRule, select_layers
+from .train import optimizer_groups
+
+__all__ = ["attach_pruner", "optimizer_groups", "Pruner", "LayerRule", "select_layers", "registered_pruners"]
+
+
+def attach_pruner(model: nn.Module, method: str = "lats", *, epochs: int, steps_per_epoch: int,
+                  lr: float | Callable[[int], float], layers: LayerRule | list[str] | None = None,
+                  input_shape: tuple[int, ...] | None = None, **options) -> Pruner:
+    """The registered pruner `method` attached to `model`, ready for its lifecycle hooks.
+
+    `options` are the fields of `[prune.METHOD]` (checked the same way: a bad one is a UserError
+    naming it); `lr` is the learning rate of each optimizer step (a float: constant), which the
+    schedules of LATS and others follow; `layers` a selection rule or explicit layer names (default:
+    every Conv and Linear); `input_shape` one sample's shape, for pruners that trace the model
+    (channel methods). Call it before building the optimizer: some pruners add parameters.
+    """
+    methods = registered_pruners()
+    if method not in methods:
+        raise UserError(f"method: unknown method {method!r} (expected one of: {', '.join(methods)})")
+    cls = methods[method]
+    if cls.Options is None:
+        if options:
+            raise UserError(f"prune.{method}: takes no options, got {', '.join(options)}")
+        chosen = None
+    else:
+        chosen = parse(cls.Options, options, f"prune.{method}")
+    pruner = cls.class_for(chosen)(chosen)
+    names = layers if isinstance(layers, list) else select_layers(model, layers or LayerRule())
+    schedule = lr if callable(lr) else (lambda step: float(lr))
+    pruner.attach(model, names, TrainPlan(epochs, steps_per_epoch, schedule, input_shape))
+    return pruner
