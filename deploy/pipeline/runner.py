@@ -75,6 +75,10 @@ def run_stage(run: Run, name: str, force: bool = False) -> bool:
     t0 = time.perf_counter()
     try:
         outputs = stage.run(run)
+    except BaseException:
+        if world.main and not stage.collective:  # only training resumes; a half-made export is not kept
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     finally:
         run.stage_dir = None
     if stage.collective:
