@@ -36,16 +36,18 @@ def read_bytes(path: str | os.PathLike, limit: int, what: str) -> bytes:
     return data
 
 
-def read_text(path: str | os.PathLike, limit: int, what: str) -> str:
+def read_text(path: str | os.PathLike, limit: int, what: str, problem: str = "cannot read {what}") -> str:
+    """read_bytes as UTF-8; bytes that are not text are `problem` (formatted with `what`)."""
     try:
         return read_bytes(path, limit, what).decode()
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}: cannot read {what} (not UTF-8 text: {e.reason} at byte {e.start})") from None
+        raise UserError(f"{path}: {problem.format(what=what)} (not UTF-8 text: {e.reason} at byte {e.start})") \
+            from None
 
 
 def load_json(path: str | os.PathLike, what: str, limit: int = JSON_BYTES) -> Any:
     """A JSON document of at most `limit` bytes; NaN/Infinity literals refused."""
-    text = read_text(path, limit, what)
+    text = read_text(path, limit, f"{what} JSON")
     try:
         return json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError) as e:
@@ -53,7 +55,7 @@ def load_json(path: str | os.PathLike, what: str, limit: int = JSON_BYTES) -> An
 
 
 def load_toml(path: str | os.PathLike, what: str, limit: int = CONFIG_BYTES) -> dict:
-    text = read_text(path, limit, what)
+    text = read_text(path, limit, what, "invalid TOML")
     try:
         return tomllib.loads(text)
     except (tomllib.TOMLDecodeError, RecursionError) as e:

@@ -84,6 +84,8 @@ def cases(tmp_path, finished_run):
     (tmp_path / "other.json").write_text(json.dumps(other))
     (tmp_path / "typed.json").write_text(json.dumps({**reference, "sparse": {**reference["sparse"], "accuracy": "high"}}))
     (tmp_path / "a-file").write_text("x")
+    junk = tmp_path / "junk.toml"
+    junk.write_bytes(b"# " + b"x" * (10 << 20))
     dense_onnx = str(finished_run / "onnx" / "dense.onnx")
     return [
         ("unknown field", ["run", config(tmp_path, "[train]\nepoch = 1\n")], ["train.epoch", "unknown field"]),
@@ -107,7 +109,12 @@ def cases(tmp_path, finished_run):
         ("run folder of another version", ["validate", str(old)], ["config_version 0"]),
         ("stage before its input", ["export", str(tmp_path / "fresh")], ["not a run folder"]),
         ("gate on a pickle", ["gate", str(evil / "report.json")], ["report.json", "cannot read report JSON"]),
-        ("binary config", ["run", str(evil / "report.json")], ["report.json", "invalid TOML"]),
+        ("binary config", ["run", str(evil / "report.json")], ["report.json", "invalid TOML", "not UTF-8"]),
+        ("config from /dev/zero", ["run", "/dev/zero"], ["/dev/zero", "not a regular file"]),
+        ("10 MB junk config", ["run", str(junk)], ["junk.toml", "more than the 1048576 allowed"]),
+        ("gate on /dev/zero", ["gate", "/dev/zero"], ["/dev/zero", "not a regular file"]),
+        ("report nested 100k deep", ["gate", config(tmp_path, "[" * 100_000)], ["cannot read report JSON", "recursion"]),
+        ("config nested 100k deep", ["run", config(tmp_path, "a = " + "[" * 100_000)], ["invalid TOML"]),
         ("gate on a missing field", ["gate", str(config(tmp_path, "{}"))], ["missing field 'dense.accuracy'"]),
         ("bad gate flag", ["gate", str(finished_run / "report/report.json"), "--max-accuracy-drop", "2"],
          ["max_accuracy_drop", "[0.0, 1.0]"]),

@@ -10,6 +10,7 @@ from importlib.metadata import version as package_version
 
 from compress import atomic
 from compress.errors import UserError
+from compress.limits import load_json
 
 from ..config import CONFIG_VERSION
 from .run import Run
@@ -26,9 +27,9 @@ def versions() -> dict:
 def read_manifest(run: Run, stage: Stage) -> dict | None:
     path = run.dir / stage.folder / "stage.json"
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # missing or corrupt: the stage is not done
+        manifest = load_json(path, "stage manifest")
+    except UserError:
+        return None  # missing, oversized or corrupt: the stage is not done
     return manifest if isinstance(manifest, dict) and isinstance(manifest.get("outputs"), dict) else None
 
 
