@@ -6,6 +6,7 @@ import subprocess
 import pytest
 from safetensors.torch import load_file, save_file
 
+from compress import atomic
 from conftest import REPO, cli
 from deploy.pipeline.folder import RunLock
 
@@ -122,6 +123,15 @@ def test_a_tampered_upstream_file_is_named_not_trusted(tmp_path):
         res = cli(stage, run, "--force", "--no-progress")
         assert res.returncode == 2, res.stdout
         assert "frozen/sparse.safetensors: changed since stage 'freeze' wrote it" in res.stderr
+    # the same edit with freeze's stage.json re-stamped: every later stage runs, and the report refuses
+    # to claim the pruned sparsity for the dense weights that would ship
+    manifest = json.loads((run / "frozen" / "stage.json").read_text())
+    manifest["outputs"]["frozen/sparse.safetensors"] = atomic.sha256_file(run / "frozen" / "sparse.safetensors")
+    (run / "frozen" / "stage.json").write_text(json.dumps(manifest))
+    res = cli("run", CONFIG, "--out", run, *QUICK)  # convert, export and validate re-run on the new weights
+    assert res.returncode == 2, res.stdout
+    assert "frozen/sparsity.json: claims" in res.stderr and "sparse/weights.safetensors ships 0.00%" in res.stderr
+    assert res.stderr.count("\n") == 1
 
 
 def test_files_get_the_umasks_mode(tmp_path):

@@ -11,7 +11,7 @@ from compress import atomic
 from compress.errors import UserError
 from conftest import REPO, pruned_mlp
 from deploy.export import export_onnx
-from deploy.formats import load_sparse, save_sparse
+from deploy.formats import load_sparse, load_sparse_arrays, save_sparse
 from deploy.onnx_variants import make_sparse_compute
 from deploy.runtime import open_model
 
@@ -93,3 +93,64 @@ def test_fuzzing_never_crashes_and_never_returns_a_silently_different_result(wor
     assert counts["mutations"] >= 100 and counts["error"] > 0
     assert counts["different_unhashed"] == 0, counts  # a file changed behind the manifest's back is an error
     print(counts)
+
+
+def craft_manifest(folder, change):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_are_refused_even_with_a_restamped_hash(work, tmp_path, value):
+    import shutil
+    folder = tmp_path / "s"
+    shutil.copytree(work / "sparse", folder)
+    data = load_file(str(folder / "weights.safetensors"))["net.3.data"].copy()
+    data[1] = value
+    craft(folder, "net.3.data", data)
+    with pytest.raises(UserError, match="net.3.data holds NaN or infinite values"):
+        load_sparse(folder)
+
+
+def _layer_shapes(folder):
+    return {n: v["shape"] for n, v in json.loads((folder / "manifest.json").read_text())["layers"].items()}
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda m: m["layers"]["net.1"].update(shape=[64, 128]), "layer 'net.1' has shape [64, 128], the model's"),
+    (lambda m: m["layers"].pop("net.5"), "layer 'net.5' is missing"),
+    (lambda m: m["layers"]["net.3"].update(nnz=1), "declares nnz 1"),
+    (lambda m: m["layers"]["net.3"].update(dtype="float16"), "dtype 'float16'"),
+])
+def test_a_manifest_must_match_its_arrays_and_the_model_exactly(work, tmp_path, change, words):
+    import shutil
+    folder = tmp_path / "s"
+    shutil.copytree(work / "sparse", folder)
+    shapes = _layer_shapes(folder)
+    craft_manifest(folder, change)
+    with pytest.raises(UserError, match="manifest.json|weights.safetensors") as e:
+        load_sparse_arrays(folder, shapes=shapes)
+    assert words in str(e.value)
+
+
+def test_a_tensor_the_manifest_does_not_describe_is_refused(work, tmp_path):
+    import shutil
+    folder = tmp_path / "s"
+    shutil.copytree(work / "sparse", folder)
+    craft(folder, "smuggled.data", np.zeros(3, np.float32))
+    with pytest.raises(UserError, match="tensor 'smuggled.data' is not described"):
+        load_sparse(folder)
+
+
+def test_an_empty_csr_declaring_a_huge_shape_is_refused_before_it_is_materialised(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    save_file({"fc.data": np.zeros(0, np.float32), "fc.indices": np.zeros(0, np.int32),
+               "fc.indptr": np.zeros(46001, np.int64)}, str(folder / "weights.safetensors"))
+    (folder / "manifest.json").write_text(json.dumps({
+        "format": "sparsepipe-sparse", "version": 3, "model_id": "", "weights_sha256":
+        atomic.sha256_file(folder / "weights.safetensors"),
+        "layers": {"fc": {"shape": [46000, 46000], "dtype": "float32", "format": "csr", "nnz": 0}}}))
+    with pytest.raises(UserError, match=r"shape \[46000, 46000\] has 2116000000 elements, more than"):
+        load_sparse(folder)

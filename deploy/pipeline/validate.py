@@ -11,10 +11,12 @@ from torch import nn
 
 from compress.distributed import World
 from compress.loader import batches, first
+from compress.selection import get_module
 
 from ..gate import check
 from ..report import plot_training, write_report
 from ..report_schema import GateResult, Report, Scores, Sparsity
+from ..shipped import shipped_sparsity
 from ..validate import validate
 from .cache import versions
 from .train import keep_given
@@ -69,11 +71,14 @@ def validate_stage(run: Run) -> list[str]:
     histories = {v: [json.loads(line) for line in (d / "train" / v / "metrics.jsonl").read_text().splitlines()]
                  for v in run.variants}
     dense_bytes = param_bytes(models["dense"])
+    shipped = shipped_sparsity(d, {n: list(get_module(models["sparse"], n).weight.shape) for n in run.layers},
+                               {n: get_module(models["dense"], n).weight.numel() for n in run.layers},
+                               sparsity["per_layer"])
     report = Report(
         run=cfg.name, method=cfg.prune.method, model=cfg.model.name, data=cfg.data.name,
         dense=Scores(**result["dense"]), sparse=Scores(**result["sparse"]),
         variants={v: {**result[v], "latency": result["latency"][v]} for v in paths if v not in ("dense", "sparse")},
-        sparsity=Sparsity(sparsity["global"], sparsity["per_layer"], len(sparsity["layers"])),
+        sparsity=Sparsity(shipped["global"], shipped["per_layer"], len(run.layers)),
         pruner=sparsity["pruner"], structure=structure, latency=result["latency"],
         size={"dense_bytes": dense_bytes,
               "sparse_bytes": param_bytes(models["sparse"]) - csr["dense_bytes"] + csr["stored_bytes"],
@@ -105,7 +110,7 @@ def validate_stage(run: Run) -> list[str]:
                              failures=[c["message"] for c in checks if not c["passed"]], checks=checks,
                              thresholds=asdict(cfg.gate))
     folder = run.stage_dir
-    plot_training(histories, sparsity["per_layer"], folder / "training.png")
+    plot_training(histories, shipped["per_layer"], folder / "training.png")
     report.artifacts = {
         "config": "config.toml", "checkpoints": [f"train/{v}/checkpoint.pt" for v in run.variants],
         "frozen": [f"frozen/{v}.safetensors" for v in run.variants] + ["frozen/model.json"],
