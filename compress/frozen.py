@@ -14,6 +14,7 @@ from .config.model import ModelConfig
 from .errors import UserError
 from .limits import load_json
 from .schema import parse
+from .weights import check_finite
 
 FORMAT, VERSION = "sparsepipe-frozen", 1
 
@@ -55,7 +56,12 @@ def load_frozen(folder: str | Path, variant: str) -> nn.Module:
             raise UserError(f"{structure_path}: {str(e).strip().splitlines()[0][:200]}") from None
     path = folder / entry["weights"]
     try:
-        model.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+        for key, value in state.items():
+            check_finite(value, key, str(path))
+        model.load_state_dict(state)
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"{path}: does not fit model {spec['model']['name']!r} "
                         f"({str(e).strip().splitlines()[0][:200]})") from None

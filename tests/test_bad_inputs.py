@@ -137,6 +137,10 @@ def cases(tmp_path, finished_run):
          ["--batch 100000000", "GiB"]),
         ("model factory that raises", ["run", q, "--set", "model.name='custom_model:broken'"],
          ["model.name", "raised"]),
+        ("model factory that exits", ["run", q, "--set", "model.name='custom_model:exits'"],
+         ["model.name", "'custom_model:exits' called exit(0)"]),
+        ("huge model.hidden", ["run", q, "--set", "model.hidden=[100000000]"],
+         ["'mlp'", "parameters, more than", "model.hidden"]),
         ("model factory with another signature", ["run", q, "--set", "model.name='custom_model:no_kwargs'"],
          ["model.name", "TypeError"]),
     ]

@@ -8,7 +8,7 @@ from torch import nn
 
 
 from ..errors import UserError
-from ..imports import load_object
+from ..imports import call_user, load_object
 from ..config.model import ModelConfig
 from .mobilenet import MobileNetV1
 from .resnet import CifarResNet
@@ -53,18 +53,28 @@ def torchvision_model(name: str, input_shape: tuple[int, ...], num_classes: int)
     return RepeatChannels(model, 3) if input_shape[0] == 1 else model
 
 
+MAX_PARAMETERS = 1 << 30  # 4 GiB of float32 weights
+
+
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Instantiate the configured model for data of `input_shape` with `num_classes` classes."""
-    if cfg.name in MODELS:
-        return MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
     module_name, _, attr = cfg.name.partition(":")
-    if module_name == "torchvision":
-        return torchvision_model(attr, tuple(input_shape), num_classes)
-    factory = load_object(cfg.name, "model.name")
-    try:
-        model = factory(input_shape=tuple(input_shape), num_classes=num_classes)
-    except Exception as e:  # the user's code: say whose and what, in one line
-        raise UserError(f"model.name: {cfg.name!r} raised {type(e).__name__}: {str(e)[:200]}") from None
+    if cfg.name in MODELS or module_name == "torchvision":
+        def make() -> nn.Module:
+            if cfg.name in MODELS:
+                return MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
+            return torchvision_model(attr, tuple(input_shape), num_classes)
+        try:
+            with torch.device("meta"):  # count the parameters before allocating any
+                size = sum(p.numel() for p in make().parameters())
+        except Exception:  # a model that cannot be built without data: built for real, unchecked
+            size = 0
+        if size > MAX_PARAMETERS:
+            raise UserError(f"model: {cfg.name!r} with these settings has {size:,} parameters, more than the "
+                            f"{MAX_PARAMETERS:,} sparsepipe builds (check model.hidden / model.width)")
+        return make()
+    model = call_user(load_object(cfg.name, "model.name"), cfg.name, "model.name", input_shape=tuple(input_shape),
+                      num_classes=num_classes)
     if not isinstance(model, nn.Module):
         raise UserError(f"model.name: {cfg.name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
