@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import sys
 from pathlib import Path
@@ -38,21 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("gate", help="check a report against thresholds or a reference report",
                        description="Exit 0 when every check passes, 1 on a regression, 2 on bad input. "
-                                   "Without --reference: dense-vs-sparse thresholds. With --reference: the "
-                                   "sparse model must not be worse than the reference report's.")
+                                   "Without --reference: dense-vs-sparse thresholds, those recorded in the "
+                                   "report unless a flag overrides one. With --reference: the sparse model must "
+                                   "not be worse than the reference report's.")
     g.add_argument("report", type=Path, help="report.json to check")
     g.add_argument("--reference", type=Path, help="earlier report.json (e.g. from the main branch)")
     g.add_argument("--max-accuracy-drop", type=float, default=None,
-                   help="allowed accuracy drop as a fraction (default 0.02 vs dense, 0.01 vs reference)")
-    g.add_argument("--min-sparsity", type=float, default=0.0, help="required global sparsity (no reference)")
-    g.add_argument("--max-latency-ratio", type=float, default=0.0,
-                   help="allowed sparse/dense p50 latency ratio (no reference; 0 = not checked)")
+                   help="allowed accuracy drop as a fraction (default: the report's, else 0.02 vs dense; 0.01 vs "
+                        "reference)")
+    g.add_argument("--min-sparsity", type=float, default=None,
+                   help="required global sparsity (no reference; default: the report's, else 0)")
+    g.add_argument("--max-latency-ratio", type=float, default=None,
+                   help="allowed sparse/dense p50 latency ratio (no reference; 0 = not checked; default: the report's)")
     g.add_argument("--max-sparsity-drop", type=float, default=0.01,
                    help="allowed drop in global sparsity vs the reference")
     g.add_argument("--max-latency-ratio-increase", type=float, default=0.0,
                    help="allowed increase of the latency ratio vs the reference (0 = not checked)")
-    g.add_argument("--min-accuracy", type=float, default=0.0,
-                   help="required sparse accuracy as a fraction (no reference; 0 = not checked)")
+    g.add_argument("--min-accuracy", type=float, default=None,
+                   help="required sparse accuracy as a fraction (no reference; 0 = not checked; default: the report's)")
+    g.add_argument("--min-above-chance", type=float, default=None,
+                   help="required sparse accuracy above chance, 1/classes (no reference; 0 = not checked; default: "
+                        "the report's, else 0.05)")
     g.add_argument("--allow-different", action="store_true",
                    help="compare with a reference of another model, dataset, test set or pruned layers")
     g.add_argument("--junit", type=Path, help="also write the checks as JUnit XML here")
@@ -147,12 +154,8 @@ def cmd_gate(args) -> int:
                          source=str(args.report), ref_source=str(args.reference),
                          allow_different=args.allow_different)
     else:
-        from compress.schema import parse
-
-        gate = parse(GateConfig, {"max_accuracy_drop": 0.02 if args.max_accuracy_drop is None
-                                  else args.max_accuracy_drop, "min_sparsity": args.min_sparsity,
-                                  "max_latency_ratio": args.max_latency_ratio, "min_accuracy": args.min_accuracy},
-                     "gate flags")
+        gate, said = gate_thresholds(report, args)
+        print(said)
         checks = check(report, gate, source=str(args.report))
     for c in checks:
         print(f"{'pass' if c['passed'] else 'FAIL'}  {c['name']}: {c['message']}")
@@ -161,6 +164,26 @@ def cmd_gate(args) -> int:
     passed = all(c["passed"] for c in checks)
     print(f"gate: {'PASSED' if passed else 'FAILED'}")
     return EXIT_OK if passed else EXIT_REGRESSION
+
+
+GATE_FLAGS = ("max_accuracy_drop", "min_sparsity", "max_latency_ratio", "min_accuracy", "min_above_chance")
+
+
+def gate_thresholds(report, args) -> tuple:
+    """The thresholds a standalone gate applies: those recorded in the report (validated as a gate
+    section), each replaced by its flag when given; and a line saying where each came from."""
+    from compress.schema import parse
+
+    from .gate import GateConfig
+
+    recorded = report.gate.thresholds if report.gate else {}
+    known = {k: v for k, v in recorded.items() if k in {f.name for f in dataclasses.fields(GateConfig)}}
+    parse(GateConfig, known, f"{args.report}: gate.thresholds")
+    flags = {k: getattr(args, k) for k in GATE_FLAGS if getattr(args, k) is not None}
+    gate = parse(GateConfig, {**known, **flags}, "gate flags")
+    origin = {k: "flag" if k in flags else "report" if k in known else "default" for k in GATE_FLAGS}
+    said = "thresholds: " + ", ".join(f"{k} {getattr(gate, k):g} ({origin[k]})" for k in GATE_FLAGS)
+    return gate, said
 
 
 def _int_list(text: str, flag: str) -> list[int]:

@@ -72,6 +72,8 @@ class GateConfig:
     min_sparsity: float = opt(0.0, "Smallest allowed global sparsity of the pruned layers.", lo=0.0, hi=1.0)
     min_accuracy: float = opt(0.0, "Smallest allowed accuracy of the sparse model (onnxruntime, fraction): an "
                               "absolute floor, so a run whose baseline learned nothing cannot pass.", lo=0.0, hi=1.0)
+    min_above_chance: float = opt(0.05, "The sparse model must beat chance (1 / classes) by this much accuracy "
+                                  "(fraction; 0 = not checked): a model that learned nothing fails.", lo=0.0, hi=1.0)
     max_latency_ratio: float = opt(0.0, "Largest allowed sparse/dense p50 latency ratio (0 = not checked).",
                                    lo=0.0)
     max_macs_ratio: float = opt(0.0, "Largest allowed MACs of the (channel-cut) sparse model over the dense "

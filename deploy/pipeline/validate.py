@@ -91,6 +91,7 @@ def validate_stage(run: Run) -> list[str]:
         machine={"platform": platform.platform(), "processor": platform.machine(), "cpus": torch.get_num_threads()})
     if any(hasattr(m, "export_copy") for m in models.values()):
         report.spiking = spiking_summary(models, first(run.data.test, 256)[0])
+    report.classes = run.data.num_classes
     checks = check(report, cfg.gate)
     report.dense.source = "weights" if keep_given(run, "dense") else "trained"
     report.preprocessing = run.data.preprocessing
