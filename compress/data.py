@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from .errors import UserError
 from .config.data import CLASSES, DATASETS, DataConfig
 from .loader import batches, crop_flip, first
+from .subsets import limit
 
 __all__ = ["Data", "Split", "load_data", "load_config_data", "read_idx", "batches", "crop_flip", "first"]
 
@@ -124,8 +125,15 @@ def _normalise(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tenso
     return (train_x - mean) / std, (test_x - mean) / std, mean.flatten().tolist(), std.flatten().tolist()
 
 
-def _limit(split: Split, n: int) -> Split:
-    return split if n <= 0 or n >= len(split) else Split(split.x[:n], split.y[:n])
+def limit_splits(train: Dataset, test: Dataset, num_classes: int, train_limit: int, test_limit: int, seed: int,
+                 what: str) -> tuple[Dataset, Dataset]:
+    """Both splits cut to seeded, class-stratified subsets (a limit of 0 keeps all); every class must
+    keep at least one sample in each split."""
+    out = []
+    for split, n, name in ((train, train_limit, "train"), (test, test_limit, "test")):
+        where = f"data.{name}_limit = {n}: {what} {name} split" if n else f"data: {what} {name} split"
+        out.append(limit(split, n, seed, num_classes, where))
+    return out[0], out[1]
 
 
 def load_config_data(cfg: DataConfig, seed: int = 0) -> "Data":
@@ -134,7 +142,8 @@ def load_config_data(cfg: DataConfig, seed: int = 0) -> "Data":
         from .userdata import load_factory_data
         data = load_factory_data(cfg.name, cfg.root, seed, cfg.train_limit, cfg.test_limit)
     elif cfg.name == "imagefolder":
-        data = load_imagefolder_data(cfg.root, cfg.image_size, cfg.mean, cfg.std, cfg.train_limit, cfg.test_limit)
+        data = load_imagefolder_data(cfg.root, cfg.image_size, cfg.mean, cfg.std, cfg.train_limit, cfg.test_limit,
+                                     seed=seed)
     else:
         data = load_data(cfg.name, cfg.root, seed=seed, test_fraction=cfg.test_fraction,
                          train_limit=cfg.train_limit, test_limit=cfg.test_limit)
@@ -191,7 +200,7 @@ def load_cifar(root: str | Path, name: str, split: str) -> tuple[np.ndarray, np.
 
 
 def load_imagefolder_data(root: str, size: int, mean: list[float], std: list[float], train_limit: int = 0,
-                          test_limit: int = 0) -> Data:
+                          test_limit: int = 0, seed: int = 0) -> Data:
     """An image folder, read lazily (see imagefolder.py)."""
     from .imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderSplit, channel_count, channel_stats, \
         list_images, split_folder, transforms
@@ -201,16 +210,15 @@ def load_imagefolder_data(root: str, size: int, mean: list[float], std: list[flo
     root_path = Path(root)
     train_items, classes = list_images(split_folder(root_path, "train"))
     test_items, _ = list_images(split_folder(root_path, "test"), classes)
-    train_items = train_items[:train_limit] if train_limit else train_items
-    test_items = test_items[:test_limit] if test_limit else test_items
     channels = channel_count(train_items[0][0])
+    train, test = limit_splits(ImageFolderSplit(train_items, channels, None), ImageFolderSplit(test_items, channels, None),
+                               len(classes), train_limit, test_limit, seed, str(root_path))
     if mean and len(mean) != channels:
         raise UserError(f"data.mean: {len(mean)} values for {channels}-channel images")
     if not mean:
         mean, std = ((list(IMAGENET_MEAN), list(IMAGENET_STD)) if channels == 3
-                     else channel_stats(train_items, channels, size))
-    train = ImageFolderSplit(train_items, channels, transforms(True, size, mean, std))
-    test = ImageFolderSplit(test_items, channels, transforms(False, size, mean, std))
+                     else channel_stats(train.items, channels, size))
+    train.transform, test.transform = transforms(True, size, mean, std), transforms(False, size, mean, std)
     return Data(train, test, len(classes), (channels, size, size),
                 preprocessing=_preprocessing(1 / 255, mean, std, f"{channels}x{size}x{size} after Resize({round(size * 8 / 7)}) + CenterCrop({size}) of the RGB/grey image"))
 
@@ -223,7 +231,8 @@ def _preprocessing(scale: float, mean: list[float], std: list[float], note: str)
 
 def load_data(name: str, root: str = "", *, seed: int = 0, test_fraction: float = 0.2,
               train_limit: int = 0, test_limit: int = 0) -> Data:
-    """Load a dataset held in memory by name; `*_limit` > 0 keeps the first N samples (quick runs)."""
+    """Load a dataset held in memory by name; `*_limit` > 0 keeps a seeded, class-stratified subset of N
+    samples (quick runs)."""
     if name == "digits":
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -254,7 +263,6 @@ def load_data(name: str, root: str = "", *, seed: int = 0, test_fraction: float 
         scale, raw = 1 / 255, "32x32 RGB, values 0..255"
     else:
         raise UserError(f"data.name: unknown dataset {name!r} (expected one of: {', '.join(DATASETS)})")
-    train, test = _limit(train, train_limit), _limit(test, test_limit)
     if len(train) == 0 or len(test) == 0:
         raise UserError(f"data: {name} has an empty train or test split")
     if train.x.shape[1:] != test.x.shape[1:]:
@@ -266,6 +274,7 @@ def load_data(name: str, root: str = "", *, seed: int = 0, test_fraction: float 
         if len(bad):
             raise UserError(f"data: {name} {split_name} label {int(bad[0])} is outside its {num_classes} classes "
                             f"[0, {num_classes - 1}] (data.root: {root})")
+    train, test = limit_splits(train, test, num_classes, train_limit, test_limit, seed, name)
     train_x, test_x, mean, std = _normalise(train.x, test.x)
     return Data(Split(train_x, train.y), Split(test_x, test.y), num_classes, tuple(train_x.shape[1:]),
                 preprocessing=_preprocessing(scale, mean, std, raw))

@@ -3,7 +3,7 @@ and returning (train, test, num_classes) with torch Datasets of (image tensor [C
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from .errors import UserError
 from .imports import call_user, load_object
@@ -43,8 +43,9 @@ def load_factory_data(spec: str, root: str, seed: int, train_limit: int = 0, tes
     shape = _check_sample(train, spec, "train")
     if _check_sample(test, spec, "test") != shape:
         raise UserError(f"data.name: {spec!r} train and test images differ in shape")
-    train = Subset(train, range(train_limit)) if 0 < train_limit < len(train) else train
-    test = Subset(test, range(test_limit)) if 0 < test_limit < len(test) else test
+    from .data import limit_splits
+
+    train, test = limit_splits(train, test, num_classes, train_limit, test_limit, seed, f"factory {spec}")
     return Data(train, test, num_classes, shape,
                 preprocessing={"input": "float32, NCHW", "raw": f"as produced by the dataset factory {spec}",
                                "formula": "the factory's own transform"})
