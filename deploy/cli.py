@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("profile", help="latency profile of an ONNX model (optionally against a baseline)",
                         description="Interleaved A/B timing over batch sizes and thread counts: mean, p50, p90, "
                                     "p99, std, throughput, and onnxruntime's per-operator time breakdown.")
-    pr.add_argument("model", type=Path, help="a .onnx file or a sparse-compute folder")
+    pr.add_argument("model", type=Path, help="a .onnx file, a sparse-compute folder, or a run folder (or its "
+                    "onnx/ folder): every variant side by side, dense as the baseline")
     pr.add_argument("--baseline", type=Path, help="model to compare with (e.g. dense.onnx); ratios are vs it")
     pr.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
     pr.add_argument("--threads", default="1", help="comma-separated intra-op thread counts (default 1)")
@@ -209,21 +210,26 @@ def _output_file(path: Path | None, flag: str) -> None:
         raise UserError(f"{flag} {path}: {blocker} is a file, not a folder")
 
 
+MAX_SECONDS = 3600.0  # per setting
+
+
 def cmd_profile(args) -> int:
     from compress import atomic
 
-    from .profile import plot, profile, without_raw_times
+    from .profile import plot, profile_bounded, variants, without_raw_times
 
-    models = {"baseline": args.baseline, "model": args.model} if args.baseline else {"model": args.model}
-    if args.seconds <= 0 or args.warmup < 0:
-        raise UserError("--seconds must be > 0 and --warmup >= 0")
+    models = {**({"baseline": args.baseline} if args.baseline else {}), **variants(args.model)}
+    if not (0 < args.seconds <= MAX_SECONDS) or not (0 <= args.warmup <= MAX_SECONDS):  # also refuses nan
+        raise UserError(f"--seconds must be in (0, {MAX_SECONDS}] and --warmup in [0, {MAX_SECONDS}], got "
+                        f"{args.seconds:g} and {args.warmup:g}")
     _output_file(args.json, "--json")
     _output_file(args.png, "--png")
-    report = profile(models, _int_list(args.batch, "--batch"), _int_list(args.threads, "--threads"),
-                     seconds=args.seconds, warmup_seconds=args.warmup)
+    report = profile_bounded(models, _int_list(args.batch, "--batch"), _int_list(args.threads, "--threads"),
+                             seconds=args.seconds, warmup_seconds=args.warmup)
     for r in report["results"]:
         for name, st in r["models"].items():
-            ratio = f"  x{st['ratio_vs_baseline']:.2f} vs baseline" if "ratio_vs_baseline" in st else ""
+            key = f"ratio_vs_{report['baseline']}"
+            ratio = f"  x{st[key]:.2f} vs {report['baseline']}" if key in st else ""
             print(f"batch {r['batch']:>4} threads {r['threads']}  {name:8s} p50 {st['p50_ms']:.4f} ms  "
                   f"p90 {st['p90_ms']:.4f}  p99 {st['p99_ms']:.4f}  {st['throughput_per_s']:.0f}/s{ratio}")
     for name, ops in report.get("operators", {}).items():

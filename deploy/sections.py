@@ -17,8 +17,10 @@ class ConvertConfig:
     block_sizes: list[list[int]] = opt([list(b) for b in BLOCKS], "BSR block sizes to try, [rows, cols].", lo=1)
 
     def check(self, where: str) -> None:
-        if not self.block_sizes or any(len(b) != 2 for b in self.block_sizes):
-            raise UserError(f"{where}.block_sizes: expected a non-empty list of [rows, cols] pairs")
+        bad = next((b for b in self.block_sizes if len(b) != 2 or any(v < 1 for v in b)), None)
+        if not self.block_sizes or bad is not None:
+            raise UserError(f"{where}.block_sizes: expected a non-empty list of [rows, cols] pairs of integers >= 1"
+                            + (f", got {bad}" if bad is not None else ""))
 
 
 

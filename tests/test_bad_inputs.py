@@ -137,6 +137,8 @@ def cases(tmp_path, finished_run):
          ["--batch 100000000", "GiB"]),
         ("model factory that raises", ["run", q, "--set", "model.name='custom_model:broken'"],
          ["model.name", "raised"]),
+        ("zero block size", ["run", q, "--set", "convert.block_sizes=[[0, 0]]"],
+         ["convert.block_sizes", "integers >= 1", "[0, 0]"]),
         ("model factory that exits", ["run", q, "--set", "model.name='custom_model:exits'"],
          ["model.name", "'custom_model:exits' called exit(0)"]),
         ("huge model.hidden", ["run", q, "--set", "model.hidden=[100000000]"],
