@@ -19,7 +19,12 @@ from .manifest import SPARSE_COMPUTE, read_manifest
 
 
 def sparse_value(m: sp.csr_array) -> tuple[ort.OrtValue, tuple[np.ndarray, ...]]:
-    """A CSR matrix as an onnxruntime sparse OrtValue (int64 indices, as onnxruntime wants)."""
+    """A CSR matrix as an onnxruntime sparse OrtValue (int64 indices, as onnxruntime wants). An all-zero
+    matrix is bound as one explicit zero: onnxruntime refuses a CSR with no entries."""
+    if m.nnz == 0:
+        indptr = np.ones(m.shape[0] + 1, dtype=np.int64)
+        indptr[0] = 0
+        m = sp.csr_array((np.zeros(1, np.float32), np.zeros(1, np.int64), indptr), shape=m.shape)
     arrays = (np.ascontiguousarray(m.data, dtype=np.float32), m.indices.astype(np.int64), m.indptr.astype(np.int64))
     tensor = ort.SparseTensor.sparse_csr_from_numpy(np.asarray(m.shape, dtype=np.int64), *arrays,
                                                     ort.OrtDevice.make("cpu", 0))

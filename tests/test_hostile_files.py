@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 from safetensors.numpy import load_file, save_file
 
@@ -154,3 +155,28 @@ def test_an_empty_csr_declaring_a_huge_shape_is_refused_before_it_is_materialise
         "layers": {"fc": {"shape": [46000, 46000], "dtype": "float32", "format": "csr", "nnz": 0}}}))
     with pytest.raises(UserError, match=r"shape \[46000, 46000\] has 2116000000 elements, more than"):
         load_sparse(folder)
+
+
+def test_a_sparse_compute_layer_with_no_stored_values_runs_as_zeros(work, tmp_path, digits):
+    import shutil
+
+    import onnxruntime as ort
+    folder = tmp_path / "c"
+    shutil.copytree(work / "compute", folder)
+    csr = folder / "csr"
+    arrays = load_file(str(csr / "weights.safetensors"))
+    name = "net.3.weight"
+    arrays[f"{name}.indptr"] = np.zeros_like(arrays[f"{name}.indptr"])
+    craft(csr, f"{name}.indices", np.zeros(0, np.int32))
+    craft(csr, f"{name}.indptr", arrays[f"{name}.indptr"])
+    craft(csr, f"{name}.data", np.zeros(0, np.float32))
+    craft_manifest(csr, lambda m: m["layers"][name].update(nnz=0))
+    x = digits.test.x[:4].numpy()
+    got = open_model(folder).run(None, {"input": x})[0]
+    # the same model with that layer's weight zeroed, in plain onnxruntime
+    proto = onnx.load(str(work / "sparse.onnx"))
+    for init in proto.graph.initializer:
+        if init.name == name:
+            init.CopyFrom(onnx.numpy_helper.from_array(np.zeros_like(onnx.numpy_helper.to_array(init)), name))
+    want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.allclose(got, want, atol=1e-5)

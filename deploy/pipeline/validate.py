@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from compress.distributed import World
+from compress.limits import JSON_BYTES, load_json, read_text
 from compress.loader import batches, first
 from compress.selection import get_module
 
@@ -45,7 +46,7 @@ def param_bytes(model: nn.Module) -> int:
 
 
 def _read(run: Run, rel: str):
-    return json.loads((run.dir / rel).read_text())
+    return load_json(run.dir / rel, rel)
 
 
 def validate_stage(run: Run) -> list[str]:
@@ -68,7 +69,8 @@ def validate_stage(run: Run) -> list[str]:
     sparsity, csr, exported = _read(run, "frozen/sparsity.json"), _read(run, "sparse/manifest.json"), \
         _read(run, "onnx/export.json")
     structure = _read(run, "frozen/structure.json") if (d / "frozen" / "structure.json").exists() else None
-    histories = {v: [json.loads(line) for line in (d / "train" / v / "metrics.jsonl").read_text().splitlines()]
+    histories = {v: [json.loads(line) for line in read_text(d / "train" / v / "metrics.jsonl", JSON_BYTES,
+                                                            "training metrics").splitlines()]
                  for v in run.variants}
     dense_bytes = param_bytes(models["dense"])
     shipped = shipped_sparsity(d, {n: list(get_module(models["sparse"], n).weight.shape) for n in run.layers},
