@@ -155,8 +155,12 @@ class Report:
         gate = d.get("gate")
         if gate is not None:
             g = _table(gate, "gate", source)
-            gate = GateResult(bool(g.get("passed")), list(g.get("failures", [])), list(g.get("checks", [])),
-                              dict(g.get("thresholds", {})))
+            lists = {k: g.get(k, []) for k in ("failures", "checks")}
+            for k, v in lists.items():
+                if not isinstance(v, list):
+                    raise UserError(f"{source}: field 'gate.{k}': expected a list, got {type(v).__name__}")
+            gate = GateResult(bool(g.get("passed")), lists["failures"], lists["checks"],
+                              dict(_table(g.get("thresholds", {}), "gate.thresholds", source)))
         for key in ("variants", "pruner", "size", "export", "training", "versions", "machine"):
             _table(d[key], key, source)
         return cls(run=str(d["run"]), method=str(d["method"]), model=str(d["model"]), data=str(d["data"]),

@@ -80,7 +80,8 @@ def open_sparse_compute(folder: str | Path, threads: int = 1, profile_prefix: st
     weights = {}
     for name, info in layers.items():
         m = arrays.get(name)
-        if (not isinstance(info, dict) or m is None or info.get("input") not in inputs
+        if (not isinstance(info, dict) or m is None or not isinstance(info.get("input"), str)
+                or info.get("input") not in inputs
                 or info.get("csr_shape") != list(m.shape) or info.get("shape") != list(m.shape)[::-1]):
             raise UserError(f"{folder}: layer {name!r} of manifest.json does not match csr/ or model.onnx")
         weights[info["input"]] = m.tocsr()

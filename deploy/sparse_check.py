@@ -8,6 +8,8 @@ shape. A violation is a one-line UserError naming the file and the tensor.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from compress.errors import UserError
@@ -21,7 +23,7 @@ def layer_shape(info: dict, where: str) -> tuple[tuple[int, ...], tuple[int, int
     if (not isinstance(shape, list) or not 1 <= len(shape) <= 5
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
         raise UserError(f"{where}: shape {shape!r} is not a list of 1 to 5 positive integers")
-    rows, size = shape[0], int(np.prod(shape, dtype=np.int64))
+    rows, size = shape[0], math.prod(shape)  # Python integers: a crafted 10**30 must not overflow
     if size > MAX_ELEMENTS:
         raise UserError(f"{where}: shape {shape} has {size} elements, more than {MAX_ELEMENTS}")
     return tuple(shape), (rows, size // rows)
@@ -94,7 +96,10 @@ def check_layer(name: str, info: dict, arrays: dict[str, np.ndarray], where: str
     where = f"{where}: layer {name!r}"
     if not isinstance(info, dict):
         raise UserError(f"{where}: manifest entry is not an object")
-    _, (rows, cols) = layer_shape(info, where)
+    shape, (rows, cols) = layer_shape(info, where)
+    if "dense_bytes" in info and info["dense_bytes"] != rows * cols * 4:  # a shape edited without its sizes
+        raise UserError(f"{where}: manifest.json declares dense_bytes {info['dense_bytes']!r}, shape {list(shape)} "
+                        f"holds {rows * cols * 4}")
     fmt = info.get("format")
     if fmt == "dense":
         data = _array(arrays, f"{name}.data", np.float32, 2, where)

@@ -26,6 +26,9 @@ def work(tmp_path_factory, digits):
     export_onnx(model, digits.test.x[:8], folder / "sparse.onnx")
     make_sparse_compute(folder / "sparse.onnx", folder / "sparse", folder / "compute", force=True)
     np.save(folder / "x.npy", digits.test.x[:16].numpy())
+    from test_gate import REPORT_JSON
+    (folder / "report.json").write_text(json.dumps({**REPORT_JSON, "classes": 10, "gate": {
+        "passed": True, "failures": [], "checks": [], "thresholds": {"max_accuracy_drop": 0.02, "min_sparsity": 0.5}}}))
     return folder
 
 
@@ -82,6 +85,17 @@ def test_sparse_compute_manifest_must_match_its_weights(work, tmp_path):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="does not match csr/ or model.onnx"):
         open_model(folder)
+
+
+def test_fuzzing_manifests_and_reports_never_crashes_nor_loads_other_arrays(work, tmp_path):
+    import shutil
+    shutil.copytree(work, tmp_path / "w")  # the fuzzer rewrites files in place
+    res = subprocess.run([sys.executable, str(REPO / "tests" / "fuzz_json.py"), str(tmp_path / "w"), "150", "11"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 0, f"exit {res.returncode}: {res.stderr[-2000:]}"  # negative: a signal
+    counts = json.loads(res.stdout.strip().splitlines()[-1])
+    assert counts["mutations"] == 450 and counts["report: error"] > 0 and counts["sparse manifest: error"] > 0
+    assert not any(k.endswith(("different", "traceback")) or "exit" in k for k in counts), counts
 
 
 @pytest.mark.slow
