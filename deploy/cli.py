@@ -187,13 +187,14 @@ def gate_thresholds(report, args) -> tuple:
     return gate, said
 
 
-def _int_list(text: str, flag: str) -> list[int]:
+def _int_list(text: str, flag: str, most: int | None = None) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or min(values) < 1:
-        raise UserError(f"{flag}: expected comma-separated positive integers, got {text!r}")
+    if not values or min(values) < 1 or (most is not None and max(values) > most):
+        raise UserError(f"{flag}: expected comma-separated positive integers{f' up to {most}' if most else ''}, "
+                        f"got {text!r}")
     return values
 
 
@@ -205,12 +206,15 @@ def _output_file(path: Path | None, flag: str) -> None:
 
     if path.is_dir():
         raise UserError(f"{flag} {path}: is a folder; give a file name")
+    if path.exists() and not path.is_file():  # a device or a FIFO: never replaced by our file
+        raise UserError(f"{flag} {path}: is not a regular file; give a file name")
     blocker = file_in_the_way(path)
     if blocker is not None:
         raise UserError(f"{flag} {path}: {blocker} is a file, not a folder")
 
 
 MAX_SECONDS = 3600.0  # per setting
+MAX_THREADS = 1024
 
 
 def cmd_profile(args) -> int:
@@ -224,7 +228,7 @@ def cmd_profile(args) -> int:
                         f"{args.seconds:g} and {args.warmup:g}")
     _output_file(args.json, "--json")
     _output_file(args.png, "--png")
-    report = profile_bounded(models, _int_list(args.batch, "--batch"), _int_list(args.threads, "--threads"),
+    report = profile_bounded(models, _int_list(args.batch, "--batch"), _int_list(args.threads, "--threads", MAX_THREADS),
                              seconds=args.seconds, warmup_seconds=args.warmup)
     for r in report["results"]:
         for name, st in r["models"].items():
