@@ -61,8 +61,9 @@ def test_a_full_disk_during_a_forced_stage_keeps_the_previous_outputs(small_disk
 
 def test_out_on_a_folder_of_someone_elses_files(tmp_path):
     mine = tmp_path / "work"
-    theirs = {"config.toml": "my own config\n", "report/report.md": "my notes", "train/layers.json": "[1]",
-              "onnx/dense.onnx": "my model"}
+    # their config.toml even looks like a run's (copied from one): still their folder
+    theirs = {"config.toml": "config_version = 1\nname = 'mine'\n", "report/report.md": "my notes",
+              "train/layers.json": "[1]", "onnx/dense.onnx": "my model"}
     for rel, text in theirs.items():
         (mine / rel).parent.mkdir(parents=True, exist_ok=True)
         (mine / rel).write_text(text)
@@ -75,7 +76,7 @@ def test_out_on_a_folder_of_someone_elses_files(tmp_path):
 
 def test_a_users_file_added_to_a_run_folder_survives_a_forced_rerun(tmp_path):
     run = tmp_path / "run"
-    assert cli("run", CONFIG, "--out", run, *QUICK, "--set", "train.epochs=1").returncode == 0
+    assert cli("run", CONFIG, "--out", run, *QUICK, "--set", "train.epochs=1", "--set", "gate.min_above_chance=0").returncode == 0
     (run / "train" / "notes.txt").write_text("do not lose me")
     res = cli("train", run, "--force", "--no-progress")
     assert res.returncode == 0 and (run / "train" / "notes.txt").read_text() == "do not lose me"

@@ -9,7 +9,7 @@ import torch
 
 from compress import atomic
 from compress.loader import first
-from compress.subsets import sample
+from compress.subsets import sample as class_sample
 
 from ..export import export_onnx, stamp_metadata
 from ..onnx_variants import make_compact, make_sparse_compute
@@ -42,7 +42,7 @@ def export_stage(run: Run) -> list[str]:
                                                       "csr/manifest.json")]
     if cfg.int8 != "none":
         # seeded and class-stratified: the first N of a class-ordered folder would calibrate on one class
-        calibration = first(sample(run.data.train, cfg.calibration_samples, run.cfg.seed),
+        calibration = first(class_sample(run.data.train, cfg.calibration_samples, run.cfg.seed),
                             cfg.calibration_samples)[0].numpy()
         for v in ("dense", "sparse"):
             info[f"{v}-int8"] = quantize(folder / f"{v}.onnx", folder / f"{v}-int8.onnx", cfg.int8, calibration,

@@ -13,7 +13,10 @@ LOCK = ".lock"
 
 
 def is_run_folder(path: Path) -> bool:
-    """Does `path` hold a config.toml that sparsepipe wrote (it has config_version)?"""
+    """Did sparsepipe make `path`: a config.toml with config_version (a resolved config), and the lock
+    file every run command takes? (A user's copy of a run's config.toml in their own folder has no lock.)"""
+    if not (path / LOCK).is_file():
+        return False
     try:
         return "config_version" in load_toml(path / "config.toml", "config")
     except UserError:
