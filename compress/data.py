@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from .errors import UserError
 from .config.data import CLASSES, DATASETS, DataConfig
 from .loader import batches, crop_flip, first
+from .limits import read_bytes
 from .subsets import limit
 
 __all__ = ["Data", "Split", "load_data", "load_config_data", "read_idx", "batches", "crop_flip", "first"]
@@ -97,6 +98,8 @@ def read_idx(path: Path) -> np.ndarray:
 
 def _find(root: Path, stem: str) -> Path:
     for candidate in (root / f"{stem}.gz", root / stem):
+        if candidate.exists() and not candidate.is_file():  # a FIFO would block the read for ever
+            raise UserError(f"{candidate}: not a regular file")
         if candidate.exists():
             return candidate
     raise UserError(f"{root}: missing {stem}(.gz) (data.root must hold the four standard IDX files)")
@@ -153,6 +156,7 @@ def load_config_data(cfg: DataConfig, seed: int = 0) -> "Data":
     return data
 
 
+CIFAR_BYTES = 256 << 20  # a CIFAR binary file is 30 MiB (CIFAR-10 batch) to 150 MiB (CIFAR-100 train)
 CIFAR_FILES = {
     "cifar10": {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]},
     "cifar100": {"train": ["train.bin"], "test": ["test.bin"]},
@@ -168,6 +172,10 @@ def _cifar_blobs(root: Path, names: list[str]) -> list[tuple[str, bytes]]:
                 missing = [n for n in names if n not in members]
                 if missing:
                     raise UserError(f"{root}: archive lacks {', '.join(missing)} (binary CIFAR expected)")
+                big = next((n for n in names if members[n].size > CIFAR_BYTES), None)
+                if big is not None:
+                    raise UserError(f"{root}: {big} is {members[big].size} bytes, more than the {CIFAR_BYTES} a "
+                                    "CIFAR file can hold")
                 return [(n, tar.extractfile(members[n]).read()) for n in names]
         except (tarfile.TarError, OSError, EOFError) as e:
             raise UserError(f"{root}: cannot read archive ({e})") from None
@@ -181,7 +189,7 @@ def _cifar_blobs(root: Path, names: list[str]) -> list[tuple[str, bytes]]:
             hint = (" (found the pickled 'python version'; sparsepipe does not unpickle data: use the binary "
                     "version)") if any(h.is_file() for h in pickled) else ""
             raise UserError(f"{root}: missing {n}{hint}")
-        out.append((str(hits[0]), hits[0].read_bytes()))
+        out.append((str(hits[0]), read_bytes(hits[0], CIFAR_BYTES, "CIFAR file")))
     return out
 
 

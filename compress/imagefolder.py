@@ -52,6 +52,8 @@ def list_images(folder: Path, classes: list[str] | None = None) -> tuple[list[tu
         for p in images:
             if not p.exists():
                 raise UserError(f"{p}: dangling symbolic link (its target {os.readlink(p)!r} does not exist)")
+            if not p.is_file():  # a FIFO would block the decoder for ever
+                raise UserError(f"{p}: not a regular file")
         items += [(str(p), label) for p in images]
     return items, classes
 

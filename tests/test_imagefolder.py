@@ -200,3 +200,17 @@ def test_a_decompression_bomb_is_refused_from_its_header(folder):
     (folder / "train" / "class_0" / "0000bomb.png").write_bytes(bomb)
     with pytest.raises(UserError, match=r"0000bomb.png: .*20000 x 20000|0000bomb.png: not a readable image"):
         load(folder)
+
+
+def test_a_fifo_among_the_images_or_idx_files_is_refused_not_waited_on(folder, tmp_path):
+    import os
+
+    from compress.data import load_data
+    os.mkfifo(folder / "train" / "class_1" / "pipe.png")
+    with pytest.raises(UserError, match=r"pipe.png: not a regular file"):
+        load(folder)
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    os.mkfifo(idx / "train-images-idx3-ubyte")
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte: not a regular file"):
+        load_data("mnist", str(idx))
