@@ -146,6 +146,10 @@ def cases(tmp_path, finished_run):
          ["model.name", "'custom_model:exits' called exit(0)"]),
         ("huge model.hidden", ["run", q, "--set", "model.hidden=[100000000]"],
          ["'mlp'", "parameters, more than", "model.hidden"]),
+        ("huge model.width", ["run", q, "--set", "model.name='resnet20'", "--set", "model.width=1e9"],
+         ["'resnet20'", "parameters, more than"]),
+        ("prune.method not a pruner", ["run", q, "--set", "prune.method='os:getcwd'"],
+         ["prune.method", "not a subclass"]),
         ("model factory with another signature", ["run", q, "--set", "model.name='custom_model:no_kwargs'"],
          ["model.name", "TypeError"]),
     ]

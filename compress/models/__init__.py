@@ -67,12 +67,21 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         try:
             with torch.device("meta"):  # count the parameters before allocating any
                 size = sum(p.numel() for p in make().parameters())
-        except Exception:  # a model that cannot be built without data: built for real, unchecked
+        except RuntimeError as e:  # "Storage size calculation overflowed": far too large
+            size = MAX_PARAMETERS + 1 if "overflow" in str(e) else 0  # else: built for real, unchecked
+        except Exception:
             size = 0
         if size > MAX_PARAMETERS:
-            raise UserError(f"model: {cfg.name!r} with these settings has {size:,} parameters, more than the "
+            count = "more" if size == MAX_PARAMETERS + 1 else f"{size:,}"
+            raise UserError(f"model: {cfg.name!r} with these settings has {count} parameters, more than the "
                             f"{MAX_PARAMETERS:,} sparsepipe builds (check model.hidden / model.width)")
-        return make()
+        try:
+            return make()
+        except (MemoryError, RuntimeError) as e:
+            if isinstance(e, RuntimeError) and "allocate" not in str(e):
+                raise
+            raise UserError(f"model: building {cfg.name!r} ran out of memory (check model.hidden / model.width)") \
+                from None
     model = call_user(load_object(cfg.name, "model.name"), cfg.name, "model.name", input_shape=tuple(input_shape),
                       num_classes=num_classes)
     if not isinstance(model, nn.Module):

@@ -97,6 +97,8 @@ def open_run(run_dir: str | Path, cfg: RunConfig | None = None, *, write: bool =
     run = Run(run_dir, cfg, **kwargs)
     run.data  # bad or missing data, a model that cannot be built or weights that do not fit fail here,
     model = run.new_model()  # before anything is written
+    if "sparse" in run.variants:
+        run.new_pruner("sparse")  # e.g. prune.method naming something that is not a Pruner: before training
     if cfg.model.weights:
         apply_weights(model, load_weights(cfg.model.weights), cfg.model.weights, cfg.model.name)
     if write:
