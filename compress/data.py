@@ -26,6 +26,8 @@ from .errors import UserError
 from .config.data import CLASSES, DATASETS, DataConfig
 from .loader import batches, crop_flip, first
 from .userdata import load_factory_data
+from .limits import read_bytes
+from .subsets import limit_splits
 
 __all__ = ["Data", "Split", "load_data", "load_config_data", "read_idx", "batches", "crop_flip", "first"]
 
@@ -66,6 +68,8 @@ def read_idx(path: Path) -> np.ndarray:
 
 def _find(root: Path, stem: str) -> Path:
     for candidate in (root / f"{stem}.gz", root / stem):
+        if candidate.exists() and not candidate.is_file():  # a FIFO would block the read for ever
+            raise UserError(f"{candidate}: not a regular file")
         if candidate.exists():
             return candidate
     raise UserError(f"{root}: missing {stem}(.gz) (data.root must hold the four standard IDX files)")
@@ -94,16 +98,13 @@ def _normalise(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tenso
     return (train_x - mean) / std, (test_x - mean) / std, mean.flatten().tolist(), std.flatten().tolist()
 
 
-def _limit(split: Split, n: int) -> Split:
-    return split if n <= 0 or n >= len(split) else Split(split.x[:n], split.y[:n])
-
-
 def load_config_data(cfg: DataConfig, seed: int = 0) -> "Data":
     """`load_data` for a config section."""
     if ":" in cfg.name:
         data = load_factory_data(cfg.name, cfg.root, seed, cfg.train_limit, cfg.test_limit)
     elif cfg.name == "imagefolder":
-        data = load_imagefolder_data(cfg.root, cfg.image_size, cfg.mean, cfg.std, cfg.train_limit, cfg.test_limit)
+        data = load_imagefolder_data(cfg.root, cfg.image_size, cfg.mean, cfg.std, cfg.train_limit, cfg.test_limit,
+                                     seed=seed)
     else:
         data = load_data(cfg.name, cfg.root, seed=seed, test_fraction=cfg.test_fraction,
                          train_limit=cfg.train_limit, test_limit=cfg.test_limit)
@@ -113,6 +114,7 @@ def load_config_data(cfg: DataConfig, seed: int = 0) -> "Data":
     return data
 
 
+CIFAR_BYTES = 256 << 20  # a CIFAR binary file is 30 MiB (CIFAR-10 batch) to 150 MiB (CIFAR-100 train)
 CIFAR_FILES = {
     "cifar10": {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]},
     "cifar100": {"train": ["train.bin"], "test": ["test.bin"]},
@@ -128,6 +130,10 @@ def _cifar_blobs(root: Path, names: list[str]) -> list[tuple[str, bytes]]:
                 missing = [n for n in names if n not in members]
                 if missing:
                     raise UserError(f"{root}: archive lacks {', '.join(missing)} (binary CIFAR expected)")
+                big = next((n for n in names if members[n].size > CIFAR_BYTES), None)
+                if big is not None:
+                    raise UserError(f"{root}: {big} is {members[big].size} bytes, more than the {CIFAR_BYTES} a "
+                                    "CIFAR file can hold")
                 return [(n, tar.extractfile(members[n]).read()) for n in names]
         except (tarfile.TarError, OSError, EOFError) as e:
             raise UserError(f"{root}: cannot read archive ({e})") from None
@@ -141,7 +147,7 @@ def _cifar_blobs(root: Path, names: list[str]) -> list[tuple[str, bytes]]:
             hint = (" (found the pickled 'python version'; sparsepipe does not unpickle data: use the binary "
                     "version)") if any(h.is_file() for h in pickled) else ""
             raise UserError(f"{root}: missing {n}{hint}")
-        out.append((str(hits[0]), hits[0].read_bytes()))
+        out.append((str(hits[0]), read_bytes(hits[0], CIFAR_BYTES, "CIFAR file")))
     return out
 
 
@@ -160,7 +166,7 @@ def load_cifar(root: str | Path, name: str, split: str) -> tuple[np.ndarray, np.
 
 
 def load_imagefolder_data(root: str, size: int, mean: list[float], std: list[float], train_limit: int = 0,
-                          test_limit: int = 0) -> Data:
+                          test_limit: int = 0, seed: int = 0) -> Data:
     """An image folder, read lazily (see imagefolder.py)."""
     from .imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderSplit, channel_count, channel_stats, \
         list_images, split_folder, transforms
@@ -170,16 +176,15 @@ def load_imagefolder_data(root: str, size: int, mean: list[float], std: list[flo
     root_path = Path(root)
     train_items, classes = list_images(split_folder(root_path, "train"))
     test_items, _ = list_images(split_folder(root_path, "test"), classes)
-    train_items = train_items[:train_limit] if train_limit else train_items
-    test_items = test_items[:test_limit] if test_limit else test_items
     channels = channel_count(train_items[0][0])
+    train, test = limit_splits(ImageFolderSplit(train_items, channels, None), ImageFolderSplit(test_items, channels, None),
+                               len(classes), train_limit, test_limit, seed, str(root_path))
     if mean and len(mean) != channels:
         raise UserError(f"data.mean: {len(mean)} values for {channels}-channel images")
     if not mean:
         mean, std = ((list(IMAGENET_MEAN), list(IMAGENET_STD)) if channels == 3
-                     else channel_stats(train_items, channels, size))
-    train = ImageFolderSplit(train_items, channels, transforms(True, size, mean, std))
-    test = ImageFolderSplit(test_items, channels, transforms(False, size, mean, std))
+                     else channel_stats(train.items, channels, size))
+    train.transform, test.transform = transforms(True, size, mean, std), transforms(False, size, mean, std)
     return Data(train, test, len(classes), (channels, size, size),
                 preprocessing=_preprocessing(1 / 255, mean, std, f"{channels}x{size}x{size} after Resize({round(size * 8 / 7)}) + CenterCrop({size}) of the RGB/grey image"))
 
@@ -192,7 +197,8 @@ def _preprocessing(scale: float, mean: list[float], std: list[float], note: str)
 
 def load_data(name: str, root: str = "", *, seed: int = 0, test_fraction: float = 0.2,
               train_limit: int = 0, test_limit: int = 0) -> Data:
-    """Load a dataset held in memory by name; `*_limit` > 0 keeps the first N samples (quick runs)."""
+    """Load a dataset held in memory by name; `*_limit` > 0 keeps a seeded, class-stratified subset of N
+    samples (quick runs)."""
     if name == "digits":
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -223,7 +229,6 @@ def load_data(name: str, root: str = "", *, seed: int = 0, test_fraction: float 
         scale, raw = 1 / 255, "32x32 RGB, values 0..255"
     else:
         raise UserError(f"data.name: unknown dataset {name!r} (expected one of: {', '.join(DATASETS)})")
-    train, test = _limit(train, train_limit), _limit(test, test_limit)
     if len(train) == 0 or len(test) == 0:
         raise UserError(f"data: {name} has an empty train or test split")
     if train.x.shape[1:] != test.x.shape[1:]:
@@ -235,6 +240,7 @@ def load_data(name: str, root: str = "", *, seed: int = 0, test_fraction: float 
         if len(bad):
             raise UserError(f"data: {name} {split_name} label {int(bad[0])} is outside its {num_classes} classes "
                             f"[0, {num_classes - 1}] (data.root: {root})")
+    train, test = limit_splits(train, test, num_classes, train_limit, test_limit, seed, name)
     train_x, test_x, mean, std = _normalise(train.x, test.x)
     return Data(Split(train_x, train.y), Split(test_x, test.y), num_classes, tuple(train_x.shape[1:]),
                 preprocessing=_preprocessing(scale, mean, std, raw))

@@ -3,7 +3,6 @@ to rebuild each variant (model config, input shape, classes, channel structure) 
 config, data or checkpoints."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,7 +12,9 @@ from torch import nn
 from . import atomic
 from .config.model import ModelConfig
 from .errors import UserError
+from .limits import load_json
 from .schema import parse
+from .weights import check_finite
 
 FORMAT, VERSION = "sparsepipe-frozen", 1
 
@@ -28,10 +29,7 @@ def write_spec(folder: Path, model: ModelConfig, input_shape: tuple[int, ...], n
 
 def read_spec(folder: Path) -> dict:
     path = folder / "model.json"
-    try:
-        spec = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot read the frozen model description ({str(e)[:200]})") from None
+    spec = load_json(path, "the frozen model description")
     if not isinstance(spec, dict) or spec.get("format") != FORMAT or spec.get("version") != VERSION:
         raise UserError(f"{path}: expected format {FORMAT!r} version {VERSION}")
     return spec
@@ -53,12 +51,17 @@ def load_frozen(folder: str | Path, variant: str) -> nn.Module:
     if entry.get("structure"):
         structure_path = folder / entry["structure"]
         try:
-            apply_structure(model, json.loads(structure_path.read_text()), shape)
+            apply_structure(model, load_json(structure_path, "channel structure"), shape)
         except (OSError, ValueError, TypeError, AttributeError) as e:  # a damaged or crafted record
             raise UserError(f"{structure_path}: {str(e).strip().splitlines()[0][:200]}") from None
     path = folder / entry["weights"]
     try:
-        model.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+        for key, value in state.items():
+            check_finite(value, key, str(path))
+        model.load_state_dict(state)
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"{path}: does not fit model {spec['model']['name']!r} "
                         f"({str(e).strip().splitlines()[0][:200]})") from None

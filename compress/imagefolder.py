@@ -7,7 +7,11 @@ of workers never changes what a sample looks like and a resumed run sees the sam
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import warnings
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch.utils.data import Dataset
@@ -15,6 +19,7 @@ from torch.utils.data import Dataset
 from .errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+MAX_PIXELS = 40_000_000  # 40 MP per image (PIL's own bomb limit is 89 MP, then only a warning)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -37,22 +42,45 @@ def list_images(folder: Path, classes: list[str] | None = None) -> tuple[list[tu
     classes = found
     if not classes:
         raise UserError(f"{folder}: no class folders")
-    items = [(str(p), label) for label, cls in enumerate(classes) for p in sorted((folder / cls).iterdir())
-             if p.suffix.lower() in IMAGE_SUFFIXES]
-    if not items:
-        raise UserError(f"{folder}: no images found")
+    if len(classes) < 2:
+        raise UserError(f"{folder}: only one class folder ({classes[0]!r}); a classifier needs at least two")
+    items = []
+    for label, cls in enumerate(classes):
+        images = [p for p in sorted((folder / cls).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
+            raise UserError(f"{folder / cls}: class folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        for p in images:
+            if not p.exists():
+                raise UserError(f"{p}: dangling symbolic link (its target {os.readlink(p)!r} does not exist)")
+            if not p.is_file():  # a FIFO would block the decoder for ever
+                raise UserError(f"{p}: not a regular file")
+        items += [(str(p), label) for p in images]
     return items, classes
+
+
+@contextlib.contextmanager
+def checked_image(path: str) -> Iterator:
+    """PIL's image of `path`, refused in one line when unreadable or over MAX_PIXELS pixels (checked from
+    the header, before the pixels are decoded: a small PNG can declare 20000 x 20000)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise UserError(f"{path}: image of {im.width} x {im.height} pixels, more than the "
+                                    f"{MAX_PIXELS:,} allowed")
+                yield im
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        raise UserError(f"{path}: not a readable image ({str(e)[:200]})") from None
 
 
 def open_image(path: str, channels: int):
     """The decoded image as PIL, in L (grey) or RGB; an unreadable file is a UserError naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return im.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable image ({e})") from None
+    with checked_image(path) as im:
+        return im.convert("L" if channels == 1 else "RGB")
 
 
 def transforms(train: bool, size: int, mean: list[float], std: list[float]):
@@ -89,13 +117,8 @@ class ImageFolderSplit(Dataset):
 
 def channel_count(first_image: str) -> int:
     """1 for grey images, 3 otherwise (judged by the first training image)."""
-    from PIL import Image
-
-    try:
-        with Image.open(first_image) as im:
-            return 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
-    except OSError as e:
-        raise UserError(f"{first_image}: not a readable image ({e})") from None
+    with checked_image(first_image) as im:
+        return 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
 
 
 def channel_stats(items: list[tuple[str, int]], channels: int, size: int, limit: int = 500

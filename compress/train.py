@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from typing import Callable
 from pathlib import Path
 
@@ -224,7 +225,9 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
 def load_checkpoint(path: Path) -> dict:
     """Load a training checkpoint without executing code (weights_only=True)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's two-line warning would come before our one line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a corrupt or hostile file: one clear line, never a traceback
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: not a loadable sparsepipe checkpoint ({first[:200]})") from None

@@ -3,11 +3,15 @@ and returning (train, test, num_classes) with torch Datasets of (image tensor [C
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from .dataset import Data
 from .errors import UserError
-from .imports import load_object
+from .imports import call_user, load_object
+from .subsets import limit_splits
+
+
+MAX_CLASSES = 100_000  # more would make the classifier's last layer alone gigabytes
 
 
 def _check_sample(ds: Dataset, spec: str, split: str) -> tuple[int, ...]:
@@ -24,11 +28,7 @@ def _check_sample(ds: Dataset, spec: str, split: str) -> tuple[int, ...]:
 
 def load_factory_data(spec: str, root: str, seed: int, train_limit: int = 0, test_limit: int = 0) -> Data:
     """The user's factory's splits, checked (sized Datasets, float image tensors, one shape), as Data."""
-    factory = load_object(spec, "data.name")
-    try:
-        result = factory(root=root, seed=seed)
-    except Exception as e:  # the user's code: say whose and what, in one line
-        raise UserError(f"data.name: {spec!r} raised {type(e).__name__}: {str(e)[:200]}") from None
+    result = call_user(load_object(spec, "data.name"), spec, "data.name", root=root, seed=seed)
     if not (isinstance(result, (tuple, list)) and len(result) == 3):
         raise UserError(f"data.name: {spec!r} must return (train, test, num_classes), got {type(result).__name__}")
     train, test, num_classes = result
@@ -38,13 +38,14 @@ def load_factory_data(spec: str, root: str, seed: int, train_limit: int = 0, tes
                             "not a sized torch.utils.data.Dataset")
         if len(ds) == 0:
             raise UserError(f"data.name: {spec!r} returned an empty {split} dataset")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise UserError(f"data.name: {spec!r} returned num_classes {num_classes!r}, expected an integer >= 2")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= MAX_CLASSES:
+        raise UserError(f"data.name: {spec!r} returned num_classes {num_classes!r}, expected an integer in "
+                        f"[2, {MAX_CLASSES}]")
     shape = _check_sample(train, spec, "train")
     if _check_sample(test, spec, "test") != shape:
         raise UserError(f"data.name: {spec!r} train and test images differ in shape")
-    train = Subset(train, range(train_limit)) if 0 < train_limit < len(train) else train
-    test = Subset(test, range(test_limit)) if 0 < test_limit < len(test) else test
+
+    train, test = limit_splits(train, test, num_classes, train_limit, test_limit, seed, f"factory {spec}")
     return Data(train, test, num_classes, shape,
                 preprocessing={"input": "float32, NCHW", "raw": f"as produced by the dataset factory {spec}",
                                "formula": "the factory's own transform"})

@@ -2,6 +2,7 @@
 (also inside {"state_dict": ...} or {"model": ...}, and with DDP's `module.` prefixes)."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,7 +24,9 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's two-line warning would come before our one line
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a pickle with code in it, a truncated or foreign file: one line, never a traceback
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         hint = " (it is not a weights-only state_dict: sparsepipe never unpickles code)" if "weights_only" in str(e) \
@@ -40,10 +43,14 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     for key, value in state.items():
         for prefix in PREFIXES:
             key = key.removeprefix(prefix)
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise UserError(f"model.weights: {path}: tensor {key!r} holds NaN or inf")
+        check_finite(value, key, f"model.weights: {path}")
         out[key] = value
     return out
+
+
+def check_finite(value: torch.Tensor, key: str, where: str) -> None:
+    if value.is_floating_point() and not torch.isfinite(value).all():
+        raise UserError(f"{where}: tensor {key!r} holds NaN or inf")
 
 
 def apply_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, name: str) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import sys
 from pathlib import Path
@@ -38,21 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("gate", help="check a report against thresholds or a reference report",
                        description="Exit 0 when every check passes, 1 on a regression, 2 on bad input. "
-                                   "Without --reference: dense-vs-sparse thresholds. With --reference: the "
-                                   "sparse model must not be worse than the reference report's.")
+                                   "Without --reference: dense-vs-sparse thresholds, those recorded in the "
+                                   "report unless a flag overrides one. With --reference: the sparse model must "
+                                   "not be worse than the reference report's.")
     g.add_argument("report", type=Path, help="report.json to check")
     g.add_argument("--reference", type=Path, help="earlier report.json (e.g. from the main branch)")
     g.add_argument("--max-accuracy-drop", type=float, default=None,
-                   help="allowed accuracy drop as a fraction (default 0.02 vs dense, 0.01 vs reference)")
-    g.add_argument("--min-sparsity", type=float, default=0.0, help="required global sparsity (no reference)")
-    g.add_argument("--max-latency-ratio", type=float, default=0.0,
-                   help="allowed sparse/dense p50 latency ratio (no reference; 0 = not checked)")
+                   help="allowed accuracy drop as a fraction (default: the report's, else 0.02 vs dense; 0.01 vs "
+                        "reference)")
+    g.add_argument("--min-sparsity", type=float, default=None,
+                   help="required global sparsity (no reference; default: the report's, else 0)")
+    g.add_argument("--max-latency-ratio", type=float, default=None,
+                   help="allowed sparse/dense p50 latency ratio (no reference; 0 = not checked; default: the report's)")
     g.add_argument("--max-sparsity-drop", type=float, default=0.01,
                    help="allowed drop in global sparsity vs the reference")
     g.add_argument("--max-latency-ratio-increase", type=float, default=0.0,
                    help="allowed increase of the latency ratio vs the reference (0 = not checked)")
-    g.add_argument("--min-accuracy", type=float, default=0.0,
-                   help="required sparse accuracy as a fraction (no reference; 0 = not checked)")
+    g.add_argument("--min-accuracy", type=float, default=None,
+                   help="required sparse accuracy as a fraction (no reference; 0 = not checked; default: the report's)")
+    g.add_argument("--min-above-chance", type=float, default=None,
+                   help="required sparse accuracy above chance, 1/classes (no reference; 0 = not checked; default: "
+                        "the report's, else 0.05)")
     g.add_argument("--allow-different", action="store_true",
                    help="compare with a reference of another model, dataset, test set or pruned layers")
     g.add_argument("--junit", type=Path, help="also write the checks as JUnit XML here")
@@ -60,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("profile", help="latency profile of an ONNX model (optionally against a baseline)",
                         description="Interleaved A/B timing over batch sizes and thread counts: mean, p50, p90, "
                                     "p99, std, throughput, and onnxruntime's per-operator time breakdown.")
-    pr.add_argument("model", type=Path, help="a .onnx file or a sparse-compute folder")
+    pr.add_argument("model", type=Path, help="a .onnx file, a sparse-compute folder, or a run folder (or its "
+                    "onnx/ folder): every variant side by side, dense as the baseline")
     pr.add_argument("--baseline", type=Path, help="model to compare with (e.g. dense.onnx); ratios are vs it")
     pr.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
     pr.add_argument("--threads", default="1", help="comma-separated intra-op thread counts (default 1)")
@@ -147,12 +155,8 @@ def cmd_gate(args) -> int:
                          source=str(args.report), ref_source=str(args.reference),
                          allow_different=args.allow_different)
     else:
-        from compress.schema import parse
-
-        gate = parse(GateConfig, {"max_accuracy_drop": 0.02 if args.max_accuracy_drop is None
-                                  else args.max_accuracy_drop, "min_sparsity": args.min_sparsity,
-                                  "max_latency_ratio": args.max_latency_ratio, "min_accuracy": args.min_accuracy},
-                     "gate flags")
+        gate, said = gate_thresholds(report, args)
+        print(said)
         checks = check(report, gate, source=str(args.report))
     for c in checks:
         print(f"{'pass' if c['passed'] else 'FAIL'}  {c['name']}: {c['message']}")
@@ -163,13 +167,34 @@ def cmd_gate(args) -> int:
     return EXIT_OK if passed else EXIT_REGRESSION
 
 
-def _int_list(text: str, flag: str) -> list[int]:
+GATE_FLAGS = ("max_accuracy_drop", "min_sparsity", "max_latency_ratio", "min_accuracy", "min_above_chance")
+
+
+def gate_thresholds(report, args) -> tuple:
+    """The thresholds a standalone gate applies: those recorded in the report (validated as a gate
+    section), each replaced by its flag when given; and a line saying where each came from."""
+    from compress.schema import parse
+
+    from .gate import GateConfig
+
+    recorded = report.gate.thresholds if report.gate else {}
+    known = {k: v for k, v in recorded.items() if k in {f.name for f in dataclasses.fields(GateConfig)}}
+    parse(GateConfig, known, f"{args.report}: gate.thresholds")
+    flags = {k: getattr(args, k) for k in GATE_FLAGS if getattr(args, k) is not None}
+    gate = parse(GateConfig, {**known, **flags}, "gate flags")
+    origin = {k: "flag" if k in flags else "report" if k in known else "default" for k in GATE_FLAGS}
+    said = "thresholds: " + ", ".join(f"{k} {getattr(gate, k):g} ({origin[k]})" for k in GATE_FLAGS)
+    return gate, said
+
+
+def _int_list(text: str, flag: str, most: int | None = None) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or min(values) < 1:
-        raise UserError(f"{flag}: expected comma-separated positive integers, got {text!r}")
+    if not values or min(values) < 1 or (most is not None and max(values) > most):
+        raise UserError(f"{flag}: expected comma-separated positive integers{f' up to {most}' if most else ''}, "
+                        f"got {text!r}")
     return values
 
 
@@ -181,26 +206,34 @@ def _output_file(path: Path | None, flag: str) -> None:
 
     if path.is_dir():
         raise UserError(f"{flag} {path}: is a folder; give a file name")
+    if path.exists() and not path.is_file():  # a device or a FIFO: never replaced by our file
+        raise UserError(f"{flag} {path}: is not a regular file; give a file name")
     blocker = file_in_the_way(path)
     if blocker is not None:
         raise UserError(f"{flag} {path}: {blocker} is a file, not a folder")
 
 
+MAX_SECONDS = 3600.0  # per setting
+MAX_THREADS = 1024
+
+
 def cmd_profile(args) -> int:
     from compress import atomic
 
-    from .profile import plot, profile, without_raw_times
+    from .profile import plot, profile_bounded, variants, without_raw_times
 
-    models = {"baseline": args.baseline, "model": args.model} if args.baseline else {"model": args.model}
-    if args.seconds <= 0 or args.warmup < 0:
-        raise UserError("--seconds must be > 0 and --warmup >= 0")
+    models = {**({"baseline": args.baseline} if args.baseline else {}), **variants(args.model)}
+    if not (0 < args.seconds <= MAX_SECONDS) or not (0 <= args.warmup <= MAX_SECONDS):  # also refuses nan
+        raise UserError(f"--seconds must be in (0, {MAX_SECONDS}] and --warmup in [0, {MAX_SECONDS}], got "
+                        f"{args.seconds:g} and {args.warmup:g}")
     _output_file(args.json, "--json")
     _output_file(args.png, "--png")
-    report = profile(models, _int_list(args.batch, "--batch"), _int_list(args.threads, "--threads"),
-                     seconds=args.seconds, warmup_seconds=args.warmup)
+    report = profile_bounded(models, _int_list(args.batch, "--batch"), _int_list(args.threads, "--threads", MAX_THREADS),
+                             seconds=args.seconds, warmup_seconds=args.warmup)
     for r in report["results"]:
         for name, st in r["models"].items():
-            ratio = f"  x{st['ratio_vs_baseline']:.2f} vs baseline" if "ratio_vs_baseline" in st else ""
+            key = f"ratio_vs_{report['baseline']}"
+            ratio = f"  x{st[key]:.2f} vs {report['baseline']}" if key in st else ""
             print(f"batch {r['batch']:>4} threads {r['threads']}  {name:8s} p50 {st['p50_ms']:.4f} ms  "
                   f"p90 {st['p90_ms']:.4f}  p99 {st['p99_ms']:.4f}  {st['throughput_per_s']:.0f}/s{ratio}")
     for name, ops in report.get("operators", {}).items():

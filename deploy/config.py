@@ -17,6 +17,7 @@ from compress.config.model import ModelConfig
 from compress.config.prune import PruneConfig
 from compress.config.train import TrainConfig
 from compress.errors import UserError
+from compress.limits import load_toml
 from compress.schema import opt, parse, reference, to_dict
 
 from .sections import ConvertConfig, ExportConfig, FreezeConfig, GateConfig, ValidateConfig
@@ -53,7 +54,7 @@ def parse_override(item: str) -> tuple[list[str], object]:
         raise UserError(f"--set {item!r}: expected section.key=value")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         value = raw
     return key.strip().split("."), value
 
@@ -73,12 +74,7 @@ def apply_overrides(table: dict, overrides: list[str]) -> dict:
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read, override and validate a run config; relative data.root is resolved from the working directory."""
     path = Path(path)
-    try:
-        table = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise UserError(f"{path}: cannot read config ({e.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: invalid TOML ({e})") from None
+    table = load_toml(path, "config")
     table.pop("config_version", None)
     cfg = parse(RunConfig, apply_overrides(table, list(overrides)), path.name)
     if cfg.data.root:

@@ -20,7 +20,7 @@ from compress.errors import UserError
 
 from .manifest import SPARSE_WEIGHTS, read_manifest as read_checked
 from .sections import BLOCKS
-from .sparse_check import check_layer
+from .sparse_check import check_layer, check_layer_set, check_tensor_set
 
 Choice = Literal["best", "csr", "bsr"]
 
@@ -107,15 +107,19 @@ def read_manifest(folder: str | Path, model_id: str | None = None) -> dict:
     return manifest
 
 
-def load_sparse_arrays(folder: str | Path, model_id: str | None = None) -> dict[str, sp.csr_array | sp.bsr_array]:
-    """The stored scipy arrays (2-D), after checking format, version, (optionally) model id, the
-    file's hash against the manifest and every array's structure (sparse_check.py)."""
+def load_sparse_arrays(folder: str | Path, model_id: str | None = None,
+                       shapes: dict[str, list[int]] | None = None) -> dict[str, sp.csr_array | sp.bsr_array]:
+    """The stored scipy arrays (2-D), after checking format, version, (optionally) model id and the
+    exact layer set and weight shapes (`shapes`, from the model), the file's hash against the manifest, that the file holds exactly the manifest's
+    tensors, and every array's structure and values (sparse_check.py)."""
     folder = Path(folder)
     manifest = read_manifest(folder, model_id)
     path = folder / "weights.safetensors"
-    layers = manifest.get("layers")
-    if not isinstance(layers, dict):
+    declared = manifest.get("layers")
+    if not isinstance(declared, dict):
         raise UserError(f"{folder / 'manifest.json'}: 'layers' is not an object")
+    if shapes is not None:
+        check_layer_set(declared, shapes, str(folder / "manifest.json"))
     try:
         digest = atomic.sha256_file(path)
     except OSError as e:
@@ -126,8 +130,9 @@ def load_sparse_arrays(folder: str | Path, model_id: str | None = None) -> dict[
         arrays = load_file(str(path))
     except Exception as e:
         raise UserError(f"{path}: cannot read ({str(e)[:200]})") from None
+    check_tensor_set(declared, arrays, str(path))
     out = {}
-    for name, info in layers.items():
+    for name, info in declared.items():
         rows, cols = check_layer(name, info, arrays, str(path))
         if info["format"] == "dense":
             out[name] = sp.csr_array(arrays[f"{name}.data"])  # zeros are +0.0: exact

@@ -25,6 +25,8 @@ def check(report: Report, gate: GateConfig, source: str = "report") -> list[dict
         {"name": "min_sparsity", "passed": sparsity >= gate.min_sparsity - 1e-12,
          "message": f"global sparsity {sparsity:.4f} vs required {gate.min_sparsity:.4f}"},
     ]
+    if gate.min_above_chance > 0:
+        results.append(_above_chance(report, gate.min_above_chance))
     if gate.min_accuracy > 0:
         acc = report.sparse.accuracy
         results.append({"name": "min_accuracy", "passed": acc >= gate.min_accuracy - 1e-12,
@@ -40,6 +42,17 @@ def check(report: Report, gate: GateConfig, source: str = "report") -> list[dict
                         "message": f"MACs ratio {ratio:.3f} (after the channel cut / dense) vs allowed "
                                    f"{gate.max_macs_ratio:.3f}"})
     return results
+
+
+def _above_chance(report: Report, margin: float) -> dict:
+    acc = report.sparse.accuracy
+    if report.classes is None:  # a report written before the class count was recorded
+        return {"name": "above_chance", "passed": True,
+                "message": "not checked: the report does not record its number of classes"}
+    floor = 1 / report.classes + margin
+    return {"name": "above_chance", "passed": acc >= floor - 1e-12,
+            "message": f"sparse accuracy {acc:.4f} vs chance {1 / report.classes:.4f} + {margin:.4f} "
+                       f"({report.classes} classes)"}
 
 
 def differences(report: Report, reference: Report) -> list[str]:

@@ -10,6 +10,9 @@ import onnxruntime as ort
 from compress.errors import UserError
 
 
+MAX_ONNX_BYTES = 2 << 30  # protobuf's limit: a larger .onnx file is not a valid model
+
+
 def make_session(path: str | Path, threads: int = 1, profile_prefix: str | None = None) -> ort.InferenceSession:
     """A CPU session with a fixed thread count (sequential execution, so numbers compare);
     with `profile_prefix`, onnxruntime's profiler writes its trace there."""
@@ -20,11 +23,16 @@ def make_session(path: str | Path, threads: int = 1, profile_prefix: str | None 
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Errors only: SparseToDenseMatMul's shape inference ignores transA, so onnxruntime warns on
-    # every run that the output shape differs from the one it inferred (the values are right).
-    options.log_severity_level = 3
+    # SparseToDenseMatMul's shape inference ignores transA, so onnxruntime warns on every run that
+    # the output shape differs from the one it inferred (the values are right).
+    # Fatal only: a failed run is raised as an exception anyway (and reported in one line), so
+    # onnxruntime's own coloured error log would only print it twice.
+    options.log_severity_level = 4
     if not Path(path).is_file():
         raise UserError(f"{path}: ONNX file not found")
+    if Path(path).stat().st_size > MAX_ONNX_BYTES:
+        raise UserError(f"{path}: {Path(path).stat().st_size} bytes, more than the {MAX_ONNX_BYTES} an ONNX file "
+                        "without external data can hold")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own types for corrupt or unsupported files
@@ -40,12 +48,15 @@ def summarize(times_ms: list[float]) -> dict:
             "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99))}
 
 
-def compare_latency(sessions: dict, x: np.ndarray, *, warmup: int = 20, runs: int = 200,
+def compare_latency(sessions: dict, x: np.ndarray | dict[str, np.ndarray], *, warmup: int = 20, runs: int = 200,
                     seconds: float = 0.0, warmup_seconds: float = 0.0, keep_times: bool = False) -> dict[str, dict]:
     """Time every session on the same input in interleaved rounds (the order alternates, so drift
-    and thermal effects hit all alike). Runs at least `runs` rounds, and until `seconds` have passed."""
+    and thermal effects hit all alike). Runs at least `runs` rounds, and until `seconds` have passed.
+    `x`: the one input's array, or feeds by input name (models with several inputs)."""
     names = list(sessions)
-    feeds = {n: {sessions[n].get_inputs()[0].name: x} for n in names}
+    feeds = {n: x if isinstance(x, dict) else {sessions[n].get_inputs()[0].name: x} for n in names}
+    first = next(iter(x.values())) if isinstance(x, dict) else x
+    batch = len(first) if np.ndim(first) else 1
     start = time.perf_counter()
     i = 0
     while i < warmup or time.perf_counter() - start < warmup_seconds:
@@ -62,7 +73,7 @@ def compare_latency(sessions: dict, x: np.ndarray, *, warmup: int = 20, runs: in
         i += 1
     out = {n: summarize(t) for n, t in times.items()}
     for n in names:
-        out[n]["throughput_per_s"] = len(x) * 1000.0 / out[n]["mean_ms"]
+        out[n]["throughput_per_s"] = batch * 1000.0 / out[n]["mean_ms"]
         if keep_times:
             out[n]["times_ms"] = times[n]
     return out

@@ -1,10 +1,10 @@
 """The format names and versions of the folders deploy writes, and one reader that checks them."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.limits import load_json
 
 SPARSE_WEIGHTS = ("sparsepipe-sparse", 3)           # convert's CSR/BSR folder (formats.py); 3: sha256, sorted
 SPARSE_COMPUTE = ("sparsepipe-sparse-compute", 3)   # an ONNX model with CSR weights bound at run time
@@ -13,10 +13,7 @@ SPARSE_COMPUTE = ("sparsepipe-sparse-compute", 3)   # an ONNX model with CSR wei
 def read_manifest(folder: str | Path, kind: tuple[str, int], what: str) -> dict:
     """folder/manifest.json, checked to be `kind` (format, version); a one-line UserError otherwise."""
     path = Path(folder) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot read {what} manifest ({str(e)[:200]})") from None
+    manifest = load_json(path, f"{what} manifest")
     name, version = kind
     if not isinstance(manifest, dict) or manifest.get("format") != name or manifest.get("version") != version:
         got = manifest if isinstance(manifest, dict) else {}

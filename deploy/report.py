@@ -6,7 +6,7 @@ from pathlib import Path
 import xml.etree.ElementTree as ET
 
 from compress import atomic
-from compress.errors import UserError
+from compress.limits import load_json
 
 from .report_rows import ms, pct
 from .report_schema import Report
@@ -144,8 +144,5 @@ def write_report(folder: Path, report: Report) -> None:
 
 def load_report(path: str | Path) -> Report:
     """A report.json, checked field by field (one-line UserError naming the file and field)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:  # ValueError: bad JSON or not text at all
-        raise UserError(f"{path}: cannot read report JSON ({str(e)[:200]})") from None
+    data = load_json(path, "report")
     return Report.from_dict(data, str(path))

@@ -15,6 +15,23 @@ def _number(value, path: str, source: str) -> float:
     return value
 
 
+def _fraction(value, path: str, source: str) -> float:
+    """A number in [0, 1] (an accuracy, an agreement, a sparsity): anything else is bad input."""
+    value = _number(value, path, source)
+    if not 0 <= value <= 1:
+        raise UserError(f"{source}: field {path!r}: {value!r} is outside [0, 1]")
+    return value
+
+
+def _classes(value, source: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
+        raise UserError(f"{source}: field 'classes': expected an integer >= 2, got {value!r}")
+    return value
+
+
+FRACTIONS = ("accuracy", "torch_accuracy", "agreement_with_torch")
+
+
 def _table(value, path: str, source: str) -> dict:
     if not isinstance(value, dict):
         raise UserError(f"{source}: field {path!r}: expected an object, got {type(value).__name__}")
@@ -71,6 +88,7 @@ class Report:
     spiking: dict | None = None
     gate: GateResult | None = None
     artifacts: dict = field(default_factory=dict)
+    classes: int | None = None  # of the test data: what chance accuracy is (1 / classes)
 
     @property
     def latency_ratio(self) -> float:
@@ -105,7 +123,10 @@ class Report:
                     continue
                 if f.name not in t:
                     raise UserError(f"{source}: missing field {key + '.' + f.name!r}")
-                values[f.name] = _number(t[f.name], f"{key}.{f.name}", source)
+                check = _fraction if f.name in FRACTIONS else _number
+                values[f.name] = check(t[f.name], f"{key}.{f.name}", source)
+                if f.name not in FRACTIONS and values[f.name] < 0:
+                    raise UserError(f"{source}: field {key + '.' + f.name!r}: {values[f.name]!r} is negative")
             return Scores(**values)
 
         dense, sparse = scores("dense"), scores("sparse")  # first: what every gate check reads
@@ -117,23 +138,29 @@ class Report:
         sp = _table(d["sparsity"], "sparsity", source)
         if "global" not in sp:
             raise UserError(f"{source}: missing field 'sparsity.global'")
-        sparsity = Sparsity(_number(sp["global"], "sparsity.global", source),
-                            _table(sp.get("per_layer", {}), "sparsity.per_layer", source),
+        per_layer = _table(sp.get("per_layer", {}), "sparsity.per_layer", source)
+        for name, value in per_layer.items():
+            _fraction(value, f"sparsity.per_layer.{name}", source)
+        sparsity = Sparsity(_fraction(sp["global"], "sparsity.global", source), per_layer,
                             int(_number(sp.get("layers_pruned", 0), "sparsity.layers_pruned", source)))
         latency = _table(d["latency"], "latency", source)
-        if "ratio" in latency:
-            _number(latency["ratio"], "latency.ratio", source)
+        if "ratio" in latency and not _number(latency["ratio"], "latency.ratio", source) > 0:
+            raise UserError(f"{source}: field 'latency.ratio': {latency['ratio']!r} is not positive")
         structure = d["structure"]
         if structure is not None:
             _table(structure, "structure", source)
             for k in ("macs_before", "macs_after"):
-                if k in structure:
-                    _number(structure[k], f"structure.{k}", source)
+                if k in structure and _number(structure[k], f"structure.{k}", source) < 0:
+                    raise UserError(f"{source}: field 'structure.{k}': {structure[k]!r} is negative")
         gate = d.get("gate")
         if gate is not None:
             g = _table(gate, "gate", source)
-            gate = GateResult(bool(g.get("passed")), list(g.get("failures", [])), list(g.get("checks", [])),
-                              dict(g.get("thresholds", {})))
+            lists = {k: g.get(k, []) for k in ("failures", "checks")}
+            for k, v in lists.items():
+                if not isinstance(v, list):
+                    raise UserError(f"{source}: field 'gate.{k}': expected a list, got {type(v).__name__}")
+            gate = GateResult(bool(g.get("passed")), lists["failures"], lists["checks"],
+                              dict(_table(g.get("thresholds", {}), "gate.thresholds", source)))
         for key in ("variants", "pruner", "size", "export", "training", "versions", "machine"):
             _table(d[key], key, source)
         return cls(run=str(d["run"]), method=str(d["method"]), model=str(d["model"]), data=str(d["data"]),
@@ -143,4 +170,5 @@ class Report:
                    preprocessing=_table(d.get("preprocessing", {}), "preprocessing", source),
                    warnings=[str(w) for w in d.get("warnings", [])] if isinstance(d.get("warnings"), list) else [],
                    spiking=d.get("spiking"),
-                   gate=gate, artifacts=_table(d.get("artifacts", {}), "artifacts", source))
+                   gate=gate, artifacts=_table(d.get("artifacts", {}), "artifacts", source),
+                   classes=_classes(d.get("classes"), source))

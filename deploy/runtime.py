@@ -19,7 +19,12 @@ from .manifest import SPARSE_COMPUTE, read_manifest
 
 
 def sparse_value(m: sp.csr_array) -> tuple[ort.OrtValue, tuple[np.ndarray, ...]]:
-    """A CSR matrix as an onnxruntime sparse OrtValue (int64 indices, as onnxruntime wants)."""
+    """A CSR matrix as an onnxruntime sparse OrtValue (int64 indices, as onnxruntime wants). An all-zero
+    matrix is bound as one explicit zero: onnxruntime refuses a CSR with no entries."""
+    if m.nnz == 0:
+        indptr = np.ones(m.shape[0] + 1, dtype=np.int64)
+        indptr[0] = 0
+        m = sp.csr_array((np.zeros(1, np.float32), np.zeros(1, np.int64), indptr), shape=m.shape)
     arrays = (np.ascontiguousarray(m.data, dtype=np.float32), m.indices.astype(np.int64), m.indptr.astype(np.int64))
     tensor = ort.SparseTensor.sparse_csr_from_numpy(np.asarray(m.shape, dtype=np.int64), *arrays,
                                                     ort.OrtDevice.make("cpu", 0))
@@ -75,7 +80,8 @@ def open_sparse_compute(folder: str | Path, threads: int = 1, profile_prefix: st
     weights = {}
     for name, info in layers.items():
         m = arrays.get(name)
-        if (not isinstance(info, dict) or m is None or info.get("input") not in inputs
+        if (not isinstance(info, dict) or m is None or not isinstance(info.get("input"), str)
+                or info.get("input") not in inputs
                 or info.get("csr_shape") != list(m.shape) or info.get("shape") != list(m.shape)[::-1]):
             raise UserError(f"{folder}: layer {name!r} of manifest.json does not match csr/ or model.onnx")
         weights[info["input"]] = m.tocsr()

@@ -17,8 +17,10 @@ class ConvertConfig:
     block_sizes: list[list[int]] = opt([list(b) for b in BLOCKS], "BSR block sizes to try, [rows, cols].", lo=1)
 
     def check(self, where: str) -> None:
-        if not self.block_sizes or any(len(b) != 2 for b in self.block_sizes):
-            raise UserError(f"{where}.block_sizes: expected a non-empty list of [rows, cols] pairs")
+        bad = next((b for b in self.block_sizes if len(b) != 2 or any(v < 1 for v in b)), None)
+        if not self.block_sizes or bad is not None:
+            raise UserError(f"{where}.block_sizes: expected a non-empty list of [rows, cols] pairs of integers >= 1"
+                            + (f", got {bad}" if bad is not None else ""))
 
 
 
@@ -72,6 +74,8 @@ class GateConfig:
     min_sparsity: float = opt(0.0, "Smallest allowed global sparsity of the pruned layers.", lo=0.0, hi=1.0)
     min_accuracy: float = opt(0.0, "Smallest allowed accuracy of the sparse model (onnxruntime, fraction): an "
                               "absolute floor, so a run whose baseline learned nothing cannot pass.", lo=0.0, hi=1.0)
+    min_above_chance: float = opt(0.05, "The sparse model must beat chance (1 / classes) by this much accuracy "
+                                  "(fraction; 0 = not checked): a model that learned nothing fails.", lo=0.0, hi=1.0)
     max_latency_ratio: float = opt(0.0, "Largest allowed sparse/dense p50 latency ratio (0 = not checked).",
                                    lo=0.0)
     max_macs_ratio: float = opt(0.0, "Largest allowed MACs of the (channel-cut) sparse model over the dense "

@@ -8,11 +8,13 @@ shape. A violation is a one-line UserError naming the file and the tensor.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from compress.errors import UserError
 
-MAX_ELEMENTS = 2**31 - 1  # the largest weight we rebuild densely (8 GiB of float32)
+MAX_ELEMENTS = 2**28  # the largest weight we rebuild densely (1 GiB of float32)
 
 
 def layer_shape(info: dict, where: str) -> tuple[tuple[int, ...], tuple[int, int]]:
@@ -21,7 +23,7 @@ def layer_shape(info: dict, where: str) -> tuple[tuple[int, ...], tuple[int, int
     if (not isinstance(shape, list) or not 1 <= len(shape) <= 5
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
         raise UserError(f"{where}: shape {shape!r} is not a list of 1 to 5 positive integers")
-    rows, size = shape[0], int(np.prod(shape, dtype=np.int64))
+    rows, size = shape[0], math.prod(shape)  # Python integers: a crafted 10**30 must not overflow
     if size > MAX_ELEMENTS:
         raise UserError(f"{where}: shape {shape} has {size} elements, more than {MAX_ELEMENTS}")
     return tuple(shape), (rows, size // rows)
@@ -54,17 +56,56 @@ def check_compressed(indptr: np.ndarray, indices: np.ndarray, n_rows: int, n_col
             raise UserError(f"{where}: tensor {name}.indices is not strictly increasing within a row")
 
 
+def check_layer_set(declared: dict, shapes: dict[str, list[int]], where: str) -> None:
+    """The manifest describes exactly the model's pruned layers, each with the model's weight shape."""
+    if set(declared) != set(shapes):
+        odd = sorted(set(declared) ^ set(shapes))[0]
+        raise UserError(f"{where}: layer {odd!r} is {'missing' if odd in shapes else 'not a pruned layer of the model'}"
+                        f" (expected exactly: {', '.join(shapes)})")
+    for name, shape in shapes.items():
+        info = declared[name]
+        if not isinstance(info, dict) or info.get("shape") != list(shape):
+            got = info.get("shape") if isinstance(info, dict) else info
+            raise UserError(f"{where}: layer {name!r} has shape {got!r}, the model's weight is {list(shape)}")
+
+
+def check_tensor_set(layers: dict, arrays: dict[str, np.ndarray], where: str) -> None:
+    """The file holds exactly the tensors its manifest's layers name, no more."""
+    expected = {f"{n}.{part}" for n, info in layers.items()
+                for part in (("data",) if isinstance(info, dict) and info.get("format") == "dense"
+                             else ("data", "indices", "indptr"))}
+    extra = sorted(set(arrays) - expected)
+    if extra:
+        raise UserError(f"{where}: tensor {extra[0]!r} is not described by manifest.json")
+
+
+def check_values(name: str, info: dict, data: np.ndarray, where: str) -> None:
+    """Finite values, and as many nonzeros as the manifest declares (when it declares them)."""
+    if not np.isfinite(data).all():
+        raise UserError(f"{where}: tensor {name}.data holds NaN or infinite values")
+    if info.get("dtype", "float32") != "float32":
+        raise UserError(f"{where}: dtype {info.get('dtype')!r} in manifest.json, the file holds float32")
+    nnz = info.get("nnz")
+    if nnz is not None and nnz != int(np.count_nonzero(data)):
+        raise UserError(f"{where}: manifest.json declares nnz {nnz!r}, tensor {name}.data holds "
+                        f"{int(np.count_nonzero(data))} nonzero values")
+
+
 def check_layer(name: str, info: dict, arrays: dict[str, np.ndarray], where: str) -> tuple[int, int]:
     """Check one layer's arrays against its manifest entry; returns its 2-D shape."""
     where = f"{where}: layer {name!r}"
     if not isinstance(info, dict):
         raise UserError(f"{where}: manifest entry is not an object")
-    _, (rows, cols) = layer_shape(info, where)
+    shape, (rows, cols) = layer_shape(info, where)
+    if "dense_bytes" in info and info["dense_bytes"] != rows * cols * 4:  # a shape edited without its sizes
+        raise UserError(f"{where}: manifest.json declares dense_bytes {info['dense_bytes']!r}, shape {list(shape)} "
+                        f"holds {rows * cols * 4}")
     fmt = info.get("format")
     if fmt == "dense":
         data = _array(arrays, f"{name}.data", np.float32, 2, where)
         if data.shape != (rows, cols):
             raise UserError(f"{where}: tensor {name}.data has shape {list(data.shape)}, expected {[rows, cols]}")
+        check_values(name, info, data, where)
         return rows, cols
     indices = _array(arrays, f"{name}.indices", np.int32, 1, where)
     indptr = _array(arrays, f"{name}.indptr", np.int64, 1, where)
@@ -85,4 +126,5 @@ def check_layer(name: str, info: dict, arrays: dict[str, np.ndarray], where: str
         check_compressed(indptr, indices, rows // block[0], cols // block[1], where, name)
     else:
         raise UserError(f"{where}: format {fmt!r}, expected csr, bsr or dense")
+    check_values(name, info, data, where)
     return rows, cols

@@ -50,3 +50,7 @@ def convnext_like(input_shape, num_classes):
     return nn.Sequential(nn.Conv2d(input_shape[0], 32, 3, padding=1), LayerNorm2d(32),
                          CNBlock(32, 0.5, 0.0), CNBlock(32, 0.5, 0.0), nn.AdaptiveAvgPool2d(1), LayerNorm2d(32),
                          nn.Flatten(), nn.Linear(32, num_classes))
+
+
+def exits(input_shape, num_classes):
+    raise SystemExit(0)

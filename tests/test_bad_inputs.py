@@ -84,6 +84,8 @@ def cases(tmp_path, finished_run):
     (tmp_path / "other.json").write_text(json.dumps(other))
     (tmp_path / "typed.json").write_text(json.dumps({**reference, "sparse": {**reference["sparse"], "accuracy": "high"}}))
     (tmp_path / "a-file").write_text("x")
+    junk = tmp_path / "junk.toml"
+    junk.write_bytes(b"# " + b"x" * (10 << 20))
     dense_onnx = str(finished_run / "onnx" / "dense.onnx")
     return [
         ("unknown field", ["run", config(tmp_path, "[train]\nepoch = 1\n")], ["train.epoch", "unknown field"]),
@@ -107,7 +109,12 @@ def cases(tmp_path, finished_run):
         ("run folder of another version", ["validate", str(old)], ["config_version 0"]),
         ("stage before its input", ["export", str(tmp_path / "fresh")], ["not a run folder"]),
         ("gate on a pickle", ["gate", str(evil / "report.json")], ["report.json", "cannot read report JSON"]),
-        ("binary config", ["run", str(evil / "report.json")], ["report.json", "invalid TOML"]),
+        ("binary config", ["run", str(evil / "report.json")], ["report.json", "invalid TOML", "not UTF-8"]),
+        ("config from /dev/zero", ["run", "/dev/zero"], ["/dev/zero", "not a regular file"]),
+        ("10 MB junk config", ["run", str(junk)], ["junk.toml", "more than the 1048576 allowed"]),
+        ("gate on /dev/zero", ["gate", "/dev/zero"], ["/dev/zero", "not a regular file"]),
+        ("report nested 100k deep", ["gate", config(tmp_path, "[" * 100_000)], ["cannot read report JSON", "recursion"]),
+        ("config nested 100k deep", ["run", config(tmp_path, "a = " + "[" * 100_000)], ["invalid TOML"]),
         ("gate on a missing field", ["gate", str(config(tmp_path, "{}"))], ["missing field 'dense.accuracy'"]),
         ("bad gate flag", ["gate", str(finished_run / "report/report.json"), "--max-accuracy-drop", "2"],
          ["max_accuracy_drop", "[0.0, 1.0]"]),
@@ -126,10 +133,23 @@ def cases(tmp_path, finished_run):
         ("profile --json at a folder", ["profile", dense_onnx, "--json", str(tmp_path)], ["--json", "is a folder"]),
         ("profile --png under a file", ["profile", dense_onnx, "--png", str(tmp_path / "a-file" / "p.png")],
          ["--png", "is a file"]),
+        ("profile with a million threads", ["profile", dense_onnx, "--threads", "1000000"], ["--threads", "up to 1024"]),
+        ("gate --junit at a device", ["gate", str(finished_run / "report/report.json"), "--junit", "/dev/null"],
+         ["--junit /dev/null", "not a regular file"]),
         ("profile with a huge batch", ["profile", dense_onnx, "--batch", "100000000", "--seconds", "0.01"],
          ["--batch 100000000", "GiB"]),
         ("model factory that raises", ["run", q, "--set", "model.name='custom_model:broken'"],
          ["model.name", "raised"]),
+        ("zero block size", ["run", q, "--set", "convert.block_sizes=[[0, 0]]"],
+         ["convert.block_sizes", "integers >= 1", "[0, 0]"]),
+        ("model factory that exits", ["run", q, "--set", "model.name='custom_model:exits'"],
+         ["model.name", "'custom_model:exits' called exit(0)"]),
+        ("huge model.hidden", ["run", q, "--set", "model.hidden=[100000000]"],
+         ["'mlp'", "parameters, more than", "model.hidden"]),
+        ("huge model.width", ["run", q, "--set", "model.name='resnet20'", "--set", "model.width=1e9"],
+         ["'resnet20'", "parameters, more than"]),
+        ("prune.method not a pruner", ["run", q, "--set", "prune.method='os:getcwd'"],
+         ["prune.method", "not a subclass"]),
         ("model factory with another signature", ["run", q, "--set", "model.name='custom_model:no_kwargs'"],
          ["model.name", "TypeError"]),
     ]

@@ -27,6 +27,18 @@ def test_mnist_idx_files(mnist_root):
     assert np.bincount(data.test.y.numpy()).tolist()[:3] == [980, 1135, 1032]  # the official test split
     limited = load_data("mnist", str(mnist_root), train_limit=500, test_limit=100)
     assert len(limited.train) == 500 and len(limited.test) == 100
+    assert np.bincount(limited.test.y.numpy()).tolist() == [10] * 10  # stratified, not the first 100 files
+
+
+def test_limits_are_seeded_class_stratified_subsets():
+    a, b = (load_data("digits", seed=3, train_limit=25, test_limit=20) for _ in range(2))
+    assert sorted(np.bincount(a.train.y.numpy()).tolist()) == [2] * 5 + [3] * 5
+    assert np.bincount(a.test.y.numpy()).tolist() == [2] * 10
+    assert torch.equal(a.train.x, b.train.x)  # same seed, same subset
+    other = load_data("digits", seed=4, train_limit=25, test_limit=20)
+    assert not torch.equal(a.train.x, other.train.x)
+    with pytest.raises(UserError, match=r"data.test_limit = 9: digits test split: class \d has no samples"):
+        load_data("digits", test_limit=9)
 
 
 def test_mnist_plain_files_and_bad_files(tmp_path, mnist_root):
@@ -110,3 +122,13 @@ def test_crop_flip_is_deterministic_and_shape_preserving():
     kinds = ["same" if torch.equal(o, i) else "mirror" if torch.equal(o, i.flip(2)) else "other"
              for o, i in zip(flipped_only, x)]
     assert "other" not in kinds and {"same", "mirror"} <= set(kinds)
+
+
+def test_calibration_samples_are_stratified_too(digits):
+    from compress.data import Split
+    from compress.subsets import sample
+
+    order = torch.argsort(digits.train.y, stable=True)  # class-ordered, as an image folder lists them
+    ordered = Split(digits.train.x[order], digits.train.y[order])
+    picked = sample(ordered, 30, seed=0)
+    assert np.bincount(picked.y.numpy()).tolist() == [3] * 10  # the first 30 would all be class 0

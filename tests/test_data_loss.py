@@ -6,6 +6,7 @@ import subprocess
 import pytest
 from safetensors.torch import load_file, save_file
 
+from compress import atomic
 from conftest import REPO, cli
 from deploy.pipeline.folder import RunLock
 
@@ -51,6 +52,8 @@ def test_a_full_disk_during_a_forced_stage_keeps_the_previous_outputs(small_disk
     assert res.returncode == 2, res.stdout + res.stderr
     assert "no space left on device" in res.stderr and res.stderr.count("\n") == 1
     filler.unlink()
+    if stage == "export":
+        assert not (run / ".onnx.new").exists()  # a failed export leaves no staging folder behind
     assert snapshot(run) == before  # every previous output byte-identical, manifests included
     res = cli("validate", run, "--force", "--no-progress")
     assert res.returncode == 0 and "gate: PASSED" in res.stdout
@@ -58,17 +61,41 @@ def test_a_full_disk_during_a_forced_stage_keeps_the_previous_outputs(small_disk
 
 def test_out_on_a_folder_of_someone_elses_files(tmp_path):
     mine = tmp_path / "work"
-    (mine / "train").mkdir(parents=True)
-    (mine / "config.toml").write_text("my own config\n")
-    (mine / "train" / "notes.txt").write_text("do not lose me")
-    res = cli("run", CONFIG, "--out", mine, *QUICK)
-    assert res.returncode == 2 and "not empty and not a sparsepipe run folder" in res.stderr
-    assert (mine / "config.toml").read_text() == "my own config\n"
-    res = cli("run", CONFIG, "--out", mine, *QUICK, "--set", "train.epochs=2", "--force")
-    assert res.returncode == 0, res.stderr
-    assert (mine / "train" / "notes.txt").read_text() == "do not lose me"  # a forced re-run deletes none of it
-    res = cli("train", mine, "--force", "--no-progress")
-    assert res.returncode == 0 and (mine / "train" / "notes.txt").exists()
+    # their config.toml even looks like a run's (copied from one): still their folder
+    theirs = {"config.toml": "config_version = 1\nname = 'mine'\n", "report/report.md": "my notes",
+              "train/layers.json": "[1]", "onnx/dense.onnx": "my model"}
+    for rel, text in theirs.items():
+        (mine / rel).parent.mkdir(parents=True, exist_ok=True)
+        (mine / rel).write_text(text)
+    for force in ([], ["--force"]):  # --force re-runs stages; it never lets a run into someone else's files
+        res = cli("run", CONFIG, "--out", mine, *QUICK, *force)
+        assert res.returncode == 2 and "not empty and not a sparsepipe run folder" in res.stderr, res.stderr
+        assert res.stderr.count("\n") == 1
+    assert {str(p.relative_to(mine)): p.read_text() for p in mine.rglob("*") if p.is_file()} == theirs
+
+
+def test_a_users_file_added_to_a_run_folder_survives_a_forced_rerun(tmp_path):
+    run = tmp_path / "run"
+    assert cli("run", CONFIG, "--out", run, *QUICK, "--set", "train.epochs=1", "--set", "gate.min_above_chance=0").returncode == 0
+    (run / "train" / "notes.txt").write_text("do not lose me")
+    res = cli("train", run, "--force", "--no-progress")
+    assert res.returncode == 0 and (run / "train" / "notes.txt").read_text() == "do not lose me"
+
+
+@pytest.mark.parametrize("place", ["root", "home", "repository"])
+def test_out_on_the_root_the_home_or_the_repository_is_refused(tmp_path, monkeypatch, place):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    monkeypatch.chdir(repo)
+    out, words = {"root": ("/", "filesystem root"), "home": (str(home), "home folder"),
+                  "repository": (".", "root of the current repository")}[place]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    res = cli("run", CONFIG, "--out", out, *QUICK, "--force")
+    assert res.returncode == 2 and words in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
 @pytest.mark.parametrize("where", ["file", "under-file"])
@@ -97,6 +124,15 @@ def test_a_tampered_upstream_file_is_named_not_trusted(tmp_path):
         res = cli(stage, run, "--force", "--no-progress")
         assert res.returncode == 2, res.stdout
         assert "frozen/sparse.safetensors: changed since stage 'freeze' wrote it" in res.stderr
+    # the same edit with freeze's stage.json re-stamped: every later stage runs, and the report refuses
+    # to claim the pruned sparsity for the dense weights that would ship
+    manifest = json.loads((run / "frozen" / "stage.json").read_text())
+    manifest["outputs"]["frozen/sparse.safetensors"] = atomic.sha256_file(run / "frozen" / "sparse.safetensors")
+    (run / "frozen" / "stage.json").write_text(json.dumps(manifest))
+    res = cli("run", CONFIG, "--out", run, *QUICK)  # convert, export and validate re-run on the new weights
+    assert res.returncode == 2, res.stdout
+    assert "frozen/sparsity.json: claims" in res.stderr and "sparse/weights.safetensors ships 0.00%" in res.stderr
+    assert res.stderr.count("\n") == 1
 
 
 def test_files_get_the_umasks_mode(tmp_path):

@@ -76,7 +76,7 @@ def test_report_round_trips_through_json():
 
 def test_junit_is_valid_xml():
     root = ET.fromstring(junit_xml(check(REPORT, GateConfig(max_accuracy_drop=0.0))))
-    assert root.get("tests") == "2" and root.get("failures") == "1"
+    assert root.get("tests") == "3" and root.get("failures") == "1"
     assert len(root.findall("testcase/failure")) == 1
 
 
@@ -93,3 +93,58 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert main(["gate", str(report), "--max-accuracy-drop", "-1"]) == 2
     err = capsys.readouterr().err
     assert "missing.json: cannot read report JSON" in err and "max_accuracy_drop" in err
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("sparse.accuracy", 2.0, "'sparse.accuracy': 2.0 is outside [0, 1]"),
+    ("sparse.accuracy", -1.0, "'sparse.accuracy': -1.0 is outside [0, 1]"),
+    ("dense.agreement_with_torch", 1.5, "outside [0, 1]"),
+    ("sparse.max_abs_diff_vs_torch", -0.1, "is negative"),
+    ("sparsity.global", 1.2, "'sparsity.global': 1.2 is outside [0, 1]"),
+    ("latency.ratio", -1, "'latency.ratio': -1 is not positive"),
+    ("classes", 1, "'classes': expected an integer >= 2"),
+])
+def test_impossible_values_are_bad_input_not_a_regression(tmp_path, capsys, field, value, words):
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps(_changed(field, value)))
+    assert main(["gate", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+
+
+def _changed(dotted: str, value) -> dict:
+    d = copy.deepcopy(REPORT_JSON)
+    *keys, last = dotted.split(".")
+    node = d
+    for k in keys:
+        node = node[k]
+    node[last] = value
+    return d
+
+
+def test_a_model_at_chance_fails_the_default_gate(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    at_chance = _changed("classes", 10)
+    at_chance["dense"], at_chance["sparse"] = scores(0.11), scores(0.11)  # a state_dict of zeros, say
+    report.write_text(json.dumps(at_chance))
+    assert main(["gate", str(report)]) == 1
+    assert "FAIL  above_chance: sparse accuracy 0.1100 vs chance 0.1000 + 0.0500" in capsys.readouterr().out
+    assert main(["gate", str(report), "--min-above-chance", "0"]) == 0  # the user can say otherwise
+    report.write_text(json.dumps({**at_chance, "sparse": scores(0.9), "dense": scores(0.9)}))
+    assert main(["gate", str(report)]) == 0
+
+
+def test_standalone_gate_uses_the_thresholds_recorded_in_the_report(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    recorded = {**REPORT_JSON, "gate": {"passed": True, "failures": [], "checks": [],
+                                        "thresholds": {"max_accuracy_drop": 0.02, "min_sparsity": 0.95}}}
+    report.write_text(json.dumps(recorded))
+    assert main(["gate", str(report)]) == 1  # the report's own 0.95, not the flag default 0
+    out = capsys.readouterr().out
+    assert "min_sparsity 0.95 (report)" in out and "FAIL  min_sparsity" in out
+    assert main(["gate", str(report), "--min-sparsity", "0.9"]) == 0
+    assert "min_sparsity 0.9 (flag)" in capsys.readouterr().out
+    recorded["gate"]["thresholds"]["max_accuracy_drop"] = 7
+    report.write_text(json.dumps(recorded))
+    assert main(["gate", str(report)]) == 2
+    assert "gate.thresholds" in capsys.readouterr().err

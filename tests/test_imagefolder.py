@@ -134,3 +134,84 @@ def test_an_interrupted_run_on_streamed_images_resumes_bit_identically(folder, t
           progress=False)
     a, b = whole.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _class_ordered(tmp_path):
+    """A folder whose files sort class by class (class_0 first): the layout that made 'first N' one class."""
+    from sklearn.datasets import load_digits
+    bunch = load_digits()
+    images = (bunch.images * 255 / 16).astype(np.uint8)
+    for c in range(3):
+        picked = np.flatnonzero(bunch.target == c)
+        write_folder(tmp_path, images[picked], bunch.target[picked], "train", 30)
+        write_folder(tmp_path, images[picked], bunch.target[picked], "test", 10, offset=30)
+    return tmp_path
+
+
+def test_limits_take_a_seeded_class_stratified_subset(tmp_path):
+    root = _class_ordered(tmp_path)
+    data = load(root, train_limit=20, test_limit=10, mean=[0.5], std=[0.25])
+    assert len(data.train) == 20 and len(data.test) == 10 and data.num_classes == 3
+    # balanced over the classes (7, 7, 6 in some order), where the first 20 files were class 0 alone
+    assert sorted(np.bincount(data.train.labels.numpy(), minlength=3)) == [6, 7, 7]
+    assert sorted(np.bincount(data.test.labels.numpy(), minlength=3)) == [3, 3, 4]
+    again = load(root, train_limit=20, test_limit=10, mean=[0.5], std=[0.25])
+    assert again.train.items == data.train.items  # seeded: the same subset every time
+
+
+def test_a_limit_that_leaves_a_class_empty_is_refused(tmp_path):
+    root = _class_ordered(tmp_path)
+    with pytest.raises(UserError, match=r"data.train_limit = 1: .* train split: class \d+ has no samples"):
+        load(root, train_limit=1, mean=[0.5], std=[0.25])
+
+
+def test_an_empty_class_folder_or_a_single_class_is_refused(folder):
+    (folder / "train" / "class_empty").mkdir()
+    (folder / "val" / "class_empty").mkdir()
+    with pytest.raises(UserError, match=r"class_empty: class folder holds no images"):
+        load(folder)
+    import shutil
+    for split in ("train", "val"):
+        shutil.rmtree(folder / split / "class_empty")
+        for d in (folder / split).iterdir():
+            if d.name != "class_0":
+                shutil.rmtree(d)
+    with pytest.raises(UserError, match=r"only one class folder \('class_0'\)"):
+        load(folder)
+
+
+def test_a_dangling_symlink_is_named(folder):
+    (folder / "train" / "class_1" / "gone.png").symlink_to(folder / "nowhere.png")
+    with pytest.raises(UserError, match=r"gone.png: dangling symbolic link"):
+        load(folder)
+    from deploy.pipeline.provenance import listing_digest
+    with pytest.raises(UserError, match=r"gone.png: cannot read .*dangling symbolic link"):
+        listing_digest(folder)
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(folder):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)  # 20000 x 20000 grey, 8 bit
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 20001)) \
+        + chunk(b"IEND", b"")
+    (folder / "train" / "class_0" / "0000bomb.png").write_bytes(bomb)
+    with pytest.raises(UserError, match=r"0000bomb.png: .*20000 x 20000|0000bomb.png: not a readable image"):
+        load(folder)
+
+
+def test_a_fifo_among_the_images_or_idx_files_is_refused_not_waited_on(folder, tmp_path):
+    import os
+
+    from compress.data import load_data
+    os.mkfifo(folder / "train" / "class_1" / "pipe.png")
+    with pytest.raises(UserError, match=r"pipe.png: not a regular file"):
+        load(folder)
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    os.mkfifo(idx / "train-images-idx3-ubyte")
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte: not a regular file"):
+        load_data("mnist", str(idx))

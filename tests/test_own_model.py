@@ -124,6 +124,8 @@ def test_a_users_dataset_factory(tmp_path, monkeypatch):
     ("user_data:empty", "returned an empty train dataset"),
     ("user_data:few_classes", "outside the 5 declared classes"),
     ("user_data:missing", "cannot import 'user_data:missing'"),
+    ("user_data:exits", "data.name: 'user_data:exits' called exit(0) instead of returning"),
+    ("user_data:huge_classes", "num_classes 1000000000, expected an integer in [2, 100000]"),
 ])
 def test_bad_user_datasets_are_one_line_errors(factory, words, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO / "tests")

@@ -8,7 +8,7 @@ from torch import nn
 
 
 from ..errors import UserError
-from ..imports import load_object
+from ..imports import call_user, load_object
 from ..config.model import ModelConfig
 from .mobilenet import MobileNetV1
 from .resnet import CifarResNet
@@ -69,20 +69,39 @@ def timm_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.
         return timm.create_model(name, **kwargs)
 
 
+MAX_PARAMETERS = 1 << 30  # 4 GiB of float32 weights
+
+
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Instantiate the configured model for data of `input_shape` with `num_classes` classes."""
-    if cfg.name in MODELS:
-        return MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
     module_name, _, attr = cfg.name.partition(":")
-    if module_name == "torchvision":
-        return torchvision_model(attr, tuple(input_shape), num_classes)
+    if cfg.name in MODELS or module_name == "torchvision":
+        def make() -> nn.Module:
+            if cfg.name in MODELS:
+                return MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
+            return torchvision_model(attr, tuple(input_shape), num_classes)
+        try:
+            with torch.device("meta"):  # count the parameters before allocating any
+                size = sum(p.numel() for p in make().parameters())
+        except RuntimeError as e:  # "Storage size calculation overflowed": far too large
+            size = MAX_PARAMETERS + 1 if "overflow" in str(e) else 0  # else: built for real, unchecked
+        except Exception:
+            size = 0
+        if size > MAX_PARAMETERS:
+            count = "more" if size == MAX_PARAMETERS + 1 else f"{size:,}"
+            raise UserError(f"model: {cfg.name!r} with these settings has {count} parameters, more than the "
+                            f"{MAX_PARAMETERS:,} sparsepipe builds (check model.hidden / model.width)")
+        try:
+            return make()
+        except (MemoryError, RuntimeError) as e:
+            if isinstance(e, RuntimeError) and "allocate" not in str(e):
+                raise
+            raise UserError(f"model: building {cfg.name!r} ran out of memory (check model.hidden / model.width)") \
+                from None
     if module_name == "timm":
         return timm_model(attr, tuple(input_shape), num_classes)
-    factory = load_object(cfg.name, "model.name")
-    try:
-        model = factory(input_shape=tuple(input_shape), num_classes=num_classes)
-    except Exception as e:  # the user's code: say whose and what, in one line
-        raise UserError(f"model.name: {cfg.name!r} raised {type(e).__name__}: {str(e)[:200]}") from None
+    model = call_user(load_object(cfg.name, "model.name"), cfg.name, "model.name", input_shape=tuple(input_shape),
+                      num_classes=num_classes)
     if not isinstance(model, nn.Module):
         raise UserError(f"model.name: {cfg.name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model

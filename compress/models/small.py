@@ -1,6 +1,8 @@
 """Small models: an MLP and LeNet-5."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -8,7 +10,7 @@ from torch import nn
 class MLP(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: list[int]):
         super().__init__()
-        sizes = [int(torch.tensor(input_shape).prod())] + list(hidden)
+        sizes = [math.prod(input_shape)] + list(hidden)
         layers: list[nn.Module] = [nn.Flatten()]
         for a, b in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(a, b), nn.ReLU()]

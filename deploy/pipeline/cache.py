@@ -8,6 +8,7 @@ import time
 
 from compress import atomic
 from compress.errors import UserError
+from compress.limits import load_json
 
 from ..config import CONFIG_VERSION
 from .provenance import stage_inputs, versions
@@ -18,9 +19,9 @@ from .stage import Stage
 def read_manifest(run: Run, stage: Stage) -> dict | None:
     path = run.dir / stage.folder / "stage.json"
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # missing or corrupt: the stage is not done
+        manifest = load_json(path, "stage manifest")
+    except UserError:
+        return None  # missing, oversized or corrupt: the stage is not done
     return manifest if isinstance(manifest, dict) and isinstance(manifest.get("outputs"), dict) else None
 
 

@@ -11,6 +11,7 @@ import torch
 
 from compress import atomic
 from compress.loader import first
+from compress.subsets import sample as class_sample
 
 from ..export import export_onnx
 from ..runtime import open_model
@@ -26,7 +27,9 @@ def export_stage(run: Run) -> list[str]:
                 "sparsepipe.classes": str(run.data.num_classes), "sparsepipe.model": run.cfg.model.name}
     info = {v: export_onnx(models[v], sample, folder / f"{v}.onnx", cfg.opset, metadata) for v in models}
     out = ["dense.onnx", "sparse.onnx"]
-    calibration = functools.cache(lambda: first(run.data.train, cfg.calibration_samples)[0].numpy())
+    # seeded and class-stratified: the first N of a class-ordered folder would calibrate on one class
+    calibration = functools.cache(lambda: first(class_sample(run.data.train, cfg.calibration_samples, run.cfg.seed),
+                                                cfg.calibration_samples)[0].numpy())
     inputs = VariantInputs(folder, run.dir, cfg, metadata, calibration)
     variants = enabled_variants(cfg)
     for variant in variants:

@@ -3,34 +3,56 @@ from __future__ import annotations
 
 import fcntl
 import os
-import tomllib
 from pathlib import Path
 
 from compress.atomic import file_in_the_way
 from compress.errors import UserError
+from compress.limits import load_toml
 
 LOCK = ".lock"
 
 
 def is_run_folder(path: Path) -> bool:
-    """Does `path` hold a config.toml that sparsepipe wrote (it has config_version)?"""
+    """Did sparsepipe make `path`: a config.toml with config_version (a resolved config), and the lock
+    file every run command takes? (A user's copy of a run's config.toml in their own folder has no lock.)"""
+    if not (path / LOCK).is_file():
+        return False
     try:
-        return "config_version" in tomllib.loads((path / "config.toml").read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return "config_version" in load_toml(path / "config.toml", "config")
+    except UserError:
         return False
 
 
-def check_run_dir(path: Path, force: bool) -> None:
-    """Refuse a file, a path under a file, or a non-empty folder that is not a run (unless `force`)."""
+def protected_place(path: Path) -> str | None:
+    """What `path` is if it is a place a run must never go: the filesystem root, the home folder, or
+    the root of the repository the command runs in (their files are the user's, whatever the flags)."""
+    where = path.resolve()
+    if where == Path(where.anchor):
+        return "the filesystem root"
+    if where == Path.home().resolve():
+        return "the home folder"
+    here = Path.cwd().resolve()
+    repo = next((p for p in (here, *here.parents) if (p / ".git").exists()), None)
+    if where == repo:
+        return "the root of the current repository"
+    return None
+
+
+def check_run_dir(path: Path, force: bool = False) -> None:
+    """Refuse a file, a path under a file, a protected place, or a non-empty folder that is not a run.
+    `force` changes none of this: it re-runs stages, it never lets a run into someone else's files."""
+    place = protected_place(path)
+    if place is not None:
+        raise UserError(f"{path}: is {place}; --out must name a run folder of its own")
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: is a file; --out must name a folder")
     blocker = file_in_the_way(path)
     if blocker is not None:
         raise UserError(f"{path}: is under {blocker}, which is a file; --out must name a folder")
     theirs = [p for p in path.iterdir() if p.name != LOCK] if path.is_dir() else []
-    if theirs and not is_run_folder(path) and not force:
-        raise UserError(f"{path}: not empty and not a sparsepipe run folder; choose another --out, or pass "
-                        "--force to add a run to it (files sparsepipe did not write are never deleted)")
+    if theirs and not is_run_folder(path):
+        raise UserError(f"{path}: not empty and not a sparsepipe run folder (no config.toml written by "
+                        "sparsepipe); choose an empty or new folder for --out (--force does not change this)")
 
 
 class RunLock:

@@ -15,6 +15,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 
 from compress import atomic
+from compress.errors import UserError
 
 from .run import Run
 from .stage import Stage
@@ -35,7 +36,11 @@ def listing_digest(root: Path) -> str:
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            st = path.stat()
+            try:
+                st = path.stat()
+            except OSError as e:  # e.g. a dangling symbolic link
+                raise UserError(f"data.root: {path}: cannot read ({e.strerror}"
+                                f"{'; a dangling symbolic link' if path.is_symlink() else ''})") from None
             h.update(f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 

@@ -1,8 +1,6 @@
 """A run folder with its resolved config; data, layers and frozen models are loaded once, on demand."""
 from __future__ import annotations
 
-import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -13,6 +11,7 @@ from torch import nn
 from compress import atomic, distributed
 from compress.data import Data, load_config_data
 from compress.errors import UserError
+from compress.limits import load_json, load_toml
 from compress.frozen import load_frozen
 from compress.models import build_model
 from compress.pruners import Pruner, build_pruner
@@ -67,7 +66,7 @@ class Run:
     def layers(self) -> list[str]:
         if self._layers is None:
             path = self.dir / "train" / "layers.json"
-            self._layers = (json.loads(path.read_text()) if path.exists()
+            self._layers = (load_json(path, "layer list") if path.exists()
                             else select_layers(self.new_model(), self.cfg.prune.layers))
         return self._layers
 
@@ -98,8 +97,8 @@ def open_run(run_dir: str | Path, cfg: RunConfig | None = None, *, write: bool =
         if not path.exists():
             raise UserError(f"{run_dir}: not a run folder (no config.toml)")
         try:
-            version = tomllib.loads(path.read_text()).get("config_version")
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            version = load_toml(path, "config").get("config_version")
+        except UserError:
             version = None
         if version != CONFIG_VERSION:
             raise UserError(f"{path}: config_version {version!r}, this sparsepipe reads version {CONFIG_VERSION}")
@@ -107,6 +106,8 @@ def open_run(run_dir: str | Path, cfg: RunConfig | None = None, *, write: bool =
     run = Run(run_dir, cfg, **kwargs)
     run.data  # bad or missing data, a model that cannot be built or weights that do not fit fail here,
     model = run.new_model()  # before anything is written
+    if "sparse" in run.variants:
+        run.new_pruner("sparse")  # e.g. prune.method naming something that is not a Pruner: before training
     if cfg.model.weights:
         apply_weights(model, load_weights(cfg.model.weights), cfg.model.weights, cfg.model.name)
     if write:

@@ -78,6 +78,10 @@ def run_stage(run: Run, name: str, force: bool = False, work: Callable[[Run], li
     t0 = time.perf_counter()
     try:
         outputs = stage.run(run) if work is None else work(run)
+    except BaseException:
+        if world.main and not stage.collective:  # only training resumes; a half-made export is not kept
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     finally:
         run.stage_dir = None
     if stage.collective:

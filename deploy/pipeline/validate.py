@@ -10,11 +10,14 @@ import torch
 from torch import nn
 
 from compress.distributed import World
+from compress.limits import JSON_BYTES, load_json, read_text
 from compress.loader import batches, first
+from compress.selection import get_module
 
 from ..gate import check
 from ..report import plot_training, write_report
 from ..report_schema import GateResult, Report, Scores, Sparsity
+from ..shipped import shipped_sparsity
 from ..validate import validate
 from ..variants import enabled_variants
 from .provenance import versions
@@ -43,7 +46,7 @@ def param_bytes(model: nn.Module) -> int:
 
 
 def _read(run: Run, rel: str):
-    return json.loads((run.dir / rel).read_text())
+    return load_json(run.dir / rel, rel)
 
 
 def validate_stage(run: Run) -> list[str]:
@@ -61,14 +64,18 @@ def validate_stage(run: Run) -> list[str]:
     sparsity, csr, exported = _read(run, "frozen/sparsity.json"), _read(run, "sparse/manifest.json"), \
         _read(run, "onnx/export.json")
     structure = _read(run, "frozen/structure.json") if (d / "frozen" / "structure.json").exists() else None
-    histories = {v: [json.loads(line) for line in (d / "train" / v / "metrics.jsonl").read_text().splitlines()]
+    histories = {v: [json.loads(line) for line in read_text(d / "train" / v / "metrics.jsonl", JSON_BYTES,
+                                                            "training metrics").splitlines()]
                  for v in run.variants}
     dense_bytes = param_bytes(models["dense"])
+    shipped = shipped_sparsity(d, {n: list(get_module(models["sparse"], n).weight.shape) for n in run.layers},
+                               {n: get_module(models["dense"], n).weight.numel() for n in run.layers},
+                               sparsity["per_layer"])
     report = Report(
         run=cfg.name, method=cfg.prune.method, model=cfg.model.name, data=cfg.data.name,
         dense=Scores(**result["dense"]), sparse=Scores(**result["sparse"]),
         variants={v: {**result[v], "latency": result["latency"][v]} for v in paths if v not in ("dense", "sparse")},
-        sparsity=Sparsity(sparsity["global"], sparsity["per_layer"], len(sparsity["layers"])),
+        sparsity=Sparsity(shipped["global"], shipped["per_layer"], len(run.layers)),
         pruner=sparsity["pruner"], structure=structure, latency=result["latency"],
         size={"dense_bytes": dense_bytes,
               "sparse_bytes": param_bytes(models["sparse"]) - csr["dense_bytes"] + csr["stored_bytes"],
@@ -80,6 +87,7 @@ def validate_stage(run: Run) -> list[str]:
         machine={"platform": platform.platform(), "processor": platform.machine(), "cpus": torch.get_num_threads()})
     if any(hasattr(m, "export_copy") for m in models.values()):
         report.spiking = spiking_summary(models, first(run.data.test, 256)[0])
+    report.classes = run.data.num_classes
     checks = check(report, cfg.gate)
     report.dense.source = "weights" if keep_given(run, "dense") else "trained"
     report.preprocessing = run.data.preprocessing
@@ -99,7 +107,7 @@ def validate_stage(run: Run) -> list[str]:
                              failures=[c["message"] for c in checks if not c["passed"]], checks=checks,
                              thresholds=asdict(cfg.gate))
     folder = run.stage_dir
-    plot_training(histories, sparsity["per_layer"], folder / "training.png")
+    plot_training(histories, shipped["per_layer"], folder / "training.png")
     report.artifacts = {
         "config": "config.toml", "checkpoints": [f"train/{v}/checkpoint.pt" for v in run.variants
                                              if (d / "train" / v / "checkpoint.pt").exists()],

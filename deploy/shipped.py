@@ -1,0 +1,49 @@
+"""The sparsity a run ships, counted from the files that ship (convert's CSR/BSR weights and the
+sparse ONNX model), never taken from upstream metadata. The files are checked against each other
+and against the zeros freeze claims; a disagreement is an error naming both files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compress.errors import UserError
+
+from .formats import load_sparse_arrays
+
+
+def onnx_nonzeros(path: Path, layers: list[str]) -> dict[str, int]:
+    """Nonzero weights of each layer whose '<layer>.weight' initializer is in the ONNX file."""
+    names = {f"{n}.weight": n for n in layers}
+    proto = onnx.load(str(path), load_external_data=False)
+    return {names[i.name]: int(np.count_nonzero(numpy_helper.to_array(i)))
+            for i in proto.graph.initializer if i.name in names}
+
+
+def shipped_sparsity(run_dir: Path, shapes: dict[str, list[int]], sizes: dict[str, int],
+                     claimed: dict[str, float]) -> dict:
+    """Per-layer and global fraction of zeros that ship, against each layer's uncut size (`sizes`: entries
+    of the layer's weight before any channel cut, so cut channels count as removed). `shapes`: each
+    pruned layer's weight shape in the frozen sparse model (the CSR files must match them exactly).
+
+    Refuses CSR and ONNX files that disagree on a layer's nonzeros, and fewer zeros than freeze claims
+    (`claimed`, from frozen/sparsity.json; a channel cut can only remove more)."""
+    csr_path, onnx_path = run_dir / "sparse" / "weights.safetensors", run_dir / "onnx" / "sparse.onnx"
+    layers = list(shapes)
+    arrays = load_sparse_arrays(run_dir / "sparse", shapes=shapes)
+    nonzeros = {n: int(np.count_nonzero(arrays[n].data)) for n in layers}
+    for name, count in onnx_nonzeros(onnx_path, layers).items():
+        if count != nonzeros[name]:
+            raise UserError(f"{onnx_path}: layer {name!r} has {count} nonzero weights but {csr_path} stores "
+                            f"{nonzeros[name]}: the two stages disagree (re-run export)")
+    claims = run_dir / "frozen" / "sparsity.json"
+    for name in layers:
+        zeros = sizes[name] - nonzeros[name]
+        if zeros < round(claimed.get(name, 0.0) * sizes[name]):
+            raise UserError(f"{claims}: claims {claimed[name]:.2%} zeros in layer {name!r} but {csr_path} "
+                            f"ships {zeros / sizes[name]:.2%}: the two stages disagree (re-run freeze)")
+    total = sum(sizes[n] for n in layers)
+    return {"global": 1 - sum(nonzeros.values()) / max(total, 1),
+            "per_layer": {n: 1 - nonzeros[n] / sizes[n] for n in layers}}
