@@ -179,6 +179,37 @@ def test_str_threshold_equals_the_papers_formula_in_value_and_gradient(shape):
     assert ours.view(-1)[:2].eq(0).all() and ours_t.view(-1)[:2].eq(0).all()
 
 
+def test_str_sigmoid_is_stable_for_any_s():
+    from compress.pruners.str_reparam import s_gradient, sigmoid
+    assert sigmoid(0.0) == 0.5 and sigmoid(math.log(3)) == pytest.approx(0.75, rel=1e-15)
+    assert sigmoid(-math.log(3)) == pytest.approx(0.25, rel=1e-15)
+    assert sigmoid(-3200.0) == 0.0 and sigmoid(3200.0) == 1.0  # math.exp(3200) would overflow
+    # sigmoid'(40) = e^-40 / (1 + e^-40)^2 ≈ 4.248354255291589e-18 (1 − sigmoid(40) is 0.0 in double)
+    theta, grad = torch.tensor([0.5, -0.25, 0.0]), torch.tensor([2.0, 4.0, 8.0])  # Σ grad·sign(θ) = 2 − 4 = −2
+    assert float(s_gradient(theta, grad, 40.0)) == pytest.approx(2 * 4.248354255291589e-18, rel=1e-6)
+    assert float(s_gradient(theta, grad, 0.0)) == pytest.approx(2 * 0.25)
+
+
+def test_str_paper_s_init_minus_3200_trains_with_threshold_zero():
+    """ImageNet's s_init = −3200: threshold 0 (w = θ), s's loss gradient 0 (sigmoid' underflows), so the
+    first step moves s by weight decay only: s₁ = s₀ − lr·wd·s₀ (SGD's first momentum step is the gradient)."""
+    model, layers = mlp()
+    pruner = STRPruner(STROptions(s_init=-3200.0))
+    pruner.attach(model, layers, plan())
+    layer = model.net[1]
+    theta = layer.parametrizations.weight.original
+    assert torch.equal(layer.weight, theta)
+    model(torch.randn(16, 1, 8, 8)).logsumexp(1).sum().backward()
+    pruner.after_backward(0)
+    s = layer.parametrizations.weight[0].s
+    assert s.grad is not None and torch.isfinite(s.grad).all() and float(s.grad) == 0.0
+    assert torch.isfinite(theta.grad).all() and theta.grad.abs().sum() > 0
+    opt = torch.optim.SGD([{"params": pruner._params(), "weight_decay": 1e-3}], lr=0.5, momentum=0.9)
+    opt.step()
+    assert float(s) == pytest.approx(-3200.0 * (1 - 0.5 * 1e-3), rel=1e-7)  # −3198.4
+    assert pruner.thresholds()[layers[0]] == 0.0
+
+
 def test_str_s_has_its_own_weight_decay(digits):
     model, layers = mlp()
     pruner = STRPruner(STROptions(s_weight_decay=0.123))
