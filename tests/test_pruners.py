@@ -44,6 +44,21 @@ def test_lats_gradient_is_straight_through():
     assert theta.grad[pruned].abs().sum() > 0
 
 
+def test_lats_gradient_is_zero_where_theta_is_exactly_zero():
+    """The official rule: ∂L/∂θ = ∂L/∂w·sign(θ)², so ∂L/∂w where θ ≠ 0 (pruned or not) and 0 at θ = 0."""
+    layer = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.0, 0.05, -0.5], [0.25, -0.0, -0.01]]))
+    pruner = LATSPruner(LATSOptions(threshold_final=0.5))
+    pruner.attach(nn.Sequential(layer), ["0"], plan())
+    pruner._set_threshold(0.1)
+    # forward w = [[0, 0, -0.4], [0.15, 0, 0]]; with loss Σ w·g the gradient wrt w is g
+    g = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    assert torch.allclose(layer.weight, torch.tensor([[0.0, 0.0, -0.4], [0.15, 0.0, 0.0]]))
+    (layer.weight * g).sum().backward()
+    assert layer.parametrizations.weight.original.grad.tolist() == [[0.0, 2.0, 3.0], [4.0, 0.0, 6.0]]
+
+
 def test_lats_threshold_tracks_summed_learning_rate():
     p = plan()
     _, _, pruner = lats_mlp(training_plan=p, l1_lambda=0.3)

@@ -1,7 +1,8 @@
 """LATS: soft-threshold reparameterisation with a learning-rate-tied threshold (ISTA view).
 
 Effective weight w = S_d(θ) = sign(θ)·max(|θ| − d, 0); the backward pass is straight-through
-(∂L/∂θ = ∂L/∂w everywhere), so pruned weights keep their gradient and can regrow. One global
+(∂L/∂θ = ∂L/∂w wherever θ ≠ 0; 0 where θ is exactly 0, as the official code), so pruned weights
+keep their gradient and can regrow. One global
 threshold d, kept in state_dict, follows a schedule over the pruning window:
 
 - lats: d_t = λ·Σ_{s<t} η_s over the learning rates actually used (λ = D / Σ_window η_s when
@@ -42,13 +43,18 @@ def soft_threshold(theta: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor
 
 
 class _SoftThresholdSTE(torch.autograd.Function):
+    """Forward S_d(θ); backward ∂L/∂w wherever θ ≠ 0 and 0 where θ is exactly 0, the official rule
+    (its w = sign(θ)·pass-through-ReLU(|θ| − d) back-propagates ∂L/∂w·sign(θ)², and sign(0) = 0)."""
+
     @staticmethod
     def forward(ctx, theta: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(theta)
         return soft_threshold(theta, d)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad, None
+        (theta,) = ctx.saved_tensors
+        return grad.masked_fill(theta == 0, 0.0), None
 
 
 class SoftThreshold(nn.Module):
