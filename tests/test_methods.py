@@ -277,7 +277,7 @@ def test_greg2_kept_groups_get_the_recover_penalty_after_the_pick(digits):
         def after_backward(self, step):
             pruning = self.phase == "prune"
             super().after_backward(step)
-            if pruning and step % self.options.update_reg_interval == 0:
+            if pruning and (step - self.reg_start) % self.options.update_reg_interval == 0:
                 seen.extend(float(v) for n in self.units if not self.done[n]
                             for v in self.reg[n][~self.pruned[n]].unique())
 
@@ -286,7 +286,9 @@ def test_greg2_kept_groups_get_the_recover_penalty_after_the_pick(digits):
     assert seen and all(v == pytest.approx(recover) for v in seen)
 
 
-def test_greg_updates_its_penalty_at_steps_0_k_2k_before_they_apply(digits):
+def test_greg_updates_its_penalty_at_steps_0_k_2k_of_its_phase_before_they_apply(digits):
+    """Counted from the first step of the penalty phase (epoch 1 of 4 here, step 23 with 23 steps an
+    epoch), not on the global step modulo k (which would put the first update at step 25)."""
     model, layers = mlp(64)
     pruner = GRegPruner(GRegOptions(variant=1, sparsity=0.5, pick_after=0.25, update_reg_interval=5))
     updates = []
@@ -300,8 +302,10 @@ def test_greg_updates_its_penalty_at_steps_0_k_2k_before_they_apply(digits):
             self.current = step
             super().after_backward(step)
 
-    train(model, Spy(pruner.options), digits, TrainConfig(epochs=4), layers, progress=False)
-    assert updates and all(s % 5 == 0 for s in updates) and updates == list(range(updates[0], updates[-1] + 1, 5))
+    spy = Spy(pruner.options)
+    train(model, spy, digits, TrainConfig(epochs=4), layers, progress=False)
+    assert spy.plan.steps_per_epoch == 23
+    assert len(updates) > 3 and updates == list(range(23, updates[-1] + 1, 5))
 
 
 def test_greg2_filter_mode_ends_with_channels_cut_out(digits):
@@ -323,11 +327,9 @@ def test_greg_filter_mode_finishes_when_a_width_target_leaves_a_layer_whole(digi
     model, layers = mlp(64)
 
     class WholeFirst(GRegPruner):
-        def _pick(self):
-            picked = super()._pick()
-            first = next(iter(picked))
-            picked[first] = torch.zeros_like(picked[first])
-            return picked
+        def _pick_unit(self, unit, scores):
+            picked = super()._pick_unit(unit, scores)
+            return torch.zeros_like(picked) if unit == self.units[0] else picked
 
     pruner = WholeFirst(GRegOptions(variant=2, granularity="filter", sparsity=0.5, pick_after=0.25))
     history = train(model, pruner, digits, TrainConfig(epochs=8), layers, progress=False)

@@ -111,25 +111,30 @@ class GRegOptions:
     granularity: Literal["weight", "filter"] = opt("weight", "Groups: single weights (unstructured) or channels "
                                                    "(structured: coupled filters cut together, removed "
                                                    "physically at freeze; the logits stay whole).")
-    sparsity: float = opt(0.9, "Fraction of groups pruned in every layer or channel group (at most n−1).",
-                          lo=0.0, hi=1.0, hi_open=True)
+    sparsity: float = opt(0.9, "Fraction of groups pruned in every layer or channel group: min(ceil(r·n), n−1) "
+                          "groups, the official count.", lo=0.0, hi=1.0, hi_open=True)
     pick_after: float = opt(0.3, "Fraction of the epochs trained dense before regularisation starts.",
                             lo=0.0, hi=1.0, hi_open=True)
     reg_by: float = opt(0.7, "With reg_granularity_prune = 0: fraction of the epochs by which the penalty "
                         "phases end (granularities are derived from it).", lo=0.0, hi=1.0, lo_open=True)
-    update_reg_interval: int = opt(5, "Steps between penalty updates.", lo=1)
+    update_reg_interval: int = opt(5, "Steps between penalty updates, counted from the first step of the "
+                                   "penalty phase (updates at its steps 0, k, 2k, …, as the official code).", lo=1)
     reg_upper_limit: float = opt(1.0, "Penalty at which a layer's pruned groups are done.", lo=0.0, lo_open=True)
     reg_granularity_prune: float = opt(0.0, "Penalty increment on pruned groups (official 1e-4; 0 = derived "
                                        "from reg_by so that short runs finish).", lo=0.0)
     reg_upper_limit_pick: float = opt(1e-2, "GReg-2: penalty on all weights before picking.", lo=0.0, lo_open=True)
     reg_granularity_pick: float = opt(0.0, "GReg-2: increment while picking (official 1e-5; 0 = derived).", lo=0.0)
     reg_granularity_recover: float = opt(-1e-4, "GReg-2: increment on kept groups after the pick (≤ 0).", hi=0.0)
-    stabilize_steps: int = opt(0, "Steps with the full penalty on before removal (official 10000 on CIFAR).", lo=0)
+    stabilize_steps: int = opt(0, "Steps with the full penalty on after the update that ends the last layer; "
+                               "the groups are removed after that update's step and these (official 10000 on "
+                               "CIFAR).", lo=0)
     latency_target: float = opt(0.0, "Filter mode: instead of `sparsity`, cut the one fraction of every channel "
                                 "group that divides the measured onnxruntime latency by this factor (see "
                                 "prune.filter.latency_target). 0: off.", lo=0.0)
-    mag_ratio_limit: float = opt(1000.0, "Filter mode: a layer is also done when mean|kept|/mean|pruned| "
-                                 "(EMA 0.9) reaches this.", lo=1.0)
+    mag_ratio_limit: float = opt(1000.0, "Filter mode: the penalty also stops on mean|kept|/mean|pruned| (EMA "
+                                 "0.9), as the official code: GReg-1 ends a layer when every layer's ratio has "
+                                 "reached this, GReg-2 each layer when its own has (its average also runs "
+                                 "while picking).", lo=1.0)
 
     def check(self, where: str) -> None:
         if self.latency_target > 0 and self.granularity != "filter":

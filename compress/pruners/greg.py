@@ -1,12 +1,20 @@
 """GReg-1 / GReg-2: pruning by growing L2 regularisation (Wang et al., ICLR 2021).
 
 After backward, grad += reg ⊙ w on top of weight decay, one reg value per group (weight or
-filter). GReg-1 picks the pruned groups once (lowest L1, `groups.pick_pruned`) and grows their
-reg by reg_granularity_prune every update_reg_interval steps until reg_upper_limit (filters may
-also stop when the kept/pruned magnitude ratio reaches mag_ratio_limit). GReg-2 first grows reg
-on all weights to reg_upper_limit_pick, picks by current magnitude (logging the overlap with the
-plain L1 pick), then grows the pruned groups and relaxes the kept ones (reg_granularity_recover).
-Then: stabilise for stabilize_steps with the penalty on, remove the pruned groups (mask), fine-tune.
+filter). GReg-1 picks the pruned groups once (lowest L1, `groups.pick_pruned`: min(ceil(r·n), n−1))
+and grows their reg by reg_granularity_prune every update_reg_interval steps until reg_upper_limit.
+GReg-2 first grows reg on all weights to reg_upper_limit_pick, picks by current magnitude (logging
+the overlap with the plain L1 pick), then grows the pruned groups and relaxes the kept ones
+(reg_granularity_recover). Then: stabilise for stabilize_steps with the penalty on, remove the
+pruned groups (mask), fine-tune.
+
+The official code's rules, each the default here: penalty updates at steps 0, k, 2k, … counted from
+the start of the penalty phase, each before that step's penalty applies; the penalty is applied at
+the update that ends the last layer and stabilize_steps steps more, then the groups are removed
+(after stabilize_steps + 1 penalised steps). Filter mode also stops on the kept/pruned magnitude
+ratio (EMA 0.9): GReg-1 ends a layer when every layer's ratio has reached mag_ratio_limit, GReg-2
+ends each layer when its own has; GReg-2's average runs during picking too (against the groups a
+pick would take at that moment).
 
 Filter mode works on coupled channel groups (compress.structured): a channel's score and penalty
 cover every filter that produces it (a residual add couples several), and removal zeroes the
@@ -46,7 +54,8 @@ class GRegPruner(MaskPruner):
         self.done: dict[str, bool] = {}
         self.mag_ratio: dict[str, float] = {}
         self.l1_overlap: float | None = None
-        self.stable_steps = 0
+        self.stable_steps = 0                       # steps taken since the stabilize phase began
+        self.reg_start = 0                          # the step at which the penalty phase began
         self.gran_pick = self.gran_prune = 0.0
         self.units: list[str] = []  # what carries one penalty vector: a layer, or (filter mode) a channel group
         self.groups: dict[str, ChannelGroup] = {}  # filter mode: channel groups by key
@@ -97,16 +106,19 @@ class GRegPruner(MaskPruner):
         if self.options.latency_target > 0 and not self.latency_found:
             raise UserError("prune.greg.latency_target: the widths are timed in onnxruntime when training starts; "
                             "run it through the pipeline (`sparsepipe run`), which provides the timing")
+        return {n: self._pick_unit(n, self._groups(n)) for n in self.units}
+
+    def _pick_unit(self, unit: str, scores: torch.Tensor) -> torch.Tensor:
+        """The unit's pruned groups (bool per group) by `scores`: its latency-target width, else the L1 rule."""
         if self.keep:  # widths found for a latency target
-            return {n: lowest_mask(self._groups(n), self.groups[n].size - self.keep[n], self.groups[n].blocks)
-                    for n in self.units}
-        return {n: pick_pruned(self._groups(n), self.options.sparsity, self.groups[n].blocks if self.groups else 1)
-                for n in self.units}
+            return lowest_mask(scores, self.groups[unit].size - self.keep[unit], self.groups[unit].blocks)
+        return pick_pruned(scores, self.options.sparsity, self.groups[unit].blocks if self.groups else 1)
 
     def begin_epoch(self, epoch: int) -> None:
         if self.phase == "dense" and epoch >= math.floor(self.options.pick_after * self.plan.epochs):
             self.reg = {n: torch.zeros_like(self._groups(n)) for n in self.units}
             self.done = {n: False for n in self.units}
+            self.reg_start = epoch * self.plan.steps_per_epoch
             if self.options.variant == 1:
                 self.pruned = self._pick()
                 self.phase = "prune"
@@ -115,9 +127,9 @@ class GRegPruner(MaskPruner):
                 self.phase = "pick"
 
     def after_backward(self, step: int) -> None:
-        # As the official code: the penalty is updated at steps 0, k, 2k, ... before that step's
-        # penalty is applied (not one interval later, after the step).
-        if self.phase in ("pick", "prune") and step % self.options.update_reg_interval == 0:
+        # As the official code: the penalty is updated at steps 0, k, 2k, ... of the penalty phase,
+        # before that step's penalty is applied (not one interval later, after the step).
+        if self.phase in ("pick", "prune") and (step - self.reg_start) % self.options.update_reg_interval == 0:
             self._update_reg()
         if self.phase not in ("pick", "prune", "stabilize"):
             return
@@ -132,10 +144,13 @@ class GRegPruner(MaskPruner):
             return [self.producers[p].weight for p in self.groups[unit].producers]
         return [self._weight(unit)]
 
-    def _update_mag_ratio(self, n: str) -> None:
-        scores, pruned = self._groups(n), self.pruned[n]
-        ratio = float(scores[~pruned].mean() / scores[pruned].mean().clamp_min(1e-12))
-        self.mag_ratio[n] = ratio if n not in self.mag_ratio else 0.9 * self.mag_ratio[n] + 0.1 * ratio
+    def _update_mag_ratio(self, n: str, scores: torch.Tensor, pruned: torch.Tensor) -> None:
+        """EMA (0.9) of mean score of the kept groups / mean score of the `pruned` ones, in the scores'
+        float32 as the official code (its stop decisions compare these values)."""
+        ratio = scores[~pruned].mean() / scores[pruned].mean().clamp_min(1e-12)
+        if n in self.mag_ratio:
+            ratio = torch.tensor(self.mag_ratio[n], dtype=ratio.dtype) * 0.9 + ratio * 0.1
+        self.mag_ratio[n] = float(ratio)
 
     def after_step(self, step: int, lr: float) -> None:
         o = self.options
@@ -143,42 +158,58 @@ class GRegPruner(MaskPruner):
             self.apply_masks()
             zero_dropped(self.model, self.groups, self.dropped)
         elif self.phase == "stabilize":
+            # the penalty applied at the update that ended the last layer and stabilize_steps steps after it
             self.stable_steps += 1
-            if self.stable_steps >= o.stabilize_steps:
+            if self.stable_steps > o.stabilize_steps:
                 self._remove()
 
     def _update_reg(self) -> None:
-        o = self.options
-        if self.phase == "pick":
-            for n in self.units:
-                self.reg[n] += self.gran_pick
-            if min(float(r.max()) for r in self.reg.values()) >= o.reg_upper_limit_pick:
-                self.pruned = self._pick()
-                same = sum(int((self.l1_pick[n] & self.pruned[n]).sum()) for n in self.units)
-                self.l1_overlap = same / max(sum(int(p.sum()) for p in self.pruned.values()), 1)
-                self.phase = "prune"
-            return
-        for n in self.units:  # phase "prune"
-            if self.done[n]:
-                continue
-            reg, pruned = self.reg[n], self.pruned[n]
-            if not bool(pruned.any()):  # a layer its width target leaves whole: nothing to push down
-                self.done[n] = True
-                continue
-            reg[pruned] += self.gran_prune
-            if o.variant == 2:  # kept groups: the recover penalty (≤ 0), as in the paper and the official code
-                reg[~pruned] = o.reg_granularity_recover
-            self._update_mag_ratio(n)
-            if float(reg[pruned].max()) > o.reg_upper_limit:
-                self.done[n] = True
-        # filter mode, as the official code: done when the layers' magnitude ratios reach the limit on average
-        if o.granularity == "filter" and self.mag_ratio and \
-                sum(self.mag_ratio.values()) / len(self.mag_ratio) >= o.mag_ratio_limit:
-            self.done = {n: True for n in self.units}
+        """One penalty update, unit by unit in order (a unit's stop rule sees the units updated before it)."""
+        for n in self.units:
+            if not self.done[n]:
+                self.done[n] = self._update_greg1(n) if self.options.variant == 1 else self._update_greg2(n)
+        if self.phase == "pick" and len(self.pruned) == len(self.units):
+            same = sum(int((self.l1_pick[n] & self.pruned[n]).sum()) for n in self.units)
+            self.l1_overlap = same / max(sum(int(p.sum()) for p in self.pruned.values()), 1)
+            self.phase = "prune"
         if all(self.done.values()):
-            self.phase = "stabilize"
-            if o.stabilize_steps == 0:
-                self._remove()
+            self.phase, self.stable_steps = "stabilize", 0
+
+    def _update_greg1(self, n: str) -> bool:
+        """Grow the pruned groups' penalty; True when the unit is done: its penalty passed reg_upper_limit,
+        or (filter mode) every unit's magnitude ratio has reached mag_ratio_limit."""
+        o, reg, pruned = self.options, self.reg[n], self.pruned[n]
+        if not bool(pruned.any()):  # a layer its width target leaves whole: nothing to push down
+            return True
+        self._update_mag_ratio(n, self._groups(n), pruned)
+        reg[pruned] += self.gran_prune
+        every = o.granularity == "filter" and all(r >= o.mag_ratio_limit for r in self.mag_ratio.values())
+        return every or bool(reg.max() > o.reg_upper_limit)  # compared in float32, as the official code
+
+    def _update_greg2(self, n: str) -> bool:
+        """Before the unit's pick: grow the penalty on all its groups, pick by current magnitude once it
+        reaches reg_upper_limit_pick. After: grow the pruned groups' penalty, the kept ones get
+        reg_granularity_recover. True when picked and the penalty passed reg_upper_limit or (filter
+        mode) the unit's own magnitude ratio reached mag_ratio_limit."""
+        o, reg, scores = self.options, self.reg[n], self._groups(n)
+        filters = o.granularity == "filter"
+        if n in self.pruned:
+            pruned = self.pruned[n]
+            reg[pruned] += self.gran_prune
+            reg[~pruned] = o.reg_granularity_recover  # ≤ 0, as in the paper and the official code
+            self._update_mag_ratio(n, scores, pruned)
+        else:
+            current = self._pick_unit(n, scores)
+            if not bool(current.any()):  # a layer its width target leaves whole: picked, nothing to push down
+                self.pruned[n] = current
+                return True
+            reg += self.gran_pick
+            if filters:  # the average also runs while picking, against what a pick would take now
+                self._update_mag_ratio(n, scores, current)
+            if bool(reg.max() < o.reg_upper_limit_pick):
+                return False
+            self.pruned[n] = current
+        return (filters and self.mag_ratio[n] >= o.mag_ratio_limit) or bool(reg.max() > o.reg_upper_limit)
 
     def _remove(self) -> None:
         """Remove the pruned groups: from now on they are exact zeros (masks kept through fine-tuning)."""
@@ -191,7 +222,7 @@ class GRegPruner(MaskPruner):
         zero_dropped(self.model, self.groups, self.dropped)
 
     def end_epoch(self, epoch: int) -> None:
-        if epoch + 1 == self.plan.epochs and self.phase != "finetune" and self.pruned:
+        if epoch + 1 == self.plan.epochs and self.phase != "finetune" and len(self.pruned) == len(self.units):
             self._remove()  # budget ran out before the penalty finished: still deliver the pruned model
 
     def log_state(self) -> dict:
@@ -209,7 +240,7 @@ class GRegPruner(MaskPruner):
                 "l1_pick": dict(self.l1_pick),
                 "done": {k: int(v) for k, v in self.done.items()}, "mag_ratio": dict(self.mag_ratio),
                 "l1_overlap": -1.0 if self.l1_overlap is None else self.l1_overlap,
-                "stable_steps": self.stable_steps, "keep": dict(self.keep), "latency_found": dict(self.latency_found)}
+                "stable_steps": self.stable_steps, "reg_start": self.reg_start, "keep": dict(self.keep), "latency_found": dict(self.latency_found)}
 
     def load_state_dict(self, state: dict) -> None:
         self.phase = state["phase"]
@@ -218,6 +249,7 @@ class GRegPruner(MaskPruner):
         self.mag_ratio = dict(state["mag_ratio"])
         self.l1_overlap = None if state["l1_overlap"] < 0 else state["l1_overlap"]
         self.stable_steps = int(state["stable_steps"])
+        self.reg_start = int(state.get("reg_start", 0))
         self.keep = {k: int(v) for k, v in state.get("keep", {}).items()}
         self.latency_found = dict(state.get("latency_found", {}))
         super().load_state_dict(state)
