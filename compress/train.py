@@ -63,12 +63,14 @@ def evaluate(model: nn.Module, split: Dataset, batch_size: int = 512, device: to
 
 
 def _optimizer(model: nn.Module, pruner: Pruner, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD; weight decay on weights only (not biases, not BatchNorm), pruner parameters as the pruner says."""
+    """SGD; weight decay on weights, and on 1-D parameters (biases, BatchNorm) only when the method's
+    `decay_1d` option says so (its paper's setting); pruner parameters as the pruner says."""
     own = pruner.param_groups()
     taken = {id(p) for g in own for p in g["params"]}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
-    groups = [{"params": [p for p in rest if p.ndim > 1], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0}]
+    decay_1d = bool(getattr(pruner.options, "decay_1d", False))
+    groups = [{"params": [p for p in rest if p.ndim > 1 or decay_1d], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in rest if p.ndim <= 1 and not decay_1d], "weight_decay": 0.0}]
     for g in own:
         wd = cfg.weight_decay if g.get("weight_decay") is None else g["weight_decay"]
         groups.append({**g, "weight_decay": wd})

@@ -259,6 +259,26 @@ def test_l1_baseline_removes_exactly_grego1s_groups(digits):
         assert torch.equal(picks["greg"][n], picks["l1"][n])
 
 
+def test_l1_filter_baseline_removes_exactly_greg1s_channels_and_counts(digits):
+    """Same training (seed, decay on biases as GReg's) and the same pick epoch: the same channels. Counts
+    are GReg's min(ceil(0.55·n), n−1) with no rounding to multiples of 8: hidden 100 → 0.55·100 =
+    55.00000000000001 → 56 removed (44 kept; rounding to 8 would keep 48), hidden 30 → ceil(16.5) = 17."""
+    removed = {}
+    for method in ("greg", "l1"):
+        torch.manual_seed(0)
+        model = MLP((1, 8, 8), 10, [100, 30])
+        layers = select_layers(model, LayerRule())
+        cfg = PruneConfig(method=method)
+        cfg.greg = GRegOptions(variant=1, granularity="filter", sparsity=0.55, pick_after=0.25)
+        cfg.l1 = L1Options(granularity="filter", sparsity=0.55, prune_after=0.25)
+        pruner = build_pruner(cfg)
+        train(model, pruner, digits, TrainConfig(epochs=4), layers, progress=False)
+        removed[method] = ({k: torch.nonzero(v).flatten().tolist() for k, v in pruner.pruned.items()}
+                           if method == "greg" else {k: v.tolist() for k, v in pruner.dropped.items()})
+    assert {k: len(v) for k, v in removed["l1"].items()} == {"net.1": 56, "net.3": 17}
+    assert removed["greg"] == removed["l1"]
+
+
 def test_greg2_logs_overlap_with_l1(digits):
     model, layers = mlp(64)
     pruner = GRegPruner(GRegOptions(variant=2, sparsity=0.8, pick_after=0.25))

@@ -42,6 +42,9 @@ class LATSOptions:
                                  "calibrated in the first half of the pruning window and then held (±4.5%); "
                                  "the report records the λ and D that resulted.",
                                  lo=0.0, hi=1.0, hi_open=True)
+    decay_1d: bool = opt(True, "Weight decay also on biases and BatchNorm parameters (train.weight_decay), as "
+                         "the official LATS code (no_bn_decay off: one decay for every parameter). false: "
+                         "weights only, the other methods' default.")
 
     def check(self, where: str) -> None:
         if self.l1_lambda > 0 and self.schedule != "lats":
@@ -75,6 +78,8 @@ class L1Options:
     prune_after: float = opt(0.3, "Fraction of the epochs trained dense before the one-shot prune. Set it to "
                              "GReg's pick_after to remove exactly the groups GReg-1 picks.",
                              lo=0.0, hi=1.0, hi_open=True)
+    decay_1d: bool = opt(True, "Weight decay also on biases and BatchNorm parameters, as GReg's default, so the "
+                         "baseline trains exactly as GReg-1 does.")
 
 
 
@@ -101,6 +106,8 @@ class STROptions:
                                  lo=0.0, hi=1.0, hi_open=True)
     ramp_fraction: float = opt(0.75, "Target mode: fraction of the epochs over which sparsity ramps "
                                "(cubic) to the target.", lo=0.0, hi=1.0, lo_open=True)
+    decay_1d: bool = opt(True, "Weight decay also on biases and BatchNorm parameters, as the official STR code "
+                         "(no_bn_decay off by default there). false: weights only.")
 
 
 
@@ -135,6 +142,8 @@ class GRegOptions:
                                  "0.9), as the official code: GReg-1 ends a layer when every layer's ratio has "
                                  "reached this, GReg-2 each layer when its own has (its average also runs "
                                  "while picking).", lo=1.0)
+    decay_1d: bool = opt(True, "Weight decay also on biases and BatchNorm parameters, as the official GReg code "
+                         "(SGD over model.parameters()). false: weights only.")
 
     def check(self, where: str) -> None:
         if self.latency_target > 0 and self.granularity != "filter":
@@ -180,6 +189,7 @@ class FilterOptions:
                         lo=0)
     pow2: bool = opt(False, "Keep every cut width a power of two (round_to is then ignored): on our CPU, "
                      "onnxruntime ran such widths far faster than others (README).")
+    decay_1d: bool = opt(False, "Weight decay also on biases and BatchNorm parameters (default: weights only).")
 
     def rounding(self) -> int:
         """round_to as used for ratio and flops_target cuts (latency_target reads 0 as 'search')."""

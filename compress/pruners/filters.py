@@ -23,9 +23,10 @@ from ..config.prune import FilterOptions, L1Options, LayerRatio
 from ..ranking import lowest
 from ..structured import channel_importance, keep_counts, macs_with_widths, ratio_for_macs, widths_for_latency
 from ..schedules import cubic_ramp
-from ..structured import ChannelGroup
+from ..structured import ChannelGroup, group_key
 from .base import Pruner
 from .channels import selected_groups, zero_dropped
+from .groups import pruned_count
 
 __all__ = ["FilterPruner", "L1FilterPruner", "FilterOptions", "LayerRatio"]  # the section dataclass is re-exported for callers
 
@@ -75,11 +76,16 @@ class FilterPruner(Pruner):
                      "pow2_found": found["pow2"], "latency_probes": found["probes"],
                      "latency_refined": found["refined"]}
         else:
-            self.final_keep = keep_counts(groups, ratio, o.rounding(), o.pow2, fixed)
+            self.final_keep = self._keep_for_ratio(groups, ratio, fixed)
         dense = macs_with_widths(model, [], {}, plan.input_shape)
         after = macs_with_widths(model, groups, self.final_keep, plan.input_shape)
         self.planned = {"ratio": ratio, "macs_before": dense, "macs_after": after, "macs_factor": dense / after,
                         **found}
+
+    def _keep_for_ratio(self, groups: list[ChannelGroup], ratio: float, fixed: dict[str, float]) -> dict[str, int]:
+        """Channels kept per group key when cutting `ratio` (rounded as the options say)."""
+        o = self.options
+        return keep_counts(groups, ratio, o.rounding(), o.pow2, fixed)
 
     def _cut_epochs(self) -> tuple[int, int]:
         o, epochs = self.options, self.plan.epochs
@@ -131,12 +137,17 @@ class FilterPruner(Pruner):
 
 
 class L1FilterPruner(FilterPruner):
-    """Method 'l1' with granularity 'filter': the one-shot filter cut at `prune_after`, counting like
-    GReg-1's pick, so on the same weights it removes the channels GReg's filter mode removes."""
+    """Method 'l1' with granularity 'filter': the one-shot filter cut at `prune_after`, counting exactly as
+    GReg-1's pick (min(ceil(r·n), n−1) per group, no rounding to multiples of 8), so on the same weights
+    it removes the channels GReg's filter mode removes: the paper's like-for-like baseline."""
 
     name = "l1"
     Options = L1Options
 
     def __init__(self, options: L1Options):
-        super().__init__(FilterOptions(ratio=options.sparsity, prune_after=options.prune_after))
+        super().__init__(FilterOptions(ratio=options.sparsity, prune_after=options.prune_after, round_to=1,
+                                       decay_1d=options.decay_1d))
         self.l1_options = options
+
+    def _keep_for_ratio(self, groups: list[ChannelGroup], ratio: float, fixed: dict[str, float]) -> dict[str, int]:
+        return {group_key(g): g.size - pruned_count(g.size, fixed.get(group_key(g), ratio), g.blocks) for g in groups}
