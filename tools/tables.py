@@ -192,6 +192,52 @@ def streaming(src: list[dict]) -> list[str]:
     return out
 
 
+INT8_CASES = {"lenet5-magnitude-95": "LeNet-5, magnitude 95% (8 epochs)",
+              "resnet20-filter-2x-pow2": "ResNet-20, filter 2x MACs, pow2 widths (4 epochs, 12k images)",
+              "resnet20-filter-3x-latency": "ResNet-20, filter `latency_target = 3` (4 epochs, 12k images)",
+              "resnet20-filter-2x-int8-latency": "ResNet-20, filter `latency_target = 2` timed in int8 (4 epochs, "
+                                                 "12k images)",
+              "resnet20-filter-2x-int8-latency-full": "the same, full length (8 epochs, all 60k images)"}
+
+
+def int8(src: list[dict]) -> list[str]:
+    rows = src[0]["rows"]
+    out = header("model", "MACs / dense", "accuracy dense / pruned / pruned int8", "pruned fp32 b1 / b32",
+                 "pruned int8 b1 / b32 (float)", "dense int8 b1 / b32")
+    for case in dict.fromkeys(r["case"] for r in rows):
+        b1, b32 = (next(r for r in rows if r["case"] == case and r["batch"] == b) for b in (1, 32))
+        out.append(row(INT8_CASES.get(case, case), f"{b1['macs_ratio']:.2g}",
+                       f"{pct(b1['dense_accuracy'])} / {pct(b1['sparse_accuracy'])} / {pct(b1['sparse_int8_accuracy'])}",
+                       f"x{b1['sparse_ratio']:.2f} / x{b32['sparse_ratio']:.2f}",
+                       f"x{b1['sparse_int8_ratio']:.2f} / x{b32['sparse_int8_ratio']:.2f} ({b1['int8_float_nodes']})",
+                       f"x{b1['dense_int8_ratio']:.2f} / x{b32['dense_int8_ratio']:.2f}"))
+    return out
+
+
+def latency_target(src: list[dict]) -> list[str]:
+    rows = src[0]["rows"]
+    out = header("model", "target", "searched at", "widths (ratio, rounding, groups widened after)", "MACs / dense",
+                 "latency / dense, b1", "b32", "within 10%?")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        name = model.replace("torchvision:", "tv ")
+        for factor in dict.fromkeys(r["factor"] for r in rows if r["model"] == model):
+            same = [r for r in rows if r["model"] == model and r["factor"] == factor]
+            for r in sorted(same, key=lambda r: (r["target"] != "latency_target", r.get("searched_at_batch") or 0)):
+                latency = r["target"] == "latency_target"
+                rounding = "pow2" if r["pow2"] else ("any" if r["round_to"] == 1 else f"×{r['round_to']}")
+                refined = f" +{r['groups_refined']} refined" if r.get("groups_refined") else ""
+                b1, b32 = f"{r['latency_ratio_b1']:.2f}", f"{r['latency_ratio_b32']:.2f}"
+                if latency and r["searched_at_batch"] == 1:
+                    b1 = f"**{b1}**"
+                elif latency:
+                    b32 = f"**{b32}**"
+                within = ("yes" if r["within_10pct"] else "no") if latency else ""
+                out.append(row(name, f"{'latency' if latency else 'flops'} {factor:g}x",
+                               f"b{r['searched_at_batch']}" if latency else "MACs",
+                               f"{r['ratio']:.2f}, {rounding}{refined}", f"{r['macs_ratio']:.2f}", b1, b32, within))
+    return out
+
+
 TABLES = [
     Table("LATS vs STR vs GMP vs one-shot magnitude, three seeds", ["results/fair-sparse/results.json"],
           ".venv/bin/python tools/bench_fair.py sparse --epochs 12", fair_sparse,
@@ -224,6 +270,9 @@ TABLES = [
           greg_filters, "Predates GReg's official rules of issue 24; not re-measured (about 40 minutes)."),
     Table("Which widths are fast, ResNet-20", ["results/widths/results.json"],
           ".venv/bin/python tools/bench_widths.py", widths),
+    Table("int8 on top of pruning", ["results/int8/results.json"], ".venv/bin/python tools/bench_int8.py", int8),
+    Table("Latency targets: widths found and re-timed", ["results/latency-target/results.json"],
+          ".venv/bin/python tools/bench_latency_target.py", latency_target),
     Table("Streaming at scale", ["results/streaming/results.json"],
           ".venv/bin/python tools/bench_streaming.py --mnist ../shared/data/mnist", streaming),
 ]
@@ -291,11 +340,12 @@ def differences(readme: str, doc: str) -> list[str]:
 
 
 def with_tables(readme: str) -> str:
-    """`readme` with each table that has a registered table's key replaced by the rendered one."""
+    """`readme` with each table that has a registered table's key but other numbers replaced by the rendered
+    one (tables whose numbers agree keep their wording and emphasis)."""
     for t in TABLES:
         lines = rendered(t)
         theirs = markdown_tables(readme).get(key(lines[0]))
-        if theirs is not None:
+        if theirs is not None and numbers(theirs) != numbers(lines):
             readme = readme.replace("\n".join(theirs) + "\n", "\n".join(lines) + "\n", 1)
     return readme
 
