@@ -9,6 +9,10 @@ threshold d, kept in state_dict, follows a schedule over the pruning window:
   D is given), right for any LR schedule;
 - s-lats, pgh, linear, constant: the closed forms of `schedules.threshold_fraction`.
 
+Where this deliberately differs from the official code: schedule 'lats' sums the learning rates
+actually used, so it stays λ = Δd/η under warm-up and step schedules; the official closed forms
+assume cosine without warm-up (under cosine from epoch 0 both give the same threshold).
+
 Modes: during (window = [start_epoch, epochs)), early (window = [start_epoch, end_epoch), then
 the mask is fixed: S_d(θ) is written into θ, d drops to 0 and the kept weights train on), init (pruning at initialisation: constant D from step 0
 with the latent init inflated, θ0 = sign(w0)(|w0| + D), so S_D(θ0) = w0).
