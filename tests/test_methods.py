@@ -210,6 +210,14 @@ def test_str_paper_s_init_minus_3200_trains_with_threshold_zero():
     assert pruner.thresholds()[layers[0]] == 0.0
 
 
+def test_str_target_shift_reaches_from_the_papers_s_init():
+    """|θ| = 0.1, 0.2, 0.3, 0.4 and s = −3200: half pruned needs 0.2 ≤ sigmoid(−3200 + c) < 0.3, so
+    c in [3200 + logit(0.2), 3200 + logit(0.3)) = [3198.614, 3199.153) (a ±30 range would stop at 30)."""
+    from compress.pruners.target import solve_shift
+    c = solve_shift([torch.tensor([0.1, -0.2, 0.3, -0.4])], [-3200.0], 0.5)
+    assert 3200 + math.log(0.2 / 0.8) - 1e-6 <= c < 3200 + math.log(0.3 / 0.7)  # float32 rounds 0.2 up
+
+
 def test_str_s_has_its_own_weight_decay(digits):
     model, layers = mlp()
     pruner = STRPruner(STROptions(s_weight_decay=0.123))
