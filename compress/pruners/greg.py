@@ -35,7 +35,7 @@ from ..structured import ChannelGroup, channel_importance, widths_for_latency
 from .base import MaskPruner
 from .channels import selected_groups, zero_dropped
 from ..ranking import lowest_mask
-from .groups import per_row, pick_pruned
+from .groups import per_row, pruned_count
 
 PHASES = ("dense", "pick", "prune", "stabilize", "finetune")
 
@@ -110,9 +110,14 @@ class GRegPruner(MaskPruner):
 
     def _pick_unit(self, unit: str, scores: torch.Tensor) -> torch.Tensor:
         """The unit's pruned groups (bool per group) by `scores`: its latency-target width, else the L1 rule."""
+        blocks = self.groups[unit].blocks if self.groups else 1
+        return lowest_mask(scores, self._count(unit, scores.numel()), blocks)
+
+    def _count(self, unit: str, n: int) -> int:
+        """How many of the unit's n groups are pruned: its latency-target width, else GReg's count."""
         if self.keep:  # widths found for a latency target
-            return lowest_mask(scores, self.groups[unit].size - self.keep[unit], self.groups[unit].blocks)
-        return pick_pruned(scores, self.options.sparsity, self.groups[unit].blocks if self.groups else 1)
+            return self.groups[unit].size - self.keep[unit]
+        return pruned_count(n, self.options.sparsity, self.groups[unit].blocks if self.groups else 1)
 
     def begin_epoch(self, epoch: int) -> None:
         if self.phase == "dense" and epoch >= math.floor(self.options.pick_after * self.plan.epochs):
@@ -199,16 +204,18 @@ class GRegPruner(MaskPruner):
             reg[~pruned] = o.reg_granularity_recover  # ≤ 0, as in the paper and the official code
             self._update_mag_ratio(n, scores, pruned)
         else:
-            current = self._pick_unit(n, scores)
-            if not bool(current.any()):  # a layer its width target leaves whole: picked, nothing to push down
-                self.pruned[n] = current
+            if self._count(n, scores.numel()) == 0:  # a layer its width target leaves whole: nothing to push down
+                self.pruned[n] = torch.zeros_like(scores, dtype=torch.bool)
                 return True
             reg += self.gran_pick
+            current = self._pick_unit(n, scores) if filters else None
             if filters:  # the average also runs while picking, against what a pick would take now
                 self._update_mag_ratio(n, scores, current)
             if bool(reg.max() < o.reg_upper_limit_pick):
                 return False
-            self.pruned[n] = current
+            self.pruned[n] = current if current is not None else self._pick_unit(n, scores)
+            if not bool(self.pruned[n].any()):
+                return True
         return (filters and self.mag_ratio[n] >= o.mag_ratio_limit) or bool(reg.max() > o.reg_upper_limit)
 
     def _remove(self) -> None:
