@@ -129,3 +129,78 @@ def test_group_count_is_the_official_ceil():
     assert pruned_count(10, 0.5) == 5 and pruned_count(3, 0.99) == 2 and pruned_count(1, 0.9) == 0
     assert pruned_count(8, 0.3, blocks=2) == 4  # ceil(0.3·4) = 2 in each block of 4
     assert pick_pruned(torch.tensor([5.0, 1.0, 1.0, 0.0]), 0.5).tolist() == [False, True, False, True]
+
+
+def official_greg(variant: int, w0: torch.Tensor, batches, steps: int, k: int, stabilize: int):
+    """The official GReg loop (weight groups, one layer), written out from the paper's code: penalty updates
+    at t % k == 0 of the phase before that step's penalty; GReg-1 picks the lowest |w| at the start;
+    GReg-2 grows reg on all until reg_upper_limit_pick, then picks by current |w| and recovers the kept;
+    done when reg.max() > reg_upper_limit; removal after step t_done + stabilize. Returns the weights
+    after each step up to the removal."""
+    layer = nn.Linear(w0.shape[1], w0.shape[0], bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(w0)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    n, count = w0.numel(), 6  # min(ceil(0.5·12), 11)
+    reg = torch.zeros(n)
+    pruned = torch.argsort(w0.abs().flatten())[:count] if variant == 1 else None
+    state, t_done, seen = "update_reg", None, []
+    for t in range(steps):
+        x, y = batches[t]
+        out = layer(x)
+        if state == "update_reg" and t % k == 0:
+            if pruned is None:
+                reg += 0.25
+                if reg.max() >= 0.5:
+                    pruned = torch.argsort(layer.weight.detach().abs().flatten())[:count]
+            else:
+                reg[pruned] += 0.25
+                if variant == 2:
+                    kept = torch.ones(n, dtype=torch.bool)
+                    kept[pruned] = False
+                    reg[kept] = -0.125
+            if pruned is not None and reg.max() > 1.0:
+                state, t_done = "stabilize", t
+        opt.zero_grad()
+        ((out - y) ** 2).mean().backward()
+        layer.weight.grad += reg.view_as(layer.weight) * layer.weight.detach()
+        opt.step()
+        if state == "stabilize" and t - t_done == stabilize:
+            with torch.no_grad():
+                layer.weight.view(-1)[pruned] = 0.0
+            seen.append(layer.weight.detach().clone())
+            return seen, t
+        seen.append(layer.weight.detach().clone())
+    return seen, None
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_a_short_run_is_bit_identical_to_the_official_loop(variant):
+    """Every step's weights equal the official loop's bit for bit, up to and including the removal (the
+    official code then builds a smaller model with a fresh optimizer; here the same optimizer goes on)."""
+    torch.manual_seed(0)
+    w0 = torch.randn(3, 4)
+    batches = [(torch.randn(8, 4), torch.randn(8, 3)) for _ in range(30)]
+    reference, removed_at = official_greg(variant, w0, batches, 30, k=3, stabilize=4)
+    # reg: GReg-1 0.25, 0.5, 0.75, 1.0, 1.25 at t = 0, 3, 6, 9, 12; GReg-2 picks at t = 3 (0.5), then 0.75,
+    # 1.0, 1.25 at t = 6, 9, 12: both done at t = 12, removed after step 12 + 4
+    assert removed_at == 16
+
+    layer = nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(w0)
+    pruner = GRegPruner(GRegOptions(variant=variant, sparsity=0.5, pick_after=0.0, update_reg_interval=3,
+                                    reg_granularity_prune=0.25, reg_upper_limit=1.0, reg_granularity_pick=0.25,
+                                    reg_upper_limit_pick=0.5, reg_granularity_recover=-0.125, stabilize_steps=4))
+    pruner.attach(nn.Sequential(layer), ["0"], TrainPlan(1, 30, lambda s: 0.1))
+    pruner.begin_epoch(0)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    for t, want in enumerate(reference):
+        x, y = batches[t]
+        opt.zero_grad()
+        ((layer(x) - y) ** 2).mean().backward()
+        pruner.after_backward(t)
+        opt.step()
+        pruner.after_step(t, 0.1)
+        assert torch.equal(layer.weight.detach(), want), f"step {t}"
+    assert pruner.phase == "finetune" and int((layer.weight == 0).sum()) == 6
