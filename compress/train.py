@@ -64,13 +64,15 @@ def evaluate(model: nn.Module, split: Dataset, batch_size: int = 512, device: to
 
 
 def optimizer_groups(model: nn.Module, pruner: Pruner, weight_decay: float) -> list[dict]:
-    """Optimizer parameter groups for a model with `pruner` attached: weight decay on weights only (not
-    biases, not BatchNorm), the pruner's own parameters (e.g. STR's thresholds) with the decay it asks for."""
+    """Optimizer parameter groups for a model with `pruner` attached: weight decay on weights, and on
+    1-D parameters (biases, BatchNorm) only when the method's `decay_1d` option says so (its paper's
+    setting); the pruner's own parameters (e.g. STR's thresholds) with the decay it asks for."""
     own = pruner.param_groups()
     taken = {id(p) for g in own for p in g["params"]}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
-    groups = [{"params": [p for p in rest if p.ndim > 1], "weight_decay": weight_decay},
-              {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0}]
+    decay_1d = bool(getattr(pruner.options, "decay_1d", False))
+    groups = [{"params": [p for p in rest if p.ndim > 1 or decay_1d], "weight_decay": weight_decay},
+              {"params": [p for p in rest if p.ndim <= 1 and not decay_1d], "weight_decay": 0.0}]
     for g in own:
         wd = weight_decay if g.get("weight_decay") is None else g["weight_decay"]
         groups.append({**g, "weight_decay": wd})

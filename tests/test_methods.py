@@ -180,6 +180,45 @@ def test_str_threshold_equals_the_papers_formula_in_value_and_gradient(shape):
     assert ours.view(-1)[:2].eq(0).all() and ours_t.view(-1)[:2].eq(0).all()
 
 
+def test_str_sigmoid_is_stable_for_any_s():
+    from compress.pruners.str_reparam import s_gradient, sigmoid
+    assert sigmoid(0.0) == 0.5 and sigmoid(math.log(3)) == pytest.approx(0.75, rel=1e-15)
+    assert sigmoid(-math.log(3)) == pytest.approx(0.25, rel=1e-15)
+    assert sigmoid(-3200.0) == 0.0 and sigmoid(3200.0) == 1.0  # math.exp(3200) would overflow
+    # sigmoid'(40) = e^-40 / (1 + e^-40)^2 ≈ 4.248354255291589e-18 (1 − sigmoid(40) is 0.0 in double)
+    theta, grad = torch.tensor([0.5, -0.25, 0.0]), torch.tensor([2.0, 4.0, 8.0])  # Σ grad·sign(θ) = 2 − 4 = −2
+    assert float(s_gradient(theta, grad, 40.0)) == pytest.approx(2 * 4.248354255291589e-18, rel=1e-6)
+    assert float(s_gradient(theta, grad, 0.0)) == pytest.approx(2 * 0.25)
+
+
+def test_str_paper_s_init_minus_3200_trains_with_threshold_zero():
+    """ImageNet's s_init = −3200: threshold 0 (w = θ), s's loss gradient 0 (sigmoid' underflows), so the
+    first step moves s by weight decay only: s₁ = s₀ − lr·wd·s₀ (SGD's first momentum step is the gradient)."""
+    model, layers = mlp()
+    pruner = STRPruner(STROptions(s_init=-3200.0))
+    pruner.attach(model, layers, plan())
+    layer = model.net[1]
+    theta = layer.parametrizations.weight.original
+    assert torch.equal(layer.weight, theta)
+    model(torch.randn(16, 1, 8, 8)).logsumexp(1).sum().backward()
+    pruner.after_backward(0)
+    s = layer.parametrizations.weight[0].s
+    assert s.grad is not None and torch.isfinite(s.grad).all() and float(s.grad) == 0.0
+    assert torch.isfinite(theta.grad).all() and theta.grad.abs().sum() > 0
+    opt = torch.optim.SGD([{"params": pruner._params(), "weight_decay": 1e-3}], lr=0.5, momentum=0.9)
+    opt.step()
+    assert float(s) == pytest.approx(-3200.0 * (1 - 0.5 * 1e-3), rel=1e-7)  # −3198.4
+    assert pruner.thresholds()[layers[0]] == 0.0
+
+
+def test_str_target_shift_reaches_from_the_papers_s_init():
+    """|θ| = 0.1, 0.2, 0.3, 0.4 and s = −3200: half pruned needs 0.2 ≤ sigmoid(−3200 + c) < 0.3, so
+    c in [3200 + logit(0.2), 3200 + logit(0.3)) = [3198.614, 3199.153) (a ±30 range would stop at 30)."""
+    from compress.pruners.target import solve_shift
+    c = solve_shift([torch.tensor([0.1, -0.2, 0.3, -0.4])], [-3200.0], 0.5)
+    assert 3200 + math.log(0.2 / 0.8) - 1e-6 <= c < 3200 + math.log(0.3 / 0.7)  # float32 rounds 0.2 up
+
+
 def test_str_s_has_its_own_weight_decay(digits):
     model, layers = mlp()
     pruner = STRPruner(STROptions(s_weight_decay=0.123))
@@ -229,6 +268,26 @@ def test_l1_baseline_removes_exactly_grego1s_groups(digits):
         assert torch.equal(picks["greg"][n], picks["l1"][n])
 
 
+def test_l1_filter_baseline_removes_exactly_greg1s_channels_and_counts(digits):
+    """Same training (seed, decay on biases as GReg's) and the same pick epoch: the same channels. Counts
+    are GReg's min(ceil(0.55·n), n−1) with no rounding to multiples of 8: hidden 100 → 0.55·100 =
+    55.00000000000001 → 56 removed (44 kept; rounding to 8 would keep 48), hidden 30 → ceil(16.5) = 17."""
+    removed = {}
+    for method in ("greg", "l1"):
+        torch.manual_seed(0)
+        model = MLP((1, 8, 8), 10, [100, 30])
+        layers = select_layers(model, LayerRule())
+        cfg = PruneConfig(method=method)
+        cfg.greg = GRegOptions(variant=1, granularity="filter", sparsity=0.55, pick_after=0.25)
+        cfg.l1 = L1Options(granularity="filter", sparsity=0.55, prune_after=0.25)
+        pruner = build_pruner(cfg)
+        train(model, pruner, digits, TrainConfig(epochs=4), layers, progress=False)
+        removed[method] = ({k: torch.nonzero(v).flatten().tolist() for k, v in pruner.pruned.items()}
+                           if method == "greg" else {k: v.tolist() for k, v in pruner.dropped.items()})
+    assert {k: len(v) for k, v in removed["l1"].items()} == {"net.1": 56, "net.3": 17}
+    assert removed["greg"] == removed["l1"]
+
+
 def test_greg2_logs_overlap_with_l1(digits):
     model, layers = mlp(64)
     pruner = GRegPruner(GRegOptions(variant=2, sparsity=0.8, pick_after=0.25))
@@ -247,7 +306,7 @@ def test_greg2_kept_groups_get_the_recover_penalty_after_the_pick(digits):
         def after_backward(self, step):
             pruning = self.phase == "prune"
             super().after_backward(step)
-            if pruning and step % self.options.update_reg_interval == 0:
+            if pruning and (step - self.reg_start) % self.options.update_reg_interval == 0:
                 seen.extend(float(v) for n in self.units if not self.done[n]
                             for v in self.reg[n][~self.pruned[n]].unique())
 
@@ -256,7 +315,9 @@ def test_greg2_kept_groups_get_the_recover_penalty_after_the_pick(digits):
     assert seen and all(v == pytest.approx(recover) for v in seen)
 
 
-def test_greg_updates_its_penalty_at_steps_0_k_2k_before_they_apply(digits):
+def test_greg_updates_its_penalty_at_steps_0_k_2k_of_its_phase_before_they_apply(digits):
+    """Counted from the first step of the penalty phase (epoch 1 of 4 here, step 23 with 23 steps an
+    epoch), not on the global step modulo k (which would put the first update at step 25)."""
     model, layers = mlp(64)
     pruner = GRegPruner(GRegOptions(variant=1, sparsity=0.5, pick_after=0.25, update_reg_interval=5))
     updates = []
@@ -270,8 +331,10 @@ def test_greg_updates_its_penalty_at_steps_0_k_2k_before_they_apply(digits):
             self.current = step
             super().after_backward(step)
 
-    train(model, Spy(pruner.options), digits, TrainConfig(epochs=4), layers, progress=False)
-    assert updates and all(s % 5 == 0 for s in updates) and updates == list(range(updates[0], updates[-1] + 1, 5))
+    spy = Spy(pruner.options)
+    train(model, spy, digits, TrainConfig(epochs=4), layers, progress=False)
+    assert spy.plan.steps_per_epoch == 23
+    assert len(updates) > 3 and updates == list(range(23, updates[-1] + 1, 5))
 
 
 def test_greg2_filter_mode_ends_with_channels_cut_out(digits):
@@ -293,11 +356,9 @@ def test_greg_filter_mode_finishes_when_a_width_target_leaves_a_layer_whole(digi
     model, layers = mlp(64)
 
     class WholeFirst(GRegPruner):
-        def _pick(self):
-            picked = super()._pick()
-            first = next(iter(picked))
-            picked[first] = torch.zeros_like(picked[first])
-            return picked
+        def _pick_unit(self, unit, scores):
+            picked = super()._pick_unit(unit, scores)
+            return torch.zeros_like(picked) if unit == self.units[0] else picked
 
     pruner = WholeFirst(GRegOptions(variant=2, granularity="filter", sparsity=0.5, pick_after=0.25))
     history = train(model, pruner, digits, TrainConfig(epochs=8), layers, progress=False)

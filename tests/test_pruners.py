@@ -45,6 +45,52 @@ def test_lats_gradient_is_straight_through():
     assert theta.grad[pruned].abs().sum() > 0
 
 
+def test_lats_gradient_is_zero_where_theta_is_exactly_zero():
+    """The official rule: ∂L/∂θ = ∂L/∂w·sign(θ)², so ∂L/∂w where θ ≠ 0 (pruned or not) and 0 at θ = 0."""
+    layer = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.0, 0.05, -0.5], [0.25, -0.0, -0.01]]))
+    pruner = LATSPruner(LATSOptions(threshold_final=0.5))
+    pruner.attach(nn.Sequential(layer), ["0"], plan())
+    pruner._set_threshold(0.1)
+    # forward w = [[0, 0, -0.4], [0.15, 0, 0]]; with loss Σ w·g the gradient wrt w is g
+    g = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    assert torch.allclose(layer.weight, torch.tensor([[0.0, 0.0, -0.4], [0.15, 0.0, 0.0]]))
+    (layer.weight * g).sum().backward()
+    assert layer.parametrizations.weight.original.grad.tolist() == [[0.0, 2.0, 3.0], [4.0, 0.0, 6.0]]
+
+
+def test_lats_weight_and_gradient_equal_the_official_formula():
+    """w = sign(θ)·PassThroughReLU(|θ| − d), PassThroughReLU's backward the identity (the official code):
+    the same weights and the same ∂L/∂θ, zeros of θ included, by autograd on that formula."""
+    class PassThroughReLU(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return torch.relu(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    torch.manual_seed(0)
+    theta = torch.randn(20, 30)
+    theta.view(-1)[:40] = 0.0
+    grad_w = torch.randn(20, 30)
+    t = theta.clone().requires_grad_()
+    official = torch.sign(t) * PassThroughReLU.apply(t.abs() - 0.3)
+    official.backward(grad_w)
+    layer = nn.Linear(30, 20, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(theta)
+    pruner = LATSPruner(LATSOptions(threshold_final=0.5))
+    pruner.attach(nn.Sequential(layer), ["0"], plan())
+    pruner._set_threshold(0.3)
+    ours = layer.weight
+    ours.backward(grad_w)
+    assert torch.equal(ours.detach(), official.detach())
+    assert torch.equal(layer.parametrizations.weight.original.grad, t.grad)
+
+
 def test_lats_threshold_tracks_summed_learning_rate():
     p = plan()
     _, _, pruner = lats_mlp(training_plan=p, l1_lambda=0.3)

@@ -75,3 +75,28 @@ def test_user_model_by_import_path(digits):
         build_model(ModelConfig(name="custom_model:not_a_model"), digits.input_shape, digits.num_classes)
     with pytest.raises(UserError, match="cannot import 'no_such_module:make'"):
         build_model(ModelConfig(name="no_such_module:make"), digits.input_shape, digits.num_classes)
+
+
+@pytest.mark.parametrize("method, decay_1d, bias_after", [("lats", None, 0.95), ("str", None, 0.95),
+                                                          ("greg", None, 0.95), ("magnitude", None, 1.0),
+                                                          ("lats", False, 1.0), ("greg", False, 1.0)])
+def test_weight_decay_on_1d_parameters_follows_each_papers_setting(method, decay_1d, bias_after):
+    """LATS, STR and GReg decay every parameter as their official code (biases too); the others and
+    decay_1d = false decay weights only. One SGD step with zero loss gradient, lr 0.1, wd 0.5:
+    w = 2 → 2 − 0.1·0.5·2 = 1.9; b = 1 → 0.95 when decayed, else 1."""
+    from compress.pruners import TrainPlan
+    from compress.train import _optimizer
+    layer = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        layer.weight.fill_(2.0)
+        layer.bias.fill_(1.0)
+    cfg = PruneConfig(method=method)
+    if decay_1d is not None:
+        getattr(cfg, method).decay_1d = decay_1d
+    pruner = build_pruner(cfg)
+    pruner.attach(torch.nn.Sequential(layer), [], TrainPlan(1, 1, lambda s: 0.1))
+    optimizer = _optimizer(layer, pruner, TrainConfig(lr=0.1, weight_decay=0.5, momentum=0.9))
+    for p in layer.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    assert layer.weight.item() == pytest.approx(1.9) and layer.bias.item() == pytest.approx(bias_after)

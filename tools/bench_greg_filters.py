@@ -62,8 +62,8 @@ def main(argv=None) -> int:
         ratio, dense_macs, _ = ratio_for_macs(probe, groups, data.input_shape, factor)
         picks = {}
         for method in ("l1", "greg"):
-            cfg = PruneConfig(method="filter" if method == "l1" else "greg")
-            cfg.filter.ratio, cfg.filter.prune_after = ratio, args.pick_after
+            cfg = PruneConfig(method=method)  # l1 in channel mode: GReg-1's counts, no rounding to multiples of 8
+            cfg.l1.granularity, cfg.l1.sparsity, cfg.l1.prune_after = "filter", ratio, args.pick_after
             cfg.greg.variant, cfg.greg.granularity, cfg.greg.sparsity = 1, "filter", ratio
             cfg.greg.pick_after, cfg.greg.reg_by = args.pick_after, args.reg_by
             model, pruner, seconds = train_and_cut(args.model, data, cfg, args.epochs, args.lr)

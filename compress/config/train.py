@@ -25,7 +25,9 @@ class TrainConfig:
     warmup_epochs: int = opt(0, "Linear warm-up epochs.", lo=0)
     momentum: float = opt(0.9, "SGD momentum (adamw: beta1).", lo=0.0, hi=1.0, hi_open=True)
     nesterov: bool = opt(False, "Nesterov momentum (sgd).")
-    weight_decay: float = opt(5e-4, "Weight decay on weights (not on biases or BatchNorm).", lo=0.0)
+    weight_decay: float = opt(5e-4, "Weight decay on weights; on biases and BatchNorm parameters too when the "
+                              "method's decay_1d is on (lats, str, greg by default, as their official code).",
+                              lo=0.0)
     label_smoothing: float = opt(0.0, "Cross-entropy label smoothing.", lo=0.0, hi=1.0, hi_open=True)
     device: str = opt("cpu", "Training device: cpu, cuda, cuda:N, or auto (CUDA when present).")
 

@@ -65,6 +65,7 @@ class FilterOptions:
                         lo=0)
     pow2: bool = opt(False, "Keep every cut width a power of two (round_to is then ignored): on our CPU, "
                      "onnxruntime ran such widths far faster than others (README).")
+    decay_1d: bool = opt(False, "Weight decay also on biases and BatchNorm parameters (default: weights only).")
 
     def rounding(self) -> int:
         """round_to as used for ratio and flops_target cuts (latency_target reads 0 as 'search')."""
@@ -123,12 +124,17 @@ class FilterPruner(Pruner):
                      "pow2_found": found["pow2"], "latency_probes": found["probes"],
                      "latency_refined": found["refined"]}
         else:
-            self.final_keep = keep_counts(groups, ratio, o.rounding(), o.pow2, fixed)
+            self.final_keep = self._keep_for_ratio(groups, ratio, fixed)
         dense = macs_with_widths(model, [], {}, plan.input_shape)
         after = macs_with_widths(model, groups, self.final_keep, plan.input_shape)
         self.planned = {"ratio": ratio, "macs_before": dense, "macs_after": after, "macs_factor": dense / after,
                         **found}
 
+
+    def _keep_for_ratio(self, groups: list[ChannelGroup], ratio: float, fixed: dict[str, float]) -> dict[str, int]:
+        """Channels kept per group key when cutting `ratio` (rounded as the options say)."""
+        o = self.options
+        return keep_counts(groups, ratio, o.rounding(), o.pow2, fixed)
     def _cut_epochs(self) -> tuple[int, int]:
         o, epochs = self.options, self.plan.epochs
         start = math.floor(o.prune_after * epochs)

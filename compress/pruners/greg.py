@@ -1,12 +1,20 @@
 """GReg-1 / GReg-2: pruning by growing L2 regularisation (Wang et al., ICLR 2021).
 
 After backward, grad += reg ⊙ w on top of weight decay, one reg value per group (weight or
-filter). GReg-1 picks the pruned groups once (lowest L1, `groups.pick_pruned`) and grows their
-reg by reg_granularity_prune every update_reg_interval steps until reg_upper_limit (filters may
-also stop when the kept/pruned magnitude ratio reaches mag_ratio_limit). GReg-2 first grows reg
-on all weights to reg_upper_limit_pick, picks by current magnitude (logging the overlap with the
-plain L1 pick), then grows the pruned groups and relaxes the kept ones (reg_granularity_recover).
-Then: stabilise for stabilize_steps with the penalty on, remove the pruned groups (mask), fine-tune.
+filter). GReg-1 picks the pruned groups once (lowest L1, `groups.pick_pruned`: min(ceil(r·n), n−1))
+and grows their reg by reg_granularity_prune every update_reg_interval steps until reg_upper_limit.
+GReg-2 first grows reg on all weights to reg_upper_limit_pick, picks by current magnitude (logging
+the overlap with the plain L1 pick), then grows the pruned groups and relaxes the kept ones
+(reg_granularity_recover). Then: stabilise for stabilize_steps with the penalty on, remove the
+pruned groups (mask), fine-tune.
+
+The official code's rules, each the default here: penalty updates at steps 0, k, 2k, … counted from
+the start of the penalty phase, each before that step's penalty applies; the penalty is applied at
+the update that ends the last layer and stabilize_steps steps more, then the groups are removed
+(after stabilize_steps + 1 penalised steps). Filter mode also stops on the kept/pruned magnitude
+ratio (EMA 0.9): GReg-1 ends a layer when every layer's ratio has reached mag_ratio_limit, GReg-2
+ends each layer when its own has; GReg-2's average runs during picking too (against the groups a
+pick would take at that moment).
 
 Filter mode works on coupled channel groups (compress.structured): a channel's score and penalty
 cover every filter that produces it (a residual add couples several), and removal zeroes the
@@ -30,7 +38,7 @@ from .base import MaskPruner
 from .registry import register_pruner
 from .channels import selected_groups, zero_dropped
 from ..ranking import lowest_mask
-from .groups import per_row, pick_pruned
+from .groups import per_row, pruned_count
 
 
 @dataclass
@@ -40,25 +48,32 @@ class GRegOptions:
     granularity: Literal["weight", "filter"] = opt("weight", "Groups: single weights (unstructured) or channels "
                                                    "(structured: coupled filters cut together, removed "
                                                    "physically at freeze; the logits stay whole).")
-    sparsity: float = opt(0.9, "Fraction of groups pruned in every layer or channel group (at most n−1).",
-                          lo=0.0, hi=1.0, hi_open=True)
+    sparsity: float = opt(0.9, "Fraction of groups pruned in every layer or channel group: min(ceil(r·n), n−1) "
+                          "groups, the official count.", lo=0.0, hi=1.0, hi_open=True)
     pick_after: float = opt(0.3, "Fraction of the epochs trained dense before regularisation starts.",
                             lo=0.0, hi=1.0, hi_open=True)
     reg_by: float = opt(0.7, "With reg_granularity_prune = 0: fraction of the epochs by which the penalty "
                         "phases end (granularities are derived from it).", lo=0.0, hi=1.0, lo_open=True)
-    update_reg_interval: int = opt(5, "Steps between penalty updates.", lo=1)
+    update_reg_interval: int = opt(5, "Steps between penalty updates, counted from the first step of the "
+                                   "penalty phase (updates at its steps 0, k, 2k, …, as the official code).", lo=1)
     reg_upper_limit: float = opt(1.0, "Penalty at which a layer's pruned groups are done.", lo=0.0, lo_open=True)
     reg_granularity_prune: float = opt(0.0, "Penalty increment on pruned groups (official 1e-4; 0 = derived "
                                        "from reg_by so that short runs finish).", lo=0.0)
     reg_upper_limit_pick: float = opt(1e-2, "GReg-2: penalty on all weights before picking.", lo=0.0, lo_open=True)
     reg_granularity_pick: float = opt(0.0, "GReg-2: increment while picking (official 1e-5; 0 = derived).", lo=0.0)
     reg_granularity_recover: float = opt(-1e-4, "GReg-2: increment on kept groups after the pick (≤ 0).", hi=0.0)
-    stabilize_steps: int = opt(0, "Steps with the full penalty on before removal (official 10000 on CIFAR).", lo=0)
+    stabilize_steps: int = opt(0, "Steps with the full penalty on after the update that ends the last layer; "
+                               "the groups are removed after that update's step and these (official 10000 on "
+                               "CIFAR).", lo=0)
     latency_target: float = opt(0.0, "Filter mode: instead of `sparsity`, cut the one fraction of every channel "
                                 "group that divides the measured onnxruntime latency by this factor (see "
                                 "prune.filter.latency_target). 0: off.", lo=0.0)
-    mag_ratio_limit: float = opt(1000.0, "Filter mode: a layer is also done when mean|kept|/mean|pruned| "
-                                 "(EMA 0.9) reaches this.", lo=1.0)
+    mag_ratio_limit: float = opt(1000.0, "Filter mode: the penalty also stops on mean|kept|/mean|pruned| (EMA "
+                                 "0.9), as the official code: GReg-1 ends a layer when every layer's ratio has "
+                                 "reached this, GReg-2 each layer when its own has (its average also runs "
+                                 "while picking).", lo=1.0)
+    decay_1d: bool = opt(True, "Weight decay also on biases and BatchNorm parameters, as the official GReg code "
+                         "(SGD over model.parameters()). false: weights only.")
 
     def check(self, where: str) -> None:
         if self.latency_target > 0 and self.granularity != "filter":
@@ -85,7 +100,8 @@ class GRegPruner(MaskPruner):
         self.done: dict[str, bool] = {}
         self.mag_ratio: dict[str, float] = {}
         self.l1_overlap: float | None = None
-        self.stable_steps = 0
+        self.stable_steps = 0                       # steps taken since the stabilize phase began
+        self.reg_start = 0                          # the step at which the penalty phase began
         self.gran_pick = self.gran_prune = 0.0
         self.units: list[str] = []  # what carries one penalty vector: a layer, or (filter mode) a channel group
         self.groups: dict[str, ChannelGroup] = {}  # filter mode: channel groups by key
@@ -136,16 +152,24 @@ class GRegPruner(MaskPruner):
         if self.options.latency_target > 0 and not self.latency_found:
             raise UserError("prune.greg.latency_target: the widths are timed in onnxruntime when training starts; "
                             "run it through the pipeline (`sparsepipe run`), which provides the timing")
+        return {n: self._pick_unit(n, self._groups(n)) for n in self.units}
+
+    def _pick_unit(self, unit: str, scores: torch.Tensor) -> torch.Tensor:
+        """The unit's pruned groups (bool per group) by `scores`: its latency-target width, else the L1 rule."""
+        blocks = self.groups[unit].blocks if self.groups else 1
+        return lowest_mask(scores, self._count(unit, scores.numel()), blocks)
+
+    def _count(self, unit: str, n: int) -> int:
+        """How many of the unit's n groups are pruned: its latency-target width, else GReg's count."""
         if self.keep:  # widths found for a latency target
-            return {n: lowest_mask(self._groups(n), self.groups[n].size - self.keep[n], self.groups[n].blocks)
-                    for n in self.units}
-        return {n: pick_pruned(self._groups(n), self.options.sparsity, self.groups[n].blocks if self.groups else 1)
-                for n in self.units}
+            return self.groups[unit].size - self.keep[unit]
+        return pruned_count(n, self.options.sparsity, self.groups[unit].blocks if self.groups else 1)
 
     def begin_epoch(self, epoch: int) -> None:
         if self.phase == "dense" and epoch >= math.floor(self.options.pick_after * self.plan.epochs):
             self.reg = {n: torch.zeros_like(self._groups(n)) for n in self.units}
             self.done = {n: False for n in self.units}
+            self.reg_start = epoch * self.plan.steps_per_epoch
             if self.options.variant == 1:
                 self.pruned = self._pick()
                 self.phase = "prune"
@@ -154,9 +178,9 @@ class GRegPruner(MaskPruner):
                 self.phase = "pick"
 
     def after_backward(self, step: int) -> None:
-        # As the official code: the penalty is updated at steps 0, k, 2k, ... before that step's
-        # penalty is applied (not one interval later, after the step).
-        if self.phase in ("pick", "prune") and step % self.options.update_reg_interval == 0:
+        # As the official code: the penalty is updated at steps 0, k, 2k, ... of the penalty phase,
+        # before that step's penalty is applied (not one interval later, after the step).
+        if self.phase in ("pick", "prune") and (step - self.reg_start) % self.options.update_reg_interval == 0:
             self._update_reg()
         if self.phase not in ("pick", "prune", "stabilize"):
             return
@@ -171,10 +195,13 @@ class GRegPruner(MaskPruner):
             return [self.producers[p].weight for p in self.groups[unit].producers]
         return [self._weight(unit)]
 
-    def _update_mag_ratio(self, n: str) -> None:
-        scores, pruned = self._groups(n), self.pruned[n]
-        ratio = float(scores[~pruned].mean() / scores[pruned].mean().clamp_min(1e-12))
-        self.mag_ratio[n] = ratio if n not in self.mag_ratio else 0.9 * self.mag_ratio[n] + 0.1 * ratio
+    def _update_mag_ratio(self, n: str, scores: torch.Tensor, pruned: torch.Tensor) -> None:
+        """EMA (0.9) of mean score of the kept groups / mean score of the `pruned` ones, in the scores'
+        float32 as the official code (its stop decisions compare these values)."""
+        ratio = scores[~pruned].mean() / scores[pruned].mean().clamp_min(1e-12)
+        if n in self.mag_ratio:
+            ratio = torch.tensor(self.mag_ratio[n], dtype=ratio.dtype) * 0.9 + ratio * 0.1
+        self.mag_ratio[n] = float(ratio)
 
     def after_step(self, step: int, lr: float) -> None:
         o = self.options
@@ -182,42 +209,60 @@ class GRegPruner(MaskPruner):
             self.apply_masks()
             zero_dropped(self.model, self.groups, self.dropped)
         elif self.phase == "stabilize":
+            # the penalty applied at the update that ended the last layer and stabilize_steps steps after it
             self.stable_steps += 1
-            if self.stable_steps >= o.stabilize_steps:
+            if self.stable_steps > o.stabilize_steps:
                 self._remove()
 
     def _update_reg(self) -> None:
-        o = self.options
-        if self.phase == "pick":
-            for n in self.units:
-                self.reg[n] += self.gran_pick
-            if min(float(r.max()) for r in self.reg.values()) >= o.reg_upper_limit_pick:
-                self.pruned = self._pick()
-                same = sum(int((self.l1_pick[n] & self.pruned[n]).sum()) for n in self.units)
-                self.l1_overlap = same / max(sum(int(p.sum()) for p in self.pruned.values()), 1)
-                self.phase = "prune"
-            return
-        for n in self.units:  # phase "prune"
-            if self.done[n]:
-                continue
-            reg, pruned = self.reg[n], self.pruned[n]
-            if not bool(pruned.any()):  # a layer its width target leaves whole: nothing to push down
-                self.done[n] = True
-                continue
-            reg[pruned] += self.gran_prune
-            if o.variant == 2:  # kept groups: the recover penalty (≤ 0), as in the paper and the official code
-                reg[~pruned] = o.reg_granularity_recover
-            self._update_mag_ratio(n)
-            if float(reg[pruned].max()) > o.reg_upper_limit:
-                self.done[n] = True
-        # filter mode, as the official code: done when the layers' magnitude ratios reach the limit on average
-        if o.granularity == "filter" and self.mag_ratio and \
-                sum(self.mag_ratio.values()) / len(self.mag_ratio) >= o.mag_ratio_limit:
-            self.done = {n: True for n in self.units}
+        """One penalty update, unit by unit in order (a unit's stop rule sees the units updated before it)."""
+        for n in self.units:
+            if not self.done[n]:
+                self.done[n] = self._update_greg1(n) if self.options.variant == 1 else self._update_greg2(n)
+        if self.phase == "pick" and len(self.pruned) == len(self.units):
+            same = sum(int((self.l1_pick[n] & self.pruned[n]).sum()) for n in self.units)
+            self.l1_overlap = same / max(sum(int(p.sum()) for p in self.pruned.values()), 1)
+            self.phase = "prune"
         if all(self.done.values()):
-            self.phase = "stabilize"
-            if o.stabilize_steps == 0:
-                self._remove()
+            self.phase, self.stable_steps = "stabilize", 0
+
+    def _update_greg1(self, n: str) -> bool:
+        """Grow the pruned groups' penalty; True when the unit is done: its penalty passed reg_upper_limit,
+        or (filter mode) every unit's magnitude ratio has reached mag_ratio_limit."""
+        o, reg, pruned = self.options, self.reg[n], self.pruned[n]
+        if not bool(pruned.any()):  # a layer its width target leaves whole: nothing to push down
+            return True
+        self._update_mag_ratio(n, self._groups(n), pruned)
+        reg[pruned] += self.gran_prune
+        every = o.granularity == "filter" and all(r >= o.mag_ratio_limit for r in self.mag_ratio.values())
+        return every or bool(reg.max() > o.reg_upper_limit)  # compared in float32, as the official code
+
+    def _update_greg2(self, n: str) -> bool:
+        """Before the unit's pick: grow the penalty on all its groups, pick by current magnitude once it
+        reaches reg_upper_limit_pick. After: grow the pruned groups' penalty, the kept ones get
+        reg_granularity_recover. True when picked and the penalty passed reg_upper_limit or (filter
+        mode) the unit's own magnitude ratio reached mag_ratio_limit."""
+        o, reg, scores = self.options, self.reg[n], self._groups(n)
+        filters = o.granularity == "filter"
+        if n in self.pruned:
+            pruned = self.pruned[n]
+            reg[pruned] += self.gran_prune
+            reg[~pruned] = o.reg_granularity_recover  # ≤ 0, as in the paper and the official code
+            self._update_mag_ratio(n, scores, pruned)
+        else:
+            if self._count(n, scores.numel()) == 0:  # a layer its width target leaves whole: nothing to push down
+                self.pruned[n] = torch.zeros_like(scores, dtype=torch.bool)
+                return True
+            reg += self.gran_pick
+            current = self._pick_unit(n, scores) if filters else None
+            if filters:  # the average also runs while picking, against what a pick would take now
+                self._update_mag_ratio(n, scores, current)
+            if bool(reg.max() < o.reg_upper_limit_pick):
+                return False
+            self.pruned[n] = current if current is not None else self._pick_unit(n, scores)
+            if not bool(self.pruned[n].any()):
+                return True
+        return (filters and self.mag_ratio[n] >= o.mag_ratio_limit) or bool(reg.max() > o.reg_upper_limit)
 
     def _remove(self) -> None:
         """Remove the pruned groups: from now on they are exact zeros (masks kept through fine-tuning)."""
@@ -230,7 +275,7 @@ class GRegPruner(MaskPruner):
         zero_dropped(self.model, self.groups, self.dropped)
 
     def end_epoch(self, epoch: int) -> None:
-        if epoch + 1 == self.plan.epochs and self.phase != "finetune" and self.pruned:
+        if epoch + 1 == self.plan.epochs and self.phase != "finetune" and len(self.pruned) == len(self.units):
             self._remove()  # budget ran out before the penalty finished: still deliver the pruned model
 
     def log_state(self) -> dict:
@@ -248,7 +293,7 @@ class GRegPruner(MaskPruner):
                 "l1_pick": dict(self.l1_pick),
                 "done": {k: int(v) for k, v in self.done.items()}, "mag_ratio": dict(self.mag_ratio),
                 "l1_overlap": -1.0 if self.l1_overlap is None else self.l1_overlap,
-                "stable_steps": self.stable_steps, "keep": dict(self.keep), "latency_found": dict(self.latency_found)}
+                "stable_steps": self.stable_steps, "reg_start": self.reg_start, "keep": dict(self.keep), "latency_found": dict(self.latency_found)}
 
     def load_state_dict(self, state: dict) -> None:
         self.phase = state["phase"]
@@ -257,6 +302,7 @@ class GRegPruner(MaskPruner):
         self.mag_ratio = dict(state["mag_ratio"])
         self.l1_overlap = None if state["l1_overlap"] < 0 else state["l1_overlap"]
         self.stable_steps = int(state["stable_steps"])
+        self.reg_start = int(state.get("reg_start", 0))
         self.keep = {k: int(v) for k, v in state.get("keep", {}).items()}
         self.latency_found = dict(state.get("latency_found", {}))
         super().load_state_dict(state)

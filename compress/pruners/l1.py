@@ -10,7 +10,8 @@ from ..schema import opt
 from ..selection import get_module
 from .base import MaskPruner, Pruner
 from .filters import FilterOptions, FilterPruner
-from .groups import pick_pruned
+from ..structured import ChannelGroup, group_key
+from .groups import pick_pruned, pruned_count
 from .registry import register_pruner
 
 
@@ -24,6 +25,8 @@ class L1Options:
     prune_after: float = opt(0.3, "Fraction of the epochs trained dense before the one-shot prune. Set it to "
                              "GReg's pick_after to remove exactly the groups GReg-1 picks.",
                              lo=0.0, hi=1.0, hi_open=True)
+    decay_1d: bool = opt(True, "Weight decay also on biases and BatchNorm parameters, as GReg's default, so the "
+                         "baseline trains exactly as GReg-1 does.")
 
 
 @register_pruner("l1")
@@ -49,12 +52,17 @@ class L1Pruner(MaskPruner):
 
 
 class L1FilterPruner(FilterPruner):
-    """Method 'l1' with granularity 'filter': the one-shot filter cut at `prune_after`, counting like
-    GReg-1's pick, so on the same weights it removes the channels GReg's filter mode removes."""
+    """Method 'l1' with granularity 'filter': the one-shot filter cut at `prune_after`, counting exactly as
+    GReg-1's pick (min(ceil(r·n), n−1) per group, no rounding to multiples of 8), so on the same weights
+    it removes the channels GReg's filter mode removes: the paper's like-for-like baseline."""
 
     name = "l1"
     Options = L1Options
 
     def __init__(self, options: L1Options):
-        super().__init__(FilterOptions(ratio=options.sparsity, prune_after=options.prune_after))
+        super().__init__(FilterOptions(ratio=options.sparsity, prune_after=options.prune_after, round_to=1,
+                                       decay_1d=options.decay_1d))
         self.l1_options = options
+
+    def _keep_for_ratio(self, groups: list[ChannelGroup], ratio: float, fixed: dict[str, float]) -> dict[str, int]:
+        return {group_key(g): g.size - pruned_count(g.size, fixed.get(group_key(g), ratio), g.blocks) for g in groups}

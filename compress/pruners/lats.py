@@ -1,12 +1,17 @@
 """LATS: soft-threshold reparameterisation with a learning-rate-tied threshold (ISTA view).
 
 Effective weight w = S_d(θ) = sign(θ)·max(|θ| − d, 0); the backward pass is straight-through
-(∂L/∂θ = ∂L/∂w everywhere), so pruned weights keep their gradient and can regrow. One global
+(∂L/∂θ = ∂L/∂w wherever θ ≠ 0; 0 where θ is exactly 0, as the official code), so pruned weights
+keep their gradient and can regrow. One global
 threshold d, kept in state_dict, follows a schedule over the pruning window:
 
 - lats: d_t = λ·Σ_{s<t} η_s over the learning rates actually used (λ = D / Σ_window η_s when
   D is given), right for any LR schedule;
 - s-lats, pgh, linear, constant: the closed forms of `schedules.threshold_fraction`.
+
+Where this deliberately differs from the official code: schedule 'lats' sums the learning rates
+actually used, so it stays λ = Δd/η under warm-up and step schedules; the official closed forms
+assume cosine without warm-up (under cosine from epoch 0 both give the same threshold).
 
 Modes: during (window = [start_epoch, epochs)), early (window = [start_epoch, end_epoch), then
 the mask is fixed: S_d(θ) is written into θ, d drops to 0 and the kept weights train on), init (pruning at initialisation: constant D from step 0
@@ -54,6 +59,9 @@ class LATSOptions:
                                  "calibrated in the first half of the pruning window and then held (±4.5%); "
                                  "the report records the λ and D that resulted.",
                                  lo=0.0, hi=1.0, hi_open=True)
+    decay_1d: bool = opt(True, "Weight decay also on biases and BatchNorm parameters (train.weight_decay), as "
+                         "the official LATS code (no_bn_decay off: one decay for every parameter). false: "
+                         "weights only, the other methods' default.")
 
     def check(self, where: str) -> None:
         if self.l1_lambda > 0 and self.schedule != "lats":
@@ -73,13 +81,18 @@ def soft_threshold(theta: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor
 
 
 class _SoftThresholdSTE(torch.autograd.Function):
+    """Forward S_d(θ); backward ∂L/∂w wherever θ ≠ 0 and 0 where θ is exactly 0, the official rule
+    (its w = sign(θ)·pass-through-ReLU(|θ| − d) back-propagates ∂L/∂w·sign(θ)², and sign(0) = 0)."""
+
     @staticmethod
     def forward(ctx, theta: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(theta)
         return soft_threshold(theta, d)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad, None
+        (theta,) = ctx.saved_tensors
+        return grad.masked_fill(theta == 0, 0.0), None
 
 
 class SoftThreshold(nn.Module):

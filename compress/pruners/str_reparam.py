@@ -34,13 +34,24 @@ class STROptions:
                                  lo=0.0, hi=1.0, hi_open=True)
     ramp_fraction: float = opt(0.75, "Target mode: fraction of the epochs over which sparsity ramps "
                                "(cubic) to the target.", lo=0.0, hi=1.0, lo_open=True)
+    decay_1d: bool = opt(True, "Weight decay also on biases and BatchNorm parameters, as the official STR code "
+                         "(no_bn_decay off by default there). false: weights only.")
 
 
-def s_gradient(theta: torch.Tensor, grad_theta: torch.Tensor, tau: float) -> torch.Tensor:
+def sigmoid(s: float) -> float:
+    """1 / (1 + e^−s) in double precision for any s (the same bits as torch.sigmoid in float64). Below
+    s = −700, e^−s would overflow; there 1 + e^−s rounds to e^−s, so the value is e^s: the paper's
+    s_init = −3200 gives 0.0, not an OverflowError."""
+    return 1.0 / (1.0 + math.exp(-s)) if s > -700.0 else math.exp(s)
+
+
+def s_gradient(theta: torch.Tensor, grad_theta: torch.Tensor, s: float) -> torch.Tensor:
     """∂L/∂s of w = sign(θ)·ReLU(|θ| − sigmoid(s)), from θ's gradient: −sigmoid'(s)·Σ ∂L/∂w·sign(w).
     ∂L/∂θ is ∂L/∂w where a weight is kept and 0 elsewhere, and sign(w) = sign(θ) where kept, so
-    the sum is ∂L/∂θ·sign(θ): one dot, no autograd node."""
-    return torch.dot(grad_theta.reshape(-1), theta.detach().sign().reshape(-1)) * (-tau * (1.0 - tau))
+    the sum is ∂L/∂θ·sign(θ): one dot, no autograd node. sigmoid'(s) = sigmoid(s)·sigmoid(−s), which
+    stays finite (0 far out) on both sides, where 1 − sigmoid(s) would cancel for large s."""
+    slope = sigmoid(s) * sigmoid(-s)
+    return torch.dot(grad_theta.reshape(-1), theta.detach().sign().reshape(-1)) * (-slope)
 
 
 class SoftThresholdLearned(nn.Module):
@@ -55,7 +66,8 @@ class SoftThresholdLearned(nn.Module):
         self.s = nn.Parameter(torch.tensor(float(s_init)), requires_grad=False)
 
     def tau(self) -> float:
-        return 1.0 / (1.0 + math.exp(-float(self.s)))
+        """The threshold sigmoid(s), stable for any s."""
+        return sigmoid(float(self.s))
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.softshrink(theta, self.tau())
@@ -89,7 +101,7 @@ class STRPruner(Pruner):
     def after_backward(self, step: int) -> None:
         for theta, reparam in zip(self._latents(), self._reparams()):
             if theta.grad is not None:
-                grad = s_gradient(theta, theta.grad, reparam.tau())
+                grad = s_gradient(theta, theta.grad, float(reparam.s))
                 reparam.s.grad = grad.to(reparam.s.dtype).reshape(reparam.s.shape)
 
     def _reparams(self) -> list[SoftThresholdLearned]:

@@ -105,8 +105,13 @@ def solve_shift(latents: list[torch.Tensor], s: list[float], wanted: float,
     """The c for which shifting every layer's s by c gives global sparsity `wanted` (bisection; the
     sparsity grows with c). A shift keeps the layers' differences in s, so their thresholds keep
     the order and odds ratios the loss taught them, and unlike a scaling toward 0 it can raise a
-    threshold past sigmoid(0) = 0.5 (needed above ~99% on LeNet-5). Clamped to [lo, hi]."""
+    threshold past sigmoid(0) = 0.5 (needed above ~99% on LeNet-5). Clamped to [lo, hi], widened so
+    that every s can reach [lo, hi] itself (the paper's s_init = −3200 needs a shift of ~3200)."""
     sorted_abs = [t.detach().abs().flatten().sort().values for t in latents]
+    if s and min(s) < lo:
+        hi = max(hi, hi - min(s))
+    if s and max(s) > hi:
+        lo = min(lo, lo - max(s))
     if sparsity_after_shift(sorted_abs, s, lo) >= wanted:
         return lo
     if sparsity_after_shift(sorted_abs, s, hi) <= wanted:
