@@ -40,8 +40,9 @@ def test_a_number_off_its_json_is_caught(tmp_path):
     readme = "text\n\n" + "\n".join(lines) + "\n\nmore\n"
     assert tables.differences(readme, doc) == []
     assert tables.differences(readme.replace("**99.05%**", "99.05%"), doc) == []
-    assert tables.differences(readme.replace("98.96%", "98.97%"), doc) == ["README table 't' differs from " +
+    assert tables.differences(readme.replace("98.96%", "98.97%"), doc) == ["table 't' differs from " +
                                                                            str(tmp_path / "r.json")]
     assert tables.differences(readme, doc.replace("98.96%", "98.97%"))[0].startswith("docs/tables.md is not")
     wider = readme.replace("| 98.96% |", "| 98.96% | 1.0 |")  # a column the JSON does not give
     assert len(tables.differences(wider, doc)) == 1
+    assert "is in no page" in tables.differences("no table here", doc)[0]  # a table that went missing
