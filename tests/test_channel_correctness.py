@@ -125,8 +125,16 @@ def test_conv1d_models_are_cut_exactly():
     assert cut == 2 and refused == 0 and diff < 1e-5
 
 
+def test_a_token_axis_concatenation_merges_the_channels_of_its_inputs():
+    """cat along the token axis: both inputs carry the same channels, so one group, cut exactly."""
+    torch.manual_seed(0)
+    groups = channel_groups(TokenConcat().eval(), torch.randn(2, 5, 8))
+    assert any(set(g.producers) == {"a", "b"} and g.prunable for g in groups)
+    cut, _, diff = cut_vs_masked(TokenConcat(), torch.randn(2, 5, 8))
+    assert cut == 1 and diff < 1e-5
+
+
 @pytest.mark.parametrize("model,x,words", [
-    (TokenConcat(), torch.randn(2, 5, 8), "concatenation"),
     (UntrackedAdd(), torch.randn(2, 1, 8, 8), "untracked tensor"),
 ])
 def test_ops_on_other_axes_or_untracked_tensors_block_with_a_reason(model, x, words):
