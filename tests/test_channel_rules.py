@@ -476,3 +476,25 @@ def test_a_slice_of_all_channels_keeps_them_whole():
     assert _index_axis((slice(None), slice(None, 8)), 4, 1, size=8) == 1   # GhostNet's [:, :out_chs]
     assert _index_axis((slice(None), slice(None, 6)), 4, 1, size=8) is None
     assert _index_axis((slice(None), slice(0, 8, 2)), 4, 1, size=8) is None
+
+
+class FunctionalLinear(nn.Linear):
+    """timm's Linear shape: an nn.Linear subclass whose forward calls F.linear on its own tensors."""
+    def forward(self, x):
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+class FunctionalHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.out = FunctionalLinear(6, 20), FunctionalLinear(20, 12), nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def test_a_linear_subclass_calling_f_linear_on_its_own_weight_is_that_linear():
+    torch.manual_seed(0)
+    cut, diff, groups = cut_vs_masked(FunctionalHead(), torch.randn(3, 6))
+    assert cut == 2 and diff < 1e-5
+    assert {p for g in groups for p in g.producers} >= {"fc1", "fc2"}
