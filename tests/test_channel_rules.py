@@ -498,3 +498,27 @@ def test_a_linear_subclass_calling_f_linear_on_its_own_weight_is_that_linear():
     cut, diff, groups = cut_vs_masked(FunctionalHead(), torch.randn(3, 6))
     assert cut == 2 and diff < 1e-5
     assert {p for g in groups for p in g.producers} >= {"fc1", "fc2"}
+
+
+class LayerScaled(nn.Module):
+    """timm's ConvNeXt layer scale: x.mul(gamma.reshape(1, -1, 1, 1)) with gamma of shape [C]."""
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv, self.head = nn.Conv2d(3, 12, 1), nn.Conv2d(12, 12, 3, padding=1), nn.Conv2d(12, 4, 1)
+        self.gamma = nn.Parameter(torch.rand(12) + 0.5)
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(h + self.conv(h).mul(self.gamma.reshape(1, -1, 1, 1)))
+
+
+def test_a_reshaped_per_channel_parameter_is_cut_with_its_group():
+    torch.manual_seed(0)
+    model = LayerScaled()
+    cut, diff, groups = cut_vs_masked(model, torch.randn(2, 3, 6, 6))
+    group = next(g for g in groups if "stem" in g.producers)
+    assert group.prunable and ("gamma", 0) in group.parameters and cut == 1 and diff < 1e-5
+    smaller = copy.deepcopy(model).eval()
+    remove_channels(smaller, next(g for g in channel_groups(smaller, torch.randn(2, 3, 6, 6)) if g.prunable),
+                    torch.arange(5))
+    assert smaller.gamma.shape == (5,)

@@ -393,7 +393,7 @@ def _binary(w, node, kind: str) -> None:
     elif len(tensors) == 1 and tensors[0] in w.label:
         w.follow(node, tensors[0], shift=f"{node.name} (+ a constant)" if kind == "add" else None)
     elif len(tensors) == 2 and sum(t in w.label for t in tensors) == 1 and \
-            any(t.op == "get_attr" for t in tensors if t not in w.label):
+            any(_parameter_of(t) is not None for t in tensors if t not in w.label):
         x = next(t for t in tensors if t in w.label)
         _parameter(w, node, x, next(t for t in tensors if t not in w.label), kind)
     elif any(a in w.label for a in node.all_input_nodes):
@@ -482,11 +482,22 @@ def _concat_along(w, node: fx.Node, tensors) -> bool:
     return True
 
 
+def _parameter_of(t: fx.Node) -> fx.Node | None:
+    """The parameter (get_attr node) `t` is, or reshapes (timm's layer scale gamma.reshape(1, -1, 1, 1))."""
+    if t.op == "get_attr":
+        return t
+    reshape = (t.op == "call_method" and t.target in ("reshape", "view")) or \
+        (t.op == "call_function" and t.target is torch.reshape)
+    src = t.args[0] if reshape and t.args and isinstance(t.args[0], fx.Node) else None
+    return src if src is not None and src.op == "get_attr" else None
+
+
 def _parameter(w, node: fx.Node, x: fx.Node, p: fx.Node, kind: str) -> None:
-    """x + p or x * p with p a parameter (get_attr). Broadcast along the channel axis (size 1 there, or
-    too few dims to reach it) p is a constant: a product keeps removed channels zero, a sum shifts
-    them. With one entry per channel (ConvNeXt's layer scale [C, 1, 1], ViT's position embedding
-    [1, T, C]) p joins the groups along that dim: the masked model zeroes those entries too."""
+    """x + p or x * p with p a parameter (get_attr) or a reshape of one. Broadcast along the channel
+    axis (size 1 there, or too few dims to reach it) p is a constant: a product keeps removed channels
+    zero, a sum shifts them. With one entry per channel (ConvNeXt's layer scale [C, 1, 1] or [C]
+    reshaped, ViT's position embedding [1, T, C]) p joins the groups along that dim: the masked model
+    zeroes those entries too."""
     shape, nd = p.meta["tensor_meta"].shape, w.ndim(x)
     dim = w.axis[x] - (nd - len(shape))
     w.label[node], w.axis[node] = w.label[x], w.axis[x]
@@ -494,16 +505,23 @@ def _parameter(w, node: fx.Node, x: fx.Node, p: fx.Node, kind: str) -> None:
         w.shifted[node] = w.shifted.get(x) or (f"{node.name} (+ a constant)" if kind == "add" else None)
         return
     segs = w.label[x]
-    if len(p.users) > 1:  # cutting it would change what its other uses compute
-        w.block(node, f"{kind} {node.name}: parameter {p.target} is used elsewhere too")
+    src = _parameter_of(p)
+    if len(p.users) > 1 or len(src.users) > 1:  # cutting it would change what its other uses compute
+        w.block(node, f"{kind} {node.name}: parameter {src.target} is used elsewhere too")
         return
     if shape[dim] != sum(w.g.get(gid).size for gid, _ in segs) or any(per != 1 for _, per in segs):
-        w.block(node, f"{kind} {node.name} of a channel tensor and parameter {p.target} of shape {list(shape)}")
+        w.block(node, f"{kind} {node.name} of a channel tensor and parameter {src.target} of shape {list(shape)}")
         return
+    if src is not p:  # a reshape: the parameter's own dim holding the channels, all others of size 1
+        own = list(src.meta["tensor_meta"].shape)
+        if sorted(own) != [1] * (len(own) - 1) + [shape[dim]] or shape[dim] == 1:
+            w.block(node, f"{kind} {node.name}: parameter {src.target} of shape {own} reshaped")
+            return
+        dim = own.index(shape[dim])
     for i, (gid, _) in enumerate(segs):
         grp = w.g.get(gid)
-        grp.parameters.append((p.target, dim))
+        grp.parameters.append((src.target, dim))
         if i:
-            grp.before[p.target] = list(segs[:i])
+            grp.before[src.target] = list(segs[:i])
     # a product with a zeroed entry is zero whatever x carried; a sum keeps what x carried
     w.shifted[node] = w.shifted.get(x) if kind == "add" else None
