@@ -522,3 +522,22 @@ def test_a_reshaped_per_channel_parameter_is_cut_with_its_group():
     remove_channels(smaller, next(g for g in channel_groups(smaller, torch.randn(2, 3, 6, 6)) if g.prunable),
                     torch.arange(5))
     assert smaller.gamma.shape == (5,)
+
+
+class ZeroStart(nn.Module):
+    """timm's MobileOne block sums its branches starting from a Python 0."""
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        out = 0 + self.a(x)
+        out += self.b(x)
+        return self.head(torch.relu(out + 0.0))
+
+
+def test_adding_a_python_zero_is_not_a_shift():
+    torch.manual_seed(0)
+    cut, diff, groups = cut_vs_masked(ZeroStart(), torch.randn(2, 3, 6, 6))
+    group = next(g for g in groups if "a" in g.producers)
+    assert not group.shifts and cut == 1 and diff < 1e-5

@@ -391,7 +391,9 @@ def _binary(w, node, kind: str) -> None:
         w.shifted[node] = (w.shifted.get(a) or w.shifted.get(b)) if kind == "add" else \
             (w.shifted.get(a) and w.shifted.get(b))
     elif len(tensors) == 1 and tensors[0] in w.label:
-        w.follow(node, tensors[0], shift=f"{node.name} (+ a constant)" if kind == "add" else None)
+        others = [a for a in node.args if not isinstance(a, fx.Node)]
+        plus_zero = all(isinstance(a, (int, float)) and a == 0 for a in others)  # timm's `0 + branch`
+        w.follow(node, tensors[0], shift=f"{node.name} (+ a constant)" if kind == "add" and not plus_zero else None)
     elif len(tensors) == 2 and sum(t in w.label for t in tensors) == 1 and \
             any(_parameter_of(t) is not None for t in tensors if t not in w.label):
         x = next(t for t in tensors if t in w.label)
