@@ -215,7 +215,13 @@ def in_child(flag: str, name: str, timeout: float) -> dict:
             row = {"status": "crash", "error": last[:300]}
     except subprocess.TimeoutExpired:
         row = {"status": "timeout"}
-    return {**row, "seconds": round(time.perf_counter() - t0, 1)}
+    return {**row, "seconds": round(time.perf_counter() - t0, 1), "commit": commit()}
+
+
+def commit() -> str:
+    """The checkout's commit (a row records the code that produced it; --update mixes commits)."""
+    res = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return res.stdout.strip() or "unknown"
 
 
 def median(values: list[float]) -> float | None:
