@@ -93,3 +93,37 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert main(["gate", str(report), "--max-accuracy-drop", "-1"]) == 2
     err = capsys.readouterr().err
     assert "missing.json: cannot read report JSON" in err and "max_accuracy_drop" in err
+
+
+# threshold -> (the report field it reads, the value at the limit, a value just past it, the GateConfig field and
+# limit); dense accuracy is 0.98, so a sparse accuracy of 0.95 is a drop of 0.03
+LIMITS = {
+    "accuracy_drop": ("sparse.accuracy", 0.95, 0.9499, "max_accuracy_drop", 0.03),
+    "min_sparsity": ("sparsity.global", 0.9, 0.8999, "min_sparsity", 0.9),
+    "min_accuracy": ("sparse.accuracy", 0.96, 0.9599, "min_accuracy", 0.96),
+    "latency_ratio": ("latency.ratio", 0.7, 0.7001, "max_latency_ratio", 0.7),
+    "macs_ratio": ("structure.macs_after", 600, 601, "max_macs_ratio", 0.6),
+}
+
+
+@pytest.mark.parametrize("name", list(LIMITS))
+def test_each_threshold_passes_at_its_limit_and_fails_just_past_it(name):
+    field, at, past, option, limit = LIMITS[name]
+    gate = GateConfig(**{"max_accuracy_drop": 1.0, option: limit})
+    for value, passes in ((at, True), (past, False)):
+        changes = {field: value} if name != "macs_ratio" else {"structure": {"macs_before": 1000, "macs_after": value}}
+        results = {c["name"]: c["passed"] for c in check(with_changes(**changes), gate)}
+        assert results[name] is passes, (name, value)
+        assert all(results[n] for n in results if n != name)  # only the threshold under test decides
+
+
+@pytest.mark.parametrize("name,field,at,past,option", [
+    ("accuracy_vs_reference", "sparse.accuracy", 0.95, 0.9499, {"max_accuracy_drop": 0.02}),
+    ("sparsity_vs_reference", "sparsity.global", 0.89, 0.8899, {"max_sparsity_drop": 0.02}),
+    ("latency_ratio_vs_reference", "latency.ratio", 0.9, 0.9001, {"max_latency_ratio_increase": 0.1}),
+])
+def test_each_reference_check_passes_at_its_limit_and_fails_just_past_it(name, field, at, past, option):
+    for value, passes in ((at, True), (past, False)):
+        results = {c["name"]: c["passed"] for c in compare(with_changes(**{field: value}), REPORT, **option)}
+        assert results[name] is passes, (name, value)
+        assert all(results[n] for n in results if n != name)
