@@ -32,7 +32,7 @@ def export_stage(run: Run) -> list[str]:
     if cfg.compute:
         manifest = make_sparse_compute(folder / "sparse.onnx", run.dir / "sparse", folder / "sparse-compute",
                                        batch=cfg.compute_batch, threads=cfg.compute_threads,
-                                       min_sparsity=cfg.compute_min_sparsity)
+                                       min_sparsity=cfg.compute_min_sparsity, timer=run.timer)
         info["sparse-compute"] = {"path": "sparse-compute/", "sparse_layers": list(manifest["layers"]),
                                   "considered": manifest["considered"],
                                   "sparsity_carrier": "CSR weights (from the convert stage) bound at run time "
@@ -43,7 +43,7 @@ def export_stage(run: Run) -> list[str]:
         calibration = first(run.data.train, cfg.calibration_samples)[0].numpy()
         for v in ("dense", "sparse"):
             info[f"{v}-int8"] = quantize(folder / f"{v}.onnx", folder / f"{v}-int8.onnx", cfg.int8, calibration,
-                                       timing=(cfg.compute_batch, cfg.compute_threads))
+                                       timing=(cfg.compute_batch, cfg.compute_threads), timer=run.timer)
             stamp_metadata(folder / f"{v}-int8.onnx", metadata)
             out.append(f"{v}-int8.onnx")
     with torch.no_grad():
