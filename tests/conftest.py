@@ -56,15 +56,15 @@ def pruned_mlp(data, hidden: list[int], sparsity: float):
 def fixed_timer(p50_ms, default: float = 1.0):
     """A `deploy.latency.Timer` that runs nothing and reports fixed timings, so a timing decision is
     deterministic: `p50_ms` maps a session's name to its p50 in ms (others: `default`), or is a function
-    (name, input array) -> ms. `timer.calls` lists the session names of every call."""
+    (name, session, input array) -> ms. `timer.calls` lists the session names of every call."""
     from deploy.latency import summarize
 
-    def ms(name, x) -> float:
-        return p50_ms(name, x) if callable(p50_ms) else p50_ms.get(name, default)
+    def ms(name, session, x) -> float:
+        return p50_ms(name, session, x) if callable(p50_ms) else p50_ms.get(name, default)
 
     def timer(sessions, x, *, warmup: int = 0, runs: int = 1, **_) -> dict:
         timer.calls.append(list(sessions))
-        out = {n: summarize([ms(n, x)] * max(runs, 1)) for n in sessions}
+        out = {n: summarize([ms(n, s, x)] * max(runs, 1)) for n, s in sessions.items()}
         for stats in out.values():
             stats["throughput_per_s"] = len(x) * 1000.0 / stats["mean_ms"]
         return out
