@@ -6,6 +6,7 @@ results/mutation/TARGET.json: counts, score (killed / all run) and every survivi
 
     python tools/mutation.py gate formats          # whole modules
     python tools/mutation.py formats --sample 80   # a seeded sample of 80 mutants (slow modules)
+    python tools/mutation.py gate --survivors      # only the last run's survivors (after adding tests)
     python tools/mutation.py --list
 
 Needs the `mutation` extra (pip install -e '.[mutation]'). Run it on a clean tree: cosmic-ray edits the
@@ -42,18 +43,23 @@ def config(module: str, tests: list[str], timeout: float) -> str:
             f'test-command = "env OMP_NUM_THREADS=1 {command}"\n\n[cosmic-ray.distributor]\nname = "local"\n')
 
 
-def sample_only(session: Path, n: int, seed: int) -> int:
-    """Mark all but a seeded sample of `n` mutants as skipped; returns how many there were."""
+def keep_only(session: Path, n: int = 0, seed: int = 0, survivors: list[dict] | None = None) -> int:
+    """Mark as skipped all mutants but a seeded sample of `n`, or but the earlier `survivors` (same
+    operator and occurrence); returns how many mutants there are."""
     from cosmic_ray.work_db import use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
     with use_db(str(session)) as db:
-        jobs = sorted(item.job_id for item in db.pending_work_items)
-        keep = set(random.Random(seed).sample(jobs, min(n, len(jobs))))
-        for job in jobs:
-            if job not in keep:
-                db.set_result(job, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
-    return len(jobs)
+        items = sorted(db.pending_work_items, key=lambda item: item.job_id)
+        if survivors is not None:
+            wanted = {(s["operator"], s["occurrence"]) for s in survivors}
+            keep = {i.job_id for i in items if (i.mutations[0].operator_name, i.mutations[0].occurrence) in wanted}
+        else:
+            keep = set(random.Random(seed).sample([i.job_id for i in items], min(n, len(items))))
+        for item in items:
+            if item.job_id not in keep:
+                db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+    return len(items)
 
 
 def summary(session: Path, target: str, module: str, tests: list[str], total: int, seconds: float) -> dict:
@@ -84,9 +90,10 @@ def summary(session: Path, target: str, module: str, tests: list[str], total: in
             "survivors": sorted(survived, key=lambda s: s["line"])}
 
 
-def run_target(target: str, sample: int, seed: int, timeout: float) -> dict:
+def run_target(target: str, sample: int, seed: int, timeout: float, survivors: bool = False) -> dict:
     module, tests = TARGETS[target]
     OUT.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads((OUT / f"{target}.json").read_text()) if survivors else None
     with tempfile.TemporaryDirectory() as work:
         cfg, session = Path(work) / "cr.toml", Path(work) / "session.sqlite"
         cfg.write_text(config(module, tests, timeout))
@@ -95,15 +102,23 @@ def run_target(target: str, sample: int, seed: int, timeout: float) -> dict:
         baseline = subprocess.run([*cr, "baseline", str(cfg)], cwd=REPO)
         if baseline.returncode != 0:
             raise SystemExit(f"{target}: the tests fail on the unmutated code; fix them first")
-        total = sample_only(session, sample, seed) if sample else None
+        total = keep_only(session, sample, seed, earlier and earlier["survivors"]) if sample or earlier else None
         t0 = time.perf_counter()
         subprocess.run([*cr, "exec", str(cfg), str(session)], cwd=REPO, check=True)
         result = summary(session, target, module, tests, total or 0, time.perf_counter() - t0)
         if result["incompetent"] == result["run"]:
             raise SystemExit(f"{target}: no mutant could be tested (is the test command right?)")
-    if not sample:
+    if earlier:  # the mutants killed before stay killed: the tests only grew
+        newly = result["killed"]
+        result.update(killed=earlier["killed"] + newly, run=earlier["run"], mutants=earlier["mutants"],
+                      incompetent=earlier["incompetent"], sample=earlier["sample"],
+                      score=(earlier["killed"] + newly) / (earlier["killed"] + earlier["survived"]),
+                      earlier={k: earlier[k] for k in ("killed", "survived", "score")})
+        result["survived"] = len(result["survivors"])
+    elif not sample:
         result["mutants"] = result["run"]
-    result["sample"] = {"size": sample, "seed": seed} if sample else None
+    if not earlier:
+        result["sample"] = {"size": sample, "seed": seed} if sample else None
     (OUT / f"{target}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -114,6 +129,7 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=0, help="run only a seeded sample of this many mutants")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant before it counts as killed")
+    ap.add_argument("--survivors", action="store_true", help="rerun only the survivors in results/mutation/TARGET.json")
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
     if args.list or not args.targets:
@@ -124,7 +140,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown target {unknown[0]!r} (see --list)")
     for target in args.targets:
-        r = run_target(target, args.sample, args.seed, args.timeout)
+        r = run_target(target, args.sample, args.seed, args.timeout, args.survivors)
         print(f"{target}: {r['killed']} killed, {r['survived']} survived, {r['incompetent']} incompetent "
               f"(score {r['score']:.1%}) -> results/mutation/{target}.json")
 
