@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -46,6 +47,12 @@ def summarize(times_ms: list[float]) -> dict:
     return {"runs": int(a.size), "mean_ms": float(a.mean()), "std_ms": float(a.std()),
             "min_ms": float(a.min()), "p50_ms": float(np.percentile(a, 50)),
             "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99))}
+
+
+# What every timing decision calls to measure: compare_latency's signature, (sessions, x, *, warmup, runs, ...)
+# -> {name: {"p50_ms", ...}}. Decisions take one as a parameter (default: compare_latency), so tests can drive
+# them with fixed timings and assert the decision; real timing belongs in benchmarks.
+Timer = Callable[..., dict[str, dict]]
 
 
 def compare_latency(sessions: dict, x: np.ndarray | dict[str, np.ndarray], *, warmup: int = 20, runs: int = 200,

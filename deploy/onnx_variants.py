@@ -21,7 +21,7 @@ from compress import atomic
 from compress.errors import UserError
 
 from .formats import load_sparse_arrays, save_sparse
-from .latency import compare_latency
+from .latency import Timer, compare_latency
 from .manifest import SPARSE_COMPUTE
 from .runtime import SparseSession
 
@@ -90,7 +90,8 @@ def _sparse_matmul(w_t: str, x: str, out: str) -> onnx.NodeProto:
     return helper.make_node("SparseToDenseMatMul", [w_t, x], [out], domain="com.microsoft", transA=1, transB=1)
 
 
-def time_layer(w: np.ndarray, w_t: sp.csr_array, batch: int, threads: int = 1, runs: int = 50) -> dict:
+def time_layer(w: np.ndarray, w_t: sp.csr_array, batch: int, threads: int = 1, runs: int = 50,
+               timer: Timer = compare_latency) -> dict:
     """Median ms of this layer alone, dense Gemm (W) vs SparseToDenseMatMul (Wᵀ as CSR), interleaved."""
     x = np.random.default_rng(0).standard_normal((batch, w.shape[1])).astype(np.float32)
     opts = ort.SessionOptions()
@@ -102,7 +103,7 @@ def time_layer(w: np.ndarray, w_t: sp.csr_array, batch: int, threads: int = 1, r
 
     sessions = {"dense": session(_single_layer(w.shape, False, w)),
                 "sparse": SparseSession(session(_single_layer(w.shape, True)), {"w": w_t})}
-    timing = compare_latency(sessions, x, warmup=5, runs=runs)
+    timing = timer(sessions, x, warmup=5, runs=runs)
     return {k: v["p50_ms"] for k, v in timing.items()}
 
 
@@ -113,7 +114,8 @@ def _layer_of(initializer: str, arrays: dict) -> str | None:
 
 
 def make_sparse_compute(src: str | Path, sparse_folder: str | Path, folder: str | Path, batch: int = 1,
-                        threads: int = 1, min_sparsity: float = 0.5, force: bool | None = None) -> dict:
+                        threads: int = 1, min_sparsity: float = 0.5, force: bool | None = None,
+                        timer: Timer = compare_latency) -> dict:
     """Write folder/{model.onnx, csr/, manifest.json}; returns the manifest.
 
     The CSR weights come from convert's output (`sparse_folder`, read and checked by formats.py) and
@@ -134,7 +136,7 @@ def make_sparse_compute(src: str | Path, sparse_folder: str | Path, folder: str 
                             "(convert and export were made from different weights)")
         w_t = stored[layer].T.tocsr()
         w_t.sort_indices()
-        timing = time_layer(w, w_t, batch, threads)
+        timing = time_layer(w, w_t, batch, threads, timer=timer)
         use = timing["sparse"] < timing["dense"] if force is None else force
         layers[name] = {"shape": list(w.shape), "csr_shape": list(w_t.shape), "sparsity": float((w == 0).mean()),
                         "dense_ms": timing["dense"], "sparse_ms": timing["sparse"], "sparse": bool(use),

@@ -19,7 +19,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from compress import atomic
 
-from .latency import compare_latency, make_session
+from .latency import Timer, compare_latency, make_session
 
 
 class _Batches(CalibrationDataReader):
@@ -59,14 +59,14 @@ def slow_int8_convs(model: onnx.ModelProto) -> list[str]:
     return slow
 
 
-def _time_pair(paths: dict[str, Path], x: np.ndarray, threads: int) -> dict[str, float]:
+def _time_pair(paths: dict[str, Path], x: np.ndarray, threads: int, timer: Timer = compare_latency) -> dict[str, float]:
     sessions = {name: make_session(path, threads=threads) for name, path in paths.items()}
-    lat = compare_latency(sessions, x, warmup=10, runs=50 if len(x) > 1 else 200)
+    lat = timer(sessions, x, warmup=10, runs=50 if len(x) > 1 else 200)
     return {name: lat[name]["p50_ms"] for name in paths}
 
 
 def quantize(src: str | Path, dst: str | Path, mode: str, calibration: np.ndarray | None = None,
-             input_name: str = "input", timing: tuple[int, int] | None = None) -> dict:
+             input_name: str = "input", timing: tuple[int, int] | None = None, timer: Timer = compare_latency) -> dict:
     """Write an int8 copy of `src`: 'dynamic' (weights int8, activations at run time) or 'static'
     (activations calibrated on `calibration`, QDQ format). Static activations are uint8 with int8
     weights (U8S8), onnxruntime's fast path on x86-64: on this machine's AVX-512 VNNI CPU, ResNet-20
@@ -102,7 +102,7 @@ def quantize(src: str | Path, dst: str | Path, mode: str, calibration: np.ndarra
             if len(paths) > 1:
                 batch, threads = timing
                 x = np.ascontiguousarray(np.resize(calibration, (batch, *calibration.shape[1:])))
-                measured = _time_pair(paths, x, threads)
+                measured = _time_pair(paths, x, threads, timer)
                 chosen = min(measured, key=measured.get)
                 info["timed"] = {"batch": batch, "threads": threads,
                                  **{f"{name}_p50_ms": ms for name, ms in measured.items()}}

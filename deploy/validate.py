@@ -11,7 +11,7 @@ from torch import nn
 from compress.errors import UserError
 from .sections import ValidateConfig
 
-from .latency import compare_latency
+from .latency import Timer, compare_latency
 from .runtime import open_model
 
 __all__ = ["ValidateConfig", "validate", "array_batches", "onnx_logits", "torch_logits", "check_input"]  # the section dataclass is re-exported for callers
@@ -43,7 +43,8 @@ def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> Callable[[],
 
 
 def validate(onnx_paths: dict[str, Path], torch_models: dict[str, nn.Module],
-             batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], cfg: ValidateConfig) -> dict:
+             batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], cfg: ValidateConfig,
+             timer: Timer = compare_latency) -> dict:
     """Accuracy (onnxruntime and PyTorch), ONNX↔PyTorch agreement and side-by-side latency per model.
 
     `batches()` yields (x, y) numpy batches of the test set once: every model sees each batch in turn,
@@ -80,7 +81,7 @@ def validate(onnx_paths: dict[str, Path], torch_models: dict[str, nn.Module],
                         "mean_abs_diff_vs_torch": t["sum"] / max(t["size"], 1), "samples": t["n"]}
                  for name, t in totals.items()}
     batch = np.ascontiguousarray(latency_input)
-    lat = compare_latency(sessions, batch, warmup=cfg.warmup_runs, runs=cfg.runs)
+    lat = timer(sessions, batch, warmup=cfg.warmup_runs, runs=cfg.runs)
     latency = {**lat, "batch_size": int(len(batch)), "threads": cfg.threads,
                "interleaved": True, "warmup_runs": cfg.warmup_runs}
     if "dense" in lat:

@@ -1,13 +1,14 @@
 import contextlib
 import io
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_MNIST = Path(os.environ.get("SPARSEPIPE_MNIST", REPO.parent / "shared" / "data" / "mnist"))
+# A class-balanced real MNIST subset committed with the tests (provenance: tests/mnist_subset/README.md),
+# so a fresh clone without ../shared runs every MNIST test; ../shared/data/mnist is for benchmarks.
+MNIST_SUBSET = REPO / "tests" / "mnist_subset"
 
 
 @pytest.fixture(scope="session")
@@ -19,9 +20,8 @@ def digits():
 
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
-    if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
-        pytest.skip(f"MNIST IDX files not found in {SHARED_MNIST} (../shared/data/mnist is absent)")
-    return SHARED_MNIST
+    """The committed MNIST subset: 300 train and 100 test images per digit, as gzipped IDX files."""
+    return MNIST_SUBSET
 
 
 def cli(*args) -> SimpleNamespace:
@@ -51,3 +51,23 @@ def pruned_mlp(data, hidden: list[int], sparsity: float):
         for n, m in magnitude_masks(model, layers, sparsity, "layer").items():
             model.get_submodule(n).weight.mul_(m)
     return model, layers
+
+
+def fixed_timer(p50_ms, default: float = 1.0):
+    """A `deploy.latency.Timer` that runs nothing and reports fixed timings, so a timing decision is
+    deterministic: `p50_ms` maps a session's name to its p50 in ms (others: `default`), or is a function
+    (name, session, input array) -> ms. `timer.calls` lists the session names of every call."""
+    from deploy.latency import summarize
+
+    def ms(name, session, x) -> float:
+        return p50_ms(name, session, x) if callable(p50_ms) else p50_ms.get(name, default)
+
+    def timer(sessions, x, *, warmup: int = 0, runs: int = 1, **_) -> dict:
+        timer.calls.append(list(sessions))
+        out = {n: summarize([ms(n, s, x)] * max(runs, 1)) for n, s in sessions.items()}
+        for stats in out.values():
+            stats["throughput_per_s"] = len(x) * 1000.0 / stats["mean_ms"]
+        return out
+
+    timer.calls = []
+    return timer

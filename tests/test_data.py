@@ -22,9 +22,12 @@ def test_digits_split_is_deterministic_and_stratified(digits):
 
 def test_mnist_idx_files(mnist_root):
     data = load_data("mnist", str(mnist_root))
-    assert len(data.train) == 60000 and len(data.test) == 10000
+    assert len(data.train) == 3000 and len(data.test) == 1000  # the committed subset: 300 / 100 per digit
     assert data.input_shape == (1, 28, 28) and data.num_classes == 10
-    assert np.bincount(data.test.y.numpy()).tolist()[:3] == [980, 1135, 1032]  # the official test split
+    assert np.bincount(data.train.y.numpy()).tolist() == [300] * 10
+    assert np.bincount(data.test.y.numpy()).tolist() == [100] * 10
+    raw = read_idx(mnist_root / "t10k-images-idx3-ubyte.gz")
+    assert raw.dtype == np.uint8 and raw.max() == 255 and 0.1 < (raw > 0).mean() < 0.3  # real digits, not noise
     limited = load_data("mnist", str(mnist_root), train_limit=500, test_limit=100)
     assert len(limited.train) == 500 and len(limited.test) == 100
     assert np.bincount(limited.test.y.numpy()).tolist() == [10] * 10  # stratified, not the first 100 files
@@ -45,7 +48,8 @@ def test_mnist_plain_files_and_bad_files(tmp_path, mnist_root):
     for name in ("t10k-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
         raw = gzip.open(mnist_root / f"{name}.gz").read()
         (tmp_path / name).write_bytes(raw)  # uncompressed copies must load too
-    assert read_idx(tmp_path / "t10k-labels-idx1-ubyte").shape == (10000,)
+    assert read_idx(tmp_path / "t10k-labels-idx1-ubyte").shape == (1000,)
+    assert np.array_equal(read_idx(tmp_path / "t10k-images-idx3-ubyte"), read_idx(mnist_root / "t10k-images-idx3-ubyte.gz"))
     truncated = tmp_path / "t10k-images-idx3-ubyte"
     truncated.write_bytes(truncated.read_bytes()[:5000])
     with pytest.raises(UserError, match="truncated"):

@@ -52,7 +52,8 @@ def test_two_process_gloo_matches_single_process(tmp_path):
 @pytest.mark.slow
 def test_kill_9_mid_training_then_rerun_resumes_to_the_same_result(tmp_path):
     args = ["-m", "deploy", "run", "configs/quickstart.toml", "--no-progress", "--set", "validate.runs=10",
-            "--set", "model.hidden=[512, 512]", "--set", "train.batch_size=16", "--set", "train.epochs=12"]
+            "--set", "model.hidden=[512, 512]", "--set", "train.batch_size=16", "--set", "train.epochs=12",
+            "--set", "freeze.latency_check=false"]  # the cut chosen by timing may differ between the two runs
     reference = run([*args, "--out", tmp_path / "ref"])
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "crash"

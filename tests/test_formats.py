@@ -73,3 +73,45 @@ def test_foreign_or_mismatched_files_are_clear_errors(tmp_path):
     (tmp_path / "weights.safetensors").write_bytes(b"garbage")
     with pytest.raises(UserError, match="does not match the sha256 in manifest.json"):
         load_sparse(tmp_path)
+
+
+def test_best_stores_a_layer_dense_when_that_is_smallest_and_sparse_otherwise(tmp_path):
+    full, sparse = sparse_tensor((6, 5), 1.0, 3), sparse_tensor((64, 64), 0.05, 4)
+    manifest = save_sparse(tmp_path, {"full": full, "sparse": sparse}, choice="best")
+    layers = manifest["layers"]
+    assert layers["full"]["format"] == "dense" and layers["full"]["stored_bytes"] == full.numel() * 4
+    assert layers["sparse"]["format"] in ("csr", "bsr") and layers["sparse"]["stored_bytes"] < 64 * 64 * 4 / 5
+    for name, w in (("full", full), ("sparse", sparse)):
+        info = layers[name]
+        assert info["nnz"] == int((w != 0).sum())
+        assert info["compression"] == info["dense_bytes"] / info["stored_bytes"]
+    back = load_sparse(tmp_path)
+    assert torch.equal(bits(back["full"]), bits(full)) and torch.equal(bits(back["sparse"]), bits(sparse))
+
+
+def test_a_manifest_whose_layers_are_not_an_object_is_named(tmp_path):
+    save_sparse(tmp_path, {"fc": sparse_tensor((4, 4), 0.5, 5)})
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "layers": ["fc"]}))
+    with pytest.raises(UserError) as e:
+        load_sparse(tmp_path)
+    assert str(e.value) == f"{tmp_path / 'manifest.json'}: 'layers' is not an object"
+
+
+def test_csr_bytes_are_data_indices_and_indptr_and_a_forced_format_is_kept(tmp_path):
+    w = sparse_tensor((9, 10), 1.0, 6)  # dense: "best" would store it dense, "csr" must not
+    info = save_sparse(tmp_path, {"w": w}, choice="csr")["layers"]["w"]
+    assert info["format"] == "csr"
+    # float32 data, int32 indices, int64 indptr (sizes whose bits overlap, so a sum is not an xor)
+    assert info["stored_bytes"] == info["csr_bytes"] == 90 * 4 + 90 * 4 + 10 * 8
+
+
+def test_an_unreadable_weights_file_is_one_clear_error(tmp_path):
+    from compress import atomic
+    save_sparse(tmp_path, {"fc": sparse_tensor((4, 4), 0.5, 7)})
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(b"\xff" * 64)  # not a safetensors file, but its hash is in the manifest
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "weights_sha256": atomic.sha256_file(path)}))
+    with pytest.raises(UserError, match=r"weights.safetensors: cannot read \("):
+        load_sparse(tmp_path)

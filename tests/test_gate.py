@@ -148,3 +148,89 @@ def test_standalone_gate_uses_the_thresholds_recorded_in_the_report(tmp_path, ca
     report.write_text(json.dumps(recorded))
     assert main(["gate", str(report)]) == 2
     assert "gate.thresholds" in capsys.readouterr().err
+
+
+# threshold -> (the report field it reads, the value at the limit, a value just past it, the GateConfig field and
+# limit); dense accuracy is 0.98, so a sparse accuracy of 0.95 is a drop of 0.03
+LIMITS = {
+    "accuracy_drop": ("sparse.accuracy", 0.95, 0.9499, "max_accuracy_drop", 0.03),
+    "min_sparsity": ("sparsity.global", 0.9, 0.8999, "min_sparsity", 0.9),
+    "min_accuracy": ("sparse.accuracy", 0.96, 0.9599, "min_accuracy", 0.96),
+    "latency_ratio": ("latency.ratio", 0.7, 0.7001, "max_latency_ratio", 0.7),
+    "macs_ratio": ("structure.macs_after", 600, 601, "max_macs_ratio", 0.6),
+}
+
+
+@pytest.mark.parametrize("name", list(LIMITS))
+def test_each_threshold_passes_at_its_limit_and_fails_just_past_it(name):
+    field, at, past, option, limit = LIMITS[name]
+    gate = GateConfig(**{"max_accuracy_drop": 1.0, option: limit})
+    for value, passes in ((at, True), (past, False)):
+        changes = {field: value} if name != "macs_ratio" else {"structure": {"macs_before": 1000, "macs_after": value}}
+        results = {c["name"]: c["passed"] for c in check(with_changes(**changes), gate)}
+        assert results[name] is passes, (name, value)
+        assert all(results[n] for n in results if n != name)  # only the threshold under test decides
+
+
+@pytest.mark.parametrize("name,field,at,past,option", [
+    ("accuracy_vs_reference", "sparse.accuracy", 0.95, 0.9499, {"max_accuracy_drop": 0.02}),
+    ("sparsity_vs_reference", "sparsity.global", 0.89, 0.8899, {"max_sparsity_drop": 0.02}),
+    ("latency_ratio_vs_reference", "latency.ratio", 0.9, 0.9001, {"max_latency_ratio_increase": 0.1}),
+])
+def test_each_reference_check_passes_at_its_limit_and_fails_just_past_it(name, field, at, past, option):
+    for value, passes in ((at, True), (past, False)):
+        results = {c["name"]: c["passed"] for c in compare(with_changes(**{field: value}), REPORT, **option)}
+        assert results[name] is passes, (name, value)
+        assert all(results[n] for n in results if n != name)
+
+
+@pytest.mark.parametrize("name,field,option", [("min_sparsity", "sparsity.global", "min_sparsity"),
+                                               ("min_accuracy", "sparse.accuracy", "min_accuracy")])
+def test_a_floor_absorbs_float_rounding_only(name, field, option):
+    """A value 1e-12 under the floor (float rounding of the same number) passes; 1e-9 under fails."""
+    gate = GateConfig(max_accuracy_drop=1.0, **{option: 0.9})
+    passed = {under: {c["name"]: c["passed"] for c in check(with_changes(**{field: 0.9 - under}), gate)}[name]
+              for under in (1e-12, 1e-9)}
+    assert passed == {1e-12: True, 1e-9: False}
+
+
+def test_every_value_under_a_latency_ceiling_passes():
+    for ratio, passes in ((0.2, True), (float("0.7"), True), (0.7000001, False), (3.0, False)):
+        results = {c["name"]: c["passed"] for c in check(with_changes(**{"latency.ratio": ratio}),
+                                                          GateConfig(max_latency_ratio=float("0.7")))}
+        assert results["latency_ratio"] is passes, ratio
+    ref = with_changes(**{"latency.ratio": 0.5})
+    for ratio, passes in ((0.3, True), (0.55, True), (0.65, False)):
+        results = {c["name"]: c["passed"] for c in compare(with_changes(**{"latency.ratio": ratio}), ref,
+                                                            max_latency_ratio_increase=0.1)}
+        assert results["latency_ratio_vs_reference"] is passes, ratio
+
+
+def test_reports_of_different_setups_are_compared_only_when_allowed():
+    other = with_changes(model="resnet20", data="mnist", **{"sparse.samples": 150})
+    with pytest.raises(UserError, match=r"not comparable with reference \(model 'resnet20' vs 'mlp'; data") as e:
+        compare(other, REPORT)
+    assert "test samples" not in str(e.value)  # the first two differences are named
+    assert {c["name"] for c in compare(other, REPORT, allow_different=True)} == {"accuracy_vs_reference",
+                                                                               "sparsity_vs_reference"}
+    with pytest.raises(TypeError):
+        compare(REPORT, REPORT, 0.5)  # thresholds are named, never positional
+
+
+def test_a_value_at_the_limit_up_to_float_rounding_passes_and_large_misses_fail():
+    """Limits are inclusive, with 1e-12 for float rounding (the values below make that exact), and a
+    large miss fails (the difference is a difference, whatever the numbers)."""
+    at_limit = with_changes(**{"dense.accuracy": 1.0, "sparse.accuracy": 0.5,
+                               "structure": {"macs_before": 1000, "macs_after": 500}})
+    gate = GateConfig(max_accuracy_drop=0.5 - 1e-12, max_macs_ratio=0.5 - 1e-12)
+    assert all(c["passed"] for c in check(at_limit, gate))
+    big_drop = with_changes(**{"dense.accuracy": 0.9, "sparse.accuracy": 0.3})
+    assert [c["passed"] for c in check(big_drop, GateConfig(max_accuracy_drop=0.5)) if c["name"] == "accuracy_drop"] \
+        == [False]
+    reference = with_changes(**{"sparse.accuracy": 1.0, "sparsity.global": 0.75, "latency.ratio": 0.5})
+    same = with_changes(**{"sparse.accuracy": 0.5, "sparsity.global": 0.5, "latency.ratio": 0.75})
+    assert all(c["passed"] for c in compare(same, reference, max_accuracy_drop=0.5 - 1e-12,
+                                            max_sparsity_drop=0.25 - 1e-12, max_latency_ratio_increase=0.25))
+    worse = with_changes(**{"sparse.accuracy": 0.3, "sparsity.global": 0.3})
+    far = with_changes(**{"sparse.accuracy": 0.97, "sparsity.global": 0.91})
+    assert not any(c["passed"] for c in compare(worse, far, max_accuracy_drop=0.5, max_sparsity_drop=0.5))

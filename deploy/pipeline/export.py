@@ -30,7 +30,7 @@ def export_stage(run: Run) -> list[str]:
     # seeded and class-stratified: the first N of a class-ordered folder would calibrate on one class
     calibration = functools.cache(lambda: first(class_sample(run.data.train, cfg.calibration_samples, run.cfg.seed),
                                                 cfg.calibration_samples)[0].numpy())
-    inputs = VariantInputs(folder, run.dir, cfg, metadata, calibration)
+    inputs = VariantInputs(folder, run.dir, cfg, metadata, calibration, run.timer)
     variants = enabled_variants(cfg)
     for variant in variants:
         info[variant.name] = variant.build(inputs)

@@ -57,7 +57,8 @@ def _keep_fastest(run: Run, uncut: nn.Module, cuts: dict[str, tuple[nn.Module, d
     c = run.cfg.freeze
     timed = time_cuts(uncut, {name: model for name, (model, _) in cuts.items()},
                       first(run.data.test, max(c.latency_batch_size, 2))[0], c.latency_batch_size, c.latency_threads,
-                      precision=c.latency_precision, decide_at=1 / c.min_speedup, progress=run.progress)
+                      precision=c.latency_precision, timer=run.timer, decide_at=1 / c.min_speedup,
+                      progress=run.progress)
     name = min(timed["cuts"], key=lambda n: timed["cuts"][n]["ratio"])
     cut, structure = cuts[name]
     timing = {k: timed[k] for k in ("before_ms", "batch", "threads", "precision", "rounds")}

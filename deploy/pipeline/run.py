@@ -19,6 +19,7 @@ from compress.selection import select_layers
 from compress.weights import apply_weights, load_weights
 
 from ..config import CONFIG_VERSION, RunConfig, load_config, resolved_table, to_toml
+from ..latency import Timer, compare_latency
 
 
 # what the train stage leaves per model for the freeze stage: the squashed weights and the pruner's summary
@@ -36,6 +37,7 @@ class Run:
     _frozen: dict[str, nn.Module] = field(default_factory=dict, repr=False)
     _layers: list[str] | None = field(default=None, repr=False)
     stage_dir: Path | None = None  # where the running stage writes; swapped into place when it succeeds
+    timer: Timer = field(default=compare_latency, repr=False)  # every timing decision of the stages measures with it
 
     @property
     def table(self) -> dict:

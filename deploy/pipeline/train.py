@@ -58,7 +58,7 @@ def _latency_measure(run: Run):
 
     c = run.cfg.freeze
     return latency_ratio_measure(first(run.data.test, max(c.latency_batch_size, 2))[0], c.latency_batch_size,
-                                 c.latency_threads, precision=c.latency_precision)
+                                 c.latency_threads, precision=c.latency_precision, timer=run.timer)
 
 
 def train_stage(run: Run) -> list[str]:

@@ -60,7 +60,7 @@ def validate_stage(run: Run) -> list[str]:
                             world=World(), num_classes=run.data.num_classes, where="test split"):
             yield x.numpy(), y.numpy()
 
-    result = validate(paths, torch_models, test_batches, cfg.validate)
+    result = validate(paths, torch_models, test_batches, cfg.validate, timer=run.timer)
     sparsity, csr, exported = _read(run, "frozen/sparsity.json"), _read(run, "sparse/manifest.json"), \
         _read(run, "onnx/export.json")
     structure = _read(run, "frozen/structure.json") if (d / "frozen" / "structure.json").exists() else None

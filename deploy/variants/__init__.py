@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from ..latency import Timer, compare_latency
 from ..sections import ExportConfig
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class VariantInputs:
     cfg: ExportConfig
     metadata: dict[str, str]
     calibration: Callable[[], np.ndarray]
+    timer: Timer = compare_latency  # what the timing decisions (sparse or dense per layer, int8 or float) call
 
 
 @dataclass(frozen=True)

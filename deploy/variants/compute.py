@@ -12,7 +12,8 @@ def _build(inputs: VariantInputs) -> dict:
     cfg = inputs.cfg
     manifest = make_sparse_compute(inputs.folder / "sparse.onnx", inputs.run_dir / "sparse",
                                    inputs.folder / "sparse-compute", batch=cfg.compute_batch,
-                                   threads=cfg.compute_threads, min_sparsity=cfg.compute_min_sparsity)
+                                   threads=cfg.compute_threads, min_sparsity=cfg.compute_min_sparsity,
+                                   timer=inputs.timer)
     return {"path": "sparse-compute/", "sparse_layers": list(manifest["layers"]), "considered": manifest["considered"],
             "sparsity_carrier": "CSR weights (from the convert stage) bound at run time to SparseToDenseMatMul",
             "files": [f"sparse-compute/{f}" for f in FILES]}

@@ -11,7 +11,7 @@ def _builder(source: str):
     def build(inputs: VariantInputs) -> dict:
         cfg, dst = inputs.cfg, inputs.folder / f"{source}-int8.onnx"
         info = quantize(inputs.folder / f"{source}.onnx", dst, cfg.int8, inputs.calibration(),
-                        timing=(cfg.compute_batch, cfg.compute_threads))
+                        timing=(cfg.compute_batch, cfg.compute_threads), timer=inputs.timer)
         stamp_metadata(dst, inputs.metadata)
         return {**info, "files": [dst.name]}
     return build
