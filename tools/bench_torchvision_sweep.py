@@ -194,6 +194,8 @@ def main() -> None:
         row = {"model": name, **in_child("--child", name, args.timeout)}
         if args.torch_pruning:
             row["torch_pruning"] = in_child("--child-tp", name, args.timeout)
+        elif any(r["model"] == name and "torch_pruning" in r for r in old):  # --update: its code did not change
+            row["torch_pruning"] = next(r["torch_pruning"] for r in old if r["model"] == name)
         rows.append(row)
         tp = row.get("torch_pruning", {})
         tqdm.write(f"{name}: {row['status']} {100 * row.get('mac_reduction', 0):.0f}% {row.get('top_blockers', '')}"
