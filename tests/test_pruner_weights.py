@@ -7,8 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from compress.config.prune import (FilterOptions, GMPOptions, GRegOptions, L1Options, LATSOptions, MagnitudeOptions,
-                                   PruneConfig, STROptions)
+from compress.config.prune import PruneConfig
+from compress.pruners.filters import FilterOptions
+from compress.pruners.gmp import GMPOptions
+from compress.pruners.greg import GRegOptions
+from compress.pruners.l1 import L1Options
+from compress.pruners.lats import LATSOptions
+from compress.pruners.magnitude import MagnitudeOptions
+from compress.pruners.str_reparam import STROptions
 from compress.config.train import TrainConfig
 from compress.models import LeNet5
 from compress.pruners import MaskPruner, TrainPlan, build_pruner
@@ -22,17 +28,17 @@ EPOCHS = 6
 # method -> (prune config, the sparsity of the selected weights (or of the channels, for channel
 # methods) the run must end with)
 METHODS = {
-    "magnitude": (PruneConfig(method="magnitude", magnitude=MagnitudeOptions(0.8, "layer", 0.25)), 0.8),
-    "magnitude-global": (PruneConfig(method="magnitude", magnitude=MagnitudeOptions(0.8, "global", 0.25)), 0.8),
-    "l1": (PruneConfig(method="l1", l1=L1Options(0.7, "weight", 0.25)), 0.7),
-    "gmp": (PruneConfig(method="gmp", gmp=GMPOptions(0.8, "layer", 0.1, 0.6, 5)), 0.8),
-    "lats": (PruneConfig(method="lats", lats=LATSOptions(target_sparsity=0.8)), 0.8),
-    "str": (PruneConfig(method="str", str=STROptions(target_sparsity=0.8)), 0.8),
-    "greg-1": (PruneConfig(method="greg", greg=GRegOptions(1, "weight", 0.7, 0.2, 0.6)), 0.7),
-    "greg-2": (PruneConfig(method="greg", greg=GRegOptions(2, "weight", 0.7, 0.2, 0.6)), 0.7),
-    "greg-filter": (PruneConfig(method="greg", greg=GRegOptions(1, "filter", 0.5, 0.2, 0.6)), 0.5),
-    "filter": (PruneConfig(method="filter", filter=FilterOptions(ratio=0.5, prune_after=0.25)), 0.5),
-    "l1-filter": (PruneConfig(method="l1", l1=L1Options(0.5, "filter", 0.25)), 0.5),
+    "magnitude": (PruneConfig(method="magnitude", options={"magnitude": MagnitudeOptions(0.8, "layer", 0.25)}), 0.8),
+    "magnitude-global": (PruneConfig(method="magnitude", options={"magnitude": MagnitudeOptions(0.8, "global", 0.25)}), 0.8),
+    "l1": (PruneConfig(method="l1", options={"l1": L1Options(0.7, "weight", 0.25)}), 0.7),
+    "gmp": (PruneConfig(method="gmp", options={"gmp": GMPOptions(0.8, "layer", 0.1, 0.6, 5)}), 0.8),
+    "lats": (PruneConfig(method="lats", options={"lats": LATSOptions(target_sparsity=0.8)}), 0.8),
+    "str": (PruneConfig(method="str", options={"str": STROptions(target_sparsity=0.8)}), 0.8),
+    "greg-1": (PruneConfig(method="greg", options={"greg": GRegOptions(1, "weight", 0.7, 0.2, 0.6)}), 0.7),
+    "greg-2": (PruneConfig(method="greg", options={"greg": GRegOptions(2, "weight", 0.7, 0.2, 0.6)}), 0.7),
+    "greg-filter": (PruneConfig(method="greg", options={"greg": GRegOptions(1, "filter", 0.5, 0.2, 0.6)}), 0.5),
+    "filter": (PruneConfig(method="filter", options={"filter": FilterOptions(ratio=0.5, prune_after=0.25)}), 0.5),
+    "l1-filter": (PruneConfig(method="l1", options={"l1": L1Options(0.5, "filter", 0.25)}), 0.5),
 }
 
 
@@ -140,7 +146,7 @@ def test_magnitude_zeroes_exactly_the_smallest_weights(digits, scope):
     layers = select_layers(model, LayerRule())
     train(model, build_pruner(PruneConfig(method="dense")), digits, TrainConfig(epochs=1), layers, progress=False)
     before = {n: model.get_submodule(n).weight.detach().clone() for n in layers}
-    pruner = build_pruner(PruneConfig(method="magnitude", magnitude=MagnitudeOptions(0.6, scope, 0.5)))
+    pruner = build_pruner(PruneConfig(method="magnitude", options={"magnitude": MagnitudeOptions(0.6, scope, 0.5)}))
     pruner.attach(model, layers, TrainPlan(4, 1, lambda s: 0.1))
     pruner.begin_epoch(2)
     zeroed = {n: model.get_submodule(n).weight == 0 for n in layers}
