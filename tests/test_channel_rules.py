@@ -151,7 +151,7 @@ class ChannelScale(nn.Module):
         self.weight = nn.Parameter(torch.rand(n) + 0.5)
 
     def forward(self, x):
-        return x * self.weight.view(1, -1, 1, 1)
+        return x * self.weight[None, :, None, None]
 
 
 class UserModules(nn.Module):
