@@ -26,6 +26,14 @@ class PruneConfig:
     def __post_init__(self) -> None:
         self.options = {n: c() for n, c in option_classes().items()} | self.options
 
+    def __setattr__(self, name: str, value: object) -> None:
+        """`cfg.lats = LATSOptions(...)` sets `cfg.options["lats"]` (a registered method's table)."""
+        options = self.__dict__.get("options")
+        if isinstance(options, dict) and name in options:
+            options[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
     def __getattr__(self, name: str) -> object:
         """`cfg.lats` reads `cfg.options["lats"]`: the table of a registered method."""
         options = self.__dict__.get("options", {})
