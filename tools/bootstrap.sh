@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 stamp=.venv/.sparsepipe-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "sparsepipe: installing into .venv (torch + torchvision standard build, ~5 GB, about a minute)..." >&2
+  echo "sparsepipe: installing into .venv (torch + torchvision standard build, ~5 GB; 2 minutes on this project's 2-core machine)..." >&2
   log=.venv/install.log
   { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip \
       && .venv/bin/python -m pip install --disable-pip-version-check -e ".[test]"; } >"$log" 2>&1 \
