@@ -14,11 +14,24 @@ WRAPPERS = ("state_dict", "model", "model_state_dict", "module")
 PREFIXES = ("module.", "_orig_mod.")
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file, checked: a dict of finite tensors, wrapper and prefixes removed."""
+def weights_limit(model: nn.Module) -> int:
+    """The most bytes a weights file for `model` may hold: 4x its state_dict (the file may carry an
+    optimizer's state too: Adam keeps two more tensors per weight) plus 1 MiB for the container."""
+    return 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values()) + (1 << 20)
+
+
+def load_weights(path: str | Path, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, checked: a dict of finite tensors, wrapper and prefixes removed.
+    With `max_bytes` (see `weights_limit`), a larger file is refused before it is read."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"model.weights: {path}: file not found")
+    if not path.is_file():  # a FIFO or a device (/dev/zero) would hang or grow memory
+        raise UserError(f"model.weights: {path}: not a regular file")
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise UserError(f"model.weights: {path}: {size} bytes, more than the {max_bytes} a weights file of this "
+                        f"model can hold (4x its parameters and buffers)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

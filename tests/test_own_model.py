@@ -1,6 +1,7 @@
 """Your model, your data: start from a trained weights file, keep it as the dense baseline, stream a
 user's dataset, and ship ONNX files that say how to preprocess raw inputs."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -147,6 +148,8 @@ class Payload:
     ("other-architecture", "does not fit model 'mlp'"),
     ("nan", "holds NaN or inf"),
     ("garbage", "cannot load"),
+    ("huge", "a weights file of this model can hold"),
+    ("fifo", "not a regular file"),
 ])
 def test_bad_weights_files_are_one_line_errors_and_write_nothing(trained, kind, words, tmp_path):
     folder, state, _ = trained
@@ -161,6 +164,11 @@ def test_bad_weights_files_are_one_line_errors_and_write_nothing(trained, kind, 
         save_file({**state, "net.1.bias": torch.full_like(state["net.1.bias"], float("nan"))}, str(path))
     elif kind == "garbage":
         path.write_bytes(b"\x00garbage")
+    elif kind == "huge":  # 4x the model's bytes and more: refused from its size, before torch.load reads it
+        with open(path, "wb") as f:
+            f.truncate(4 * sum(v.numel() * 4 for v in state.values()) + (2 << 20))
+    elif kind == "fifo":
+        os.mkfifo(path)  # would block torch.load forever
     out = tmp_path / "run"
     res = cli("run", CONFIG, "--out", out, *QUICK, "--set", f"model.weights={json.dumps(str(path))}")
     assert res.returncode == 2, res.stdout + res.stderr

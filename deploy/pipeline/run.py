@@ -16,7 +16,7 @@ from compress.frozen import load_frozen
 from compress.models import build_model
 from compress.pruners import Pruner, build_pruner
 from compress.selection import select_layers
-from compress.weights import apply_weights, load_weights
+from compress.weights import apply_weights, load_weights, weights_limit
 
 from ..config import CONFIG_VERSION, RunConfig, load_config, resolved_table, to_toml
 from ..latency import Timer, compare_latency
@@ -111,7 +111,8 @@ def open_run(run_dir: str | Path, cfg: RunConfig | None = None, *, write: bool =
     if "sparse" in run.variants:
         run.new_pruner("sparse")  # e.g. prune.method naming something that is not a Pruner: before training
     if cfg.model.weights:
-        apply_weights(model, load_weights(cfg.model.weights), cfg.model.weights, cfg.model.name)
+        apply_weights(model, load_weights(cfg.model.weights, weights_limit(model)), cfg.model.weights,
+                      cfg.model.name)
     if write:
         save_config(run)
     return run

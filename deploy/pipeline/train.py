@@ -18,7 +18,7 @@ from compress.loader import first
 from compress.selection import get_module, select_layers
 from compress.sparsity import global_sparsity
 from compress.train import evaluate, train
-from compress.weights import apply_weights, load_weights
+from compress.weights import apply_weights, load_weights, weights_limit
 
 from .run import SQUASHED, SUMMARY, Run, keep_given
 
@@ -65,7 +65,7 @@ def train_stage(run: Run) -> list[str]:
     out = []
     # chosen afresh: the train/layers.json in place may be from an earlier run with other inputs
     run.set_layers(select_layers(run.new_model(), run.cfg.prune.layers))
-    weights = load_weights(run.cfg.model.weights) if run.cfg.model.weights else None
+    weights = load_weights(run.cfg.model.weights, weights_limit(run.new_model())) if run.cfg.model.weights else None
     for variant in run.variants:
         model, pruner = run.new_model(), run.new_pruner(variant)
         folder = run.stage_dir / variant
