@@ -61,10 +61,10 @@ class FilterOptions:
                              lo=0.0, hi=1.0, hi_open=True)
     round_to: int = opt(0, "Keep a multiple of this many channels per group (1: any width). 0: automatic — "
                         "multiples of 8 for ratio and flops_target cuts (any width ran up to 4.4x slower than "
-                        "multiples of 8 in onnxruntime: README), and latency_target searches several roundings.",
+                        "multiples of 8 in onnxruntime: docs/channels.md), and latency_target searches several roundings.",
                         lo=0)
     pow2: bool = opt(False, "Keep every cut width a power of two (round_to is then ignored): on our CPU, "
-                     "onnxruntime ran such widths far faster than others (README).")
+                     "onnxruntime ran such widths far faster than others (docs/channels.md).")
     decay_1d: bool = opt(False, "Weight decay also on biases and BatchNorm parameters (default: weights only).")
 
     def rounding(self) -> int:

@@ -44,7 +44,7 @@ from .target import RateCalibration
 @dataclass
 class LATSOptions:
     schedule: Literal["lats", "s-lats", "pgh", "linear", "constant"] = opt(
-        "lats", "Threshold schedule over the pruning window (see the method notes in the README).")
+        "lats", "Threshold schedule over the pruning window (see docs/methods.md).")
     mode: Literal["during", "early", "init"] = opt(
         "during", "during: sparsify while training; early: reach D by end_epoch, then fix the mask and keep "
         "training; init: pruning at initialisation (constant D from step 0, inflated latent init).")
