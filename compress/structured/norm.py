@@ -55,6 +55,13 @@ class NormWithRemoved(nn.Module):
         return self.inner(padded).narrow(axis, 0, self.width)
 
 
+def _others(full: int, kept: torch.Tensor) -> torch.Tensor:
+    """The indices of range(full) not in `kept`, in order."""
+    rest = torch.ones(full, dtype=torch.bool)
+    rest[kept] = False
+    return torch.nonzero(rest).flatten()
+
+
 @torch.no_grad()
 def keep_norm_channels(m: nn.Module, rows: torch.Tensor) -> NormWithRemoved:
     """`m` (a LayerNorm-like module or a NormWithRemoved) keeping only channels `rows` of its current
@@ -62,8 +69,7 @@ def keep_norm_channels(m: nn.Module, rows: torch.Tensor) -> NormWithRemoved:
     wrapper = m if isinstance(m, NormWithRemoved) else NormWithRemoved(m, norm_axis(m), m.normalized_shape[0])
     full = wrapper.inner.normalized_shape[0]
     rows = rows.to(torch.long)
-    others = torch.tensor([i for i in range(full) if i not in set(rows.tolist())], dtype=torch.long)
-    order = torch.cat([rows, others])  # kept first, then the removed, then those removed before
+    order = torch.cat([rows, _others(full, rows)])  # kept first, then the removed, then those removed before
     for attr in ("weight", "bias"):
         t = getattr(wrapper.inner, attr)
         if t is not None:
@@ -105,8 +111,7 @@ def keep_group_norm_channels(m: nn.Module, rows: torch.Tensor) -> GroupNormWithR
     wrapper = m if isinstance(m, GroupNormWithRemoved) else GroupNormWithRemoved(m)
     rows = rows.to(torch.long)
     kept = wrapper.kept[rows]
-    others = torch.tensor([i for i in range(wrapper.full) if i not in set(kept.tolist())], dtype=torch.long)
-    wrapper.kept, wrapper.inverse = kept.clone(), torch.argsort(torch.cat([kept, others]))
+    wrapper.kept, wrapper.inverse = kept.clone(), torch.argsort(torch.cat([kept, _others(wrapper.full, kept)]))
     for attr in ("weight", "bias"):
         t = getattr(wrapper, attr)
         if t is not None:
