@@ -12,14 +12,22 @@ from .errors import UserError
 
 def labels_of(ds: Dataset) -> np.ndarray:
     """Every label of `ds`, from its label tensor where it has one (no image is decoded), else item by item."""
+    labels = stored_labels(ds)
+    return labels if labels is not None else np.array([int(ds[i][1]) for i in range(len(ds))], dtype=np.int64)
+
+
+def stored_labels(ds: Dataset) -> np.ndarray | None:
+    """The labels `ds` keeps beside its samples (a `y` / `labels` / `targets` attribute, a TensorDataset's
+    second tensor), or None where reading them would mean loading every sample."""
     for attr in ("y", "labels", "targets"):
         value = getattr(ds, attr, None)
         if isinstance(value, (torch.Tensor, np.ndarray, list)):
-            return np.asarray(value, dtype=np.int64).reshape(-1)
+            labels = np.asarray(value).reshape(-1)
+            return labels.astype(np.int64) if len(labels) == len(ds) and labels.dtype.kind in "iu" else None
     tensors = getattr(ds, "tensors", None)  # TensorDataset
-    if isinstance(tensors, tuple) and len(tensors) == 2:
+    if isinstance(tensors, tuple) and len(tensors) == 2 and not tensors[1].is_floating_point():
         return tensors[1].numpy().astype(np.int64).reshape(-1)
-    return np.array([int(ds[i][1]) for i in range(len(ds))], dtype=np.int64)
+    return None
 
 
 def stratified(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -47,9 +55,13 @@ def check_classes(labels: np.ndarray, num_classes: int, where: str) -> None:
 
 
 def limit(ds: Dataset, n: int, seed: int, num_classes: int, where: str) -> Dataset:
-    """`ds` cut to a stratified subset of `n` (0: all, unchecked: the loader checks each batch's labels);
-    a class the subset leaves without samples is an error naming `where` (e.g. 'data.train_limit = 5')."""
+    """`ds` cut to a stratified subset of `n` (0: all); a class the split (or the subset) leaves without
+    samples is an error naming `where` (e.g. 'data.train_limit = 5'). A whole split is checked where its
+    labels are stored beside the samples; the loader checks each batch's label range either way."""
     if n <= 0 or n >= len(ds):
+        labels = stored_labels(ds)
+        if labels is not None:
+            check_classes(labels, num_classes, where)
         return ds
     labels = labels_of(ds)
     keep = stratified(labels, n, seed)

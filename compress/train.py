@@ -149,11 +149,18 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
     start_epoch = 0
     ckpt = out_dir / "checkpoint.pt" if out_dir else None
     if ckpt and ckpt.exists():
-        state = load_checkpoint(ckpt)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        pruner.load_state_dict(state["pruner"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
+        state = load_checkpoint(ckpt, checkpoint_limit(model))
+        if state["epoch"] > cfg.epochs:
+            raise UserError(f"{ckpt}: checkpoint is at epoch {state['epoch']}, past train.epochs = {cfg.epochs}")
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            pruner.load_state_dict(state["pruner"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"{ckpt}: checkpoint does not fit this run's model, optimizer or pruner "
+                            f"({first[:160]}); rerun with --force to train afresh") from None
+        start_epoch, history = state["epoch"], state["history"]
     elif log_start:
         test_acc, test_loss = evaluate(model, data.test, device=device, workers=data.workers,
                                        num_classes=data.num_classes)
@@ -224,12 +231,57 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
     return history
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load a training checkpoint without executing code (weights_only=True)."""
+def checkpoint_limit(model: nn.Module) -> int:
+    """The most bytes a training checkpoint of `model` may hold: 8x its state_dict (the weights, an
+    optimizer's state of up to two more copies, a pruner's masks and scores) plus 16 MiB of history."""
+    return 8 * sum(t.numel() * t.element_size() for t in model.state_dict().values()) + (16 << 20)
+
+
+_CHECKPOINT_KEYS = {"epoch", "model", "optimizer", "pruner", "history"}
+
+
+def load_checkpoint(path: Path, max_bytes: int | None = None) -> dict:
+    """Load a training checkpoint without executing code (weights_only=True), checked: a regular file
+    (of at most `max_bytes`, see `checkpoint_limit`, refused from its size before it is read) holding
+    an epoch count, a state_dict of finite tensors, optimizer and pruner states and a metrics history."""
+    path = Path(path)
+    if not path.is_file():  # a FIFO or a device would hang or grow memory
+        raise UserError(f"{path}: not a loadable sparsepipe checkpoint (not a regular file)")
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise UserError(f"{path}: checkpoint is {size} bytes, more than the {max_bytes} one of this model can "
+                        f"hold; rerun with --force to train afresh")
     try:
         with warnings.catch_warnings():  # torch's two-line warning would come before our one line
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a corrupt or hostile file: one clear line, never a traceback
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: not a loadable sparsepipe checkpoint ({first[:200]})") from None
+    problem = _checkpoint_problem(state)
+    if problem:
+        raise UserError(f"{path}: not a loadable sparsepipe checkpoint ({problem})")
+    return state
+
+
+def _checkpoint_problem(state) -> str | None:
+    """What is wrong with a loaded checkpoint's layout, or None."""
+    if not isinstance(state, dict) or set(state) != _CHECKPOINT_KEYS:
+        keys = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        return f"expected the keys {sorted(_CHECKPOINT_KEYS)}, found {keys}"
+    epoch = state["epoch"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        return f"epoch is {epoch!r}, expected a count >= 0"
+    weights = state["model"]
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        return "model is not a state_dict of named tensors"
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        return f"model.{bad} holds NaN or inf"
+    if not isinstance(state["optimizer"], dict) or not isinstance(state["pruner"], dict):
+        return "optimizer and pruner states must be dicts"
+    history = state["history"]
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        return "history is not a list of metrics rows"
+    return None

@@ -72,7 +72,10 @@ def markdown(report: Report) -> str:
     if report.pruner:
         lines += ["", "## Pruner", ""]
         lines += [f"- {k}: `{json.dumps(v) if isinstance(v, (dict, list)) else v}`" for k, v in report.pruner.items()]
-    lines += ["", "## Per-layer sparsity", "", "| layer | sparsity |", "|---|---|"]
+    lines += ["", "## Per-layer sparsity", ""]
+    if report.sparsity.counted_from:
+        lines += [f"Counted from {report.sparsity.counted_from}.", ""]
+    lines += ["| layer | sparsity |", "|---|---|"]
     lines += [f"| `{k}` | {pct(v)} |" for k, v in report.sparsity.per_layer.items()]
     st = report.structure or {}
     if st.get("channels_removed"):

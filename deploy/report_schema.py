@@ -55,6 +55,7 @@ class Sparsity:
     global_: float  # "global" in JSON
     per_layer: dict[str, float]
     layers_pruned: int
+    counted_from: str = ""  # how the fractions were counted (which files, against which sizes)
 
 
 @dataclass
@@ -141,8 +142,12 @@ class Report:
         per_layer = _table(sp.get("per_layer", {}), "sparsity.per_layer", source)
         for name, value in per_layer.items():
             _fraction(value, f"sparsity.per_layer.{name}", source)
+        counted_from = sp.get("counted_from", "")
+        if not isinstance(counted_from, str):
+            raise UserError(f"{source}: field 'sparsity.counted_from': expected text, found {counted_from!r:.80}")
         sparsity = Sparsity(_fraction(sp["global"], "sparsity.global", source), per_layer,
-                            int(_number(sp.get("layers_pruned", 0), "sparsity.layers_pruned", source)))
+                            int(_number(sp.get("layers_pruned", 0), "sparsity.layers_pruned", source)),
+                            counted_from[:1000])
         latency = _table(d["latency"], "latency", source)
         if "ratio" in latency and not _number(latency["ratio"], "latency.ratio", source) > 0:
             raise UserError(f"{source}: field 'latency.ratio': {latency['ratio']!r} is not positive")

@@ -46,4 +46,10 @@ def shipped_sparsity(run_dir: Path, shapes: dict[str, list[int]], sizes: dict[st
                             f"ships {zeros / sizes[name]:.2%}: the two stages disagree (re-run freeze)")
     total = sum(sizes[n] for n in layers)
     return {"global": 1 - sum(nonzeros.values()) / max(total, 1),
-            "per_layer": {n: 1 - nonzeros[n] / sizes[n] for n in layers}}
+            "per_layer": {n: 1 - nonzeros[n] / sizes[n] for n in layers},
+            "counted_from": COUNTED_FROM}
+
+
+COUNTED_FROM = ("zero weights in sparse/weights.safetensors (checked equal to onnx/sparse.onnx), over each pruned "
+                "layer's weight entries before any channel cut (cut channels count as zeros); biases and norm "
+                "layers not counted")

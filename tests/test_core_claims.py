@@ -87,3 +87,5 @@ def test_report_sparsity_is_the_zeros_in_the_exported_files(run_dir):
         kept_total, size_total = kept_total + kept, size_total + size
     assert report["sparsity"]["global"] == pytest.approx(1 - kept_total / size_total, abs=1e-12)
     assert report["sparsity"]["global"] == pytest.approx(0.7, abs=1e-3)
+    assert "sparse/weights.safetensors" in report["sparsity"]["counted_from"]  # the report says how it counted
+    assert "Counted from zero weights in sparse/weights.safetensors" in (run_dir / "report" / "report.md").read_text()

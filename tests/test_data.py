@@ -103,11 +103,17 @@ def test_cifar10_binary_folder_and_archive(tmp_path, digits):
 
 
 def test_cifar100_uses_fine_labels_and_refuses_pickles(tmp_path, digits):
-    blob, _, labels = cifar_records(digits, 30, 2)
-    (tmp_path / "train.bin").write_bytes(blob)
-    (tmp_path / "test.bin").write_bytes(blob)
+    blob, _, _ = cifar_records(digits, 100, 2)
+    records = np.frombuffer(blob, np.uint8).reshape(100, -1).copy()
+    fine = (np.arange(100) * 37) % 100  # every one of the 100 classes once, not in label order
+    records[:, 0], records[:, 1] = fine // 5, fine  # coarse label first, then the fine one
+    (tmp_path / "train.bin").write_bytes(records.tobytes())
+    (tmp_path / "test.bin").write_bytes(records.tobytes())
     data = load_data("cifar100", str(tmp_path))
-    assert data.train.y.tolist() == labels.tolist()
+    assert data.train.y.tolist() == fine.tolist()
+    (tmp_path / "test.bin").write_bytes(records[:30].tobytes())  # a test split with 70 classes missing
+    with pytest.raises(UserError, match="test split: class .* has no samples \\(70 of 100"):
+        load_data("cifar100", str(tmp_path))
     pickled = tmp_path / "py"
     pickled.mkdir()
     (pickled / "data_batch_1").write_bytes(b"\x80\x04pickle")

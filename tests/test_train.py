@@ -68,6 +68,40 @@ def test_checkpoint_that_is_not_one_is_refused(tmp_path):
         load_checkpoint(bad)
 
 
+def _tamper(state: dict, how: str) -> dict:
+    if how == "nan":
+        state["model"][next(iter(state["model"]))].fill_(float("nan"))
+    elif how == "epoch past the end":
+        state["epoch"] = 99
+    elif how == "negative epoch":
+        state["epoch"] = -1
+    elif how == "no history":
+        del state["history"]
+    elif how == "another model":
+        state["model"] = {k: torch.zeros(3) for k in state["model"]}
+    elif how == "padded":
+        state["history"] = [{"pad": "x" * (20 << 20)}]  # a file past the checkpoint size bound
+    return state
+
+
+@pytest.mark.parametrize("how, message", [
+    ("nan", "holds NaN or inf"), ("epoch past the end", "past train.epochs = 2"),
+    ("negative epoch", "expected a count >= 0"), ("no history", "expected the keys"),
+    ("another model", "does not fit this run's model"), ("padded", "more than the"),
+])
+def test_a_tampered_checkpoint_is_refused_when_resuming(digits, tmp_path, how, message):
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05)
+    model, pruner, layers = setup(digits, "magnitude")
+    train(model, pruner, digits, TrainConfig(epochs=1, batch_size=64, lr=0.05), layers, out_dir=tmp_path,
+          progress=False)
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save(_tamper(torch.load(ckpt, weights_only=True), how), ckpt)
+    model, pruner, layers = setup(digits, "magnitude")
+    with pytest.raises(UserError, match=message) as e:
+        train(model, pruner, digits, cfg, layers, out_dir=tmp_path, progress=False)
+    assert "\n" not in str(e.value) and str(ckpt) in str(e.value)
+
+
 def test_user_model_by_import_path(digits):
     model = build_model(ModelConfig(name="custom_model:make"), digits.input_shape, digits.num_classes)
     assert model(digits.test.x[:3]).shape == (3, 10)

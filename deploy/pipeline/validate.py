@@ -75,7 +75,7 @@ def validate_stage(run: Run) -> list[str]:
         run=cfg.name, method=cfg.prune.method, model=cfg.model.name, data=cfg.data.name,
         dense=Scores(**result["dense"]), sparse=Scores(**result["sparse"]),
         variants={v: {**result[v], "latency": result["latency"][v]} for v in paths if v not in ("dense", "sparse")},
-        sparsity=Sparsity(shipped["global"], shipped["per_layer"], len(run.layers)),
+        sparsity=Sparsity(shipped["global"], shipped["per_layer"], len(run.layers), shipped["counted_from"]),
         pruner=sparsity["pruner"], structure=structure, latency=result["latency"],
         size={"dense_bytes": dense_bytes,
               "sparse_bytes": param_bytes(models["sparse"]) - csr["dense_bytes"] + csr["stored_bytes"],
