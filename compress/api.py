@@ -18,17 +18,38 @@ The deploy half (convert → export → validate → gate) on such a model: `dep
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
+import torch
 from torch import nn
 
 from .errors import UserError
+from .loader import epoch_generator
 from .pruners import Pruner, TrainPlan, registered_pruners
 from .schema import parse
+from .schedules import lr_at
 from .selection import LayerRule, select_layers
 from .train import optimizer_groups
 
-__all__ = ["attach_pruner", "optimizer_groups", "Pruner", "LayerRule", "select_layers", "registered_pruners"]
+__all__ = ["attach_pruner", "optimizer_groups", "Pruner", "LayerRule", "select_layers", "registered_pruners",
+           "epoch_order", "learning_rates"]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which `sparsepipe run` visits the `n` training samples in `epoch` (0-based) under
+    `seed`: take mini-batches as consecutive slices of it and your loop sees the CLI's batches."""
+    return torch.randperm(n, generator=epoch_generator(seed, epoch))
+
+
+def learning_rates(base_lr: float, epochs: int, steps_per_epoch: int, kind: str = "cosine",
+                   warmup_epochs: int = 0) -> Callable[[int], float]:
+    """The learning rate of each optimizer step as `sparsepipe run` sets it ([train] lr, lr_schedule
+    'cosine' or 'constant', warmup_epochs), for loops that want the CLI's schedule."""
+    if kind not in ("cosine", "constant"):
+        raise UserError(f"learning_rates: kind {kind!r} (expected 'cosine' or 'constant')")
+    return functools.partial(lr_at, total_steps=epochs * steps_per_epoch, base_lr=base_lr, kind=kind,
+                             warmup_steps=warmup_epochs * steps_per_epoch)
 
 
 def attach_pruner(model: nn.Module, method: str = "lats", *, epochs: int, steps_per_epoch: int,

@@ -18,9 +18,10 @@ T = TypeVar("T")
 
 
 def opt(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
-        lo_open: bool = False, hi_open: bool = False) -> Any:
-    """A documented field. lo/hi bound numbers (and every number in a list); *_open excludes the bound."""
-    meta = {"doc": doc, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
+        lo_open: bool = False, hi_open: bool = False, sparsity_goal: bool = False) -> Any:
+    """A documented field. lo/hi bound numbers (and every number in a list); *_open excludes the bound.
+    `sparsity_goal` marks the pruner option that holds the weight sparsity the user asks for."""
+    meta = {"doc": doc, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "sparsity_goal": sparsity_goal}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -32,6 +33,14 @@ def tables(lookup: Callable[[], dict[str, type]], doc: str) -> Any:
     called when a section is built, so a table registered later (a user's pruner) is seen."""
     return dataclasses.field(default_factory=lambda: {n: c() for n, c in lookup().items()},
                              metadata={"doc": doc, "tables": lookup})
+
+
+def sparsity_goal(options: Any) -> float:
+    """The value of the field `opt(..., sparsity_goal=True)` marks in an options dataclass (0.0: none)."""
+    if not dataclasses.is_dataclass(options):
+        return 0.0
+    marked = next((f for f in dataclasses.fields(options) if f.metadata.get("sparsity_goal")), None)
+    return float(getattr(options, marked.name) or 0.0) if marked else 0.0
 
 
 def _tables_field(cls: type) -> dataclasses.Field | None:

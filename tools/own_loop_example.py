@@ -17,30 +17,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from compress.api import attach_pruner, optimizer_groups  # noqa: E402
+from compress.api import attach_pruner, epoch_order, learning_rates, optimizer_groups  # noqa: E402
 from compress.data import load_data  # noqa: E402
 from compress.models import MLP  # noqa: E402
-from deploy.api import deploy_pruned  # noqa: E402
+from deploy.api import deploy_pruned, run_config  # noqa: E402
 
-HIDDEN = [128]
-
-
-def cosine(base_lr: float, total_steps: int):
-    """The learning rate of each step: cosine from base_lr to 0."""
-    return lambda step: base_lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+SETTINGS = {"name": "own-loop", "data": {"name": "digits"}, "model": {"name": "mlp", "hidden": [128]},
+            "validate": {"runs": 50, "latency_batch_size": 1, "threads": 1}}
 
 
-def fit(model: nn.Module, pruner, loader: DataLoader, test, epochs: int, lr_at) -> list[dict]:
-    """Your loop: SGD at the learning rates lr_at(step), the pruner's hooks, one metrics row per epoch."""
-    optimizer = torch.optim.SGD(optimizer_groups(model, pruner, weight_decay=5e-4), lr=lr_at(0), momentum=0.9)
+def fit(model: nn.Module, pruner, data, train, seed: int) -> list[dict]:
+    """Your loop: SGD at the run's learning rates, the pruner's hooks, one metrics row per epoch. The
+    batches follow `epoch_order`, so the same settings give `sparsepipe run`'s result bit for bit."""
+    steps = math.ceil(len(data.train.x) / train.batch_size)
+    lr_at = learning_rates(train.lr, train.epochs, steps, train.lr_schedule, train.warmup_epochs)
+    optimizer = torch.optim.SGD(optimizer_groups(model, pruner, weight_decay=train.weight_decay), lr=train.lr,
+                                momentum=train.momentum)
     pruner.bind_optimizer(optimizer)
     step, rows = 0, []
-    for epoch in range(epochs):
+    for epoch in range(train.epochs):
         model.train()
         pruner.begin_epoch(epoch)
-        for x, y in loader:
+        for idx in epoch_order(len(data.train.x), seed, epoch).split(train.batch_size):
+            x, y = data.train.x[idx], data.train.y[idx]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             loss = nn.functional.cross_entropy(model(x), y)
@@ -51,7 +51,7 @@ def fit(model: nn.Module, pruner, loader: DataLoader, test, epochs: int, lr_at) 
             pruner.after_step(step, lr_at(step))
             step += 1
         pruner.end_epoch(epoch)
-        rows.append({"epoch": epoch + 1, "test_accuracy": accuracy(model, test), "sparsity": weight_sparsity(
+        rows.append({"epoch": epoch + 1, "test_accuracy": accuracy(model, data.test), "sparsity": weight_sparsity(
             model, pruner.layers)})
     return rows
 
@@ -59,7 +59,7 @@ def fit(model: nn.Module, pruner, loader: DataLoader, test, epochs: int, lr_at) 
 @torch.no_grad()
 def accuracy(model: nn.Module, test) -> float:
     model.eval()
-    return float((model(test.x).argmax(1) == test.y).float().mean())
+    return int((model(test.x).argmax(1) == test.y).sum()) / len(test.y)
 
 
 def weight_sparsity(model: nn.Module, layers: list[str]) -> float:
@@ -72,28 +72,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/own-loop", help="run folder to write (report in OUT/report/)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="a setting as for `sparsepipe run --set` (e.g. freeze.latency_check=false)")
     args = p.parse_args(argv)
 
-    data = load_data("digits", seed=0)  # the same split as [data] name = "digits", seed = 0
-    loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=64, shuffle=True,
-                        generator=torch.Generator().manual_seed(0))
+    settings = {**SETTINGS, "train": {"epochs": args.epochs},
+                "gate": {"max_accuracy_drop": 0.05, "min_sparsity": args.sparsity - 0.05}}
+    cfg = run_config(settings, args.set)
+    data = load_data(cfg.data.name, seed=cfg.seed)  # the split `[data] name = "digits"` gives the CLI
+    steps = math.ceil(len(data.train.x) / cfg.train.batch_size)
     models, histories, pruners = {}, {}, {}
     for variant, method, options in (("dense", "dense", {}), ("sparse", "lats", {"target_sparsity": args.sparsity})):
-        torch.manual_seed(0)
-        model = MLP(data.input_shape, data.num_classes, HIDDEN)
-        lr_at = cosine(0.05, args.epochs * len(loader))  # LATS's threshold follows the learning rates used
-        pruner = pruners[variant] = attach_pruner(model, method, epochs=args.epochs, steps_per_epoch=len(loader),
-                                                  lr=lr_at, **options)
-        histories[variant] = fit(model, pruner, loader, data.test, args.epochs, lr_at)
+        torch.manual_seed(cfg.seed)
+        model = MLP(data.input_shape, data.num_classes, cfg.model.hidden)
+        lr_at = learning_rates(cfg.train.lr, cfg.train.epochs, steps, cfg.train.lr_schedule, cfg.train.warmup_epochs)
+        pruner = pruners[variant] = attach_pruner(model, method, epochs=cfg.train.epochs, steps_per_epoch=steps,
+                                                  lr=lr_at, **options)  # LATS's threshold follows lr_at
+        histories[variant] = fit(model, pruner, data, cfg.train, cfg.seed)
         models[variant] = pruner.freeze()  # a plain nn.Module; pruned weights are exact zeros
 
-    report = deploy_pruned(models["sparse"], models["dense"], args.out, {
-        "name": "own-loop", "data": {"name": "digits"}, "model": {"name": "mlp", "hidden": HIDDEN},
-        "train": {"epochs": args.epochs}, "validate": {"runs": 50, "latency_batch_size": 1, "threads": 1},
-        "gate": {"max_accuracy_drop": 0.05, "min_sparsity": args.sparsity - 0.05}}, pruner=pruners["sparse"],
-        histories=histories)
+    report = deploy_pruned(models["sparse"], models["dense"], args.out, cfg, pruner=pruners["sparse"],
+                           histories=histories)
     print(f"{args.out}/report/report.json: sparsity {report.sparsity.global_:.1%}, accuracy dense "
           f"{report.dense.accuracy:.2%} sparse {report.sparse.accuracy:.2%}, gate {'passed' if report.gate.passed else 'FAILED'}")
+    print(f"the same run through the CLI: sparsepipe run {args.out}/config.toml --out RUN")
     return 0 if report.gate.passed else 1
 
 

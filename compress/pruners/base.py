@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..schema import sparsity_goal
 from ..selection import get_module
 
 
@@ -102,8 +103,7 @@ class Pruner:
 
     def requested_sparsity(self) -> float:
         """The weight sparsity the user asked for (0: none), so that reaching it is not warned about."""
-        o = self.options
-        return float(getattr(o, "target_sparsity", 0.0) or getattr(o, "sparsity", 0.0) or 0.0)
+        return sparsity_goal(self.options)
 
     def state_dict(self) -> dict:
         return {}

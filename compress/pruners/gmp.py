@@ -13,7 +13,8 @@ from .registry import register_pruner
 
 @dataclass
 class GMPOptions:
-    sparsity: float = opt(0.9, "Final fraction of the selected weights set to zero.", lo=0.0, hi=1.0, hi_open=True)
+    sparsity: float = opt(0.9, "Final fraction of the selected weights set to zero.",
+                          lo=0.0, hi=1.0, hi_open=True, sparsity_goal=True)
     scope: Literal["global", "layer"] = opt("global", "Magnitude cut over all layers or per layer.")
     start: float = opt(0.1, "Fraction of training at which pruning starts.", lo=0.0, hi=1.0, hi_open=True)
     end: float = opt(0.7, "Fraction of training at which the final sparsity is reached.", lo=0.0, hi=1.0,

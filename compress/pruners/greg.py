@@ -49,7 +49,7 @@ class GRegOptions:
                                                    "(structured: coupled filters cut together, removed "
                                                    "physically at freeze; the logits stay whole).")
     sparsity: float = opt(0.9, "Fraction of groups pruned in every layer or channel group: min(ceil(r·n), n−1) "
-                          "groups, the official count.", lo=0.0, hi=1.0, hi_open=True)
+                          "groups, the official count.", lo=0.0, hi=1.0, hi_open=True, sparsity_goal=True)
     pick_after: float = opt(0.3, "Fraction of the epochs trained dense before regularisation starts.",
                             lo=0.0, hi=1.0, hi_open=True)
     reg_by: float = opt(0.7, "With reg_granularity_prune = 0: fraction of the epochs by which the penalty "

@@ -18,7 +18,7 @@ from .registry import register_pruner
 @dataclass
 class L1Options:
     sparsity: float = opt(0.9, "Fraction of groups removed in every layer (at most n−1 per layer).",
-                          lo=0.0, hi=1.0, hi_open=True)
+                          lo=0.0, hi=1.0, hi_open=True, sparsity_goal=True)
     granularity: Literal["weight", "filter"] = opt("weight", "Single weights, or channels: then it is method "
                                                    "'filter' cutting `sparsity` of every coupled channel group "
                                                    "at prune_after (what GReg's filter mode picks).")

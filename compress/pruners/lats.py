@@ -58,7 +58,7 @@ class LATSOptions:
     target_sparsity: float = opt(0.0, "Target global sparsity (0 = off). The threshold's rate λ = Δd/η is "
                                  "calibrated in the first half of the pruning window and then held (±4.5%); "
                                  "the report records the λ and D that resulted.",
-                                 lo=0.0, hi=1.0, hi_open=True)
+                                 lo=0.0, hi=1.0, hi_open=True, sparsity_goal=True)
     decay_1d: bool = opt(True, "Weight decay also on biases and BatchNorm parameters (train.weight_decay), as "
                          "the official LATS code (no_bn_decay off: one decay for every parameter). false: "
                          "weights only, the other methods' default.")

@@ -16,7 +16,8 @@ from .registry import register_pruner
 
 @dataclass
 class MagnitudeOptions:
-    sparsity: float = opt(0.9, "Fraction of the selected weights set to zero.", lo=0.0, hi=1.0, hi_open=True)
+    sparsity: float = opt(0.9, "Fraction of the selected weights set to zero.",
+                          lo=0.0, hi=1.0, hi_open=True, sparsity_goal=True)
     scope: Literal["global", "layer"] = opt("global", "global: one magnitude cut over all layers; "
                                             "layer: the same fraction in every layer.")
     prune_after: float = opt(0.5, "Fraction of the epochs trained dense before the one-shot prune; "

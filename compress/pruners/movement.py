@@ -32,7 +32,7 @@ from .registry import register_pruner
 @dataclass
 class MovementOptions:
     target_sparsity: float = opt(0.9, "Final fraction of the selected weights set to zero.",
-                                 lo=0.0, hi=1.0, hi_open=True)
+                                 lo=0.0, hi=1.0, hi_open=True, sparsity_goal=True)
     variant: Literal["hard", "soft"] = opt("hard", "hard: every layer keeps the top (1 − s) of its scores; soft: "
                                            "one threshold on the scores of all layers, placed so that the global "
                                            "sparsity is s (layers differ).")

@@ -31,7 +31,7 @@ class STROptions:
     target_sparsity: float = opt(0.0, "Target global sparsity (0 = off): instead of a fixed decay on s, every "
                                  "1% of training all s are shifted by the one amount that puts sparsity on a "
                                  "cubic ramp to the target; layers keep their learned differences.",
-                                 lo=0.0, hi=1.0, hi_open=True)
+                                 lo=0.0, hi=1.0, hi_open=True, sparsity_goal=True)
     ramp_fraction: float = opt(0.75, "Target mode: fraction of the epochs over which sparsity ramps "
                                "(cubic) to the target.", lo=0.0, hi=1.0, lo_open=True)
     decay_1d: bool = opt(True, "Weight decay also on biases and BatchNorm parameters, as the official STR code "
