@@ -109,13 +109,13 @@ def write_frozen(run: Run, models: dict[str, nn.Module], summary: dict) -> list[
     folder, shape = run.stage_dir, run.data.input_shape
     out, variants = [], {}
     models = dict(models)
-    sparse = models[run.trained("sparse")]
+    sparse = models[run.model_behind("sparse")]
     # what the pruner achieved: exact zeros in the pruned layers, counted before the channel cut
     overall, per_layer = global_sparsity(sparse, run.layers), layer_sparsity(sparse, run.layers)
     structure = None
     if "sparse" in run.variants:  # channels that carry only zeros are cut out: a smaller dense model
         sparse, structure = _harvested(run, sparse)
-        models[run.trained("sparse")] = sparse
+        models[run.model_behind("sparse")] = sparse
         atomic.write_json(folder / "structure.json", structure)
         out.append("structure.json")
     for variant, model in models.items():

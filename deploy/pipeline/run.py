@@ -48,7 +48,9 @@ class Run:
         """Trained models: the dense baseline and, unless the method is dense, the pruned one."""
         return ["dense"] if self.cfg.prune.method == "dense" else ["dense", "sparse"]
 
-    def trained(self, variant: str) -> str:
+    def model_behind(self, variant: str) -> str:
+        """The trained model that stands for `variant`: itself, or the dense baseline when the method is
+        dense (no pruned model is trained then, and "sparse" is the dense model as it ships)."""
         return variant if variant in self.variants else "dense"
 
     @property
