@@ -1,9 +1,14 @@
 import contextlib
 import io
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+# as the CLI does (deploy/cli.py): OpenMP threads that sleep, not spin, so the suite keeps its pace on a
+# machine busy with other work; inherited by every subprocess the tests start
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 # A class-balanced real MNIST subset committed with the tests (provenance: tests/mnist_subset/README.md),

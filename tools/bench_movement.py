@@ -6,12 +6,17 @@ sparsity for a few epochs, over several seeds (the seed sets the batch order of 
 Test accuracy on MNIST's test images, the sparsity reached and wall time, side by side; mean and
 spread over the seeds in results/movement/results.json and a plot in results/movement/movement.png.
 
-    .venv/bin/python tools/bench_movement.py --mnist ../shared/data/mnist
+    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_movement.py --mnist ../shared/data/mnist
+
+An interrupted run resumes: rows already in results.json (same seeds and epochs) are kept. One thread:
+on a machine shared with other jobs, torch's spinning OpenMP threads ran 14x slower (122 s vs 9 s for an
+epoch of LeNet-5 here with two other processes on the 2 cores).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import platform
 import statistics
 import sys
@@ -130,17 +135,25 @@ def main(argv: list[str] | None = None) -> None:
     out_file = args.out / "results.json"
     results = {"machine": platform.platform(), "threads": torch.get_num_threads(), "seeds": args.seeds,
                "dense_epochs": args.dense_epochs, "finetune_epochs": args.finetune_epochs, "models": {}}
+    if out_file.exists():  # an interrupted run with the same settings: keep its rows, measure the rest
+        earlier = json.loads(out_file.read_text())
+        if all(earlier.get(k) == results[k] for k in ("seeds", "dense_epochs", "finetune_epochs")):
+            results["models"] = earlier["models"]
     methods, targets = args.methods.split(","), args.sparsities.split(",")
     for model_name in args.models.split(","):
         limit = args.resnet_train_limit if model_name.startswith("resnet") else 0
         data = load_data("mnist", str(args.mnist.resolve()), train_limit=limit)
         weights, dense = pretrained(model_name, data, args.dense_epochs, args.out)
         dense.pop("state", None)
-        block = results["models"][model_name] = {"train_images": len(data.train), "dense": dense, "methods": {}}
+        block = results["models"].setdefault(model_name, {"methods": {}})
+        block.update(train_images=len(data.train), dense=dense)
         print(f"{model_name}: dense {100 * dense['accuracy']:.2f}% on {len(data.test)} test images", flush=True)
         bar = tqdm(total=len(methods) * len(targets) * args.seeds, desc=model_name)
         for method in methods:
             for target in targets:
+                if target in block["methods"].get(method, {}):
+                    bar.update(args.seeds)
+                    continue
                 runs = []
                 for seed in range(args.seeds):
                     res = fit(model_name, data, prune_config(method, float(target)), args.finetune_epochs, 0.01,
