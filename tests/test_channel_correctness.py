@@ -314,3 +314,33 @@ def test_convnext_loses_as_many_macs_as_a_plain_cnn_and_stays_exact():
         remove_channels(smaller, g, first_kept(g, keep_count(g.size, 0.3, blocks=g.blocks)))
     assert refused == 0 and diff < 1e-4 and cut >= 22
     assert 1 - count_macs(smaller, x.shape[1:])["dense"] / before >= 0.45
+
+
+class UnevenConcat(nn.Module):
+    """Groups of 3 and 5 channels side by side (offsets where 3 ^ 5 != 3 + 5), then a BatchNorm and a
+    conv reading both: the second group's channels sit at an offset in every member after the concat."""
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(1, 5, 3, padding=1)
+        self.bn, self.head = nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1))))
+
+
+def test_a_cut_after_an_uneven_concatenation_is_exact():
+    torch.manual_seed(0)
+    model = UnevenConcat().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.bias.uniform_(0.5, 1)  # nonzero everywhere: a wrongly placed cut would show
+    cut, refused, diff = cut_vs_masked(model, torch.randn(2, 1, 6, 6), ratio=0.4)
+    assert (cut, refused) == (2, 0) and diff < 1e-5
+
+
+def test_cutting_a_group_to_zero_channels_is_refused():
+    model = UnevenConcat().eval()
+    group = next(g for g in channel_groups(model, torch.randn(1, 1, 6, 6)) if g.producers == ["b"])
+    with pytest.raises(ValueError, match="zero width"):
+        remove_channels(model, group, torch.tensor([], dtype=torch.long))
+    assert model.b.out_channels == 5

@@ -32,7 +32,8 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "sparse_check": ("deploy/sparse_check.py", ["tests/test_sparse_check.py", "tests/test_formats.py"]),
     "report": ("deploy/report.py", ["tests/test_report.py", "tests/test_gate.py"]),
     "validate": ("deploy/validate.py", ["tests/test_export_validate.py", "tests/test_timing_decisions.py"]),
-    "magnitude": ("compress/pruners/magnitude.py", ["tests/test_pruner_weights.py", "tests/test_pruners.py"]),
+    "magnitude": ("compress/pruners/magnitude.py", ["tests/test_magnitude.py", "tests/test_pruner_weights.py",
+                                                   "tests/test_pruners.py"]),
     "remove": ("compress/structured/remove.py", ["tests/test_channel_correctness.py"]),
 }
 
