@@ -206,6 +206,10 @@ def load_data(name: str, root: str = "", *, seed: int = 0, test_fraction: float 
         bunch = load_digits()
         x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
         y = torch.tensor(bunch.target, dtype=torch.int64)
+        n_test = round(test_fraction * len(y))
+        if not 10 <= n_test <= len(y) - 10:  # a stratified split needs every class on both sides
+            raise UserError(f"data.test_fraction: {test_fraction} leaves {n_test} of digits' {len(y)} images for "
+                            f"testing; each split needs at least one image of each of the 10 classes")
         idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=test_fraction,
                                           random_state=seed, stratify=bunch.target)
         train, test = Split(x[idx_tr], y[idx_tr]), Split(x[idx_te], y[idx_te])

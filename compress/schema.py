@@ -43,6 +43,12 @@ def sparsity_goal(options: Any) -> float:
     return float(getattr(options, marked.name) or 0.0) if marked else 0.0
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: an error line must stay one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _tables_field(cls: type) -> dataclasses.Field | None:
     return next((f for f in dataclasses.fields(cls) if "tables" in f.metadata), None)
 
@@ -61,7 +67,7 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     origin = get_origin(tp)
-    bad = UserError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    bad = UserError(f"{path}: expected {_type_name(tp)}, got {_short(value)}")
     if origin is Literal:
         if value not in get_args(tp):
             raise bad
@@ -82,11 +88,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
     if tp is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{path}: expected a table, got {value!r}")
+            raise UserError(f"{path}: expected a table, got {_short(value)}")
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise UserError(f"{path}: expected a table, got {value!r}")
+            raise UserError(f"{path}: expected a table, got {_short(value)}")
         return parse(tp, value, path)
     if tp is bool:
         if not isinstance(value, bool):
@@ -100,7 +106,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         if not math.isfinite(value):
-            raise UserError(f"{path}: expected a finite number, got {value!r}")
+            raise UserError(f"{path}: expected a finite number, got {_short(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -118,7 +124,7 @@ def _check_range(value: Any, meta: dict, path: str) -> None:
         too_low = lo is not None and (v <= lo if meta.get("lo_open") else v < lo)
         too_high = hi is not None and (v >= hi if meta.get("hi_open") else v > hi)
         if too_low or too_high:
-            raise UserError(f"{path}: expected a value in {describe_range(meta)}, got {v!r}")
+            raise UserError(f"{path}: expected a value in {describe_range(meta)}, got {_short(v)}")
 
 
 def describe_range(meta: dict) -> str:

@@ -27,6 +27,7 @@ from compress.sparsity import global_sparsity
 from compress.train import evaluate
 
 from .config import RunConfig, apply_overrides, load_config
+from .pipeline.folder import RunLock, check_run_dir
 from .pipeline.run import SQUASHED, SUMMARY, Run, open_run
 from .pipeline.train import save_squashed
 from .pipeline.runner import run_pipeline, run_stage
@@ -96,7 +97,13 @@ def deploy_pruned(sparse: nn.Module, dense: nn.Module, run_dir: str | Path,
     if cfg.prune.method == "dense":
         raise UserError("deploy_pruned: prune.method is 'dense'; name the method that pruned the model "
                         "(pass pruner=, or set prune.method)")
-    run = open_run(run_dir, cfg, progress=progress)
+    check_run_dir(Path(run_dir))  # never into a folder of someone else's files
+    with RunLock(Path(run_dir)):
+        return _deploy(sparse, dense, open_run(run_dir, cfg, progress=progress), cfg, pruner, layers, histories)
+
+
+def _deploy(sparse: nn.Module, dense: nn.Module, run: Run, cfg: RunConfig, pruner: Pruner | None,
+            layers: list[str] | None, histories: dict[str, list[dict]] | None) -> Report:
     models = {"dense": copy.deepcopy(dense).cpu().eval(), "sparse": copy.deepcopy(sparse).cpu().eval()}
     for variant, model in models.items():
         try:

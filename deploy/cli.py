@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import math
 import os
 import sys
 from pathlib import Path
@@ -15,14 +16,33 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from compress.errors import UserError  # noqa: E402
+from compress.imports import user_code_error  # noqa: E402
 
 from .pipeline.stage import BY_NAME, STAGES  # noqa: E402
 
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
 
 
+def _finite(text: str) -> float:
+    """A float flag's value: NaN and infinities are not thresholds."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+_finite.__name__ = "finite number"  # argparse names the type in its message
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block before them), exit 2 as for all bad input."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sparsepipe", description="Train sparse models, ship them as CSR/ONNX, and "
+    p = _Parser(prog="sparsepipe", description="Train sparse models, ship them as CSR/ONNX, and "
                                 "prove accuracy and latency in onnxruntime against the dense baseline.",
                                 epilog="Exit codes: 0 pass, 1 regression (gate failed), 2 bad input.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -50,20 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "not be worse than the reference report's.")
     g.add_argument("report", type=Path, help="report.json to check")
     g.add_argument("--reference", type=Path, help="earlier report.json (e.g. from the main branch)")
-    g.add_argument("--max-accuracy-drop", type=float, default=None,
+    g.add_argument("--max-accuracy-drop", type=_finite, default=None,
                    help="allowed accuracy drop as a fraction (default: the report's, else 0.02 vs dense; 0.01 vs "
                         "reference)")
-    g.add_argument("--min-sparsity", type=float, default=None,
+    g.add_argument("--min-sparsity", type=_finite, default=None,
                    help="required global sparsity (no reference; default: the report's, else 0)")
-    g.add_argument("--max-latency-ratio", type=float, default=None,
+    g.add_argument("--max-latency-ratio", type=_finite, default=None,
                    help="allowed sparse/dense p50 latency ratio (no reference; 0 = not checked; default: the report's)")
-    g.add_argument("--max-sparsity-drop", type=float, default=0.01,
+    g.add_argument("--max-sparsity-drop", type=_finite, default=0.01,
                    help="allowed drop in global sparsity vs the reference")
-    g.add_argument("--max-latency-ratio-increase", type=float, default=0.0,
+    g.add_argument("--max-latency-ratio-increase", type=_finite, default=0.0,
                    help="allowed increase of the latency ratio vs the reference (0 = not checked)")
-    g.add_argument("--min-accuracy", type=float, default=None,
+    g.add_argument("--min-accuracy", type=_finite, default=None,
                    help="required sparse accuracy as a fraction (no reference; 0 = not checked; default: the report's)")
-    g.add_argument("--min-above-chance", type=float, default=None,
+    g.add_argument("--min-above-chance", type=_finite, default=None,
                    help="required sparse accuracy above chance, 1/classes (no reference; 0 = not checked; default: "
                         "the report's, else 0.05)")
     g.add_argument("--allow-different", action="store_true",
@@ -129,8 +149,10 @@ def cmd_stage(args) -> int:
     from compress.distributed import current, init_from_env
 
     from .pipeline import open_run, run_pipeline, run_stage
-    from .pipeline.folder import RunLock
+    from .pipeline.folder import RunLock, is_run_folder
 
+    if not is_run_folder(args.run_dir):
+        raise UserError(f"{args.run_dir}: not a run folder (no config.toml and .lock written by `sparsepipe run`)")
     run = open_run(args.run_dir, progress=not args.no_progress)
     init_from_env(run.cfg.train.device)
     if args.command != "train" and not current().main:
@@ -270,15 +292,28 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"sparsepipe: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        print(f"sparsepipe: error: {e.filename or 'disk'}: no space left on device", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("sparsepipe: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as e:
+        problem = _bad_input(e)
+        if problem is None:
+            raise  # a bug of ours: the traceback is what a report needs
+        print(f"sparsepipe: error: {problem}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def _bad_input(e: Exception) -> str | None:
+    """The one line for an error the input caused (a path the filesystem refuses, a full disk, the
+    user's own code raising), or None for anything else."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{e.filename or 'disk'}: no space left on device"
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, RuntimeError) and str(e).startswith("Symlink loop from"):
+        return f"{str(e).removeprefix('Symlink loop from ')}: symbolic link loop"
+    user = user_code_error(e)
+    return str(user) if user is not None else None
 
 
 if __name__ == "__main__":

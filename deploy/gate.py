@@ -46,9 +46,10 @@ def check(report: Report, gate: GateConfig, source: str = "report") -> list[dict
 
 def _above_chance(report: Report, margin: float) -> dict:
     acc = report.sparse.accuracy
-    if report.classes is None:  # a report written before the class count was recorded
-        return {"name": "above_chance", "passed": True,
-                "message": "not checked: the report does not record its number of classes"}
+    if report.classes is None:  # a report written before the class count was recorded, or edited
+        return {"name": "above_chance", "passed": False,
+                "message": "cannot check the accuracy against chance: the report does not record its number "
+                           "of classes (set gate.min_above_chance = 0 to skip this check)"}
     floor = 1 / report.classes + margin
     return {"name": "above_chance", "passed": acc >= floor - 1e-12,
             "message": f"sparse accuracy {acc:.4f} vs chance {1 / report.classes:.4f} + {margin:.4f} "

@@ -4,14 +4,15 @@ or wrongly typed value is a one-line error naming the field, never a traceback."
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from compress.errors import UserError
 
 
 def _number(value, path: str, source: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise UserError(f"{source}: field {path!r}: expected a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{source}: field {path!r}: expected a finite number, got {value!r:.80}")
     return value
 
 
@@ -154,9 +155,18 @@ class Report:
         structure = d["structure"]
         if structure is not None:
             _table(structure, "structure", source)
-            for k in ("macs_before", "macs_after"):
+            # what the report and the gate read: all four counts once channels were cut, or with macs_before
+            needed = ("macs_before", "macs_after", "params_before", "params_after") \
+                if structure.get("channels_removed") else ("macs_after",) if "macs_before" in structure else ()
+            for k in ("macs_before", "macs_after", "params_before", "params_after", "channels_removed"):
+                if k not in structure and k in needed:
+                    raise UserError(f"{source}: missing field 'structure.{k}'")
                 if k in structure and _number(structure[k], f"structure.{k}", source) < 0:
                     raise UserError(f"{source}: field 'structure.{k}': {structure[k]!r} is negative")
+            if structure.get("channels_removed"):
+                widths = _table(structure.get("widths", {}), "structure.widths", source)
+                if not all(isinstance(v, list) and len(v) == 2 for v in widths.values()):
+                    raise UserError(f"{source}: field 'structure.widths': expected [before, after] per group")
         gate = d.get("gate")
         if gate is not None:
             g = _table(gate, "gate", source)

@@ -30,8 +30,8 @@ class FreezeConfig:
                         "latency_check, any width is also tried and the faster kept. 1: any width.", lo=1)
     latency_check: bool = opt(True, "Keep the channel cut only if the exported model runs faster than the model "
                               "before the cut (onnxruntime, timed side by side); otherwise keep the uncut model.")
-    latency_batch_size: int = opt(1, "Batch size of that timing.", lo=1)
-    latency_threads: int = opt(1, "onnxruntime threads of that timing.", lo=1)
+    latency_batch_size: int = opt(1, "Batch size of that timing.", lo=1, hi=4096)
+    latency_threads: int = opt(1, "onnxruntime threads of that timing.", lo=1, hi=256)
     latency_precision: Literal["fp32", "int8"] = opt("fp32", "The exported model that timing (and the search of "
                                                      "prune.*.latency_target) measures: fp32, or static int8 "
                                                      "(export.int8's recipe) to choose widths that run fast in int8.")
@@ -46,8 +46,8 @@ class ExportConfig:
     compute: bool = opt(True, "Also write the sparse-compute/ folder (SparseToDenseMatMul where measured faster).")
     compute_batch: int = opt(1, "Batch size at which sparse-compute times each layer to choose sparse or "
                              "dense, and static int8 its float-or-int8 choice.",
-                             lo=1)
-    compute_threads: int = opt(1, "onnxruntime threads for that timing.", lo=1)
+                             lo=1, hi=4096)
+    compute_threads: int = opt(1, "onnxruntime threads for that timing.", lo=1, hi=256)
     compute_min_sparsity: float = opt(0.5, "Linear layers with fewer zeros are never considered for sparse compute.",
                                       lo=0.0, hi=1.0)
     int8: Literal["none", "dynamic", "static"] = opt("none", "Also write dense-int8.onnx and sparse-int8.onnx: "
@@ -59,11 +59,11 @@ class ExportConfig:
 
 @dataclass
 class ValidateConfig:
-    batch_size: int = opt(256, "Batch size for the accuracy pass.", lo=1)
-    latency_batch_size: int = opt(1, "Batch size of the latency measurement.", lo=1)
-    threads: int = opt(1, "onnxruntime intra-op threads for the latency measurement.", lo=1)
-    warmup_runs: int = opt(20, "Untimed runs per model before timing.", lo=0)
-    runs: int = opt(200, "Timed runs per model (interleaved dense/sparse).", lo=1)
+    batch_size: int = opt(256, "Batch size for the accuracy pass.", lo=1, hi=65536)
+    latency_batch_size: int = opt(1, "Batch size of the latency measurement.", lo=1, hi=4096)
+    threads: int = opt(1, "onnxruntime intra-op threads for the latency measurement.", lo=1, hi=256)
+    warmup_runs: int = opt(20, "Untimed runs per model before timing.", lo=0, hi=100_000)
+    runs: int = opt(200, "Timed runs per model (interleaved dense/sparse).", lo=1, hi=1_000_000)
 
 
 

@@ -54,3 +54,20 @@ def convnext_like(input_shape, num_classes):
 
 def exits(input_shape, num_classes):
     raise SystemExit(0)
+
+
+class _FailsInTraining(nn.Module):
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        self.net = make(input_shape, num_classes)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.training and self.calls > 3:  # builds and traces fine, then fails mid-training
+            raise RuntimeError("the user's forward has a bug")
+        return self.net(x)
+
+
+def fails_in_training(input_shape, num_classes):
+    return _FailsInTraining(input_shape, num_classes)

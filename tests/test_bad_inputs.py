@@ -67,6 +67,7 @@ def cases(tmp_path, finished_run):
     old = tmp_path / "old"
     old.mkdir()
     (old / "config.toml").write_text('config_version = 0\nname = "x"\n')
+    (old / ".lock").write_text("")  # as every run command leaves it
     evil = tmp_path / "evil"
     evil.mkdir()
     (evil / "report.json").write_bytes(pickle.dumps(RunsCode(tmp_path / "pwned")))
@@ -152,6 +153,25 @@ def cases(tmp_path, finished_run):
          ["prune.method", "not a subclass"]),
         ("model factory with another signature", ["run", q, "--set", "model.name='custom_model:no_kwargs'"],
          ["model.name", "TypeError"]),
+        # the second hostile sweep (issue 21): values that overflowed, hung or allocated hundreds of GiB
+        ("huge learning rate", ["run", q, "--set", "train.lr=1e300"], ["train.lr", "1e+300"]),
+        ("huge weight decay", ["run", q, "--set", "train.weight_decay=1e300"], ["train.weight_decay"]),
+        ("huge LATS threshold", ["run", q, "--set", "prune.lats.threshold_final=1e300"], ["threshold_final"]),
+        ("huge STR s_init", ["run", q, "--set", "prune.str.s_init=1e300"], ["prune.str.s_init"]),
+        ("a million latency threads", ["run", q, "--set", "freeze.latency_threads=1000000"], ["latency_threads"]),
+        ("a million validate threads", ["run", q, "--set", "validate.threads=1000000"], ["validate.threads"]),
+        ("a billion-sample latency batch", ["run", q, "--set", "freeze.latency_batch_size=1000000000"],
+         ["freeze.latency_batch_size"]),
+        ("a billion-sample compute batch", ["run", q, "--set", "export.compute_batch=1000000000"],
+         ["export.compute_batch"]),
+        ("100 hidden layers", ["run", q, "--set", f"model.hidden=[{', '.join(['4'] * 100)}]"],
+         ["model.hidden", "at most 64"]),
+        ("a one-number block", ["run", q, "--set", "prune.magnitude.block=[2]"], ["prune.magnitude.block"]),
+        ("a test split too small for every class", ["run", q, "--set", "data.test_fraction=0.001"],
+         ["data.test_fraction", "each of the 10 classes"]),
+        ("a 100,000-deep --set value", ["run", q, "--set", "train.lr=" + "[" * 100_000], ["train.lr", "..."]),
+        ("a file name too long", ["gate", str(finished_run / "report" / "report.json"), "--junit",
+                                  str(tmp_path / ("j" * 300))], ["File name too long"]),
     ]
 
 

@@ -20,7 +20,7 @@ def scores(accuracy: float) -> dict:
 REPORT_JSON = {"run": "r", "method": "lats", "model": "mlp", "data": "digits", "dense": scores(0.98),
                "sparse": scores(0.97), "variants": {}, "sparsity": {"global": 0.91, "per_layer": {}, "layers_pruned": 3},
                "pruner": {}, "structure": None, "latency": {"ratio": 0.8}, "size": {}, "export": {}, "training": {},
-               "versions": {}, "machine": {}}
+               "versions": {}, "machine": {}, "classes": 10}
 REPORT = Report.from_dict(REPORT_JSON)
 
 
@@ -34,6 +34,13 @@ def with_changes(**paths) -> Report:
             node = node[k]
         node[last] = value
     return Report.from_dict(d)
+
+
+def test_a_report_without_its_class_count_fails_the_chance_check_instead_of_passing_it():
+    checks = check(with_changes(classes=None), GateConfig())
+    chance = next(c for c in checks if c["name"] == "above_chance")
+    assert not chance["passed"] and "number of classes" in chance["message"]
+    assert all(c["name"] != "above_chance" for c in check(with_changes(classes=None), GateConfig(min_above_chance=0)))
 
 
 def test_thresholds():
@@ -65,7 +72,7 @@ def test_reference_comparison():
 @pytest.mark.parametrize("field,value", [("dense.accuracy", "0.9"), ("sparsity.global", None),
                                          ("latency.ratio", [1]), ("sparse.samples", True)])
 def test_a_report_with_a_wrongly_typed_field_is_named(field, value):
-    with pytest.raises(UserError, match=f"field '{field}': expected a number"):
+    with pytest.raises(UserError, match=f"field '{field}': expected a finite number"):
         with_changes(**{field: value})
 
 

@@ -26,7 +26,7 @@ class DataConfig:
         "auto", "Training augmentation: crop-flip (pad 4, random crop, horizontal flip), none, or auto "
         "(crop-flip for cifar10/cifar100, none otherwise).")
     image_size: int = opt(32, "imagefolder: the square size images are cropped to (train: RandomResizedCrop "
-                          "+ flip; test: Resize + CenterCrop).", lo=4)
+                          "+ flip; test: Resize + CenterCrop).", lo=4, hi=1024)
     mean: list[float] = opt([], "imagefolder: per-channel mean for normalisation, in [0, 1] pixel units "
                             "(empty: ImageNet's for colour images, measured on the training images for grey).")
     std: list[float] = opt([], "imagefolder: per-channel std (empty: as for mean).", lo=0.0, lo_open=True)

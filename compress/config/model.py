@@ -30,6 +30,8 @@ class ModelConfig:
     cnf: Literal["ADD", "IAND"] = opt("ADD", "SEW ResNet: connect function of the spike-element-wise blocks.")
 
     def check(self, where: str) -> None:
+        if len(self.hidden) > 64:
+            raise UserError(f"{where}.hidden: {len(self.hidden)} hidden layers, at most 64")
         if self.name not in ZOO and ":" not in self.name:
             raise UserError(f"{where}.name: unknown model {self.name!r} "
                             f"(expected one of: {', '.join(ZOO)}, or 'package.module:factory')")

@@ -14,9 +14,9 @@ class TrainConfig:
     finetune_epochs: int = opt(0, "Of those, the last N fine-tune after the pruning phase: the method's schedule "
                                "(its fractions of training) spans the first epochs − N; masks stay fixed after it "
                                "(LATS and STR keep their final threshold).", lo=0)
-    batch_size: int = opt(64, "Mini-batch size.", lo=1)
+    batch_size: int = opt(64, "Mini-batch size.", lo=1, hi=65536)
     optimizer: Literal["sgd", "adamw"] = opt("sgd", "sgd (momentum, nesterov) or adamw (decoupled weight decay).")
-    lr: float = opt(0.05, "Peak learning rate.", lo=0.0, lo_open=True)
+    lr: float = opt(0.05, "Peak learning rate.", lo=0.0, lo_open=True, hi=1000.0)
     lr_schedule: Literal["cosine", "constant", "step"] = opt(
         "cosine", "Per-step learning-rate schedule after warm-up; step: multiply by lr_gamma at each of "
         "lr_milestones (epochs).")
@@ -27,7 +27,7 @@ class TrainConfig:
     nesterov: bool = opt(False, "Nesterov momentum (sgd).")
     weight_decay: float = opt(5e-4, "Weight decay on weights; on biases and BatchNorm parameters too when the "
                               "method's decay_1d is on (lats, str, greg by default, as their official code).",
-                              lo=0.0)
+                              lo=0.0, hi=1.0)
     label_smoothing: float = opt(0.0, "Cross-entropy label smoothing.", lo=0.0, hi=1.0, hi_open=True)
     device: str = opt("cpu", "Training device: cpu, cuda, cuda:N, or auto (CUDA when present).")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..errors import UserError
 from ..schedules import cubic_sparsity
 from ..schema import opt
 from .base import MaskPruner
@@ -21,6 +22,10 @@ class GMPOptions:
                      lo_open=True)
     frequency: int = opt(20, "Steps between mask updates.", lo=1)
     block: list[int] = opt([1, 1], "Prune whole [rows, cols] blocks (see magnitude.block).", lo=1)
+
+    def check(self, where: str) -> None:
+        if len(self.block) != 2:
+            raise UserError(f"{where}.block: expected [rows, cols], got {self.block}")
 
 
 @register_pruner("gmp")

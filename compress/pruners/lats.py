@@ -48,7 +48,8 @@ class LATSOptions:
     mode: Literal["during", "early", "init"] = opt(
         "during", "during: sparsify while training; early: reach D by end_epoch, then fix the mask and keep "
         "training; init: pruning at initialisation (constant D from step 0, inflated latent init).")
-    threshold_final: float = opt(0.05, "D: the threshold at the end of the pruning window.", lo=0.0, lo_open=True)
+    threshold_final: float = opt(0.05, "D: the threshold at the end of the pruning window.", lo=0.0, lo_open=True,
+                                 hi=1000.0)
     l1_lambda: float = opt(0.0, "λ (schedule 'lats' only): d_t = λ·Σ_{s<t} η_s with no final value; "
                            "when > 0 it replaces threshold_final.", lo=0.0)
     start_epoch: int = opt(0, "Epoch at which the threshold starts growing (dense before it).", lo=0)

@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 
+from ..errors import UserError
 from ..ranking import lowest_mask
 from ..schema import opt
 from ..selection import get_module
@@ -24,6 +25,10 @@ class MagnitudeOptions:
                              "the rest fine-tunes with the mask fixed.", lo=0.0, hi=1.0, hi_open=True)
     block: list[int] = opt([1, 1], "Prune whole [rows, cols] blocks of the 2-D weight (out, in·kh·kw), scored "
                            "by mean |w|, so BSR storage pays off; [1, 1] = single weights.", lo=1)
+
+    def check(self, where: str) -> None:
+        if len(self.block) != 2:
+            raise UserError(f"{where}.block: expected [rows, cols], got {self.block}")
 
 
 def smallest_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

@@ -26,7 +26,7 @@ from .target import shifted_sparsity, solve_shift
 @dataclass
 class STROptions:
     s_init: float = opt(-5.0, "Initial s of every layer (threshold sigmoid(s)). The paper uses -3200 on "
-                        "ImageNet; short or small runs need about -5..-10.")
+                        "ImageNet; short or small runs need about -5..-10.", lo=-1e4, hi=1e4)
     s_weight_decay: float = opt(-1.0, "Weight decay on s (negative: the same as train.weight_decay).")
     target_sparsity: float = opt(0.0, "Target global sparsity (0 = off): instead of a fixed decay on s, every "
                                  "1% of training all s are shifted by the one amount that puts sparsity on a "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from compress.atomic import file_in_the_way
@@ -15,7 +16,10 @@ LOCK = ".lock"
 def is_run_folder(path: Path) -> bool:
     """Did sparsepipe make `path`: a config.toml with config_version (a resolved config), and the lock
     file every run command takes? (A user's copy of a run's config.toml in their own folder has no lock.)"""
-    if not (path / LOCK).is_file():
+    try:
+        if not stat.S_ISREG(os.lstat(path / LOCK).st_mode):  # a symlink to someone's file is not our lock
+            return False
+    except OSError:
         return False
     try:
         return "config_version" in load_toml(path / "config.toml", "config")
@@ -64,7 +68,7 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
             raise UserError(f"{self.path.parent}: cannot use as a run folder ({e.strerror})") from None
         try:

@@ -61,6 +61,8 @@ def run_stage(run: Run, name: str, force: bool = False, work: Callable[[Run], li
     verify_upstream(run, upstream)
     staging = run.dir / f".{stage.folder}.new"
     marker = staging / MARKER
+    if staging.is_symlink():  # ours is a folder: a link may lead to files sparsepipe must not touch
+        raise UserError(f"{staging}: is a symbolic link, not sparsepipe's staging folder; remove it and rerun")
     if world.main:
         # Only training resumes, from an unfinished attempt with the same inputs; anything else left
         # in the staging folder is ours and half-made.
