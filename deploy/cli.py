@@ -295,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sparsepipe: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except SystemExit as e:  # exit() inside a user's model, dataset or pruner: not sparsepipe's verdict
+        user = user_code_error(e)
+        if user is None:
+            raise
+        print(f"sparsepipe: error: {user} (it called exit({e.code!r}))", file=sys.stderr)
     except Exception as e:
         problem = _bad_input(e)
         if problem is None:

@@ -56,7 +56,7 @@ def test_own_loop_example_and_the_cli_write_the_same_report(tmp_path):
 
 def test_attach_pruner_checks_options_like_the_config():
     model = MLP((1, 8, 8), 10, [16])
-    with pytest.raises(UserError, match=r"prune.lats: threshold_final: expected a value in \(0.0, inf\]"):
+    with pytest.raises(UserError, match=r"prune.lats: threshold_final: expected a value in \(0.0, 1000.0\]"):
         attach_pruner(model, "lats", epochs=1, steps_per_epoch=1, lr=0.1, threshold_final=-1.0)
     with pytest.raises(UserError, match="unknown method 'nope'"):
         attach_pruner(model, "nope", epochs=1, steps_per_epoch=1, lr=0.1)

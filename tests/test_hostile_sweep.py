@@ -63,3 +63,80 @@ def test_a_stage_command_on_a_folder_holding_a_copy_of_a_runs_config_is_refused(
     assert main(["train", str(mine), "--no-progress"]) == 2
     assert "not a run folder" in one_line(capsys)
     assert (mine / "train" / "layers.json").read_text() == '["my own notes"]'
+
+
+def restamp(run, rel: str) -> None:
+    """Record `rel`'s new hash in the manifest of the stage that wrote it, as a crafted folder would."""
+    import json
+
+    from compress import atomic
+    manifest = run / rel.split("/")[0] / "stage.json"
+    table = json.loads(manifest.read_text())
+    table["outputs"][rel] = atomic.sha256_file(run / rel)
+    manifest.write_text(json.dumps(table))
+
+
+def copy(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    return run
+
+
+def test_csr_values_that_are_not_the_frozen_weights_are_an_error_naming_both(finished_run, tmp_path, capsys):
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    from compress import atomic
+    run = copy(finished_run, tmp_path)
+    path = run / "sparse" / "weights.safetensors"
+    arrays = {k: (v * 2 if k.endswith(".data") else v) for k, v in load_file(str(path)).items()}
+    save_file(arrays, str(path))
+    manifest = json.loads((run / "sparse" / "manifest.json").read_text())
+    manifest["weights_sha256"] = atomic.sha256_file(path)
+    (run / "sparse" / "manifest.json").write_text(json.dumps(manifest))
+    restamp(run, "sparse/weights.safetensors")
+    restamp(run, "sparse/manifest.json")
+    assert main(["validate", str(run), "--force", "--no-progress"]) == 2
+    err = one_line(capsys)
+    assert "weights.safetensors" in err and "frozen/sparse.safetensors" in err and "disagree" in err
+
+
+def test_report_sizes_and_counts_are_measured_not_copied(finished_run, tmp_path, capsys):
+    import json
+    run = copy(finished_run, tmp_path)
+    exported = json.loads((run / "onnx" / "export.json").read_text())
+    exported["dense"]["bytes"], exported["sparse"]["bytes"] = 1, 2
+    (run / "onnx" / "export.json").write_text(json.dumps(exported))
+    restamp(run, "onnx/export.json")
+    structure = json.loads((run / "frozen" / "structure.json").read_text())
+    structure["macs_after"] = structure["params_after"] = 1
+    (run / "frozen" / "structure.json").write_text(json.dumps(structure))
+    restamp(run, "frozen/structure.json")
+    (run / "report" / "report.json").unlink()  # the report read below is the one this validate writes
+    assert main(["validate", str(run), "--force", "--no-progress"]) in (0, 1)
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert report["size"]["dense_onnx_bytes"] == (run / "onnx" / "dense.onnx").stat().st_size
+    assert report["size"]["sparse_onnx_bytes"] == (run / "onnx" / "sparse.onnx").stat().st_size
+    assert report["structure"]["macs_after"] > 1 and report["structure"]["params_after"] > 1
+
+
+def test_a_stage_record_naming_a_file_outside_the_run_is_refused_before_reading_it(finished_run, tmp_path, capsys):
+    import json
+    run = copy(finished_run, tmp_path)
+    table = json.loads((run / "sparse" / "stage.json").read_text())
+    table["outputs"]["../../outside.bin"] = "0" * 64
+    (run / "sparse" / "stage.json").write_text(json.dumps(table))
+    assert main(["export", str(run), "--force", "--no-progress"]) == 2
+    assert "outside the run folder" in one_line(capsys)
+
+
+def test_an_output_folder_that_is_a_link_to_a_users_folder_is_not_written_through(finished_run, tmp_path, capsys):
+    run, theirs = copy(finished_run, tmp_path), tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "report.md").write_text("my own report")
+    shutil.rmtree(run / "report")
+    os.symlink(theirs, run / "report")
+    assert main(["validate", str(run), "--force", "--no-progress"]) == 2
+    assert "symbolic link inside the run folder" in one_line(capsys)
+    assert (theirs / "report.md").read_text() == "my own report"

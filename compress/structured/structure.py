@@ -11,7 +11,8 @@ from .harvest import harvest_channels
 from .remove import remove_channels
 
 
-def _sizes(model: nn.Module, input_shape: tuple[int, ...], suffix: str) -> dict:
+def model_sizes(model: nn.Module, input_shape: tuple[int, ...], suffix: str) -> dict:
+    """Parameters and MACs per sample, as `params_SUFFIX` and `macs_SUFFIX`."""
     return {f"params_{suffix}": sum(p.numel() for p in model.parameters()),
             f"macs_{suffix}": count_macs(model, input_shape)["dense"]}
 
@@ -20,11 +21,11 @@ def harvest(model: nn.Module, input_shape: tuple[int, ...], round_to: int = 1) -
     """Remove dead channels in place (constants folded where exact), each group keeping a multiple
     of `round_to` channels; returns the structure record: kept channels per group (by first
     producer), biased consumers, widths, the groups left whole and why, MACs and parameters."""
-    before = _sizes(model, input_shape, "before")
+    before = model_sizes(model, input_shape, "before")
     try:
         groups = channel_groups(model, torch.zeros(2, *input_shape))
     except ValueError as e:  # e.g. a model torch.fx cannot trace: nothing removed, and the report says why
-        return {"keep": {}, "skipped": str(e), **before, **_sizes(model, input_shape, "after")}
+        return {"keep": {}, "skipped": str(e), **before, **model_sizes(model, input_shape, "after")}
     widths = {g.producers[0]: g.size for g in groups if g.producers}
     whole = {g.producers[0]: g.blockers[0] for g in groups if g.producers and not g.prunable and g.blockers}
     result = harvest_channels(model.eval(), groups, input_shape, round_to)
@@ -33,7 +34,7 @@ def harvest(model: nn.Module, input_shape: tuple[int, ...], round_to: int = 1) -
             "widths": {p: (widths[p], len(k)) for p, k in keep.items()},
             "channels_removed": sum(widths[p] - len(k) for p, k in keep.items()),
             "whole": whole,  # groups that cannot be cut, by first producer, with why
-            **before, **_sizes(model, input_shape, "after")}
+            **before, **model_sizes(model, input_shape, "after")}
 
 
 def apply_structure(model: nn.Module, structure: dict, input_shape: tuple[int, ...]) -> None:

@@ -12,6 +12,7 @@ from torch import nn
 
 from compress import atomic
 from compress.errors import UserError
+from compress.limits import load_json
 from compress.frozen import write_spec
 from compress.selection import clean_name, get_module
 from compress.sparsity import global_sparsity, layer_sparsity
@@ -46,7 +47,13 @@ def _frozen(run: Run, variant: str) -> tuple[nn.Module, dict]:
     except Exception as e:  # a damaged file, or weights of another architecture
         raise UserError(f"{path}: checkpoint does not fit model {run.cfg.model.name!r} "
                         f"({str(e).strip().splitlines()[0][:200]})") from None
-    summary = json.loads((folder / SUMMARY).read_text())
+    bad = next((k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()),
+               None)
+    if bad is not None:
+        raise UserError(f"{path}: tensor {bad!r} holds NaN or inf; re-run the train stage with --force")
+    summary = load_json(folder / SUMMARY, "pruner summary")
+    if not isinstance(summary, dict):
+        raise UserError(f"{folder / SUMMARY}: expected a JSON object (the pruner's summary)")
     return model.eval(), summary
 
 

@@ -70,7 +70,7 @@ class Run:
     def layers(self) -> list[str]:
         if self._layers is None:
             path = self.dir / "train" / "layers.json"
-            self._layers = (load_json(path, "layer list") if path.exists()
+            self._layers = (_layer_list(path, self.new_model()) if path.exists()
                             else select_layers(self.new_model(), self.cfg.prune.layers))
         return self._layers
 
@@ -90,6 +90,18 @@ class Run:
 def keep_given(run: Run, variant: str) -> bool:
     """Is `variant` the given model, unchanged?"""
     return variant == "dense" and bool(run.cfg.model.weights) and run.cfg.model.baseline == "given"
+
+
+def _layer_list(path: Path, model: nn.Module) -> list[str]:
+    """train/layers.json, checked: names of modules of `model` that carry a weight matrix or kernel."""
+    layers = load_json(path, "layer list")
+    if not isinstance(layers, list) or not all(isinstance(n, str) for n in layers):
+        raise UserError(f"{path}: expected a list of layer names")
+    modules = dict(model.named_modules())
+    odd = next((n for n in layers if getattr(modules.get(n), "weight", None) is None), None)
+    if odd is not None:
+        raise UserError(f"{path}: {odd!r} is not a layer with weights in model {type(model).__name__}")
+    return layers
 
 
 def open_run(run_dir: str | Path, cfg: RunConfig | None = None, *, write: bool = True, **kwargs) -> Run:

@@ -31,15 +31,33 @@ def verify_upstream(run: Run, upstream: list[Stage]) -> None:
         manifest = read_manifest(run, up) or {"outputs": {}}
         for rel, digest in manifest["outputs"].items():
             path = run.dir / rel
+            inside(run.dir, path, f"stage '{up.name}' lists {rel!r}")
             if not path.is_file() or atomic.sha256_file(path) != digest:
                 raise UserError(f"{path}: changed since stage '{up.name}' wrote it (re-run `sparsepipe "
                                 f"{up.name} {run.dir} --force` to rebuild it)")
+
+
+def inside(root: Path, path: Path, what: str) -> None:
+    """Refuse a path that leaves the run folder: an absolute or '..' path, or a symlink on the way (the
+    files it leads to are not sparsepipe's to read, hash or replace)."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    if rel == ".." or rel.startswith(".." + os.sep) or os.path.isabs(rel):
+        raise UserError(f"{root}: {what}, which is outside the run folder")
+    here = Path(root)
+    for part in Path(rel).parts:
+        here = here / part
+        if here.is_symlink():
+            raise UserError(f"{here}: is a symbolic link inside the run folder; sparsepipe does not follow it "
+                            f"({what}); remove it and rerun")
 
 
 def move_into_place(staging: Path, final: Path) -> None:
     """Move every file of `staging` to the same place under `final` (each an atomic rename); remove staging."""
     for path in sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MARKER):
         dest = final / path.relative_to(staging)
+        inside(final.parent, dest, f"writing {dest.name}")
+        if dest.parent.exists() and not dest.parent.is_dir():
+            raise UserError(f"{dest.parent}: is a file where sparsepipe keeps a folder of its outputs; move it away")
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, dest)
     shutil.rmtree(staging)

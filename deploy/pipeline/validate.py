@@ -3,6 +3,7 @@ dense baseline; the gate; report.json / report.md / junit.xml / training.png."""
 from __future__ import annotations
 
 import json
+import math
 import platform
 from dataclasses import asdict
 
@@ -10,9 +11,11 @@ import torch
 from torch import nn
 
 from compress.distributed import World
+from compress.errors import UserError
 from compress.limits import JSON_BYTES, load_json, read_text
 from compress.loader import batches, first
 from compress.selection import get_module
+from compress.structured.structure import model_sizes
 
 from ..gate import check
 from ..report import plot_training, write_report
@@ -45,6 +48,30 @@ def param_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.state_dict().values())
 
 
+def _size(path) -> int:
+    """Bytes of a file, or of every file in a folder (a variant shipped as several files)."""
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _metrics(path) -> list[dict]:
+    """A metrics.jsonl: one JSON object per epoch with a finite epoch, test_accuracy and sparsity."""
+    rows = []
+    for i, line in enumerate(read_text(path, JSON_BYTES, "training metrics").splitlines(), 1):
+        try:
+            row = json.loads(line, parse_constant=lambda name: None)  # NaN/Infinity fail the check below
+        except (ValueError, RecursionError):
+            row = None
+        if not isinstance(row, dict) or not all(
+                isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool) and math.isfinite(row[k])
+                for k in ("epoch", "test_accuracy", "sparsity")):
+            raise UserError(f"{path}: line {i} is not a metrics row as sparsepipe writes it (finite epoch, "
+                            f"test_accuracy and sparsity); re-run the train stage with --force")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: no metrics rows; re-run the train stage with --force")
+    return rows
+
+
 def _read(run: Run, rel: str):
     return load_json(run.dir / rel, rel)
 
@@ -64,13 +91,20 @@ def validate_stage(run: Run) -> list[str]:
     sparsity, csr, exported = _read(run, "frozen/sparsity.json"), _read(run, "sparse/manifest.json"), \
         _read(run, "onnx/export.json")
     structure = _read(run, "frozen/structure.json") if (d / "frozen" / "structure.json").exists() else None
-    histories = {v: [json.loads(line) for line in read_text(d / "train" / v / "metrics.jsonl", JSON_BYTES,
-                                                            "training metrics").splitlines()]
-                 for v in run.variants}
+    histories = {v: _metrics(d / "train" / v / "metrics.jsonl") for v in run.variants}
     dense_bytes = param_bytes(models["dense"])
-    shipped = shipped_sparsity(d, {n: list(get_module(models["sparse"], n).weight.shape) for n in run.layers},
+    if not isinstance(sparsity, dict) or not isinstance(sparsity.get("per_layer"), dict) \
+            or not isinstance(sparsity.get("pruner"), dict):
+        raise UserError(f"{d / 'frozen' / 'sparsity.json'}: not as sparsepipe writes it (per_layer and pruner "
+                        f"tables expected); re-run freeze")
+    weights = {n: get_module(models["sparse"], n).weight.detach().cpu().numpy() for n in run.layers}
+    shipped = shipped_sparsity(d, {n: list(w.shape) for n, w in weights.items()},
                                {n: get_module(models["dense"], n).weight.numel() for n in run.layers},
-                               sparsity["per_layer"])
+                               sparsity["per_layer"], frozen=weights)
+    if structure is not None:  # the counts the report shows, measured on the models that ship
+        structure = {**structure, **model_sizes(models["dense"], run.data.input_shape, "before"),
+                     **model_sizes(models["sparse"], run.data.input_shape, "after")}
+    layer_bytes = {n: w.size * w.itemsize for n, w in weights.items()}
     report = Report(
         run=cfg.name, method=cfg.prune.method, model=cfg.model.name, data=cfg.data.name,
         dense=Scores(**result["dense"]), sparse=Scores(**result["sparse"]),
@@ -78,11 +112,12 @@ def validate_stage(run: Run) -> list[str]:
         sparsity=Sparsity(shipped["global"], shipped["per_layer"], len(run.layers), shipped["counted_from"]),
         pruner=sparsity["pruner"], structure=structure, latency=result["latency"],
         size={"dense_bytes": dense_bytes,
-              "sparse_bytes": param_bytes(models["sparse"]) - csr["dense_bytes"] + csr["stored_bytes"],
-              "per_layer": {n: {k: v[k] for k in ("format", "block", "dense_bytes", "csr_bytes", "bsr_bytes",
-                                                  "stored_bytes")} for n, v in csr["layers"].items()},
-              "dense_onnx_bytes": exported["dense"]["bytes"], "sparse_onnx_bytes": exported["sparse"]["bytes"],
-              **{f"{v.key}_bytes": exported[v.name]["bytes"] for v in variants if "bytes" in exported[v.name]}},
+              "sparse_bytes": param_bytes(models["sparse"]) - sum(layer_bytes.values())
+              + sum(shipped["stored_bytes"].values()),
+              "per_layer": {n: {"format": (csr["layers"].get(n) or {}).get("format"), "dense_bytes": layer_bytes[n],
+                                "stored_bytes": shipped["stored_bytes"][n]} for n in run.layers},
+              "dense_onnx_bytes": _size(paths["dense"]), "sparse_onnx_bytes": _size(paths["sparse"]),
+              **{f"{v.key}_bytes": _size(paths[v.name]) for v in variants if paths[v.name].exists()}},
         export=exported, training={v: h[-1] for v, h in histories.items()}, versions=versions(),
         machine={"platform": platform.platform(), "processor": platform.machine(), "cpus": torch.get_num_threads()})
     if any(hasattr(m, "export_copy") for m in models.values()):
