@@ -36,8 +36,16 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torc
 
 
 def _collate(batch):
-    """A tensor dataset's __getitems__ already returns (x, y); other datasets return samples."""
-    return batch if isinstance(batch, tuple) else default_collate(batch)
+    """A tensor dataset's __getitems__ already returns (x, y); other datasets return samples, which must
+    share one shape (a one-line error names the first two that differ)."""
+    if isinstance(batch, tuple):
+        return batch
+    shapes = [tuple(getattr(x, "shape", ())) for x, *_ in batch]
+    if len(set(shapes)) > 1:
+        j = next(i for i, s in enumerate(shapes) if s != shapes[0])
+        raise UserError(f"data: samples of different shapes in one batch: {list(shapes[0])} and {list(shapes[j])}; "
+                        f"every sample must have the same shape")
+    return default_collate(batch)
 
 
 def _check_labels(y: torch.Tensor, num_classes: int | None, where: str) -> None:
@@ -72,7 +80,10 @@ def batches(split: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, ep
                         generator=torch.Generator().manual_seed(base))  # worker seeds: fixed per epoch
     try:
         for x, y in loader:
-            y = torch.as_tensor(y, dtype=torch.int64)
+            y = torch.as_tensor(y)
+            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise UserError(f"{where}: labels are {y.dtype}, expected integer class indices")
+            y = y.to(torch.int64)
             _check_labels(y, num_classes, where)
             yield (crop_flip(x, g) if augment == "crop-flip" else x), y
     except UserError as e:  # raised in a worker: keep the message, drop the worker's traceback

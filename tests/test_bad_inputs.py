@@ -170,6 +170,8 @@ def cases(tmp_path, finished_run):
         ("a test split too small for every class", ["run", q, "--set", "data.test_fraction=0.001"],
          ["data.test_fraction", "each of the 10 classes"]),
         ("a 100,000-deep --set value", ["run", q, "--set", "train.lr=" + "[" * 100_000], ["train.lr", "..."]),
+        ("a model with the wrong class count", ["run", q, "--set", "model.name='custom_model:three_classes'"],
+         ["outputs of shape [2, 3]", "[2, 10] is expected"]),
         ("a file name too long", ["gate", str(finished_run / "report" / "report.json"), "--junit",
                                   str(tmp_path / ("j" * 300))], ["File name too long"]),
     ]

@@ -140,3 +140,28 @@ def test_an_output_folder_that_is_a_link_to_a_users_folder_is_not_written_throug
     assert main(["validate", str(run), "--force", "--no-progress"]) == 2
     assert "symbolic link inside the run folder" in one_line(capsys)
     assert (theirs / "report.md").read_text() == "my own report"
+
+
+class _Samples:
+    """A user's Dataset without stored labels: (x, y) item by item."""
+    def __init__(self, xs, ys):
+        self.xs, self.ys = xs, ys
+
+    def __len__(self):
+        return len(self.xs)
+
+    def __getitem__(self, i):
+        return self.xs[i], self.ys[i]
+
+
+def test_float_labels_and_samples_of_different_shapes_are_one_line_errors():
+    import torch
+
+    from compress.errors import UserError
+    from compress.loader import batches
+    floats = _Samples([torch.zeros(1, 4, 4)] * 4, [0.0, 1.5, 2.0, 3.0])
+    with pytest.raises(UserError, match="labels are torch.float"):
+        list(batches(floats, 4, shuffle=False, num_classes=4))
+    uneven = _Samples([torch.zeros(1, 4, 4), torch.zeros(1, 3, 4)], [0, 1])
+    with pytest.raises(UserError, match=r"different shapes in one batch: \[1, 4, 4\] and \[1, 3, 4\]"):
+        list(batches(uneven, 2, shuffle=False, num_classes=2))

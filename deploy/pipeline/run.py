@@ -11,6 +11,7 @@ from torch import nn
 from compress import atomic, distributed
 from compress.data import Data, load_config_data
 from compress.errors import UserError
+from compress.imports import user_code_error
 from compress.limits import load_json, load_toml
 from compress.frozen import load_frozen
 from compress.models import build_model
@@ -70,7 +71,7 @@ class Run:
     def layers(self) -> list[str]:
         if self._layers is None:
             path = self.dir / "train" / "layers.json"
-            self._layers = (_layer_list(path, self.new_model()) if path.exists()
+            self._layers = (_layer_list(path, self.new_model(), self.cfg.model.name) if path.exists()
                             else select_layers(self.new_model(), self.cfg.prune.layers))
         return self._layers
 
@@ -92,7 +93,28 @@ def keep_given(run: Run, variant: str) -> bool:
     return variant == "dense" and bool(run.cfg.model.weights) and run.cfg.model.baseline == "given"
 
 
-def _layer_list(path: Path, model: nn.Module) -> list[str]:
+def _check_outputs(model: nn.Module, data: Data, name: str) -> None:
+    """The model maps two test samples to [2, num_classes] logits (a factory built for another class
+    count would fail deep in the loss, mid-training)."""
+    from compress.loader import first
+
+    x = first(data.test, 2)[0]
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as e:
+        user = user_code_error(e)
+        if user is not None:
+            raise user from None
+        raise UserError(f"model.name: {name!r} does not run on the data's samples {list(x.shape)} "
+                        f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]})") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), data.num_classes):
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"model.name: {name!r} gives outputs of shape {got} for {len(x)} samples; the data has "
+                        f"{data.num_classes} classes, so [{len(x)}, {data.num_classes}] is expected")
+
+
+def _layer_list(path: Path, model: nn.Module, name: str) -> list[str]:
     """train/layers.json, checked: names of modules of `model` that carry a weight matrix or kernel."""
     layers = load_json(path, "layer list")
     if not isinstance(layers, list) or not all(isinstance(n, str) for n in layers):
@@ -100,7 +122,8 @@ def _layer_list(path: Path, model: nn.Module) -> list[str]:
     modules = dict(model.named_modules())
     odd = next((n for n in layers if getattr(modules.get(n), "weight", None) is None), None)
     if odd is not None:
-        raise UserError(f"{path}: {odd!r} is not a layer with weights in model {type(model).__name__}")
+        raise UserError(f"{path}: checkpoint does not fit model {name!r} (trained layer {odd!r} is not a layer with "
+                        f"weights in it)")
     return layers
 
 
@@ -127,6 +150,7 @@ def open_run(run_dir: str | Path, cfg: RunConfig | None = None, *, write: bool =
     if cfg.model.weights:
         apply_weights(model, load_weights(cfg.model.weights, weights_limit(model)), cfg.model.weights,
                       cfg.model.name)
+    _check_outputs(model, run.data, cfg.model.name)
     if write:
         save_config(run)
     return run
