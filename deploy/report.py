@@ -115,6 +115,11 @@ def save_png(fig, path: Path, dpi: int = 90) -> None:
 
 
 def plot_training(histories: dict[str, list[dict]], per_layer: dict[str, float], path: Path) -> None:
+    """training_figure as a PNG at `path`."""
+    save_png(training_figure(histories, per_layer), path)
+
+
+def training_figure(histories: dict[str, list[dict]], per_layer: dict[str, float]):
     """Test accuracy and sparsity per epoch for each trained model, and the final per-layer sparsity."""
     import matplotlib
 
@@ -135,7 +140,7 @@ def plot_training(histories: dict[str, list[dict]], per_layer: dict[str, float],
     axes[2].set(title="final sparsity per layer", xlim=(0, 1))
     axes[2].invert_yaxis()
     fig.tight_layout()
-    save_png(fig, path)
+    return fig
 
 
 def write_report(folder: Path, report: Report) -> None:

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from deploy.report import load_report, markdown, plot_training, summary_rows, write_report
+from deploy.report import load_report, markdown, plot_training, summary_rows, training_figure, write_report
 from deploy.report_schema import Report
 
 
@@ -56,6 +56,9 @@ def test_summary_rows_carry_each_figure_and_its_ratio():
     assert rows["weights stored (dense vs CSR/BSR)"] == ("40,000 B", "8,000 B (x5.0 smaller)")
     assert rows["MACs per sample (channels removed)"] == ("40,000", "10,000 (x0.25, 24 channels cut)")
     assert rows["parameters"] == ("50,000", "20,000 (x0.40)")
+    compact = summary_rows(report(variants={"sparse-compact": {}}, size={**REPORT["size"],
+                                                                          "sparse_compact_onnx_bytes": 12345}))
+    assert ("  sparse-compact ONNX file", "", "12,345 B") in compact  # a variant's own row
     uncut = {name for name, _, _ in summary_rows(report(structure=None))}
     assert "parameters" not in uncut and "MACs per sample (channels removed)" not in uncut
 
@@ -102,3 +105,20 @@ def test_training_plot_is_a_png_of_three_panels(tmp_path):
     plot_training({"dense": rows, "sparse": rows}, {"net.1": 0.75, "net.3": 0.5}, tmp_path / "training.png")
     image = imread(tmp_path / "training.png")
     assert image.shape[:2] == (342, 1260)  # 14 x 3.8 inches at 90 dpi: one row of three panels
+
+
+def test_training_figure_plots_each_models_history_and_the_final_layer_sparsity():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    dense = [{"epoch": e, "test_accuracy": 0.5 + e / 10, "sparsity": 0.0} for e in range(1, 4)]
+    sparse = [{"epoch": e, "test_accuracy": 0.4 + e / 10, "sparsity": e / 4} for e in range(1, 4)]
+    fig = training_figure({"dense": dense, "sparse": sparse}, {"net.1": 0.75, "net.3": 0.5})
+    accuracy, sparsity, layers = fig.axes
+    assert [list(line.get_ydata()) for line in accuracy.lines] == [[r["test_accuracy"] for r in rows]
+                                                                   for rows in (dense, sparse)]
+    assert [list(line.get_ydata()) for line in sparsity.lines] == [[0.0] * 3, [0.25, 0.5, 0.75]]
+    assert sparsity.get_ylim() == (0, 1) and sorted(layers.get_xlim()) == [0, 1]
+    assert [round(bar.get_width(), 6) for bar in layers.patches] == [0.75, 0.5]
+    assert [t.get_text() for t in layers.get_yticklabels()] == ["net.1", "net.3"]
+    plt.close(fig)
