@@ -25,6 +25,7 @@ def test_a_valid_csr_layer_passes_and_its_shape_is_returned():
 
 @pytest.mark.parametrize("per_row, message", [
     ([[0, 4]], r"column outside \[0, 4\)"),          # the last column + 1
+    ([[0, 9]], r"column outside \[0, 4\)"),          # well past it
     ([[2, 2]], "not strictly increasing"),           # a repeated column
     ([[3, 1]], "not strictly increasing"),
 ])
