@@ -226,6 +226,8 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
                             "pruner": pruner.state_dict(), "history": history}, tmp)
         distributed.barrier()  # no rank runs ahead of the checkpoint it would resume from
     bar.close()
+    if out_dir and world.main and not (out_dir / "metrics.jsonl").exists():  # resumed at the last epoch
+        atomic.write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     if writer is not None:
         writer.close()
     return history
