@@ -42,9 +42,10 @@ _NUMPY = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I64": np.int
 
 
 def check_values_match(run_dir: Path, arrays: dict, frozen: dict[str, np.ndarray]) -> None:
-    """The CSR/BSR weights and sparse.onnx's hold the frozen model's weights: the same nonzeros at the
-    same places (CSR), the same sum of magnitudes (ONNX, whatever layout the exporter chose)."""
-    csr_path, onnx_path = run_dir / "sparse" / "weights.safetensors", run_dir / "onnx" / "sparse.onnx"
+    """The CSR/BSR weights hold the frozen model's weights: the same nonzero values at the same places.
+    (sparse.onnx is compared by nonzero counts only: the exporter may fold a BatchNorm into a conv's
+    weights; what it computes is measured by onnxruntime against PyTorch in validate.)"""
+    csr_path = run_dir / "sparse" / "weights.safetensors"
     frozen_path = run_dir / "frozen" / "sparse.safetensors"
     for name, weight in frozen.items():
         stored = arrays[name].tocsr()
@@ -55,16 +56,6 @@ def check_values_match(run_dir: Path, arrays: dict, frozen: dict[str, np.ndarray
                 and np.array_equal(stored.data, mine.data)):
             raise UserError(f"{csr_path}: layer {name!r} does not hold the weights of {frozen_path}: the two stages "
                             f"disagree (re-run convert)")
-    names = {f"{n}.weight": n for n in frozen}
-    proto = onnx.load(str(onnx_path), load_external_data=False)
-    for init in proto.graph.initializer:
-        if init.name in names:
-            name = names[init.name]
-            a, b = float(np.abs(numpy_helper.to_array(init)).astype(np.float64).sum()), \
-                float(np.abs(frozen[name]).astype(np.float64).sum())
-            if abs(a - b) > 1e-6 * max(b, 1.0):
-                raise UserError(f"{onnx_path}: layer {name!r} does not hold the weights of {frozen_path}: the two "
-                                f"stages disagree (re-run export)")
 
 
 def shipped_sparsity(run_dir: Path, shapes: dict[str, list[int]], sizes: dict[str, int],
