@@ -32,6 +32,17 @@ def read_spec(folder: Path) -> dict:
     spec = load_json(path, "the frozen model description")
     if not isinstance(spec, dict) or spec.get("format") != FORMAT or spec.get("version") != VERSION:
         raise UserError(f"{path}: expected format {FORMAT!r} version {VERSION}")
+    shape, classes, variants = spec.get("input_shape"), spec.get("num_classes"), spec.get("variants")
+    ok = (isinstance(shape, list) and 1 <= len(shape) <= 4
+          and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 1 << 16 for d in shape)
+          and isinstance(classes, int) and not isinstance(classes, bool) and 2 <= classes <= 1 << 20
+          and isinstance(spec.get("model"), dict) and isinstance(variants, dict)
+          and all(isinstance(v, dict) and isinstance(v.get("weights"), str) and "/" not in v["weights"]
+                  and (v.get("structure") is None or (isinstance(v["structure"], str) and "/" not in v["structure"]))
+                  for v in variants.values()))
+    if not ok:
+        raise UserError(f"{path}: not a frozen model description as sparsepipe writes it (input_shape, "
+                        f"num_classes, model and variants with their files); re-run freeze")
     return spec
 
 

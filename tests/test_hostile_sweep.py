@@ -165,3 +165,14 @@ def test_float_labels_and_samples_of_different_shapes_are_one_line_errors():
     uneven = _Samples([torch.zeros(1, 4, 4), torch.zeros(1, 3, 4)], [0, 1])
     with pytest.raises(UserError, match=r"different shapes in one batch: \[1, 4, 4\] and \[1, 3, 4\]"):
         list(batches(uneven, 2, shuffle=False, num_classes=2))
+
+
+@pytest.mark.parametrize("change", [{"input_shape": "abc"}, {"variants": []}, {"num_classes": 10**9}])
+def test_a_crafted_frozen_model_description_is_one_line(finished_run, tmp_path, capsys, change):
+    import json
+    run = copy(finished_run, tmp_path)
+    spec = json.loads((run / "frozen" / "model.json").read_text())
+    (run / "frozen" / "model.json").write_text(json.dumps({**spec, **change}))
+    restamp(run, "frozen/model.json")
+    assert main(["export", str(run), "--force", "--no-progress"]) == 2
+    assert "not a frozen model description as sparsepipe writes it" in one_line(capsys)
