@@ -175,6 +175,7 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
         pruner.begin_epoch(epoch)
         step = epoch * plan.steps_per_epoch
         loss_sum, seen = 0.0, 0
+        labels = torch.zeros(data.num_classes, dtype=torch.float64)  # which classes the epoch visited
         for x, y in batches(data.train, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch, augment=data.augment,
                             workers=data.workers, world=world, num_classes=data.num_classes,
                             pin_memory=device.type == "cuda", where="train split"):
@@ -197,9 +198,14 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
             pruner.after_step(step, lr)
             loss_sum += loss.item() * len(y)
             seen += len(y)
+            labels += torch.bincount(y.cpu(), minlength=data.num_classes)[:data.num_classes].double()
             step += 1
         pruner.end_epoch(epoch)
-        loss_sum, seen = distributed.sum_across([loss_sum, seen])
+        loss_sum, seen, *counts = distributed.sum_across([loss_sum, seen, *labels.tolist()])
+        empty = [c for c, n in enumerate(counts) if n == 0]
+        if empty:  # a user's dataset whose labels could not be checked up front (they are not stored)
+            raise UserError(f"data: the train split has no samples of class {empty[0]} ({len(empty)} of "
+                            f"{data.num_classes} classes are empty); every class needs at least one")
         test_acc, test_loss = evaluate(model, data.test, device=device, workers=data.workers,
                                        num_classes=data.num_classes)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "test_loss": test_loss,

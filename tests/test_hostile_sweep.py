@@ -176,3 +176,19 @@ def test_a_crafted_frozen_model_description_is_one_line(finished_run, tmp_path, 
     restamp(run, "frozen/model.json")
     assert main(["export", str(run), "--force", "--no-progress"]) == 2
     assert "not a frozen model description as sparsepipe writes it" in one_line(capsys)
+
+
+def test_a_class_missing_from_a_user_dataset_without_stored_labels_stops_after_the_first_epoch():
+    import torch
+
+    from compress.dataset import Data
+    from compress.errors import UserError
+    from compress.models import MLP
+    from compress.pruners import Pruner
+    from compress.train import TrainConfig, train
+    xs = [torch.randn(1, 4, 4) for _ in range(12)]
+    train_split = _Samples(xs, [i % 3 for i in range(12)])  # classes 0-2 of 4: class 3 never appears
+    data = Data(train_split, _Samples(xs[:4], [0, 1, 2, 3]), 4, (1, 4, 4))
+    model = MLP((1, 4, 4), 4, [8])
+    with pytest.raises(UserError, match="train split has no samples of class 3"):
+        train(model, Pruner(), data, TrainConfig(epochs=2, batch_size=4), ["net.1"], progress=False)

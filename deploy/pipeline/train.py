@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from compress import atomic, distributed
+from compress.errors import UserError
 from compress.pruners import Pruner
 from compress.pruners.base import exact_zeros
 from compress.loader import first
@@ -79,6 +80,10 @@ def train_stage(run: Run) -> list[str]:
                   desc=f"train {variant}", progress=run.progress, log_start=weights is not None,
                   latency_ratio=_latency_measure(run))
             squashed, summary = pruner.freeze(), pruner.summary()
+            if not isinstance(squashed, nn.Module) or not isinstance(summary, dict):
+                raise UserError(f"prune.method: {run.cfg.prune.method!r}: freeze() must return the model (an "
+                                f"nn.Module) and summary() a dict; got {type(squashed).__name__} and "
+                                f"{type(summary).__name__}")
         save_squashed(squashed, summary, folder)
         out += [f"{variant}/{f}" for f in ("checkpoint.pt", "metrics.jsonl", SQUASHED, SUMMARY)]
     if distributed.current().main:
