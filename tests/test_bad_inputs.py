@@ -66,7 +66,8 @@ def cases(tmp_path, finished_run):
     corrupt_onnx.write_bytes(b"\x08\x07garbage")
     old = tmp_path / "old"
     old.mkdir()
-    (old / "config.toml").write_text('config_version = 0\nname = "x"\n')
+    (old / "config.toml").write_text('# sparsepipe run folder: this config.toml was written by sparsepipe\n'
+                                     'config_version = 0\nname = "x"\n')
     (old / ".lock").write_text("")  # as every run command leaves it
     evil = tmp_path / "evil"
     evil.mkdir()

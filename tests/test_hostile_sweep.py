@@ -192,3 +192,15 @@ def test_a_class_missing_from_a_user_dataset_without_stored_labels_stops_after_t
     model = MLP((1, 4, 4), 4, [8])
     with pytest.raises(UserError, match="train split has no samples of class 3"):
         train(model, Pruner(), data, TrainConfig(epochs=2, batch_size=4), ["net.1"], progress=False)
+
+
+def test_a_user_folder_with_a_lock_and_a_versioned_config_is_not_taken_for_a_run(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / ".lock").write_text("")
+    (mine / "config.toml").write_text("config_version = 1\n# my own settings\n")
+    (mine / "mine.txt").write_text("notes")
+    code = main(["run", str(REPO / "configs" / "quickstart.toml"), "--out", str(mine), *QUICK, "--force"])
+    assert code == 2 and "not a sparsepipe run folder" in one_line(capsys)
+    assert (mine / "config.toml").read_text() == "config_version = 1\n# my own settings\n"
+    assert sorted(p.name for p in mine.iterdir()) == [".lock", "config.toml", "mine.txt"]

@@ -11,20 +11,29 @@ from compress.errors import UserError
 from compress.limits import load_toml
 
 LOCK = ".lock"
+# the first line of every config.toml sparsepipe writes into a run folder
+HEADER = "# sparsepipe run folder: this config.toml was written by sparsepipe\n"
+STAGE_FOLDERS = ("train", "frozen", "sparse", "onnx", "report")
 
 
 def is_run_folder(path: Path) -> bool:
-    """Did sparsepipe make `path`: a config.toml with config_version (a resolved config), and the lock
-    file every run command takes? (A user's copy of a run's config.toml in their own folder has no lock.)"""
+    """Did sparsepipe make `path`: the lock file every run command takes (a regular file), and a
+    config.toml with config_version that starts with sparsepipe's header (or, from before the header,
+    beside a stage record)? A user's copy of a run's config.toml in their own folder has no lock."""
     try:
         if not stat.S_ISREG(os.lstat(path / LOCK).st_mode):  # a symlink to someone's file is not our lock
             return False
     except OSError:
         return False
     try:
-        return "config_version" in load_toml(path / "config.toml", "config")
-    except UserError:
+        if "config_version" not in load_toml(path / "config.toml", "config"):
+            return False
+        with open(path / "config.toml", encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+    except (UserError, OSError):
         return False
+    # sparsepipe's header, or (a folder from before the header) a stage record sparsepipe wrote
+    return first == HEADER or any((path / s / "stage.json").is_file() for s in STAGE_FOLDERS)
 
 
 def protected_place(path: Path) -> str | None:

@@ -19,6 +19,7 @@ from compress.pruners import Pruner, build_pruner
 from compress.selection import select_layers
 from compress.weights import apply_weights, load_weights, weights_limit
 
+from .folder import HEADER
 from ..config import CONFIG_VERSION, RunConfig, load_config, resolved_table, to_toml
 from ..latency import Timer, compare_latency
 
@@ -159,5 +160,5 @@ def open_run(run_dir: str | Path, cfg: RunConfig | None = None, *, write: bool =
 def save_config(run: Run) -> None:
     """Write the run's resolved config.toml (rank 0; every rank waits for it)."""
     if distributed.current().main:
-        atomic.write_text(run.dir / "config.toml", to_toml(resolved_table(run.cfg)))
+        atomic.write_text(run.dir / "config.toml", HEADER + to_toml(resolved_table(run.cfg)))
     distributed.barrier()
