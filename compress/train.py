@@ -175,7 +175,7 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
         pruner.begin_epoch(epoch)
         step = epoch * plan.steps_per_epoch
         loss_sum, seen = 0.0, 0
-        labels = torch.zeros(data.num_classes, dtype=torch.float64)  # which classes the epoch visited
+        labels = torch.zeros(data.num_classes, dtype=torch.long, device=device)  # classes the epoch visited
         for x, y in batches(data.train, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch, augment=data.augment,
                             workers=data.workers, world=world, num_classes=data.num_classes,
                             pin_memory=device.type == "cuda", where="train split"):
@@ -198,7 +198,7 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
             pruner.after_step(step, lr)
             loss_sum += loss.item() * len(y)
             seen += len(y)
-            labels += torch.bincount(y.cpu(), minlength=data.num_classes)[:data.num_classes].double()
+            labels.index_add_(0, y, torch.ones_like(y))  # on the device: no host sync per step
             step += 1
         pruner.end_epoch(epoch)
         loss_sum, seen, *counts = distributed.sum_across([loss_sum, seen, *labels.tolist()])
