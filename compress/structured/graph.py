@@ -23,7 +23,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from . import ops  # noqa: F401  (registers the built-in rules)
 from .norm import NormWithRemoved
-from .ops import CONV
+from .ops import CONV, shape_only
 from .rules import FUNCTION_RULES, has_own_rule, rule_for_module
 
 __all__ = ["ChannelGroup", "channel_groups", "CONV"]
@@ -95,10 +95,85 @@ class _Groups:
 
 class _Tracer(fx.Tracer):
     """torch.fx's tracer, keeping whole every module whose exact type has a channel rule and
-    LayerNorm-like modules (their axis is known as a module)."""
+    LayerNorm-like modules (their axis is known as a module), and the modules whose Python fx cannot
+    follow (`opaque`: their types, or their paths for torch's own containers). It remembers which
+    modules it is inside, so a failure can be pinned on the innermost one."""
+
+    def __init__(self, opaque_types: set[type], opaque_paths: set[str], example: torch.Tensor | None = None):
+        super().__init__()
+        self.opaque_types, self.opaque_paths = opaque_types, opaque_paths
+        self.inside: list[nn.Module] = []
+        self.example, self.evaluating = example, False
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        """A branch on tensor shapes only (`if x.shape[-1] < self.input_size`) takes the way the example
+        input takes, as torch.export specialises; a branch on tensor values still fails the trace."""
+        if self.example is None or not shape_only(obj.node):
+            return super().to_bool(obj)
+        needed, todo = set(), [obj.node]
+        while todo:
+            n = todo.pop()
+            if n not in needed:
+                needed.add(n)
+                todo.extend(n.all_input_nodes)
+        g, env = fx.Graph(), {}
+        for n in self.graph.nodes:
+            if n in needed:
+                env[n] = g.node_copy(n, lambda a: env[a])
+        g.output(env[obj.node])
+        if sum(n.op == "placeholder" for n in g.nodes) != 1:
+            return super().to_bool(obj)
+        self.evaluating = True  # the tracer's patches on nn.Module stay on: let real calls through
+        try:
+            with torch.no_grad():
+                return bool(fx.GraphModule(self.root, g)(self.example))
+        finally:
+            self.evaluating = False
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        return attr_val if self.evaluating else super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return has_own_rule(m) or isinstance(m, (nn.LayerNorm, NormWithRemoved)) or super().is_leaf_module(m, qualname)
+        return has_own_rule(m) or isinstance(m, (nn.LayerNorm, NormWithRemoved)) or \
+            type(m) in self.opaque_types or qualname in self.opaque_paths or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        if self.evaluating:
+            return forward(*args, **kwargs)
+        self.inside.append(m)
+        out = super().call_module(m, forward, args, kwargs)
+        self.inside.pop()  # not reached when tracing fails inside m: `inside` then says where
+        return out
+
+
+_MAX_OPAQUE = 32  # modules made opaque before a model counts as untraceable
+
+
+def _fx_trace(model: nn.Module, concrete: dict, example: torch.Tensor) -> tuple[fx.GraphModule, dict]:
+    """fx-trace `model`; each module whose forward fx cannot follow (control flow on a traced value,
+    untraceable Python) is kept whole instead and retried, so the rest of the model stays open to the
+    walk. Returns the traced module and {path or type: why} for the modules kept whole that way (the walk
+    blocks their channels, never guessing what their forward does). Raises the last error when the
+    failure is in the model's own forward or too many modules fail."""
+    opaque_types: set[type] = set()
+    opaque_paths: set[str] = set()
+    why: dict = {}
+    paths = {id(m): n for n, m in model.named_modules()}
+    while True:
+        tracer = _Tracer(opaque_types, opaque_paths, example)
+        try:
+            return fx.GraphModule(model, tracer.trace(model, concrete_args=concrete or None)), why
+        except Exception as e:
+            culprit = next((m for m in reversed(tracer.inside) if id(m) in paths and paths[id(m)]), None)
+            if culprit is None or len(why) >= _MAX_OPAQUE or type(culprit) in opaque_types:
+                raise
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            if type(culprit).__module__.startswith("torch."):  # nn.Sequential and friends: this one only
+                opaque_paths.add(paths[id(culprit)])
+                why[paths[id(culprit)]] = reason
+            else:
+                opaque_types.add(type(culprit))
+                why[type(culprit)] = reason
 
 
 class Walk:
@@ -190,10 +265,11 @@ def _trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
             raise ValueError(f"cannot trace {name}: its forward needs argument {p.name!r} besides the input")
         concrete[p.name] = p.default
     try:
-        traced = fx.GraphModule(model, _Tracer().trace(model, concrete_args=concrete or None))
-    except Exception as e:  # data-dependent control flow and the like
+        traced, opaque = _fx_trace(model, concrete, example)
+    except Exception as e:  # data-dependent control flow in the model's own forward and the like
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ValueError(f"cannot trace {name} with torch.fx: {why}") from None
+    traced.meta["opaque"] = opaque
     try:
         ShapeProp(traced).propagate(example)
     except Exception as e:  # the model does not run on this input (too small, wrong channels, ...)
@@ -234,7 +310,11 @@ def _walk(w: Walk, traced: fx.GraphModule) -> None:
         elif node.op == "call_module":
             m = w.modules[node.target]
             rule = rule_for_module(m)
-            if rule is not None:
+            if _opaque(traced, node.target, m) and not has_own_rule(m):  # never guess what it does
+                if any(a in w.label for a in node.all_input_nodes):
+                    w.block(node, f"{node.target} ({type(m).__name__}): fx cannot trace its forward "
+                                  f"({_opaque(traced, node.target, m)})")
+            elif rule is not None:
                 rule(w, node, m)
             elif any(a in w.label for a in node.all_input_nodes):
                 w.block(node, f"unsupported module {node.target} ({type(m).__name__})")
@@ -251,6 +331,12 @@ def _walk(w: Walk, traced: fx.GraphModule) -> None:
             w.shifted[node] = next((w.shifted[a] for a in node.all_input_nodes if w.shifted.get(a)), None)
     for gid in protected:
         w.g.get(gid).blockers.append("model output")
+
+
+def _opaque(traced: fx.GraphModule, path: str, m: nn.Module) -> str | None:
+    """Why the module at `path` was kept whole for fx (its forward is untraceable), or None."""
+    opaque = traced.meta.get("opaque") or {}
+    return opaque.get(path) or opaque.get(type(m))
 
 
 def _block_shared(w: Walk, traced: fx.GraphModule, model: nn.Module) -> None:

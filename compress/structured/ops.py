@@ -3,7 +3,7 @@
 Each function is one op kind's rule (see rules.py for the verbs). A conv (groups = 1) or Linear
 starts a new group and consumes its input's channels along the axis it reads; BatchNorm,
 InstanceNorm, PReLU and depthwise convs pass the group through with their per-channel
-parameters; element-wise activations, dropout and pooling (channel axis 1) pass it on; a residual
+parameters; element-wise activations, dropout and pooling or upsampling (channel axis 1) pass it on; a residual
 add or a product merges its operands' groups; flatten of a channel-major tensor passes the group
 on with a spatial factor; permute moves the channel axis; a LayerNorm over the channel axis passes
 it through (removed channels count as zeros in its statistics, see norm.py); a parameter added or
@@ -27,8 +27,33 @@ BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 INSTANCENORM = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
                 nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-                nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+                nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+                nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)  # each channel on its own
 F = nn.functional
+
+
+_SHAPE_READS = {("call_method", "size"), ("call_method", "dim"), ("call_function", getattr)}
+
+
+def shape_only(node: fx.Node) -> bool:
+    """Whether `node` is computed from tensor shapes alone: every path back to a tensor goes through
+    a shape read (`.shape`, `.size()`, `.dim()`) and only arithmetic and comparisons follow it."""
+    todo, seen = [node], set()
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if (n.op, n.target) in _SHAPE_READS:
+            if n.target is getattr and n.args[1] not in ("shape", "ndim"):
+                return False
+            continue
+        arithmetic = n.op == "call_function" and getattr(n.target, "__module__", None) in ("_operator", "math") \
+            or n.target in (min, max, abs, int, len)
+        if not arithmetic:
+            return False
+        todo.extend(n.all_input_nodes)
+    return True
 
 
 # --- producers ---------------------------------------------------------------------------------
@@ -229,8 +254,29 @@ def pool(w, node, m) -> None:
 
 
 for _fn in (F.adaptive_avg_pool2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_max_pool2d,
-            F.avg_pool1d, F.max_pool1d):
+            F.avg_pool1d, F.max_pool1d, F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear):
     register_function_rule(_fn, pool)
+
+
+@function_rule(F.pad)
+def pad(w, node, m) -> None:
+    """F.pad over the spatial dims (timm's same-padding convs): each channel padded on its own. A pad
+    value other than 0 (constant mode) is what a removed channel then carries."""
+    x = w.first(node)
+    if x not in w.label:
+        return
+    widths = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad", ())
+    mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+    value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
+    nd = w.ndim(x)
+    if not isinstance(widths, (tuple, list)) or nd is None or \
+            any(not (isinstance(v, int) or isinstance(v, fx.Node) and shape_only(v)) for v in widths):
+        w.block(node, f"pad {node.name} with widths computed at run time")
+    elif w.axis[x] >= nd - len(widths) // 2:
+        w.block(node, f"pad {node.name} of the channel axis {w.axis[x]}")
+    else:
+        shift = f"{node.name} (padded with {value})" if mode == "constant" and value not in (None, 0, 0.0) else None
+        w.follow(node, x, shift=shift)
 
 
 # --- reshapes ------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 and replay that record on a freshly built model (`apply_structure`)."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -28,13 +30,46 @@ def harvest(model: nn.Module, input_shape: tuple[int, ...], round_to: int = 1) -
         return {"keep": {}, "skipped": str(e), **before, **model_sizes(model, input_shape, "after")}
     widths = {g.producers[0]: g.size for g in groups if g.producers}
     whole = {g.producers[0]: g.blockers[0] for g in groups if g.producers and not g.prunable and g.blockers}
-    result = harvest_channels(model.eval(), groups, input_shape, round_to)
+    uncut = copy.deepcopy(model.eval())
+    result = harvest_channels(model, groups, input_shape, round_to)
     keep = result.keep
+    if keep:
+        differs = cut_differs(uncut, model, input_shape)
+        if differs:  # a rule met a model it does not describe: refuse the cut rather than ship it
+            model.__dict__.update(uncut.__dict__)
+            return {"keep": {}, "skipped": f"the channel cut changed the model's output ({differs}); "
+                                           f"left uncut", "whole": whole, **before, **model_sizes(model, input_shape, "after")}
     return {"keep": keep, "round_to": round_to, "biased": result.biased, "constant_channels_folded": result.folded,
             "widths": {p: (widths[p], len(k)) for p, k in keep.items()},
             "channels_removed": sum(widths[p] - len(k) for p, k in keep.items()),
             "whole": whole,  # groups that cannot be cut, by first producer, with why
             **before, **model_sizes(model, input_shape, "after")}
+
+
+def cut_differs(before: nn.Module, after: nn.Module, input_shape: tuple[int, ...], tol: float = 1e-4) -> str | None:
+    """None when `after` computes what `before` does on a seeded random batch (relative max difference
+    below `tol`, each run on its own copy so stateful layers start alike); else what differs."""
+    p = next(before.parameters(), None)
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(
+        p.device if p is not None else "cpu", p.dtype if p is not None and p.is_floating_point() else torch.float32)
+    with torch.no_grad():
+        want, got = _tensors(copy.deepcopy(before).eval()(x)), _tensors(copy.deepcopy(after).eval()(x))
+    if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got)):
+        return "output shapes " + str([tuple(a.shape) for a in want]) + " became " + str([tuple(b.shape) for b in got])
+    for a, b in zip(want, got):
+        rel = float((a.float() - b.float()).abs().max() / a.float().abs().max().clamp_min(1e-6)) if a.numel() else 0.0
+        if not rel < tol:
+            return f"relative difference {rel:.2g}"
+    return None
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """The tensors of a model's output (a tensor, or tuples, lists and dicts of them), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    return [t for o in out for t in _tensors(o)] if isinstance(out, (list, tuple)) else []
 
 
 def apply_structure(model: nn.Module, structure: dict, input_shape: tuple[int, ...]) -> None:

@@ -1,0 +1,155 @@
+"""Tracing the Python real models are written in: branches on shapes, modules fx cannot follow,
+same padding and upsampling, and the harvest's own check that a cut changed nothing.
+
+Each cut is compared with the masked model (tests/test_channel_rules.py's helper); a rule that lies
+about a user's module must make the harvest refuse the cut, never ship a different model."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from compress.structured import channel_groups
+from compress.structured.rules import MODULE_RULES, register_elementwise
+from compress.structured.structure import harvest
+
+from test_channel_rules import blockers, cut_vs_masked
+
+
+class ShapeBranch(nn.Module):
+    """timm's ConvMlp: pool only when the input is smaller than the layer expects (a branch on a shape)."""
+    def __init__(self, size=6):
+        super().__init__()
+        self.size = size
+        self.c1, self.c2, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 12, 3), nn.Linear(12, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        if x.shape[-1] > self.size:
+            x = nn.functional.adaptive_avg_pool2d(x, self.size)
+        return self.head(torch.relu(self.c2(x)).mean((2, 3)))
+
+
+class ValueBranch(nn.Module):
+    """Control flow on tensor values, inside a submodule: fx cannot follow it."""
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x
+
+
+class OpaqueInside(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.odd, self.c2 = nn.Conv2d(3, 16, 3, padding=1), ValueBranch(), nn.Conv2d(16, 16, 3, padding=1)
+        self.c3, self.head = nn.Conv2d(16, 8, 1), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.odd(torch.relu(self.c1(x)))
+        x = torch.relu(self.c3(torch.relu(self.c2(x))))
+        return self.head(x.mean((2, 3)))
+
+
+class SamePadUpsample(nn.Module):
+    """timm's Conv2dSame (padding computed from the input size) and an upsampling between convs."""
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 16, 3, stride=2), nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 6, 1)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear")
+
+    def forward(self, x):
+        ih = x.shape[-1]
+        pad = max((-(-ih // 2) - 1) * 2 + 3 - ih, 0)
+        x = nn.functional.pad(x, [pad // 2, pad - pad // 2, pad // 2, pad - pad // 2])
+        x = torch.relu(self.c1(x))
+        x = nn.functional.interpolate(torch.relu(self.c2(x)), scale_factor=0.5)
+        return self.c3(self.up(x))
+
+
+class ChannelFlip(nn.Module):
+    """Reverses the channel order: NOT element-wise, whatever a user registers it as."""
+    def forward(self, x):
+        return x.flip(1)
+
+
+class LyingRule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.flip, self.c2 = nn.Conv2d(3, 8, 3, padding=1), ChannelFlip(), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c2(self.flip(torch.relu(self.c1(x))))
+
+
+def test_a_branch_on_a_shape_takes_the_examples_way_and_cuts_exactly():
+    torch.manual_seed(0)
+    for size in (16, 4):  # the pooling branch taken, and not taken
+        cut, diff, groups = cut_vs_masked(ShapeBranch(), torch.randn(2, 3, size, size))
+        assert cut == 2 and diff < 1e-5, size
+
+
+def test_a_branch_on_values_keeps_that_module_whole_naming_it():
+    torch.manual_seed(0)
+    model, x = OpaqueInside(), torch.randn(2, 3, 8, 8)
+    cut, diff, groups = cut_vs_masked(model, x)
+    why = blockers(groups, "c1")
+    assert any("odd (ValueBranch): fx cannot trace its forward" in b for b in why), why
+    # the rest of the model stays open: c2 and c3 are cut, exactly
+    assert cut == 2 and diff < 1e-5
+    assert next(g for g in groups if "c2" in g.producers).prunable
+
+
+def test_a_branch_on_values_in_the_models_own_forward_is_a_one_line_refusal():
+    with pytest.raises(ValueError, match="cannot trace ValueBranch with torch.fx"):
+        channel_groups(ValueBranch(), torch.randn(2, 3, 4, 4))
+
+
+def test_same_padding_and_upsampling_pass_channels_through():
+    torch.manual_seed(0)
+    model, x = SamePadUpsample(), torch.randn(2, 3, 15, 15)
+    cut, diff, groups = cut_vs_masked(model, x)
+    assert cut == 2 and diff < 1e-5
+    assert all(g.prunable for g in groups if g.producers and g.producers[0] in ("c1", "c2"))
+
+
+def test_padding_the_channel_axis_blocks():
+    class PadChannels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 1), nn.Conv2d(10, 4, 1)
+
+        def forward(self, x):
+            return self.c2(nn.functional.pad(self.c1(x), [0, 0, 0, 0, 1, 1]))
+    groups = channel_groups(PadChannels(), torch.randn(2, 3, 4, 4))
+    assert any("pad" in b and "channel axis" in b for b in blockers(groups, "c1"))
+
+
+def test_the_harvest_refuses_a_cut_that_changes_the_output():
+    """A user registers a channel-mixing module as element-wise: the graph believes it, the harvest's
+    check against the uncut model does not, and the model stays as it was."""
+    torch.manual_seed(0)
+    model = LyingRule().eval()
+    with torch.no_grad():
+        model.c1.weight[:3] = 0  # three dead channels
+        model.c1.bias[:3] = 0
+    saved = dict(MODULE_RULES)
+    try:
+        register_elementwise(ChannelFlip)
+        assert next(g for g in channel_groups(model, torch.zeros(2, 3, 6, 6)) if "c1" in g.producers).prunable
+        before = copy.deepcopy(model)
+        record = harvest(model, (3, 6, 6))
+    finally:
+        MODULE_RULES.clear()
+        MODULE_RULES.update(saved)
+    assert record["keep"] == {} and "changed the model's output" in record["skipped"]
+    assert model.c1.out_channels == 8 and model.c2.in_channels == 8
+    x = torch.randn(2, 3, 6, 6)
+    assert torch.equal(model(x), before(x))
+
+
+def test_the_harvest_keeps_an_exact_cut():
+    torch.manual_seed(0)
+    model = SamePadUpsample().eval()
+    with torch.no_grad():
+        model.c2.weight[:5] = 0
+        model.c2.bias[:5] = 0
+    record = harvest(model, (3, 15, 15))
+    assert record["keep"] and "skipped" not in record and model.c2.out_channels == 11
