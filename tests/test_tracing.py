@@ -153,3 +153,70 @@ def test_the_harvest_keeps_an_exact_cut():
         model.c2.bias[:5] = 0
     record = harvest(model, (3, 15, 15))
     assert record["keep"] and "skipped" not in record and model.c2.out_channels == 11
+
+
+class ReadsTwice(nn.Module):
+    """DLA's root: a conv reading a block's output beside its residual input — the same channels twice."""
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.root = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(20, 6, 1)
+        self.side = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        x1 = torch.relu(self.c1(x))
+        x2 = x1 + torch.relu(self.c2(x1))
+        return self.root(torch.cat([x2, self.side(x), x1], 1))
+
+
+def test_a_conv_reading_the_same_channels_twice_is_cut_at_both_reads():
+    torch.manual_seed(0)
+    model, x = ReadsTwice(), torch.randn(2, 3, 8, 8)
+    group = next(g for g in channel_groups(model, x) if "c1" in g.producers)
+    assert group.prunable and group.offsets("root") == [0, 12]
+    cut, diff, groups = cut_vs_masked(model, x)
+    assert cut == 2 and diff < 1e-5  # c1+c2 (one group through the residual) and side
+
+
+def test_harvest_folds_a_constant_channel_read_twice():
+    torch.manual_seed(0)
+    model = ReadsTwice().eval()
+    with torch.no_grad():
+        model.c1.weight[:2] = 0
+        model.c1.bias[:2] = 0.5  # a constant channel...
+        model.c2.weight[:2] = 0
+        model.c2.bias[:2] = -0.25  # ...also in the block's output: x2 = x1 + relu(c2) is constant there too
+    before = copy.deepcopy(model)
+    record = harvest(model, (3, 8, 8))
+    assert "skipped" not in record and record["constant_channels_folded"] == 2
+    assert model.root.in_channels == 20 - 2 * 2
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(model(x), before(x), atol=1e-5)
+
+
+def test_convnextv2_global_response_norm_is_cut_with_the_removed_channels_still_counted():
+    """timm's GlobalResponseNorm divides by the mean over channels: cut plainly it would divide by the
+    kept ones only. Its γ, β are randomised (zeros at init would hide that)."""
+    import timm  # the [test] extra installs it
+    torch.manual_seed(0)
+    model = timm.create_model("convnextv2_atto", pretrained=False, num_classes=5).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m).__name__ == "GlobalResponseNorm":
+                m.weight.uniform_(-1, 1)
+                m.bias.uniform_(-0.5, 0.5)
+    cut, diff, groups = cut_vs_masked(model, torch.randn(2, 3, 32, 32), ratio=0.5)
+    grn = [n for g in groups for n in g.passthrough if n.endswith("grn")]
+    assert len(grn) == 12 and cut >= len(grn) and diff < 1e-4  # 2+2+6+2 blocks
+
+
+def test_a_norm_reading_the_same_channels_twice_blocks():
+    class NormTwice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.bn, self.c2 = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(8), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = self.c1(x)
+            return self.c2(self.bn(torch.cat([y, y], 1)))
+    groups = channel_groups(NormTwice(), torch.randn(2, 3, 4, 4))
+    assert any("bn reads the same channels twice" in b for b in blockers(groups, "c1"))

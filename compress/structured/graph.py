@@ -45,6 +45,9 @@ class ChannelGroup:
     before: dict[str, list] = field(default_factory=dict)
     # passthrough member -> entries per channel when it is not 1 (a BatchNorm1d after a flatten)
     passthrough_per: dict[str, int] = field(default_factory=dict)
+    # consumer -> what comes before each of its reads, when it reads these channels more than once
+    # (DLA's root conv reads a residual stream and a block's output: the same channels twice)
+    repeats: dict[str, list] = field(default_factory=dict)
 
     @property
     def prunable(self) -> bool:
@@ -53,6 +56,12 @@ class ChannelGroup:
     def offset(self, member: str) -> int:
         """Where this group's channels start in `member`'s input: 0 unless a concatenation put others first."""
         return sum(g.size * per for g, per in self.before.get(member, []))
+
+    def offsets(self, member: str) -> list[int]:
+        """Where each of `member`'s reads of these channels starts in its input (one unless repeated)."""
+        if member in self.repeats:
+            return [sum(g.size * per for g, per in before) for before in self.repeats[member]]
+        return [self.offset(member)]
 
 
 class _Groups:
@@ -83,6 +92,7 @@ class _Groups:
             getattr(gb, attr).extend(getattr(ga, attr))
         gb.before.update(ga.before)
         gb.passthrough_per.update(ga.passthrough_per)
+        gb.repeats.update(ga.repeats)
         if ga.size != gb.size:
             gb.blockers.append(f"residual add of {ga.size} and {gb.size} channels")
         gb.blocks = math.lcm(ga.blocks, gb.blocks)
@@ -291,12 +301,20 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
         raise ValueError(f"channel graph of {type(model).__name__}: {type(e).__name__}: "
                          f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
     _block_shared(w, traced, model)
-    for name, segs in w.members.items():  # the same channels twice in one input cannot be cut consistently
+    for name, segs in w.members.items():  # the same channels twice in one input
         roots = [w.g.find(gid) for gid, _ in segs]
         for r in {r for r in roots if roots.count(r) > 1}:
-            w.g.groups[r].blockers.append(f"{name} reads the same channels twice (concatenation)")
+            grp, at = w.g.groups[r], [i for i, root in enumerate(roots) if root == r]
+            plain = isinstance(w.modules.get(name), (nn.Linear, *CONV)) and getattr(w.modules[name], "groups", 1) == 1
+            if plain and name not in grp.passthrough and len({segs[i][1] for i in at}) == 1:
+                grp.repeats[name] = [list(segs[:i]) for i in at]  # a consumer: cut its columns at every read
+                grp.consumers = list(dict.fromkeys(grp.consumers))
+            else:
+                grp.blockers.append(f"{name} reads the same channels twice (concatenation)")
     for grp in w.g.groups.values():
         grp.before = {name: [(w.g.get(gid), per) for gid, per in segs] for name, segs in grp.before.items()}
+        grp.repeats = {name: [[(w.g.get(gid), per) for gid, per in segs] for segs in reads]
+                       for name, reads in grp.repeats.items()}
     return sorted(w.g.groups.values(), key=lambda grp: grp.id)
 
 

@@ -107,8 +107,11 @@ def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: 
             if inp is None:
                 ok[:] = False
                 break
-            foldable, t = _fold_terms(m, inp.float().cpu(), idx, per_channel, group.offset(name))
-            ok &= foldable
+            t = 0
+            for offset in group.offsets(name):  # a consumer reading these channels twice: both reads fold
+                foldable, part = _fold_terms(m, inp.float().cpu(), idx, per_channel, offset)
+                ok &= foldable
+                t = t + part
             terms.append((name, m, t))
         if ok.all() and len(idx) == group.size:
             ok[0] = False  # never to zero width

@@ -1,11 +1,12 @@
-"""LayerNorm over a channel axis that lost channels: the removed ones still count, as zeros.
+"""Norms over a channel axis that lost channels: the removed ones still count, as zeros.
 
 A LayerNorm normalises over all its channels, so cutting channels out of its input changes the
 mean and variance of the ones that stay. In the masked model a removed channel is an exact zero
 that still takes part in those statistics; `NormWithRemoved` reproduces that exactly by padding
 its input with as many zeros as were removed, normalising at the original width, and keeping the
 first channels. Its inner norm keeps the original width with its γ and β reordered so that the
-kept channels come first (the statistics do not depend on the order).
+kept channels come first (the statistics do not depend on the order). GroupNorm and ConvNeXt-V2's
+global response norm (a mean over channels) get the same treatment.
 """
 from __future__ import annotations
 
@@ -116,4 +117,39 @@ def keep_group_norm_channels(m: nn.Module, rows: torch.Tensor) -> GroupNormWithR
         t = getattr(wrapper, attr)
         if t is not None:
             setattr(wrapper, attr, nn.Parameter(t.detach()[rows].clone(), requires_grad=t.requires_grad))
+    return wrapper
+
+
+GRN = "timm.layers.grn.GlobalResponseNorm"  # ConvNeXt-V2's, matched by name: timm is optional
+
+
+class ResponseNormWithRemoved(nn.Module):
+    """ConvNeXt-V2's global response norm, x + β + γ·x·(‖x‖ / mean over channels of ‖x‖), for an input
+    that lost channels: the mean still divides by the original width (the removed ones were zeros)."""
+
+    def __init__(self, grn: nn.Module):
+        super().__init__()
+        self.eps, self.spatial_dim, self.channel_dim = grn.eps, grn.spatial_dim, grn.channel_dim
+        self.wb_shape, self.full = grn.wb_shape, grn.weight.shape[0]
+        self.weight = nn.Parameter(grn.weight.detach().clone())
+        self.bias = nn.Parameter(grn.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_g = x.norm(p=2, dim=self.spatial_dim, keepdim=True)
+        x_n = x_g / (x_g.sum(dim=self.channel_dim, keepdim=True) / self.full + self.eps)
+        return x + torch.addcmul(self.bias.view(self.wb_shape), self.weight.view(self.wb_shape), x * x_n)
+
+
+def is_response_norm(m: nn.Module) -> bool:
+    return isinstance(m, ResponseNormWithRemoved) or f"{type(m).__module__}.{type(m).__qualname__}" == GRN
+
+
+@torch.no_grad()
+def keep_response_norm_channels(m: nn.Module, rows: torch.Tensor) -> ResponseNormWithRemoved:
+    """`m` (a global response norm, or one that lost channels already) keeping only channels `rows`."""
+    wrapper = m if isinstance(m, ResponseNormWithRemoved) else ResponseNormWithRemoved(m)
+    rows = rows.to(torch.long)
+    for attr in ("weight", "bias"):
+        t = getattr(wrapper, attr)
+        setattr(wrapper, attr, nn.Parameter(t.detach()[rows].clone(), requires_grad=t.requires_grad))
     return wrapper

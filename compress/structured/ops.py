@@ -19,8 +19,9 @@ import operator
 import torch
 from torch import fx, nn
 
-from .norm import GroupNormWithRemoved, NormWithRemoved, norm_axis
-from .rules import elementwise_rule, function_rule, module_rule, register_function_rule, register_module_rule
+from .norm import GRN, GroupNormWithRemoved, NormWithRemoved, ResponseNormWithRemoved, norm_axis
+from .rules import (elementwise_rule, function_rule, module_rule, register_function_rule, register_module_rule,
+                    register_module_rule_by_name)
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -157,6 +158,24 @@ def prelu(w, node, m) -> None:
         w.follow(node, w.first(node))
     else:
         _per_channel(w, node, node.target, "PReLU")
+
+
+@module_rule(ResponseNormWithRemoved)
+def response_norm(w, node, m) -> None:
+    """ConvNeXt-V2's global response norm: per-channel γ and β on its channel axis; the mean over
+    channels keeps counting removed ones (norm.py), so a zero channel with γ = β = 0 stays zero."""
+    x = w.first(node)
+    if x not in w.label:
+        return
+    if w.axis[x] == m.channel_dim % w.ndim(x) and all(per == 1 for _, per in w.label[x]):
+        w.join(node.target, w.label[x], "passthrough")
+        w.follow(node, x, reset=True)
+    else:
+        w.block(node, f"{node.target} (global response norm) works on axis {m.channel_dim}, "
+                      f"not the channel axis {w.axis[x]}")
+
+
+register_module_rule_by_name(GRN, response_norm)
 
 
 @function_rule(F.batch_norm, F.instance_norm)

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from .graph import CONV, ChannelGroup
-from .norm import GroupNormWithRemoved, keep_group_norm_channels, keep_norm_channels, norm_axis
+from .norm import (GroupNormWithRemoved, is_response_norm, keep_group_norm_channels, keep_norm_channels,
+                   keep_response_norm_channels, norm_axis)
 
 
 def _index(t: torch.Tensor, keep: torch.Tensor, dim: int) -> nn.Parameter | torch.Tensor:
@@ -25,10 +26,15 @@ def _consumer_columns(keep: torch.Tensor, per_channel: int) -> torch.Tensor:
     return (keep[:, None] * per_channel + torch.arange(per_channel)[None, :]).flatten()
 
 
-def _span(total: int, offset: int, width: int, inside: torch.Tensor) -> torch.Tensor:
+def _span(total: int, offset: int | list[int], width: int, inside: torch.Tensor) -> torch.Tensor:
     """Indices of a `total`-wide axis: all outside [offset, offset + width), and offset + `inside`
-    within it (the other groups of a concatenation stay untouched)."""
-    return torch.cat([torch.arange(offset), offset + inside, torch.arange(offset + width, total)])
+    within it (the other groups of a concatenation stay untouched); with several offsets, the same
+    within each of those windows."""
+    parts, at = [], 0
+    for start in sorted([offset] if isinstance(offset, int) else offset):
+        parts += [torch.arange(at, start), start + inside]
+        at = start + width
+    return torch.cat([*parts, torch.arange(at, total)])
 
 
 @torch.no_grad()
@@ -114,6 +120,8 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
             model.set_submodule(name, keep_norm_channels(m, rows))
         elif isinstance(m, (nn.GroupNorm, GroupNormWithRemoved)):  # the same, at their places in its groups
             model.set_submodule(name, keep_group_norm_channels(m, rows))
+        elif is_response_norm(m):  # its mean over channels still counts the removed ones
+            model.set_submodule(name, keep_response_norm_channels(m, rows))
         else:  # BatchNorm, InstanceNorm, PReLU, a registered per-channel module: every per-channel tensor
             for attr in ("weight", "bias", "running_mean", "running_var"):
                 t = getattr(m, attr, None)
@@ -132,7 +140,7 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
         if isinstance(m, CONV) and m.groups > 1:  # each block of rows reads its own block of inputs
             _cut_grouped_inputs(m, keep)
             continue
-        cols = _span(m.weight.shape[1], group.offset(name), group.size * per_channel,
+        cols = _span(m.weight.shape[1], group.offsets(name), group.size * per_channel,
                      _consumer_columns(keep, per_channel))
         m.weight = _index(m.weight, cols, 1)
         if isinstance(m, CONV):

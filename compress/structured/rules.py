@@ -26,6 +26,8 @@ Rule = Callable[[Any, Any, "nn.Module | None"], None]
 
 MODULE_RULES: dict[type, Rule] = {}
 FUNCTION_RULES: dict[Any, Rule] = {}
+# rules for classes of optional libraries, by "module.QualName", so the library is never imported here
+NAMED_MODULE_RULES: dict[str, Rule] = {}
 
 
 def register_module_rule(cls: type, rule: Rule) -> None:
@@ -33,6 +35,15 @@ def register_module_rule(cls: type, rule: Rule) -> None:
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise TypeError(f"register_module_rule: expected an nn.Module subclass, got {cls!r}")
     MODULE_RULES[cls] = rule
+
+
+def register_module_rule_by_name(name: str, rule: Rule) -> None:
+    """Use `rule` for modules whose class is `name` ("package.module.ClassName"), without importing it."""
+    NAMED_MODULE_RULES[name] = rule
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def register_function_rule(target: Any, rule: Rule) -> None:
@@ -90,9 +101,11 @@ def rule_for_module(m: nn.Module) -> Rule | None:
     for cls in type(m).__mro__:
         if cls in MODULE_RULES:
             return MODULE_RULES[cls]
+        if _name(cls) in NAMED_MODULE_RULES:
+            return NAMED_MODULE_RULES[_name(cls)]
     return None
 
 
 def has_own_rule(m: nn.Module) -> bool:
     """Whether `m`'s exact type was registered (the tracer then keeps it whole)."""
-    return type(m) in MODULE_RULES
+    return type(m) in MODULE_RULES or _name(type(m)) in NAMED_MODULE_RULES
