@@ -209,7 +209,32 @@ def test_convnextv2_global_response_norm_is_cut_with_the_removed_channels_still_
     assert len(grn) == 12 and cut >= len(grn) and diff < 1e-4  # 2+2+6+2 blocks
 
 
-def test_a_norm_reading_the_same_channels_twice_blocks():
+class PatchMerging(nn.Module):
+    """Swin's patch merging: 2×2 neighbours' channels side by side ([.., 2, 2, C] → [.., 4·C]), a
+    LayerNorm over all of them, a Linear reducing them: the same channels four times in one input."""
+    def __init__(self):
+        super().__init__()
+        self.embed, self.norm, self.reduce = nn.Linear(3, 8), nn.LayerNorm(32), nn.Linear(32, 5)
+
+    def forward(self, x):  # [B, H, W, 3]
+        b, h, w, _ = x.shape
+        y = self.embed(x).reshape(b, h // 2, 2, w // 2, 2, -1).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.reduce(self.norm(y))
+
+
+def test_patch_merging_cuts_the_channels_at_each_of_their_four_places():
+    torch.manual_seed(0)
+    model, x = PatchMerging(), torch.randn(2, 4, 4, 3)
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+        model.norm.bias.uniform_(-0.5, 0.5)
+    group = next(g for g in channel_groups(model, x) if "embed" in g.producers)
+    assert group.prunable and group.offsets("norm") == [0, 8, 16, 24] == group.offsets("reduce")
+    cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
+    assert cut == 1 and diff < 1e-5
+
+
+def test_a_norm_reading_the_same_channels_twice_is_cut_at_both_places():
     class NormTwice(nn.Module):
         def __init__(self):
             super().__init__()
@@ -218,5 +243,54 @@ def test_a_norm_reading_the_same_channels_twice_blocks():
         def forward(self, x):
             y = self.c1(x)
             return self.c2(self.bn(torch.cat([y, y], 1)))
-    groups = channel_groups(NormTwice(), torch.randn(2, 3, 4, 4))
-    assert any("bn reads the same channels twice" in b for b in blockers(groups, "c1"))
+    torch.manual_seed(0)
+    model = NormTwice()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.1, 0.1)
+        model.bn.weight.uniform_(0.5, 1.5)
+    cut, diff, groups = cut_vs_masked(model, torch.randn(2, 3, 4, 4), ratio=0.5)
+    assert cut == 1 and diff < 1e-5
+
+
+def test_a_grouped_conv_reading_the_same_channels_twice_blocks():
+    class GroupedTwice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 4, 1), nn.Conv2d(8, 4, 1, groups=2)
+
+        def forward(self, x):
+            y = self.c1(x)
+            return self.c2(torch.cat([y, y], 1))
+    groups = channel_groups(GroupedTwice(), torch.randn(2, 3, 4, 4))
+    assert any("grouped conv c2" in b for b in blockers(groups, "c1"))
+
+
+def test_padding_other_axes_of_channels_last_tokens_keeps_channels():
+    """Swin pads its [B, H, W, C] windows with (0, 0) on the channel axis: not a pad of the channels."""
+    class ChannelsLastPad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(nn.functional.pad(self.a(x), (0, 0, 0, 1, 0, 1)))
+    cut, diff, groups = cut_vs_masked(ChannelsLastPad(), torch.randn(2, 5, 5, 4))
+    assert cut == 1 and diff < 1e-5
+
+
+def test_the_harvest_refuses_a_cut_the_models_own_code_cannot_run():
+    """A forward that hard-codes the channel count (reshape to 8) breaks once channels are cut: the
+    harvest keeps the model whole and says why."""
+    class HardCoded(PatchMerging):
+        def forward(self, x):
+            b, h, w, _ = x.shape
+            y = self.embed(x).reshape(b, h // 2, 2, w // 2, 2, 8).permute(0, 1, 3, 4, 2, 5).flatten(3)
+            return self.reduce(self.norm(y))
+    torch.manual_seed(0)
+    model = HardCoded().eval()
+    with torch.no_grad():
+        model.embed.weight[:2] = 0
+        model.embed.bias[:2] = 0
+    record = harvest(model, (4, 4, 3))
+    assert record["keep"] == {} and "the cut model fails: RuntimeError" in record["skipped"]
+    assert model.embed.out_features == 8 and model(torch.randn(2, 4, 4, 3)).shape == (2, 2, 2, 5)

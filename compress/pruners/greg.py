@@ -185,15 +185,17 @@ class GRegPruner(MaskPruner):
         if self.phase not in ("pick", "prune", "stabilize"):
             return
         for n in self.units:
-            for w in self._penalised(n):
+            for w, channel in self._penalised(n):
                 if w.grad is not None:
                     reg = self.reg[n].to(w.device)
-                    w.grad.add_((per_row(reg, w) if self.groups else reg) * w.detach())
+                    w.grad.add_((per_row(reg[channel.to(w.device)], w) if self.groups else reg) * w.detach())
 
-    def _penalised(self, unit: str) -> list[torch.Tensor]:
+    def _penalised(self, unit: str) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The weights a unit's penalty applies to, with (filter mode) the channel of each output row."""
         if self.groups:
-            return [self.producers[p].weight for p in self.groups[unit].producers]
-        return [self._weight(unit)]
+            g = self.groups[unit]
+            return [(self.producers[p].weight, g.channel_of_rows(p)) for p in g.producers]
+        return [(self._weight(unit), None)]
 
     def _update_mag_ratio(self, n: str, scores: torch.Tensor, pruned: torch.Tensor) -> None:
         """EMA (0.9) of mean score of the kept groups / mean score of the `pruned` ones, in the scores'

@@ -37,6 +37,12 @@ def keep_count(n: int, ratio: float, round_to: int = 1, pow2: bool = False, bloc
     return min(max(round_to, int(round(n * (1 - ratio) / round_to)) * round_to), n)
 
 
+def unit_round(round_to: int, unit: int) -> int:
+    """round_to for a group whose channels are `unit` rows wide (attention heads): widths that are a
+    multiple of round_to rows need that many channels only up to the unit."""
+    return round_to // math.gcd(round_to, unit) if round_to > 1 else round_to
+
+
 def first_kept(group: ChannelGroup, count: int) -> torch.Tensor:
     """Channel indices keeping `count` of `group`: the first ones of each block (for counting MACs)."""
     width, per = group.size // group.blocks, count // group.blocks
@@ -69,7 +75,8 @@ def keep_counts(groups: list[ChannelGroup], ratio: float, round_to: int = 1, pow
                 fixed: dict[str, float] | None = None) -> dict[str, int]:
     """Channels kept per group key when `ratio` is cut from every group not in `fixed`."""
     fixed = fixed or {}
-    return {group_key(g): keep_count(g.size, fixed.get(group_key(g), ratio), round_to, pow2, g.blocks)
+    return {group_key(g): keep_count(g.size, fixed.get(group_key(g), ratio), unit_round(round_to, g.unit), pow2,
+                                     g.blocks)
             for g in groups}
 
 

@@ -48,6 +48,11 @@ class ChannelGroup:
     # consumer -> what comes before each of its reads, when it reads these channels more than once
     # (DLA's root conv reads a residual stream and a block's output: the same channels twice)
     repeats: dict[str, list] = field(default_factory=dict)
+    # producer -> (rows per channel, repeats) when a channel is not one output row: an attention head
+    # is head_dim rows in each of q, k and v of a fused qkv Linear (rows(...) says which)
+    layout: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # (module, attribute, per channel): integer attributes that count these channels (num_heads)
+    counters: list[tuple[str, str, int]] = field(default_factory=list)
 
     @property
     def prunable(self) -> bool:
@@ -56,6 +61,33 @@ class ChannelGroup:
     def offset(self, member: str) -> int:
         """Where this group's channels start in `member`'s input: 0 unless a concatenation put others first."""
         return sum(g.size * per for g, per in self.before.get(member, []))
+
+    def rows(self, producer: str, channels: torch.Tensor) -> torch.Tensor:
+        """The output rows of `producer` that carry `channels` (sorted channels give sorted rows)."""
+        per, repeat = self.layout.get(producer, (1, 1))
+        channels = torch.as_tensor(channels, dtype=torch.long)
+        if per == 1 and repeat == 1:
+            return channels
+        one = (channels[:, None] * per + torch.arange(per)[None, :]).flatten()
+        return torch.cat([one + r * self.size * per for r in range(repeat)])
+
+    def per_channel_rows(self, producer: str, weight: torch.Tensor) -> torch.Tensor:
+        """`weight` (out rows first) as [channels, everything that produces one channel]."""
+        flat = weight.flatten(1)
+        per, repeat = self.layout.get(producer, (1, 1))
+        if per == 1 and repeat == 1:
+            return flat
+        return flat.view(repeat, self.size, per, -1).transpose(0, 1).reshape(self.size, -1)
+
+    def channel_of_rows(self, producer: str) -> torch.Tensor:
+        """For each output row of `producer`, the channel it belongs to."""
+        per, repeat = self.layout.get(producer, (1, 1))
+        return (torch.arange(self.size * per) // per).repeat(repeat)
+
+    @property
+    def unit(self) -> int:
+        """Rows (or inputs) one channel stands for, at most: a head's head_dim, else 1."""
+        return max([per for per, _ in self.layout.values()] or [1])
 
     def offsets(self, member: str) -> list[int]:
         """Where each of `member`'s reads of these channels starts in its input (one unless repeated)."""
@@ -93,6 +125,8 @@ class _Groups:
         gb.before.update(ga.before)
         gb.passthrough_per.update(ga.passthrough_per)
         gb.repeats.update(ga.repeats)
+        gb.layout.update(ga.layout)
+        gb.counters.extend(ga.counters)
         if ga.size != gb.size:
             gb.blockers.append(f"residual add of {ga.size} and {gb.size} channels")
         gb.blocks = math.lcm(ga.blocks, gb.blocks)
@@ -305,10 +339,15 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
         roots = [w.g.find(gid) for gid, _ in segs]
         for r in {r for r in roots if roots.count(r) > 1}:
             grp, at = w.g.groups[r], [i for i, root in enumerate(roots) if root == r]
-            plain = isinstance(w.modules.get(name), (nn.Linear, *CONV)) and getattr(w.modules[name], "groups", 1) == 1
-            if plain and name not in grp.passthrough and len({segs[i][1] for i in at}) == 1:
-                grp.repeats[name] = [list(segs[:i]) for i in at]  # a consumer: cut its columns at every read
+            m = w.modules.get(name)
+            plain = isinstance(m, (nn.Linear, *CONV)) and getattr(m, "groups", 1) == 1 and name not in grp.passthrough
+            # a per-channel member (a norm after Swin's patch merging) is cut at every read too; a grouped
+            # conv reading its input in blocks is not
+            per_channel = name in grp.passthrough and not isinstance(m, CONV) and name not in grp.passthrough_per
+            if (plain or per_channel) and len({segs[i][1] for i in at}) == 1:
+                grp.repeats[name] = [list(segs[:i]) for i in at]  # cut at every read
                 grp.consumers = list(dict.fromkeys(grp.consumers))
+                grp.passthrough = list(dict.fromkeys(grp.passthrough))
             else:
                 grp.blockers.append(f"{name} reads the same channels twice (concatenation)")
     for grp in w.g.groups.values():

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .budget import unit_round
 from .graph import CONV, ChannelGroup
 from .remove import remove_channels
 
@@ -42,7 +43,7 @@ def _consumer_inputs(model: nn.Module, names: list[str], example: torch.Tensor) 
 def _dead(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     dead = torch.ones(group.size, dtype=torch.bool)
     for name in group.producers:
-        dead &= (model.get_submodule(name).weight.detach().flatten(1) == 0).all(1).cpu()
+        dead &= (group.per_channel_rows(name, model.get_submodule(name).weight.detach()) == 0).all(1).cpu()
     return dead
 
 
@@ -117,7 +118,7 @@ def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: 
             ok[0] = False  # never to zero width
         keep_mask = torch.ones(group.size, dtype=torch.bool)
         keep_mask[idx[ok]] = False
-        keep_mask = _fill_blocks(keep_mask, group.blocks, round_to)
+        keep_mask = _fill_blocks(keep_mask, group.blocks, unit_round(round_to, group.unit))
         ok &= ~keep_mask[idx]  # only what is really removed gets its constant folded
         if not ok.any():
             continue

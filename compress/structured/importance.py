@@ -20,7 +20,7 @@ def channel_importance(model: nn.Module, group: ChannelGroup, norm: Norm = "l1")
     """
     total = torch.zeros(group.size)
     for name in group.producers:
-        rows = model.get_submodule(name).weight.detach().flatten(1).float().cpu()
+        rows = group.per_channel_rows(name, model.get_submodule(name).weight.detach()).float().cpu()
         total += rows.abs().sum(1) if norm == "l1" else rows.pow(2).sum(1).sqrt()
     return total
 

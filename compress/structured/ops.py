@@ -103,6 +103,49 @@ def linear(w, node, m, name: str | None = None) -> None:
     w.start(node, m.out_features, producer=name, axis=w.ndim(node) - 1)
 
 
+# attention with a fused qkv Linear (rows [3, heads, head_dim]) and an output projection `proj`
+QKV_ATTENTION = ("timm.layers.attention.Attention", "timm.models.vision_transformer.Attention",
+                 "timm.models.swin_transformer.WindowAttention")
+
+
+def qkv_attention(w, node, m) -> None:
+    """timm's Attention and Swin's WindowAttention: `qkv` reads the tokens' channels (last axis),
+    `proj` writes new ones; in between, whole heads form a group of their own. A head is head_dim
+    rows in each of q, k and v and head_dim input columns of proj; a zeroed head attends uniformly to
+    zero values, so it outputs exact zeros and cutting it is exact (head_dim, and with it the
+    attention scale, stays). num_heads (and attn_dim) count the heads kept; Swin's relative position
+    bias table loses the heads' columns."""
+    name, x = node.target, w.first(node)
+    qkv, proj, heads = getattr(m, "qkv", None), getattr(m, "proj", None), getattr(m, "num_heads", None)
+    ok = isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(heads, int) and heads > 0 \
+        and qkv.out_features % (3 * heads) == 0 and proj.in_features == qkv.out_features // 3 \
+        and all(isinstance(getattr(m, a, None), (type(None), nn.Identity)) for a in ("norm", "gate"))
+    if not ok or (x in w.label and w.axis[x] != w.ndim(x) - 1):
+        why = f"{name} ({type(m).__name__}): an attention layout this rule does not know"
+        w.block(node, why)
+        w.start(node, proj.out_features if isinstance(proj, nn.Linear) else 1, blocker=why, axis=w.ndim(node) - 1)
+        return
+    if x in w.label:
+        w.join(f"{name}.qkv", w.label[x], "consumer", x)
+    dim = qkv.out_features // (3 * heads)
+    gid = w.g.new(heads)
+    grp = w.g.get(gid)
+    grp.producers.append(f"{name}.qkv")
+    grp.layout[f"{name}.qkv"] = (dim, 3)
+    w.join(f"{name}.proj", ((gid, dim),), "consumer")
+    grp.counters.append((name, "num_heads", 1))
+    if isinstance(getattr(m, "attn_dim", None), int):
+        grp.counters.append((name, "attn_dim", dim))
+    table = getattr(m, "relative_position_bias_table", None)
+    if isinstance(table, nn.Parameter) and table.dim() == 2 and table.shape[1] == heads:
+        grp.parameters.append((f"{name}.relative_position_bias_table", 1))
+    w.start(node, proj.out_features, producer=f"{name}.proj", axis=w.ndim(node) - 1)
+
+
+for _name in QKV_ATTENTION:
+    register_module_rule_by_name(_name, qkv_attention)
+
+
 @function_rule(F.linear, F.conv1d, F.conv2d, F.conv3d)
 def functional_layer(w, node, m) -> None:
     """F.linear / F.conv2d(x, self.weight, self.bias, ...) inside a Linear or conv subclass with its own
@@ -291,7 +334,8 @@ def pad(w, node, m) -> None:
     if not isinstance(widths, (tuple, list)) or nd is None or \
             any(not (isinstance(v, int) or isinstance(v, fx.Node) and shape_only(v)) for v in widths):
         w.block(node, f"pad {node.name} with widths computed at run time")
-    elif w.axis[x] >= nd - len(widths) // 2:
+    elif nd - 1 - w.axis[x] < len(widths) // 2 and \
+            list(widths[2 * (nd - 1 - w.axis[x]):2 * (nd - w.axis[x])]) != [0, 0]:
         w.block(node, f"pad {node.name} of the channel axis {w.axis[x]}")
     else:
         shift = f"{node.name} (padded with {value})" if mode == "constant" and value not in (None, 0, 0.0) else None
@@ -323,8 +367,28 @@ def flatten(w, node, m) -> None:
     elif axis == 1 and len(after) == 2 and after[0] == before[0] and len(before) >= 2:
         spatial = math.prod(before[2:])
         w.label[node], w.axis[node] = tuple((gid, per * spatial) for gid, per in w.label[src]), 1
+    elif (merged := _merged_into_channels(before, after, axis)) is not None:
+        k, copies = merged  # Swin's patch merging: [.., 2, 2, C] → [.., 4·C], the channels four times over
+        w.follow(node, src)
+        w.label[node], w.axis[node] = w.label[src] * copies, k
     else:
         w.block(node, f"reshape {node.name} of {list(before)} with channels on axis {axis}")
+
+
+def _merged_into_channels(before: tuple, after: tuple, axis: int) -> tuple[int, int] | None:
+    """(dim of `after`, copies) when dims just before the channel axis merge into it, the channels
+    innermost and everything after them unchanged: the channels side by side `copies` times."""
+    if tuple(after[len(after) - (len(before) - axis - 1):]) != tuple(before[axis + 1:]):
+        return None
+    k = len(after) - (len(before) - axis)  # where the merged dim lands
+    for i in range(axis):
+        if k >= 0 and math.prod(before[:i]) == math.prod(after[:k]) and after[k] == math.prod(before[i:axis + 1]):
+            copies = math.prod(before[i:axis])
+            return (k, copies) if copies <= _MAX_COPIES else None
+    return None
+
+
+_MAX_COPIES = 64  # more copies of a group in one input (a whole feature map flattened channels-last) block
 
 
 def _same_axis(before: tuple, after: tuple, axis: int) -> int | None:

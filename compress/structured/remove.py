@@ -40,14 +40,14 @@ def _span(total: int, offset: int | list[int], width: int, inside: torch.Tensor)
 @torch.no_grad()
 def zero_channels(model: nn.Module, group: ChannelGroup, drop: torch.Tensor) -> None:
     for name in group.producers:
-        m = model.get_submodule(name)
-        m.weight[drop] = 0
+        m, rows = model.get_submodule(name), group.rows(name, drop)
+        m.weight[rows] = 0
         if m.bias is not None:
-            m.bias[drop] = 0
+            m.bias[rows] = 0
     for name in group.passthrough:
         m = model.get_submodule(name)
-        at = group.offset(name) + _consumer_columns(torch.as_tensor(drop, dtype=torch.long),
-                                                    group.passthrough_per.get(name, 1))
+        cols = _consumer_columns(torch.as_tensor(drop, dtype=torch.long), group.passthrough_per.get(name, 1))
+        at = torch.cat([offset + cols for offset in group.offsets(name)])
         # depthwise conv: its filter for the channel; BatchNorm: γ = β = 0 gives exact zeros whatever the
         # statistics; a norm without affine parameters already maps a zero channel to zero
         for t in (getattr(m, "weight", None), getattr(m, "bias", None)):
@@ -99,18 +99,18 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor, c
 
 def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
     for name in group.producers:
-        m = model.get_submodule(name)
-        m.weight = _index(m.weight, keep, 0)
+        m, rows = model.get_submodule(name), group.rows(name, keep)
+        m.weight = _index(m.weight, rows, 0)
         if m.bias is not None:
-            m.bias = _index(m.bias, keep, 0)
+            m.bias = _index(m.bias, rows, 0)
         if isinstance(m, CONV):
-            m.out_channels = len(keep)
+            m.out_channels = len(rows)
         else:
-            m.out_features = len(keep)
+            m.out_features = len(rows)
     for name in group.passthrough:
         m = model.get_submodule(name)
         per = group.passthrough_per.get(name, 1)
-        rows = _span(_width(m), group.offset(name), group.size * per, _consumer_columns(keep, per))
+        rows = _span(_width(m), group.offsets(name), group.size * per, _consumer_columns(keep, per))
         if isinstance(m, CONV):
             m.weight = _index(m.weight, rows, 0)
             if m.bias is not None:
@@ -147,6 +147,8 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
             m.in_channels = len(cols)
         else:
             m.in_features = len(cols)
+    for path, attr, per in group.counters:  # e.g. an attention module's num_heads
+        setattr(model.get_submodule(path), attr, len(keep) * per)
 
 
 def _width(m: nn.Module) -> int:
