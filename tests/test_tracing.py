@@ -79,6 +79,13 @@ class LyingRule(nn.Module):
         return self.c2(self.flip(torch.relu(self.c1(x))))
 
 
+@torch.no_grad()
+def _dead(layer: nn.Module, n: int) -> None:
+    """The first `n` output channels of `layer` carry zeros (weights and bias), as pruning leaves them."""
+    layer.weight[:n] = 0
+    layer.bias[:n] = 0
+
+
 def test_a_branch_on_a_shape_takes_the_examples_way_and_cuts_exactly():
     torch.manual_seed(0)
     for size in (16, 4):  # the pooling branch taken, and not taken
@@ -127,9 +134,7 @@ def test_the_harvest_refuses_a_cut_that_changes_the_output():
     check against the uncut model does not, and the model stays as it was."""
     torch.manual_seed(0)
     model = LyingRule().eval()
-    with torch.no_grad():
-        model.c1.weight[:3] = 0  # three dead channels
-        model.c1.bias[:3] = 0
+    _dead(model.c1, 3)
     saved = dict(MODULE_RULES)
     try:
         register_elementwise(ChannelFlip)
@@ -148,9 +153,7 @@ def test_the_harvest_refuses_a_cut_that_changes_the_output():
 def test_the_harvest_keeps_an_exact_cut():
     torch.manual_seed(0)
     model = SamePadUpsample().eval()
-    with torch.no_grad():
-        model.c2.weight[:5] = 0
-        model.c2.bias[:5] = 0
+    _dead(model.c2, 5)
     record = harvest(model, (3, 15, 15))
     assert record["keep"] and "skipped" not in record and model.c2.out_channels == 11
 
@@ -288,9 +291,7 @@ def test_the_harvest_refuses_a_cut_the_models_own_code_cannot_run():
             return self.reduce(self.norm(y))
     torch.manual_seed(0)
     model = HardCoded().eval()
-    with torch.no_grad():
-        model.embed.weight[:2] = 0
-        model.embed.bias[:2] = 0
+    _dead(model.embed, 2)
     record = harvest(model, (4, 4, 3))
     assert record["keep"] == {} and "the cut model fails: RuntimeError" in record["skipped"]
     assert model.embed.out_features == 8 and model(torch.randn(2, 4, 4, 3)).shape == (2, 2, 2, 5)
