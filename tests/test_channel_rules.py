@@ -541,3 +541,79 @@ def test_adding_a_python_zero_is_not_a_shift():
     cut, diff, groups = cut_vs_masked(ZeroStart(), torch.randn(2, 3, 6, 6))
     group = next(g for g in groups if "a" in g.producers)
     assert not group.shifts and cut == 1 and diff < 1e-5
+
+
+class GroupNormOwnForward(nn.GroupNorm):
+    """timm's GroupNorm1: a GroupNorm subclass whose forward calls F.group_norm itself."""
+    def __init__(self, channels):
+        super().__init__(1, channels)
+
+    def forward(self, x):
+        return nn.functional.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class Affine(nn.Module):
+    """timm's ResMLP Affine: β + α·x per channel on the last axis, through torch.addcmul."""
+    def __init__(self, dim):
+        super().__init__()
+        self.alpha, self.beta = nn.Parameter(torch.rand(dim) + 0.5), nn.Parameter(torch.rand(dim) - 0.5)
+
+    def forward(self, x):
+        return torch.addcmul(self.beta, self.alpha, x)
+
+
+class MetaBlocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.gn, self.c2 = nn.Conv2d(3, 8, 3, padding=1), GroupNormOwnForward(8), nn.Conv2d(8, 6, 1)
+        self.fc1, self.aff, self.fc2 = nn.Linear(6, 10), Affine(10), nn.Linear(10, 4)
+
+    def forward(self, x):
+        h = self.c2(self.gn(torch.relu(self.c1(x))))        # [B, 6, H, W]
+        t = h.flatten(2).transpose(1, 2)                     # tokens [B, HW, 6]
+        return self.fc2(torch.relu(self.aff(self.fc1(t)))).mean(1)
+
+
+def test_functional_group_norm_and_addcmul_affine_are_per_channel_members():
+    torch.manual_seed(0)
+    model, x = MetaBlocks(), torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        model.gn.weight.uniform_(0.5, 1.5)
+        model.gn.bias.uniform_(-0.5, 0.5)
+    groups = channel_groups(model, x)
+    assert "gn" in next(g for g in groups if "c1" in g.producers).passthrough
+    assert ("aff.alpha", 0) in next(g for g in groups if "fc1" in g.producers).parameters
+    cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
+    assert cut == 3 and diff < 1e-5
+
+
+def test_a_difference_of_two_channel_tensors_merges_them_like_a_sum():
+    class PoolMinusInput(nn.Module):
+        """PoolFormer's token mixer, pool(x) − x, in a residual block."""
+        def __init__(self):
+            super().__init__()
+            self.c1, self.pool, self.c2 = nn.Conv2d(3, 8, 1), nn.AvgPool2d(3, 1, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            h = self.c1(x)
+            return self.c2(h + (self.pool(h) - h) - 1.0)  # the constant makes it a shift: refused, not wrong
+    torch.manual_seed(0)
+    model, x = PoolMinusInput(), torch.randn(2, 3, 6, 6)
+    group = next(g for g in channel_groups(model, x) if "c1" in g.producers)
+    assert group.prunable and group.shifts and not group.blockers
+
+
+def test_a_reshape_to_a_size_fixed_in_the_code_blocks_instead_of_breaking_after_the_cut():
+    class FixedSizes(nn.Module):
+        """timm's metaformer Scale (`scale.view(self.shape)`) and a hand-written `view(b, 8, -1)`."""
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 6, 1), nn.Linear(6 * 16, 2)
+            self.scale, self.shape = nn.Parameter(torch.ones(8)), (8, 1, 1)
+
+        def forward(self, x):
+            h = self.c2(self.c1(x) * self.scale.view(self.shape))
+            return self.head(h.view(x.shape[0], 6, -1).flatten(1))
+    groups = channel_groups(FixedSizes(), torch.randn(2, 3, 4, 4))
+    assert any("reshaped to a fixed [8, 1, 1]" in b for b in blockers(groups, "c1"))
+    assert any("to a fixed 6 on the channel axis" in b for b in blockers(groups, "c2"))

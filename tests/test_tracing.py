@@ -281,17 +281,33 @@ def test_padding_other_axes_of_channels_last_tokens_keeps_channels():
     assert cut == 1 and diff < 1e-5
 
 
+class FixedWidth(nn.Module):
+    """Element-wise in effect, but its code hard-codes 8 channels (a view and back)."""
+    def forward(self, x):
+        return torch.relu(x.reshape(x.shape[0], 8, x.shape[2] * x.shape[3])).reshape(x.shape)
+
+
+class UsesFixedWidth(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.fixed, self.c2 = nn.Conv2d(3, 8, 1), FixedWidth(), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c2(self.fixed(self.c1(x)))
+
+
 def test_the_harvest_refuses_a_cut_the_models_own_code_cannot_run():
-    """A forward that hard-codes the channel count (reshape to 8) breaks once channels are cut: the
-    harvest keeps the model whole and says why."""
-    class HardCoded(PatchMerging):
-        def forward(self, x):
-            b, h, w, _ = x.shape
-            y = self.embed(x).reshape(b, h // 2, 2, w // 2, 2, 8).permute(0, 1, 3, 4, 2, 5).flatten(3)
-            return self.reduce(self.norm(y))
+    """A module registered as element-wise whose forward hard-codes the channel count: the graph takes
+    the rule's word, the cut model fails to run, and the harvest keeps the model whole saying why."""
     torch.manual_seed(0)
-    model = HardCoded().eval()
-    _dead(model.embed, 2)
-    record = harvest(model, (4, 4, 3))
+    model = UsesFixedWidth().eval()
+    _dead(model.c1, 2)
+    saved = dict(MODULE_RULES)
+    try:
+        register_elementwise(FixedWidth)
+        record = harvest(model, (3, 4, 4))
+    finally:
+        MODULE_RULES.clear()
+        MODULE_RULES.update(saved)
     assert record["keep"] == {} and "the cut model fails: RuntimeError" in record["skipped"]
-    assert model.embed.out_features == 8 and model(torch.randn(2, 4, 4, 3)).shape == (2, 2, 2, 5)
+    assert model.c1.out_channels == 8 and model(torch.randn(2, 3, 4, 4)).shape == (2, 4, 4, 4)

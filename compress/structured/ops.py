@@ -234,21 +234,56 @@ def functional_norm(w, node, m) -> None:
 
 
 @module_rule(nn.GroupNorm, GroupNormWithRemoved)
-def groupnorm(w, node, m) -> None:
+def groupnorm(w, node, m, name: str | None = None) -> None:
     """Statistics per sample over groups of channels: a removed channel stays in them as a zero (see
     GroupNormWithRemoved), so any channel can go, as long as it is an exact zero there."""
-    x = w.first(node)
+    name, x = name or node.target, w.first(node)
     if x not in w.label:
         return
     if w.axis[x] != 1 or any(per != 1 for _, per in w.label[x]):
-        w.block(node, f"{node.target} (GroupNorm) normalises axis 1, not the channel axis {w.axis[x]}")
+        w.block(node, f"{name} (GroupNorm) normalises axis 1, not the channel axis {w.axis[x]}")
     elif m.weight is None:  # with no γ = β = 0 to silence it, a zero channel comes out as −mean/std
-        w.block(node, f"{node.target} (GroupNorm without affine) turns a removed channel into −mean/std")
+        w.block(node, f"{name} (GroupNorm without affine) turns a removed channel into −mean/std")
     elif w.shifted.get(x):  # the statistics would see the constant, not a zero
-        w.block(node, f"{node.target} normalises channels that carry {w.shifted[x]}")
+        w.block(node, f"{name} normalises channels that carry {w.shifted[x]}")
     else:
-        w.join(node.target, w.label[x], "passthrough")
+        w.join(name, w.label[x], "passthrough")
         w.follow(node, x, reset=True)
+
+
+@function_rule(F.group_norm)
+def functional_group_norm(w, node, m) -> None:
+    """F.group_norm(x, groups, self.weight, self.bias) inside a GroupNorm subclass with its own forward
+    (timm's GroupNorm1 in PoolFormer): that GroupNorm, as if called itself."""
+    owners = {a.target.rpartition(".")[0] for a in node.all_input_nodes if a.op == "get_attr"}
+    owner = next(iter(owners)) if len(owners) == 1 else None
+    groups = node.args[1] if len(node.args) > 1 else node.kwargs.get("num_groups")
+    gn = w.modules.get(owner) if owner is not None else None
+    if isinstance(gn, nn.GroupNorm) and groups == gn.num_groups:
+        groupnorm(w, node, gn, name=owner)
+    elif w.first(node) in w.label:
+        w.block(node, f"{node.name}: a functional group norm whose parameters belong to no GroupNorm of "
+                      f"{groups} groups")
+
+
+@function_rule(torch.addcmul)
+def addcmul(w, node, m) -> None:
+    """torch.addcmul(β, α, x) = β + α·x with α, β parameters of one entry per channel (timm's Affine in
+    ResMLP): a per-channel scale and shift, cut with the channels like BatchNorm's γ and β."""
+    args = list(node.args[:3])
+    if len(args) != 3 or node.kwargs.get("value", 1) != 1 or not all(isinstance(a, fx.Node) for a in args):
+        if any(a in w.label for a in node.all_input_nodes):
+            w.block(node, f"addcmul {node.name} of a form this rule does not know")
+        return
+    beta, alpha, x = args
+    if x not in w.label or beta in w.label or alpha in w.label or \
+            _parameter_of(alpha) is None or _parameter_of(beta) is None:
+        if any(a in w.label for a in node.all_input_nodes):
+            w.block(node, f"addcmul {node.name} of a channel tensor and an untracked tensor")
+        return
+    _parameter(w, node, x, alpha, "mul")
+    if node in w.label:  # not blocked: β joins as a per-channel shift of the scaled channels
+        _parameter(w, node, node, beta, "add")
 
 
 @module_rule(nn.LayerNorm, NormWithRemoved)
@@ -361,6 +396,12 @@ def flatten(w, node, m) -> None:
     before, after = tuple(src.meta["tensor_meta"].shape), tuple(node.meta["tensor_meta"].shape)
     axis = w.axis[src]
     k = _same_axis(before, after, axis)
+    out_axis = k if k is not None else 1 if axis == 1 and len(after) == 2 else \
+        (_merged_into_channels(before, after, axis) or (None,))[0]
+    if out_axis is not None and _fixed_size(node, out_axis) is not None:
+        w.block(node, f"reshape {node.name} to a fixed {_fixed_size(node, out_axis)} on the channel axis "
+                      f"(it would not fit once channels are cut)")
+        return
     if k is not None:
         w.follow(node, src)
         w.axis[node] = k
@@ -373,6 +414,22 @@ def flatten(w, node, m) -> None:
         w.label[node], w.axis[node] = w.label[src] * copies, k
     else:
         w.block(node, f"reshape {node.name} of {list(before)} with channels on axis {axis}")
+
+
+def _fixed_size(node: fx.Node, dim: int) -> int | None:
+    """The size a view / reshape fixes for output dim `dim` when it is a literal in the code
+    (`x.view(b, 64, -1)`, timm's `scale.view(self.shape)`): a cut would no longer fit it. None when
+    that size is computed (`x.shape[1]`, -1) or the op is not a reshape with sizes."""
+    if node.op == "call_method" and node.target in ("view", "reshape"):
+        sizes = node.args[1:]
+    elif node.op == "call_function" and node.target is torch.reshape:
+        sizes = node.args[1:2]
+    else:
+        return None
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = sizes[0]
+    size = sizes[dim] if -len(sizes) <= dim < len(sizes) else None
+    return size if isinstance(size, int) and size != -1 else None
 
 
 def _merged_into_channels(before: tuple, after: tuple, axis: int) -> tuple[int, int] | None:
@@ -504,6 +561,12 @@ def add(w, node, m) -> None:
     _binary(w, node, "add")
 
 
+@function_rule(operator.sub, operator.isub, torch.sub, "sub", "sub_")
+def sub(w, node, m) -> None:
+    """x − y: as a sum (PoolFormer's pool(x) − x); a removed channel is zero in both, so in the difference."""
+    _binary(w, node, "sub")
+
+
 @function_rule(operator.mul, operator.imul, torch.mul, "mul", "mul_")
 def mul(w, node, m) -> None:
     _binary(w, node, "mul")
@@ -517,12 +580,12 @@ def _binary(w, node, kind: str) -> None:
         a, b = tensors
         w.label[node], w.axis[node] = _merge(w, node, w.label[a], w.label[b]), w.axis[a]
         # a removed channel is zero in a sum if zero in both, in a product if zero in either
-        w.shifted[node] = (w.shifted.get(a) or w.shifted.get(b)) if kind == "add" else \
+        w.shifted[node] = (w.shifted.get(a) or w.shifted.get(b)) if kind != "mul" else \
             (w.shifted.get(a) and w.shifted.get(b))
     elif len(tensors) == 1 and tensors[0] in w.label:
         others = [a for a in node.args if not isinstance(a, fx.Node)]
         plus_zero = all(isinstance(a, (int, float)) and a == 0 for a in others)  # timm's `0 + branch`
-        w.follow(node, tensors[0], shift=f"{node.name} (+ a constant)" if kind == "add" and not plus_zero else None)
+        w.follow(node, tensors[0], shift=f"{node.name} (+ a constant)" if kind != "mul" and not plus_zero else None)
     elif len(tensors) == 2 and sum(t in w.label for t in tensors) == 1 and \
             any(_parameter_of(t) is not None for t in tensors if t not in w.label):
         x = next(t for t in tensors if t in w.label)
@@ -633,7 +696,7 @@ def _parameter(w, node: fx.Node, x: fx.Node, p: fx.Node, kind: str) -> None:
     dim = w.axis[x] - (nd - len(shape))
     w.label[node], w.axis[node] = w.label[x], w.axis[x]
     if dim < 0 or shape[dim] == 1:
-        w.shifted[node] = w.shifted.get(x) or (f"{node.name} (+ a constant)" if kind == "add" else None)
+        w.shifted[node] = w.shifted.get(x) or (f"{node.name} (+ a constant)" if kind != "mul" else None)
         return
     segs = w.label[x]
     src = _parameter_of(p)
@@ -642,6 +705,10 @@ def _parameter(w, node: fx.Node, x: fx.Node, p: fx.Node, kind: str) -> None:
         return
     if shape[dim] != sum(w.g.get(gid).size for gid, _ in segs) or any(per != 1 for _, per in segs):
         w.block(node, f"{kind} {node.name} of a channel tensor and parameter {src.target} of shape {list(shape)}")
+        return
+    if src is not p and _fixed_size(p, dim - len(shape)) is not None:
+        w.block(node, f"{kind} {node.name}: parameter {src.target} reshaped to a fixed {list(shape)} "
+                      f"(it would not fit once channels are cut)")
         return
     if src is not p:  # a reshape: the parameter's own dim holding the channels, all others of size 1
         own = list(src.meta["tensor_meta"].shape)
@@ -655,4 +722,4 @@ def _parameter(w, node: fx.Node, x: fx.Node, p: fx.Node, kind: str) -> None:
         if i:
             grp.before[src.target] = list(segs[:i])
     # a product with a zeroed entry is zero whatever x carried; a sum keeps what x carried
-    w.shifted[node] = w.shifted.get(x) if kind == "add" else None
+    w.shifted[node] = w.shifted.get(x) if kind != "mul" else None
