@@ -299,6 +299,40 @@ def deploy_size(src: list[dict]) -> list[str]:
     return out
 
 
+def _tp(r: dict) -> dict:
+    return r.get("torch_pruning") or {}
+
+
+def timm_sweep(src: list[dict]) -> list[str]:
+    d = src[0]
+    rows, tp = d["rows"], d.get("torch_pruning", {})
+    both = tp.get("median_mac_reduction_where_both_work", {})
+    count = {s: sum(_tp(r).get("status") == s for r in rows) for s in ("works", "crash", "timeout")}
+    ours = d["counts"]
+    everything = [_tp(r).get("mac_reduction", 0.0) if _tp(r).get("status") == "works" else 0.0 for r in rows]
+    everything.sort()
+    mid = len(everything) // 2
+    tp_all = (everything[mid] + everything[~mid]) / 2 if everything else 0.0
+    return [*header(f"{len(rows)} timm models, 30% of every group", "sparsepipe", f"Torch-Pruning {tp.get('version', '')}"),
+            row("exact (compared with the masked model) / runs", str(ours["exact"]), str(count["works"])),
+            row("refused whole, with a one-line reason", str(ours["refused"]), "–"),
+            row("crash / timeout", f"{ours['crash']} / {ours['timeout']}", f"{count['crash']} / {count['timeout']}"),
+            row("wrong (output differs from the masked model)", str(ours["wrong"]), "not checked"),
+            row(f"median MACs removed where both work ({tp.get('both_work', 0)} models)",
+                pct(both.get("sparsepipe") or 0, 1), pct(both.get("torch_pruning") or 0, 1)),
+            row("median MACs removed over all models (0 where refused or crashed)",
+                pct(d["median_mac_reduction"], 1), pct(tp_all, 1))]
+
+
+def timm_sweep_models(src: list[dict]) -> list[str]:
+    out = header("timm model", "sparsepipe", "MACs removed", "Torch-Pruning", "MACs removed")
+    for r in sorted(src[0]["rows"], key=lambda r: r["model"]):
+        t = _tp(r)
+        out.append(row(r["model"].removeprefix("timm:"), r["status"], pct(r.get("mac_reduction", 0), 1),
+                       t.get("status", "–"), pct(t["mac_reduction"], 1) if t.get("status") == "works" else "–"))
+    return out
+
+
 TABLES = [
     Table("LATS vs STR vs GMP vs one-shot magnitude, three seeds", ["results/fair-sparse/results.json"],
           ".venv/bin/python tools/bench_fair.py sparse --epochs 12", fair_sparse,
@@ -344,6 +378,11 @@ TABLES = [
           deploy_latency),
     Table("Size and load memory of the deployed variants", ["results/deploy/results.json"],
           ".venv/bin/python tools/bench_deploy.py", deploy_size),
+    Table("Channel removal on timm models beside Torch-Pruning", ["results/timm-sweep/results.json"],
+          ".venv/bin/pip install torch-pruning==1.6.1 timm==1.0.31 && "
+          ".venv/bin/python tools/bench_torchvision_sweep.py --zoo timm --torch-pruning", timm_sweep),
+    Table("Channel removal per timm model", ["results/timm-sweep/results.json"],
+          ".venv/bin/python tools/bench_torchvision_sweep.py --zoo timm --torch-pruning", timm_sweep_models),
     Table("Streaming at scale", ["results/streaming/results.json"],
           ".venv/bin/python tools/bench_streaming.py --mnist ../shared/data/mnist", streaming),
 ]
