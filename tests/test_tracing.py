@@ -311,3 +311,74 @@ def test_the_harvest_refuses_a_cut_the_models_own_code_cannot_run():
         MODULE_RULES.update(saved)
     assert record["keep"] == {} and "the cut model fails: RuntimeError" in record["skipped"]
     assert model.c1.out_channels == 8 and model(torch.randn(2, 3, 4, 4)).shape == (2, 4, 4, 4)
+
+
+class Ghost(nn.Module):
+    """GhostNet's module in a residual: a primary conv and its depthwise copy side by side, added to a
+    shortcut conv as wide as both — the shortcut writes each channel of the group twice."""
+    def __init__(self, norm: bool = True):
+        super().__init__()
+        self.primary, self.cheap = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.short, self.head = nn.Conv2d(3, 12, 1), nn.Conv2d(12, 4, 1)
+        self.bn = nn.BatchNorm2d(12) if norm else nn.Identity()
+        self.dw = nn.Conv2d(12, 12, 3, padding=1, groups=12)  # a depthwise conv reading the group twice
+
+    def forward(self, x):
+        p = torch.relu(self.primary(x))
+        return self.head(self.dw(torch.cat([p, self.cheap(p)], 1) + self.bn(self.short(x))))
+
+
+def test_a_group_added_to_one_twice_as_wide_is_split_to_match_and_cut_exactly():
+    torch.manual_seed(0)
+    model, x = Ghost(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.1, 0.1)
+        model.bn.weight.uniform_(0.5, 1.5)
+    group = next(g for g in channel_groups(model, x) if "short" in g.producers)
+    assert group.prunable and group.size == 6 and group.out_offsets("short") == [0, 6]
+    assert group.offsets("bn") == [0, 6] == group.offsets("head") == group.offsets("dw")
+    cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
+    assert cut == 1 and diff < 1e-5
+    cut, diff, _ = cut_vs_masked(Ghost(norm=False), x, ratio=0.5)  # the masked model zeroes both rows
+    assert cut == 1 and diff < 1e-5
+
+
+def test_channels_written_twice_are_dead_only_when_both_rows_are_zero():
+    torch.manual_seed(0)
+    model = Ghost().eval()
+    with torch.no_grad():
+        for layer in (model.primary, model.short):
+            layer.weight[1] = 0
+            layer.bias[1] = 0
+        model.short.weight[7] = 0  # channel 1's second row (6 + 1) ...
+        model.short.bias[7] = 0
+        model.bn.bias[[1, 7]] = 0  # BatchNorm maps the zeros to zero (else the padded dw conv sees a constant)
+        model.bn.running_mean[[1, 7]] = 0
+        model.cheap.bias[1] = 0  # and the depthwise copy of a zero channel stays zero
+        model.short.weight[2] = 0  # ... while channel 2 keeps its second row: not dead
+        model.short.bias[2] = 0
+    before = copy.deepcopy(model)
+    record = harvest(model, (3, 8, 8))
+    assert record["keep"]["primary"] == [0, 2, 3, 4, 5] and model.short.out_channels == 10
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(model(x), before(x), atol=1e-5)
+
+
+def test_split_along_the_channels_blocks_and_along_another_axis_carries_them():
+    class Splits(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 12), nn.Linear(6, 2)
+            self.c, self.d, self.e = nn.Linear(4, 8), nn.Linear(8, 2), nn.Linear(8, 2)
+
+        def forward(self, x):  # [B, T, 4]
+            left, right = torch.split(self.a(x), [6, 6], -1)      # along the channels: blocks
+            first, rest = torch.split(self.c(x), [1, 4], 1)        # along the tokens: each part has all channels
+            return self.b(left + right).mean(1) + self.d(torch.relu(rest)).mean(1) + self.e(first).mean(1)
+    torch.manual_seed(0)
+    model, x = Splits(), torch.randn(2, 5, 4)
+    groups = channel_groups(model, x)
+    assert any("along the channel axis" in b for b in blockers(groups, "a"))
+    assert next(g for g in groups if "c" in g.producers).prunable
+    cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
+    assert cut == 1 and diff < 1e-5

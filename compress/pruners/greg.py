@@ -188,13 +188,16 @@ class GRegPruner(MaskPruner):
             for w, channel in self._penalised(n):
                 if w.grad is not None:
                     reg = self.reg[n].to(w.device)
-                    w.grad.add_((per_row(reg[channel.to(w.device)], w) if self.groups else reg) * w.detach())
+                    if channel is not None:  # rows of other groups (a split group's other parts) get 0
+                        reg = per_row(torch.cat([reg, reg.new_zeros(1)])[channel.to(w.device)], w)
+                    w.grad.add_(reg * w.detach())
 
     def _penalised(self, unit: str) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """The weights a unit's penalty applies to, with (filter mode) the channel of each output row."""
         if self.groups:
             g = self.groups[unit]
-            return [(self.producers[p].weight, g.channel_of_rows(p)) for p in g.producers]
+            return [(self.producers[p].weight, g.channel_of_rows(p, self.producers[p].weight.shape[0]))
+                    for p in g.producers]
         return [(self._weight(unit), None)]
 
     def _update_mag_ratio(self, n: str, scores: torch.Tensor, pruned: torch.Tensor) -> None:

@@ -53,6 +53,9 @@ class ChannelGroup:
     layout: dict[str, tuple[int, int]] = field(default_factory=dict)
     # (module, attribute, per channel): integer attributes that count these channels (num_heads)
     counters: list[tuple[str, str, int]] = field(default_factory=list)
+    # producer -> what comes before each place it writes these channels, when not only at row 0 (a
+    # group split by torch.split / chunk, or written twice after the split halves merged again)
+    out_before: dict[str, list] = field(default_factory=dict)
 
     @property
     def prunable(self) -> bool:
@@ -62,12 +65,16 @@ class ChannelGroup:
         """Where this group's channels start in `member`'s input: 0 unless a concatenation put others first."""
         return sum(g.size * per for g, per in self.before.get(member, []))
 
+    def out_offsets(self, producer: str) -> list[int]:
+        """Where `producer` writes these channels among its output rows (one place unless split and merged)."""
+        return [sum(g.size * per for g, per in before) for before in self.out_before.get(producer, [[]])]
+
     def rows(self, producer: str, channels: torch.Tensor) -> torch.Tensor:
         """The output rows of `producer` that carry `channels` (sorted channels give sorted rows)."""
         per, repeat = self.layout.get(producer, (1, 1))
         channels = torch.as_tensor(channels, dtype=torch.long)
         if per == 1 and repeat == 1:
-            return channels
+            return torch.cat([offset + channels for offset in self.out_offsets(producer)])
         one = (channels[:, None] * per + torch.arange(per)[None, :]).flatten()
         return torch.cat([one + r * self.size * per for r in range(repeat)])
 
@@ -76,13 +83,19 @@ class ChannelGroup:
         flat = weight.flatten(1)
         per, repeat = self.layout.get(producer, (1, 1))
         if per == 1 and repeat == 1:
-            return flat
+            return torch.cat([flat[o:o + self.size] for o in self.out_offsets(producer)], 1)
         return flat.view(repeat, self.size, per, -1).transpose(0, 1).reshape(self.size, -1)
 
-    def channel_of_rows(self, producer: str) -> torch.Tensor:
-        """For each output row of `producer`, the channel it belongs to."""
+    def channel_of_rows(self, producer: str, total: int) -> torch.Tensor:
+        """For each of `producer`'s `total` output rows, the channel it carries; `size` for rows of
+        other groups (a split group's other parts)."""
         per, repeat = self.layout.get(producer, (1, 1))
-        return (torch.arange(self.size * per) // per).repeat(repeat)
+        if per != 1 or repeat != 1:
+            return (torch.arange(self.size * per) // per).repeat(repeat)
+        out = torch.full((total,), self.size, dtype=torch.long)
+        out[self.rows(producer, torch.arange(self.size))] = torch.arange(self.size).repeat(
+            len(self.out_offsets(producer)))
+        return out
 
     @property
     def unit(self) -> int:
@@ -100,6 +113,7 @@ class _Groups:
     def __init__(self):
         self.groups: dict[int, ChannelGroup] = {}
         self.parent: dict[int, int] = {}
+        self.split_into: dict[int, list[int]] = {}  # a group split in parts -> the parts
 
     def new(self, size: int) -> int:
         gid = len(self.parent)
@@ -234,6 +248,8 @@ class Walk:
         # node -> why a removed (zeroed) channel is not zero in this tensor (an f(0) != 0 on the way), or None
         self.shifted: dict[fx.Node, str | None] = {}
         self.members: dict[str, tuple[tuple[int, int], ...]] = {}  # module -> the segments of its input
+        self.produced: dict[str, tuple[tuple[int, int], ...]] = {}  # producer -> the segments of its output
+        self.parts: dict[fx.Node, list] = {}  # torch.split / chunk -> (segments, axis) of each part
 
     @staticmethod
     def first(node: fx.Node) -> fx.Node | None:
@@ -280,9 +296,48 @@ class Walk:
         gid = self.g.new(size)
         if producer:
             self.g.get(gid).producers.append(producer)
+            self.produced[producer] = ((gid, 1),)
         if blocker:
             self.g.get(gid).blockers.append(blocker)
         self.label[node], self.shifted[node], self.axis[node] = ((gid, 1),), None, axis
+
+    def split(self, gid: int, sizes: list[int]) -> list[int]:
+        """Split a group into consecutive parts of `sizes` channels (a torch.split of its channels): each
+        part is a group of its own, with every member of the whole, reading or writing it after the
+        parts before it. Every label, input and output that carried the whole carries the parts."""
+        root = self.g.find(gid)
+        whole = self.g.groups[root]
+        if whole.blocks > 1 or whole.layout or whole.counters or sum(sizes) != whole.size:
+            raise ValueError(f"cannot split a group of {whole.size} channels into {sizes}")
+        parts = [self.g.new(n) for n in sizes]
+        for i, pid in enumerate(parts):
+            part = self.g.groups[pid]
+            for attr in ("producers", "passthrough", "consumers", "parameters", "blockers", "shifts"):
+                setattr(part, attr, list(getattr(whole, attr)))
+            part.passthrough_per = dict(whole.passthrough_per)
+            readers = [*(n for n, _ in whole.consumers), *whole.passthrough, *(t for t, _ in whole.parameters)]
+            for member in dict.fromkeys(readers):
+                per = dict(whole.consumers).get(member) or whole.passthrough_per.get(member, 1)
+                part.before[member] = list(whole.before.get(member, [])) + [(q, per) for q in parts[:i]]
+        del self.g.groups[root]
+        self.g.split_into[root] = parts
+        for table in (self.label, self.members, self.produced):
+            for key, segs in table.items():
+                table[key] = self.resolve(segs)
+        for node, pieces in self.parts.items():
+            self.parts[node] = [(self.resolve(segs), axis) for segs, axis in pieces]
+        for grp in self.g.groups.values():
+            grp.before = {m: list(self.resolve(b)) for m, b in grp.before.items()}
+        return parts
+
+    def resolve(self, segs) -> tuple:
+        """`segs` with every group that was split since replaced by its parts."""
+        out = []
+        for gid, per in segs:
+            root = self.g.find(gid)
+            out += self.resolve([(q, per) for q in self.g.split_into[root]]) if root in self.g.split_into \
+                else [(gid, per)]
+        return tuple(out)
 
     def follow(self, node: fx.Node, src: fx.Node | None, shift: str | None = None, reset: bool = False) -> None:
         """`node` carries `src`'s channels on the same axis (element-wise ops). `shift`: this op maps 0
@@ -341,17 +396,32 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
             grp, at = w.g.groups[r], [i for i, root in enumerate(roots) if root == r]
             m = w.modules.get(name)
             plain = isinstance(m, (nn.Linear, *CONV)) and getattr(m, "groups", 1) == 1 and name not in grp.passthrough
-            # a per-channel member (a norm after Swin's patch merging) is cut at every read too; a grouped
-            # conv reading its input in blocks is not
-            per_channel = name in grp.passthrough and not isinstance(m, CONV) and name not in grp.passthrough_per
+            # a per-channel member (a norm after Swin's patch merging, a depthwise conv) is cut at every
+            # read too; a grouped conv reading its input in blocks is not
+            depthwise = isinstance(m, CONV) and m.groups == m.in_channels == m.out_channels
+            per_channel = name in grp.passthrough and (depthwise or not isinstance(m, CONV)) and \
+                name not in grp.passthrough_per
             if (plain or per_channel) and len({segs[i][1] for i in at}) == 1:
                 grp.repeats[name] = [list(segs[:i]) for i in at]  # cut at every read
                 grp.consumers = list(dict.fromkeys(grp.consumers))
                 grp.passthrough = list(dict.fromkeys(grp.passthrough))
             else:
                 grp.blockers.append(f"{name} reads the same channels twice (concatenation)")
+    for name, segs in w.produced.items():  # where each producer writes its groups' channels
+        roots = [w.g.find(gid) for gid, _ in segs]
+        for r in set(roots):
+            grp, at = w.g.groups[r], [i for i, root in enumerate(roots) if root == r]
+            if at == [0] or name not in grp.producers:
+                continue
+            m = w.modules.get(name)
+            if len(at) > 1 and not (isinstance(m, (nn.Linear, *CONV)) and getattr(m, "groups", 1) == 1):
+                grp.blockers.append(f"{name} writes the same channels twice")
+            grp.out_before[name] = [list(segs[:i]) for i in at]
+            grp.producers = list(dict.fromkeys(grp.producers))
     for grp in w.g.groups.values():
         grp.before = {name: [(w.g.get(gid), per) for gid, per in segs] for name, segs in grp.before.items()}
+        grp.out_before = {name: [[(w.g.get(gid), per) for gid, per in segs] for segs in at]
+                          for name, at in grp.out_before.items()}
         grp.repeats = {name: [[(w.g.get(gid), per) for gid, per in segs] for segs in reads]
                        for name, reads in grp.repeats.items()}
     return sorted(w.g.groups.values(), key=lambda grp: grp.id)

@@ -13,11 +13,13 @@ carries a constant, folded by the harvest).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 
 import torch
 from torch import fx, nn
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from .norm import GRN, GroupNormWithRemoved, NormWithRemoved, ResponseNormWithRemoved, norm_axis
 from .rules import (elementwise_rule, function_rule, module_rule, register_function_rule, register_module_rule,
@@ -516,8 +518,13 @@ def mean(w, node, m) -> None:
 @function_rule(getattr, operator.getitem, "size", "dim")
 def indexing(w, node, m) -> None:
     """Basic indexing that leaves the channel axis whole (ViT's x[:, 0], Swin's x[:, 0::2, 0::2, :])
-    carries the channels on; any other indexing of a channel-carrying tensor blocks."""
+    carries the channels on; any other indexing of a channel-carrying tensor blocks. One part of a
+    torch.split / chunk carries that part's channels."""
     x = w.first(node)
+    if x in w.parts and node.target is operator.getitem and isinstance(node.args[1], int):
+        w.label[node], w.axis[node] = w.parts[x][node.args[1]]
+        w.shifted[node] = w.shifted.get(x)
+        return
     if x in w.label and node.target is operator.getitem and w.ndim(node) is not None:
         k = _index_axis(node.args[1], w.ndim(x), w.axis[x], x.meta["tensor_meta"].shape[w.axis[x]])
         if k is not None:
@@ -594,14 +601,70 @@ def _binary(w, node, kind: str) -> None:
         w.block(node, f"{kind} {node.name} of a channel tensor and an untracked tensor")
 
 
+def _cut_at(w, segs, bounds: set[int]) -> tuple:
+    """`segs` with every segment that a boundary (a channel position) falls inside split there."""
+    out, at, rest = [], 0, list(segs)
+    while rest:
+        rest = list(w.resolve(rest))  # an earlier split may have split a group met again here
+        gid, per = rest.pop(0)
+        size = w.g.get(gid).size
+        inside = sorted(b - at for b in bounds if at < b < at + size * per)
+        if inside and per == 1:
+            out += [(q, per) for q in w.split(gid, [b - a for a, b in zip([0, *inside], [*inside, size])])]
+        else:
+            out.append((gid, per))
+        at += size * per
+    return w.resolve(out)
+
+
+def _bounds(w, segs) -> set[int]:
+    at, out = 0, set()
+    for gid, per in segs:
+        at += w.g.get(gid).size * per
+        out.add(at)
+    return out
+
+
 def _merge(w, node, a, b):
-    """A residual add: the operands' channels are the same channels, segment by segment."""
+    """A residual add: the operands' channels are the same channels, segment by segment. Segments
+    that split the channels at different places (GhostNet: a group beside its own copy, added to
+    one group as wide as both) are split to match first."""
     g = w.g
+    if len(a) != len(b) or any(g.get(x).size != g.get(y).size or p != q for (x, p), (y, q) in zip(a, b)):
+        total = [sum(g.get(x).size * p for x, p in side) for side in (a, b)]
+        if total[0] == total[1] and all(p == 1 for _, p in (*a, *b)):
+            bounds = _bounds(w, a) | _bounds(w, b)
+            try:
+                for _ in range(3):  # splitting one side can split a group the other side holds too
+                    a, b = _cut_at(w, a, bounds), _cut_at(w, b, bounds)
+                    a, b = w.resolve(a), w.resolve(b)
+            except ValueError:
+                pass
     if len(a) != len(b) or any(g.get(x).size != g.get(y).size or p != q for (x, p), (y, q) in zip(a, b)):
         for gid, _ in (*a, *b):
             g.get(gid).blockers.append(f"add {node.name} of differently concatenated tensors")
         return a
     return tuple((g.merge(x, y), p) for (x, p), (y, _) in zip(a, b))
+
+
+@function_rule(torch.split, "split", torch.chunk, "chunk", torch.tensor_split, "tensor_split", torch.unbind,
+               "unbind")
+def split(w, node, m) -> None:
+    """torch.split / chunk / unbind along another axis than the channels' (q, k, v apart): each part
+    carries all the channels. Along the channel axis it blocks: the sizes it splits at are written in
+    the model's code (MixNet's `self.splits`) or equal by construction (chunk), so a cut of the
+    parts would no longer match them."""
+    x = w.first(node)
+    if x not in w.label:
+        return
+    metas = node.meta.get("tensor_meta")
+    dim = node.args[1] if node.target in (torch.unbind, "unbind") else node.args[2] if len(node.args) > 2 else None
+    dim = node.kwargs.get("dim", 0 if dim is None else dim)
+    if isinstance(metas, (tuple, list)) and isinstance(dim, int) and dim % w.ndim(x) != w.axis[x]:
+        axis = w.axis[x] - (node.target in (torch.unbind, "unbind") and dim % w.ndim(x) < w.axis[x])
+        w.parts[node] = [(w.label[x], axis)] * len(metas)
+    else:
+        w.block(node, f"split {node.name} along the channel axis")
 
 
 @function_rule(torch.cat, torch.concat, torch.concatenate, "cat")

@@ -99,7 +99,9 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor, c
 
 def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
     for name in group.producers:
-        m, rows = model.get_submodule(name), group.rows(name, keep)
+        m = model.get_submodule(name)
+        rows = group.rows(name, keep) if name in group.layout else \
+            _span(m.weight.shape[0], group.out_offsets(name), group.size, keep)  # other groups' rows stay
         m.weight = _index(m.weight, rows, 0)
         if m.bias is not None:
             m.bias = _index(m.bias, rows, 0)
