@@ -382,3 +382,27 @@ def test_split_along_the_channels_blocks_and_along_another_axis_carries_them():
     assert next(g for g in groups if "c" in g.producers).prunable
     cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
     assert cut == 1 and diff < 1e-5
+
+
+def test_a_split_carries_the_shift_and_a_tuple_handed_on_blocks():
+    """Review findings: a part of a split of sigmoid channels still carries the constant; a split
+    tuple passed whole to another module escapes the walk, so it blocks."""
+    class SplitShift(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            top, _ = torch.sigmoid(self.a(x)).chunk(2, dim=2)
+            return self.head(top)
+
+    class TupleOn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.id, self.head = nn.Conv2d(3, 4, 1), nn.Identity(), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.id(self.a(x).chunk(2, dim=2))[0])
+    x = torch.randn(2, 3, 4, 4)
+    assert next(g for g in channel_groups(SplitShift(), x) if "a" in g.producers).shifts
+    assert not next(g for g in channel_groups(TupleOn(), x) if "a" in g.producers).prunable

@@ -212,7 +212,9 @@ def response_norm(w, node, m) -> None:
     x = w.first(node)
     if x not in w.label:
         return
-    if w.axis[x] == m.channel_dim % w.ndim(x) and all(per == 1 for _, per in w.label[x]):
+    if w.shifted.get(x):  # a removed channel's constant would stay, and count in the mean
+        w.block(node, f"{node.target} (global response norm) reads channels that carry {w.shifted[x]}")
+    elif w.axis[x] == m.channel_dim % w.ndim(x) and all(per == 1 for _, per in w.label[x]):
         w.join(node.target, w.label[x], "passthrough")
         w.follow(node, x, reset=True)
     else:
@@ -261,7 +263,11 @@ def functional_group_norm(w, node, m) -> None:
     owner = next(iter(owners)) if len(owners) == 1 else None
     groups = node.args[1] if len(node.args) > 1 else node.kwargs.get("num_groups")
     gn = w.modules.get(owner) if owner is not None else None
-    if isinstance(gn, nn.GroupNorm) and groups == gn.num_groups:
+    stack = node.meta.get("nn_module_stack") or {}
+    inside_owner = next(reversed(stack), None) == owner  # called in its own forward, not by a parent
+    plain = type(gn).forward is nn.GroupNorm.forward or \
+        f"{type(gn).__module__}.{type(gn).__qualname__}" in ("timm.layers.norm.GroupNorm", "timm.layers.norm.GroupNorm1")
+    if isinstance(gn, nn.GroupNorm) and groups == gn.num_groups and inside_owner and plain:
         groupnorm(w, node, gn, name=owner)
     elif w.first(node) in w.label:
         w.block(node, f"{node.name}: a functional group norm whose parameters belong to no GroupNorm of "
@@ -660,9 +666,12 @@ def split(w, node, m) -> None:
     metas = node.meta.get("tensor_meta")
     dim = node.args[1] if node.target in (torch.unbind, "unbind") else node.args[2] if len(node.args) > 2 else None
     dim = node.kwargs.get("dim", 0 if dim is None else dim)
-    if isinstance(metas, (tuple, list)) and isinstance(dim, int) and dim % w.ndim(x) != w.axis[x]:
+    by_index = all(u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)
+                   for u in node.users)  # the tuple itself handed on would escape the walk
+    if by_index and isinstance(metas, (tuple, list)) and isinstance(dim, int) and dim % w.ndim(x) != w.axis[x]:
         axis = w.axis[x] - (node.target in (torch.unbind, "unbind") and dim % w.ndim(x) < w.axis[x])
         w.parts[node] = [(w.label[x], axis)] * len(metas)
+        w.shifted[node] = w.shifted.get(x)
     else:
         w.block(node, f"split {node.name} along the channel axis")
 

@@ -31,7 +31,13 @@ def harvest(model: nn.Module, input_shape: tuple[int, ...], round_to: int = 1) -
     widths = {g.producers[0]: g.size for g in groups if g.producers}
     whole = {g.producers[0]: g.blockers[0] for g in groups if g.producers and not g.prunable and g.blockers}
     uncut = copy.deepcopy(model.eval())
-    result = harvest_channels(model, groups, input_shape, round_to)
+    try:
+        result = harvest_channels(model, groups, input_shape, round_to)
+    except Exception as e:  # a rule met a case the cut cannot follow: refuse, keep the model as it was
+        model.__dict__.update(uncut.__dict__)
+        return {"keep": {}, "skipped": f"the channel cut failed ({type(e).__name__}: "
+                                       f"{(str(e).splitlines() or [''])[0][:160]}); left uncut", "whole": whole,
+                **before, **model_sizes(model, input_shape, "after")}
     keep = result.keep
     if keep:
         differs = cut_differs(uncut, model, input_shape)
