@@ -418,6 +418,13 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
                 grp.blockers.append(f"{name} writes the same channels twice")
             grp.out_before[name] = [list(segs[:i]) for i in at]
             grp.producers = list(dict.fromkeys(grp.producers))
+    firsts = [g.producers[0] for g in w.g.groups.values() if g.producers]
+    for grp in w.g.groups.values():
+        if grp.producers and firsts.count(grp.producers[0]) > 1:  # parts of a split group left apart
+            grp.blockers.append(f"{grp.producers[0]} writes parts of one group that stay apart (not cut yet)")
+        targets = [t for t, _ in grp.parameters]
+        if len(set(targets)) < len(targets):  # a parameter over the same channels twice: one offset each
+            grp.blockers.append(f"parameter {targets[0]} reads these channels more than once (not cut yet)")
     for grp in w.g.groups.values():
         grp.before = {name: [(w.g.get(gid), per) for gid, per in segs] for name, segs in grp.before.items()}
         grp.out_before = {name: [[(w.g.get(gid), per) for gid, per in segs] for segs in at]

@@ -644,8 +644,8 @@ def _merge(w, node, a, b):
                 for _ in range(3):  # splitting one side can split a group the other side holds too
                     a, b = _cut_at(w, a, bounds), _cut_at(w, b, bounds)
                     a, b = w.resolve(a), w.resolve(b)
-            except ValueError:
-                pass
+            except ValueError:  # one side split, the other could not be: both as they are now
+                a, b = w.resolve(a), w.resolve(b)
     if len(a) != len(b) or any(g.get(x).size != g.get(y).size or p != q for (x, p), (y, q) in zip(a, b)):
         for gid, _ in (*a, *b):
             g.get(gid).blockers.append(f"add {node.name} of differently concatenated tensors")
