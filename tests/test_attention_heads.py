@@ -11,10 +11,9 @@ from torch import nn
 from compress.structured import channel_groups, remove_channels
 from compress.structured.importance import channel_importance
 from compress.structured.ops import qkv_attention
-from compress.structured.rules import MODULE_RULES, register_module_rule
 from compress.structured.structure import harvest
 
-from test_channel_rules import _randomise_norms, cut_vs_masked
+from test_channel_rules import _randomise_norms, cut_vs_masked, registered
 
 
 def _heads(groups):
@@ -94,28 +93,18 @@ def test_a_users_attention_gets_head_cuts_once_registered():
     torch.manual_seed(0)
     model, x = TinyTransformer(), torch.randn(2, 5, 6)
     assert not _heads(channel_groups(model, x))  # the reshape into heads blocks: nothing about heads is known
-    saved = dict(MODULE_RULES)
-    try:
-        register_module_rule(MyAttention, qkv_attention)
+    with registered(MyAttention, qkv_attention):
         heads = _heads(channel_groups(model, x))
         assert [g.size for g in heads] == [4]
         cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
-    finally:
-        MODULE_RULES.clear()
-        MODULE_RULES.update(saved)
     assert cut == 2 and diff < 1e-5  # the residual stream and the heads
 
 
 def test_a_heads_importance_sums_its_q_k_and_v_rows():
     torch.manual_seed(0)
     model, x = TinyTransformer(), torch.randn(2, 5, 6)
-    saved = dict(MODULE_RULES)
-    try:
-        register_module_rule(MyAttention, qkv_attention)
+    with registered(MyAttention, qkv_attention):
         group = _heads(channel_groups(model, x))[0]
-    finally:
-        MODULE_RULES.clear()
-        MODULE_RULES.update(saved)
     w = model.attn.qkv.weight.detach()
     want = torch.stack([sum(w[s * 32 + h * 8: s * 32 + (h + 1) * 8].abs().sum() for s in range(3))
                         for h in range(4)])
@@ -144,15 +133,10 @@ def test_greg_filter_mode_penalises_a_picked_head_on_all_its_q_k_v_rows():
 
     torch.manual_seed(0)
     model = TinyTransformer()
-    saved = dict(MODULE_RULES)
-    try:
-        register_module_rule(MyAttention, qkv_attention)
+    with registered(MyAttention, qkv_attention):
         pruner = GRegPruner(GRegOptions(variant=1, granularity="filter", sparsity=0.5, pick_after=0.0,
                                         update_reg_interval=1, reg_granularity_prune=0.25, reg_upper_limit=1.0))
         pruner.attach(model, ["embed", "attn.qkv"], TrainPlan(1, 20, lambda s: 0.1, (5, 6)))
-    finally:
-        MODULE_RULES.clear()
-        MODULE_RULES.update(saved)
     pruner.begin_epoch(0)
     assert "attn.qkv" in pruner.units
     for p in model.parameters():

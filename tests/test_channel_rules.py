@@ -1,6 +1,7 @@
 """Channel rules on models nobody here tuned for: shared weights, a module called twice, functional
 norms, per-channel ops, optional forward arguments, a user's own module with a registered rule.
 Every cut is compared with the masked model on random (seeded) keep sets; shared uses must block."""
+import contextlib
 import copy
 
 import pytest
@@ -9,7 +10,8 @@ from torch import nn
 
 from compress.structured import channel_groups, remove_channels, zero_channels
 from compress.structured.budget import keep_count
-from compress.structured.rules import MODULE_RULES, register_channelwise, register_elementwise
+from compress.structured.rules import (MODULE_RULES, register_channelwise, register_elementwise,
+                                      register_module_rule)
 
 
 def random_keep(group, ratio, gen):
@@ -39,6 +41,18 @@ def cut_vs_masked(model, x, ratio=0.4, seed=0):
     with torch.no_grad():
         want, got = masked(x), smaller(x)
     return cut, float((got - want).abs().max() / want.abs().max().clamp_min(1e-6)), groups
+
+
+@contextlib.contextmanager
+def registered(cls, rule):
+    """`rule` registered for `cls` inside the block; the registry as it was after it."""
+    saved = dict(MODULE_RULES)
+    register_module_rule(cls, rule)
+    try:
+        yield
+    finally:
+        MODULE_RULES.clear()
+        MODULE_RULES.update(saved)
 
 
 def blockers(groups, producer):

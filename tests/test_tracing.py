@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from compress.structured import channel_groups
-from compress.structured.rules import MODULE_RULES, register_elementwise
+from compress.structured.rules import elementwise_rule
 from compress.structured.structure import harvest
 
-from test_channel_rules import blockers, cut_vs_masked
+from test_channel_rules import blockers, cut_vs_masked, registered
 
 
 class ShapeBranch(nn.Module):
@@ -135,15 +135,10 @@ def test_the_harvest_refuses_a_cut_that_changes_the_output():
     torch.manual_seed(0)
     model = LyingRule().eval()
     _dead(model.c1, 3)
-    saved = dict(MODULE_RULES)
-    try:
-        register_elementwise(ChannelFlip)
+    with registered(ChannelFlip, elementwise_rule):
         assert next(g for g in channel_groups(model, torch.zeros(2, 3, 6, 6)) if "c1" in g.producers).prunable
         before = copy.deepcopy(model)
         record = harvest(model, (3, 6, 6))
-    finally:
-        MODULE_RULES.clear()
-        MODULE_RULES.update(saved)
     assert record["keep"] == {} and "changed the model's output" in record["skipped"]
     assert model.c1.out_channels == 8 and model.c2.in_channels == 8
     x = torch.randn(2, 3, 6, 6)
@@ -302,13 +297,8 @@ def test_the_harvest_refuses_a_cut_the_models_own_code_cannot_run():
     torch.manual_seed(0)
     model = UsesFixedWidth().eval()
     _dead(model.c1, 2)
-    saved = dict(MODULE_RULES)
-    try:
-        register_elementwise(FixedWidth)
+    with registered(FixedWidth, elementwise_rule):
         record = harvest(model, (3, 4, 4))
-    finally:
-        MODULE_RULES.clear()
-        MODULE_RULES.update(saved)
     assert record["keep"] == {} and "the cut model fails: RuntimeError" in record["skipped"]
     assert model.c1.out_channels == 8 and model(torch.randn(2, 3, 4, 4)).shape == (2, 4, 4, 4)
 
