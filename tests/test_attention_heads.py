@@ -3,6 +3,7 @@ whole heads (q, k, v rows and proj columns, num_heads, Swin's relative position 
 a user's own fused-qkv attention does once registered with the same rule. Every cut is compared
 with the masked model; a dead head is harvested."""
 import copy
+import types
 
 import timm  # the [test] extra installs it
 import torch
@@ -41,6 +42,25 @@ def test_a_cut_attention_counts_its_heads():
     assert attn.num_heads == 2 and attn.attn_dim == 128
     assert attn.qkv.out_features == 3 * 128 and attn.proj.in_features == 128
     assert model(x).shape == (2, 5)
+
+
+def test_an_attention_reshaping_heads_to_its_input_width_keeps_its_heads():
+    """Older timm reshaped the heads' output to the input's width C (no attn_dim): a head cut would break
+    that reshape, so those heads are not a group."""
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    def older_forward(self, x, attn_mask=None, is_causal=False):  # timm before attn_dim existed
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.proj(nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+    for block in model.blocks:
+        del block.attn.attn_dim
+        block.attn.forward = types.MethodType(older_forward, block.attn)
+    groups = channel_groups(model, x)
+    assert not _heads(groups)
+    why = [b for g in groups for b in g.blockers if "attention layout this rule does not know" in b]
+    assert any("blocks.0.attn" in b for b in why), why
 
 
 def test_swin_heads_take_their_relative_position_bias_columns():

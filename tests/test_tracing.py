@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.structured import channel_groups
+from compress.structured import channel_groups, remove_channels
 from compress.structured.rules import elementwise_rule
 from compress.structured.structure import harvest
 
@@ -107,6 +107,36 @@ def test_a_branch_on_values_keeps_that_module_whole_naming_it():
 def test_a_branch_on_values_in_the_models_own_forward_is_a_one_line_refusal():
     with pytest.raises(ValueError, match="cannot trace ValueBranch with torch.fx"):
         channel_groups(ValueBranch(), torch.randn(2, 3, 4, 4))
+
+
+class CountBranch(nn.Module):
+    """Code that reads a channel count to choose its way: a cut would send it the other way."""
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.other = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1), nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        if x.size(1) == 16:
+            return self.c2(x)
+        return self.other(x) * 5
+
+
+def test_a_branch_on_a_channel_count_keeps_those_channels():
+    groups = channel_groups(CountBranch(), torch.randn(2, 3, 8, 8))
+    assert any("branches on the channel count" in b for b in blockers(groups, "c1")), blockers(groups, "c1")
+    # a branch on the spatial size (ShapeBranch) reads no channel count: nothing blocked for it
+    groups = channel_groups(ShapeBranch(), torch.randn(2, 3, 16, 16))
+    assert not any("branches" in b for g in groups for b in g.blockers)
+
+
+def test_a_branch_on_a_shape_that_depends_on_values_is_not_taken_from_the_example():
+    class CountPositive(nn.Module):
+        def forward(self, x):
+            return x * 2 if x[x > 0].shape[0] > 10 else x
+
+    with pytest.raises(ValueError, match="cannot trace CountPositive"):
+        channel_groups(CountPositive(), torch.randn(2, 3, 4, 4))
 
 
 def test_same_padding_and_upsampling_pass_channels_through():
@@ -301,6 +331,41 @@ def test_the_harvest_refuses_a_cut_the_models_own_code_cannot_run():
         record = harvest(model, (3, 4, 4))
     assert record["keep"] == {} and "the cut model fails: RuntimeError" in record["skipped"]
     assert model.c1.out_channels == 8 and model(torch.randn(2, 3, 4, 4)).shape == (2, 4, 4, 4)
+
+
+def test_an_undone_cut_leaves_every_layer_and_parameter_object_in_place():
+    """References held elsewhere (an optimizer, a user's handle on a layer) still point into the model."""
+    torch.manual_seed(0)
+    model = UsesFixedWidth().train()
+    _dead(model.c1, 2)
+    layer, weight, params = model.c1, model.c1.weight, list(model.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with registered(FixedWidth, elementwise_rule):
+        assert harvest(model, (3, 4, 4))["keep"] == {}
+    assert model.c1 is layer and model.c1.weight is weight and list(model.parameters()) == params
+    assert weight.shape == (8, 3, 1, 1) and model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_failed_remove_channels_restores_a_parameter_of_the_root_module():
+    class RootToken(nn.Module):  # a parameter on the model itself (ViT's cls_token), then a cut that fails
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+            self.scale = nn.Parameter(torch.randn(1, 8, 1, 1))
+
+        def forward(self, x):
+            return self.c2(self.c1(x) * self.scale)
+
+    torch.manual_seed(0)
+    model = RootToken()
+    group = next(g for g in channel_groups(model, torch.randn(2, 3, 4, 4)) if g.producers == ["c1"])
+    assert ("scale", 1) in group.parameters
+    scale, c2_weight = model.scale.clone(), model.c2.weight
+    group.consumers = [("c2", 3)]  # c2 said to read 3 inputs per channel: its cut fails after the root's
+    with pytest.raises((IndexError, RuntimeError)):
+        remove_channels(model, group, torch.tensor([0, 1, 2]))
+    assert torch.equal(model.scale, scale) and model.c2.weight is c2_weight and model.c1.out_channels == 8
 
 
 class Ghost(nn.Module):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -162,11 +163,14 @@ class _Tracer(fx.Tracer):
         self.opaque_types, self.opaque_paths = opaque_types, opaque_paths
         self.inside: list[nn.Module] = []
         self.example, self.evaluating = example, False
+        self.value_shaped: dict = {}  # node -> whether its shape depends on tensor values (memo)
+        # (tensor node, the dims a branch read, None for all): the walk blocks a channel axis read there
+        self.branch_reads: list[tuple[fx.Node, tuple[int, ...] | None]] = []
 
     def to_bool(self, obj: fx.Proxy) -> bool:
         """A branch on tensor shapes only (`if x.shape[-1] < self.input_size`) takes the way the example
         input takes, as torch.export specialises; a branch on tensor values still fails the trace."""
-        if self.example is None or not shape_only(obj.node):
+        if self.example is None or not shape_only(obj.node, self.value_shaped):
             return super().to_bool(obj)
         needed, todo = set(), [obj.node]
         while todo:
@@ -174,6 +178,7 @@ class _Tracer(fx.Tracer):
             if n not in needed:
                 needed.add(n)
                 todo.extend(n.all_input_nodes)
+        self.branch_reads += [r for r in _dims_read(needed) if r not in self.branch_reads]
         g, env = fx.Graph(), {}
         for n in self.graph.nodes:
             if n in needed:
@@ -204,6 +209,21 @@ class _Tracer(fx.Tracer):
         return out
 
 
+def _dims_read(nodes: set[fx.Node]) -> list[tuple[fx.Node, tuple[int, ...] | None]]:
+    """The tensors among `nodes`' shape reads and which dims of each are read (None: maybe any).
+    A rank read (`.dim()`, `.ndim`) reads no dim."""
+    out = []
+    for n in nodes:
+        if n.op == "call_method" and n.target == "size" and isinstance(n.args[0], fx.Node):
+            d = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+            out.append((n.args[0], (d,) if isinstance(d, int) else None))
+        elif n.op == "call_function" and n.target is getattr and n.args[1] == "shape":
+            users = [u for u in n.users if u in nodes]
+            ints = [u.args[1] for u in users if u.target is operator.getitem and isinstance(u.args[1], int)]
+            out.append((n.args[0], tuple(ints) if len(ints) == len(users) else None))
+    return out
+
+
 _MAX_OPAQUE = 32  # modules made opaque before a model counts as untraceable
 
 
@@ -220,7 +240,9 @@ def _fx_trace(model: nn.Module, concrete: dict, example: torch.Tensor) -> tuple[
     while True:
         tracer = _Tracer(opaque_types, opaque_paths, example)
         try:
-            return fx.GraphModule(model, tracer.trace(model, concrete_args=concrete or None)), why
+            traced = fx.GraphModule(model, tracer.trace(model, concrete_args=concrete or None))
+            traced.meta["branch_reads"] = tracer.branch_reads
+            return traced, why
         except Exception as e:
             culprit = next((m for m in reversed(tracer.inside) if id(m) in paths and paths[id(m)]), None)
             if culprit is None or len(why) >= _MAX_OPAQUE or type(culprit) in opaque_types:
@@ -390,6 +412,7 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
         raise ValueError(f"channel graph of {type(model).__name__}: {type(e).__name__}: "
                          f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
     _block_shared(w, traced, model)
+    _block_branch_reads(w, traced)
     for name, segs in w.members.items():  # the same channels twice in one input
         roots = [w.g.find(gid) for gid, _ in segs]
         for r in {r for r in roots if roots.count(r) > 1}:
@@ -471,6 +494,18 @@ def _opaque(traced: fx.GraphModule, path: str, m: nn.Module) -> str | None:
     """Why the module at `path` was kept whole for fx (its forward is untraceable), or None."""
     opaque = traced.meta.get("opaque") or {}
     return opaque.get(path) or opaque.get(type(m))
+
+
+def _block_branch_reads(w: Walk, traced: fx.GraphModule) -> None:
+    """A branch (or assert) in the model's code that read a channel count took the example's way; after a
+    cut it could take another, so the channels it read stay."""
+    for node, dims in traced.meta.get("branch_reads", ()):
+        if node not in w.label:
+            continue
+        ndim = w.ndim(node)
+        if dims is None or ndim is None or w.axis[node] in {d % ndim for d in dims}:
+            for gid, _ in w.label[node]:
+                w.g.get(gid).blockers.append(f"the model's code branches on the channel count of {node.name}")
 
 
 def _block_shared(w: Walk, traced: fx.GraphModule, model: nn.Module) -> None:

@@ -36,11 +36,17 @@ F = nn.functional
 
 
 _SHAPE_READS = {("call_method", "size"), ("call_method", "dim"), ("call_function", getattr)}
+# ops whose output shape depends on the values of their input (how many are nonzero, unique, selected)
+_VALUE_SHAPED = {torch.nonzero, torch.masked_select, torch.unique, torch.unique_consecutive, torch.argwhere,
+                 torch.repeat_interleave, "nonzero", "masked_select", "unique", "unique_consecutive", "argwhere",
+                 "repeat_interleave"}
 
 
-def shape_only(node: fx.Node) -> bool:
+def shape_only(node: fx.Node, memo: dict | None = None) -> bool:
     """Whether `node` is computed from tensor shapes alone: every path back to a tensor goes through
-    a shape read (`.shape`, `.size()`, `.dim()`) and only arithmetic and comparisons follow it."""
+    a shape read (`.shape`, `.size()`, `.dim()`) and only arithmetic and comparisons follow it, and
+    no shape read reads a tensor whose shape depends on values (`x[x > 0].shape`)."""
+    memo = {} if memo is None else memo
     todo, seen = [node], set()
     while todo:
         n = todo.pop()
@@ -50,6 +56,9 @@ def shape_only(node: fx.Node) -> bool:
         if (n.op, n.target) in _SHAPE_READS:
             if n.target is getattr and n.args[1] not in ("shape", "ndim"):
                 return False
+            rank_only = n.target == "dim" or n.target is getattr and n.args[1] == "ndim"
+            if not rank_only and isinstance(n.args[0], fx.Node) and value_shaped(n.args[0], memo):
+                return False
             continue
         arithmetic = n.op == "call_function" and getattr(n.target, "__module__", None) in ("_operator", "math") \
             or n.target in (min, max, abs, int, len)
@@ -57,6 +66,38 @@ def shape_only(node: fx.Node) -> bool:
             return False
         todo.extend(n.all_input_nodes)
     return True
+
+
+def value_shaped(node: fx.Node, memo: dict) -> bool:
+    """Whether the shape of `node`'s tensor can depend on tensor values: somewhere upstream it comes from
+    nonzero / masked_select / unique / one-argument where, or indexing with a computed tensor."""
+    stack = [node]
+    while stack:
+        n = stack[-1]
+        if n in memo:
+            stack.pop()
+            continue
+        pending = [a for a in n.all_input_nodes if a not in memo]
+        if pending:
+            stack.extend(pending)
+            continue
+        stack.pop()
+        memo[n] = any(memo[a] for a in n.all_input_nodes) or _makes_value_shape(n, memo)
+    return memo[node]
+
+
+def _makes_value_shape(n: fx.Node, memo: dict) -> bool:
+    if n.op not in ("call_function", "call_method"):
+        return False
+    if n.target in _VALUE_SHAPED:
+        return True
+    if n.target in (torch.where, "where") and len(n.args) + len(n.kwargs) == 1:
+        return True
+    if n.target is operator.getitem and isinstance(n.args[0], fx.Node):
+        nodes: list[fx.Node] = []
+        fx.node.map_arg(n.args[1], nodes.append)
+        return any(i.op != "get_attr" and not shape_only(i, memo) for i in nodes)
+    return False
 
 
 # --- producers ---------------------------------------------------------------------------------
@@ -105,9 +146,11 @@ def linear(w, node, m, name: str | None = None) -> None:
     w.start(node, m.out_features, producer=name, axis=w.ndim(node) - 1)
 
 
-# attention with a fused qkv Linear (rows [3, heads, head_dim]) and an output projection `proj`
-QKV_ATTENTION = ("timm.layers.attention.Attention", "timm.models.vision_transformer.Attention",
-                 "timm.models.swin_transformer.WindowAttention")
+# attention with a fused qkv Linear (rows [3, heads, head_dim]) and an output projection `proj`; the
+# first two reshape the heads' output to `attn_dim` only in newer timm (older ones to the input's width,
+# which a cut breaks): without an int attn_dim they block. Swin's reshapes to -1.
+QKV_ATTENTION = {"timm.layers.attention.Attention": True, "timm.models.vision_transformer.Attention": True,
+                 "timm.models.swin_transformer.WindowAttention": False}
 
 
 def qkv_attention(w, node, m) -> None:
@@ -121,7 +164,8 @@ def qkv_attention(w, node, m) -> None:
     qkv, proj, heads = getattr(m, "qkv", None), getattr(m, "proj", None), getattr(m, "num_heads", None)
     ok = isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(heads, int) and heads > 0 \
         and qkv.out_features % (3 * heads) == 0 and proj.in_features == qkv.out_features // 3 \
-        and all(isinstance(getattr(m, a, None), (type(None), nn.Identity)) for a in ("norm", "gate"))
+        and all(isinstance(getattr(m, a, None), (type(None), nn.Identity)) for a in ("norm", "gate")) \
+        and (isinstance(getattr(m, "attn_dim", None), int) or not QKV_ATTENTION.get(_qualname(m), False))
     if not ok or (x in w.label and w.axis[x] != w.ndim(x) - 1):
         why = f"{name} ({type(m).__name__}): an attention layout this rule does not know"
         w.block(node, why)
@@ -146,6 +190,10 @@ def qkv_attention(w, node, m) -> None:
 
 for _name in QKV_ATTENTION:
     register_module_rule_by_name(_name, qkv_attention)
+
+
+def _qualname(m: nn.Module) -> str:
+    return f"{type(m).__module__}.{type(m).__qualname__}"
 
 
 @function_rule(F.linear, F.conv1d, F.conv2d, F.conv3d)

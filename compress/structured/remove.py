@@ -7,14 +7,13 @@ those channels carry exact zeros to every consumer.
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from .graph import CONV, ChannelGroup
 from .norm import (GroupNormWithRemoved, is_response_norm, keep_group_norm_channels, keep_norm_channels,
                    keep_response_norm_channels, norm_axis)
+from .undo import snapshot
 
 
 def _index(t: torch.Tensor, keep: torch.Tensor, dim: int) -> nn.Parameter | torch.Tensor:
@@ -86,13 +85,13 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor, c
         raise ValueError(f"group of {group.producers}: removed channels would carry a constant through "
                          f"{group.shifts[0]}; cut it with the harvest (which folds constants) or not at all")
     names = [*group.producers, *group.passthrough, *(n for n, _ in group.consumers),
-             *(t.rpartition(".")[0] for t, _ in group.parameters)]
-    saved = {n: copy.deepcopy(model.get_submodule(n)) for n in dict.fromkeys(names)}
+             *(t.rpartition(".")[0] for t, _ in group.parameters), *(path for path, _, _ in group.counters)]
+    # each module and its parent (a replaced norm is swapped in its parent's submodules)
+    restore = snapshot(model.get_submodule(p) for n in names for p in (n, n.rpartition(".")[0]))
     try:
         _cut(model, group, keep)
     except Exception:
-        for n, module in saved.items():  # never leave a half-cut model behind
-            model.set_submodule(n, module)
+        restore()  # never leave a half-cut model behind
         raise
     group.size = len(keep)
 

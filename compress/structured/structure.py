@@ -11,6 +11,7 @@ from ..flops import count_macs
 from .graph import channel_groups
 from .harvest import harvest_channels
 from .remove import remove_channels
+from .undo import snapshot
 
 
 def model_sizes(model: nn.Module, input_shape: tuple[int, ...], suffix: str) -> dict:
@@ -30,11 +31,13 @@ def harvest(model: nn.Module, input_shape: tuple[int, ...], round_to: int = 1) -
         return {"keep": {}, "skipped": str(e), **before, **model_sizes(model, input_shape, "after")}
     widths = {g.producers[0]: g.size for g in groups if g.producers}
     whole = {g.producers[0]: g.blockers[0] for g in groups if g.producers and not g.prunable and g.blockers}
-    uncut = copy.deepcopy(model.eval())
+    restore, training = snapshot(model.modules()), model.training
+    uncut = copy.deepcopy(model).eval()
+    model.eval()
     try:
         result = harvest_channels(model, groups, input_shape, round_to)
     except Exception as e:  # a rule met a case the cut cannot follow: refuse, keep the model as it was
-        model.__dict__.update(uncut.__dict__)
+        restore()
         return {"keep": {}, "skipped": f"the channel cut failed ({type(e).__name__}: "
                                        f"{(str(e).splitlines() or [''])[0][:160]}); left uncut", "whole": whole,
                 **before, **model_sizes(model, input_shape, "after")}
@@ -42,9 +45,10 @@ def harvest(model: nn.Module, input_shape: tuple[int, ...], round_to: int = 1) -
     if keep:
         differs = cut_differs(uncut, model, input_shape)
         if differs:  # a rule met a model it does not describe: refuse the cut rather than ship it
-            model.__dict__.update(uncut.__dict__)
+            restore()
             return {"keep": {}, "skipped": f"the channel cut changed the model's output ({differs}); "
                                            f"left uncut", "whole": whole, **before, **model_sizes(model, input_shape, "after")}
+    model.train(training)
     return {"keep": keep, "round_to": round_to, "biased": result.biased, "constant_channels_folded": result.folded,
             "widths": {p: (widths[p], len(k)) for p, k in keep.items()},
             "channels_removed": sum(widths[p] - len(k) for p, k in keep.items()),
