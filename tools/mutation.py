@@ -36,6 +36,14 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "magnitude": ("compress/pruners/magnitude.py", ["tests/test_magnitude.py", "tests/test_pruner_weights.py",
                                                    "tests/test_pruners.py"]),
     "remove": ("compress/structured/remove.py", ["tests/test_channel_correctness.py"]),
+    "lats": ("compress/pruners/lats.py", ["tests/test_pruners.py", "tests/test_pruner_weights.py",
+                                         "tests/test_methods.py"]),
+    "str": ("compress/pruners/str_reparam.py", ["tests/test_methods.py", "tests/test_pruner_weights.py"]),
+    "greg": ("compress/pruners/greg.py", ["tests/test_greg_rules.py", "tests/test_pruner_weights.py",
+                                         "tests/test_methods.py"]),
+    "gmp": ("compress/pruners/gmp.py", ["tests/test_pruner_weights.py", "tests/test_methods.py"]),
+    "movement": ("compress/pruners/movement.py", ["tests/test_movement.py"]),
+    "ops": ("compress/structured/ops.py", ["tests/test_channel_rules.py", "tests/test_tracing.py"]),
 }
 
 
