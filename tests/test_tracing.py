@@ -125,9 +125,18 @@ class CountBranch(nn.Module):
 def test_a_branch_on_a_channel_count_keeps_those_channels():
     groups = channel_groups(CountBranch(), torch.randn(2, 3, 8, 8))
     assert any("branches on the channel count" in b for b in blockers(groups, "c1")), blockers(groups, "c1")
-    # a branch on the spatial size (ShapeBranch) reads no channel count: nothing blocked for it
-    groups = channel_groups(ShapeBranch(), torch.randn(2, 3, 16, 16))
-    assert not any("branches" in b for g in groups for b in g.blockers)
+    # a branch on the spatial size reads no channel count: nothing blocked for it
+    class SpatialBranch(ShapeBranch):  # as timm's Conv2dSame reads it: x.size()[-2:]
+        def forward(self, x):
+            x = torch.relu(self.c1(x))
+            h, w = x.size()[-2:]
+            if max(h, w) > self.size:
+                x = nn.functional.adaptive_avg_pool2d(x, self.size)
+            return self.head(torch.relu(self.c2(x)).mean((2, 3)))
+
+    for model in (ShapeBranch(), SpatialBranch()):
+        groups = channel_groups(model, torch.randn(2, 3, 16, 16))
+        assert not any("branches" in b for g in groups for b in g.blockers), type(model).__name__
 
 
 def test_a_branch_on_a_shape_that_depends_on_values_is_not_taken_from_the_example():

@@ -165,7 +165,7 @@ class _Tracer(fx.Tracer):
         self.example, self.evaluating = example, False
         self.value_shaped: dict = {}  # node -> whether its shape depends on tensor values (memo)
         # (tensor node, the dims a branch read, None for all): the walk blocks a channel axis read there
-        self.branch_reads: list[tuple[fx.Node, tuple[int, ...] | None]] = []
+        self.branch_reads: list[tuple[fx.Node, tuple[int | slice, ...] | None]] = []
 
     def to_bool(self, obj: fx.Proxy) -> bool:
         """A branch on tensor shapes only (`if x.shape[-1] < self.input_size`) takes the way the example
@@ -209,18 +209,21 @@ class _Tracer(fx.Tracer):
         return out
 
 
-def _dims_read(nodes: set[fx.Node]) -> list[tuple[fx.Node, tuple[int, ...] | None]]:
+def _dims_read(nodes: set[fx.Node]) -> list[tuple[fx.Node, tuple[int | slice, ...] | None]]:
     """The tensors among `nodes`' shape reads and which dims of each are read (None: maybe any).
     A rank read (`.dim()`, `.ndim`) reads no dim."""
     out = []
     for n in nodes:
+        whole = n.op == "call_function" and n.target is getattr and n.args[1] == "shape"
         if n.op == "call_method" and n.target == "size" and isinstance(n.args[0], fx.Node):
             d = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
-            out.append((n.args[0], (d,) if isinstance(d, int) else None))
-        elif n.op == "call_function" and n.target is getattr and n.args[1] == "shape":
+            if isinstance(d, int):
+                out.append((n.args[0], (d,)))
+            whole = d is None
+        if whole:  # x.shape or x.size(): the items its users take (x.shape[-1], x.size()[-2:])
             users = [u for u in n.users if u in nodes]
-            ints = [u.args[1] for u in users if u.target is operator.getitem and isinstance(u.args[1], int)]
-            out.append((n.args[0], tuple(ints) if len(ints) == len(users) else None))
+            items = [u.args[1] for u in users if u.target is operator.getitem and isinstance(u.args[1], (int, slice))]
+            out.append((n.args[0], tuple(items) if len(items) == len(users) else None))
     return out
 
 
@@ -503,7 +506,9 @@ def _block_branch_reads(w: Walk, traced: fx.GraphModule) -> None:
         if node not in w.label:
             continue
         ndim = w.ndim(node)
-        if dims is None or ndim is None or w.axis[node] in {d % ndim for d in dims}:
+        read = None if dims is None or ndim is None else \
+            {j for d in dims for j in ([d % ndim] if isinstance(d, int) else range(ndim)[d])}
+        if read is None or w.axis[node] in read:
             for gid, _ in w.label[node]:
                 w.g.get(gid).blockers.append(f"the model's code branches on the channel count of {node.name}")
 
