@@ -82,3 +82,37 @@ def test_fine_tuning_reaches_the_target_on_digits(digits, pretrained, variant):
         assert max(per_layer.values()) - min(per_layer.values()) > 0.01  # one threshold, layers differ
     accuracy = evaluate(frozen, digits.test)[0]
     assert accuracy > dense_accuracy - 0.1, (accuracy, dense_accuracy)
+
+
+def test_options_accept_their_documented_ranges_and_refuse_outside():
+    """target_sparsity in [0, 1), start in [0, 1), end in (0, 1]; the defaults are 0.9 / 0.1 / 0.7."""
+    def parse_movement(**options):
+        return parse(PruneConfig, {"method": "movement", "movement": options}, "prune").movement
+
+    defaults = parse_movement()
+    assert (defaults.target_sparsity, defaults.start, defaults.end) == (0.9, 0.1, 0.7)
+    for ok in ({"target_sparsity": 0.0}, {"target_sparsity": 0.99}, {"start": 0.0}, {"start": 0.5},
+               {"end": 1.0}):
+        parse_movement(**ok)
+    for bad in ({"target_sparsity": 1.0}, {"target_sparsity": -0.1}, {"target_sparsity": 1.5}, {"start": 1.0},
+                {"start": -0.1}, {"end": 0.0}, {"frequency": 0}):
+        with pytest.raises(Exception, match="movement." + next(iter(bad)) + ": expected"):
+            parse_movement(**bad)
+
+
+def test_the_mask_changes_only_every_frequency_steps_from_start_and_at_end():
+    """20 steps, start 0.2 (step 4), end 0.6 (step 12), every 3 steps: the mask moves at steps 7, 10 and 12
+    (at step 4 the cubic schedule is still 0) and nowhere else; from step 12 on it holds the target."""
+    torch.manual_seed(0)
+    layer = nn.Linear(20, 10, bias=False)
+    model = nn.Sequential(layer)
+    pruner = MovementPruner(MovementOptions(target_sparsity=0.9, start=0.2, end=0.6, frequency=3))
+    pruner.attach(model, ["0"], TrainPlan(1, 20, lambda s: 0.1))
+    pruner.scores["0"] = torch.randn(10, 20)  # fixed scores: the mask follows the schedule alone
+    zeros, moved = [], []
+    for step in range(20):
+        pruner.after_step(step, 0.1)
+        zeros.append(int((layer.weight == 0).sum()))
+        if step and zeros[-1] != zeros[-2]:
+            moved.append(step)
+    assert moved == [7, 10, 12] and zeros[-1] == 180, (moved, zeros)
