@@ -122,9 +122,23 @@ class CountBranch(nn.Module):
         return self.other(x) * 5
 
 
+class CountAssert(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        b, c, h, w = x.shape
+        x = x.reshape(b, c, h * w).reshape(b, c, h, w)  # a reshape reading c is no branch
+        torch._assert(x.shape[1] == 16, "16 channels expected")
+        return self.c2(x)
+
+
 def test_a_branch_on_a_channel_count_keeps_those_channels():
-    groups = channel_groups(CountBranch(), torch.randn(2, 3, 8, 8))
-    assert any("branches on the channel count" in b for b in blockers(groups, "c1")), blockers(groups, "c1")
+    for model in (CountBranch(), CountAssert()):
+        groups = channel_groups(model, torch.randn(2, 3, 8, 8))
+        assert any("branches on the channel count" in b for b in blockers(groups, "c1")), blockers(groups, "c1")
     # a branch on the spatial size reads no channel count: nothing blocked for it
     class SpatialBranch(ShapeBranch):  # as timm's Conv2dSame reads it: x.size()[-2:]
         def forward(self, x):
@@ -134,7 +148,16 @@ def test_a_branch_on_a_channel_count_keeps_those_channels():
                 x = nn.functional.adaptive_avg_pool2d(x, self.size)
             return self.head(torch.relu(self.c2(x)).mean((2, 3)))
 
-    for model in (ShapeBranch(), SpatialBranch()):
+    class ReshapedThenBranch(ShapeBranch):  # the reshape upstream reads c; the branch only the width
+        def forward(self, x):
+            x = torch.relu(self.c1(x))
+            b, c, h, w = x.shape
+            x = x.reshape(b, c, h * w).reshape(b, c, h, w)
+            if x.shape[-1] > self.size:
+                x = nn.functional.adaptive_avg_pool2d(x, self.size)
+            return self.head(torch.relu(self.c2(x)).mean((2, 3)))
+
+    for model in (ShapeBranch(), SpatialBranch(), ReshapedThenBranch()):
         groups = channel_groups(model, torch.randn(2, 3, 16, 16))
         assert not any("branches" in b for g in groups for b in g.blockers), type(model).__name__
 

@@ -24,7 +24,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from . import ops  # noqa: F401  (registers the built-in rules)
 from .norm import NormWithRemoved
-from .ops import CONV, shape_only
+from .ops import CONV, SHAPE_READS, shape_only
 from .rules import FUNCTION_RULES, has_own_rule, rule_for_module
 
 __all__ = ["ChannelGroup", "channel_groups", "CONV"]
@@ -178,7 +178,7 @@ class _Tracer(fx.Tracer):
             if n not in needed:
                 needed.add(n)
                 todo.extend(n.all_input_nodes)
-        self.branch_reads += [r for r in _dims_read(needed) if r not in self.branch_reads]
+        self.branch_reads += [r for r in _dims_read(_condition(obj.node)) if r not in self.branch_reads]
         g, env = fx.Graph(), {}
         for n in self.graph.nodes:
             if n in needed:
@@ -207,6 +207,20 @@ class _Tracer(fx.Tracer):
         out = super().call_module(m, forward, args, kwargs)
         self.inside.pop()  # not reached when tracing fails inside m: `inside` then says where
         return out
+
+
+def _condition(node: fx.Node) -> set[fx.Node]:
+    """The nodes a shape-only condition is computed from, down to its shape reads (not the tensors
+    behind them, whose own computation may read other shapes)."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if (n.op, n.target) not in SHAPE_READS:
+            todo.extend(n.all_input_nodes)
+    return seen
 
 
 def _dims_read(nodes: set[fx.Node]) -> list[tuple[fx.Node, tuple[int | slice, ...] | None]]:
@@ -502,7 +516,11 @@ def _opaque(traced: fx.GraphModule, path: str, m: nn.Module) -> str | None:
 def _block_branch_reads(w: Walk, traced: fx.GraphModule) -> None:
     """A branch (or assert) in the model's code that read a channel count took the example's way; after a
     cut it could take another, so the channels it read stay."""
-    for node, dims in traced.meta.get("branch_reads", ()):
+    reads = list(traced.meta.get("branch_reads", ()))
+    for n in traced.graph.nodes:  # torch._assert stays in the graph (fx wraps it) instead of branching
+        if n.op == "call_function" and n.target is torch._assert and isinstance(n.args[0], fx.Node):
+            reads += _dims_read(_condition(n.args[0]))
+    for node, dims in reads:
         if node not in w.label:
             continue
         ndim = w.ndim(node)

@@ -35,7 +35,7 @@ POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPo
 F = nn.functional
 
 
-_SHAPE_READS = {("call_method", "size"), ("call_method", "dim"), ("call_function", getattr)}
+SHAPE_READS = {("call_method", "size"), ("call_method", "dim"), ("call_function", getattr)}
 # ops whose output shape depends on the values of their input (how many are nonzero, unique, selected)
 _VALUE_SHAPED = {torch.nonzero, torch.masked_select, torch.unique, torch.unique_consecutive, torch.argwhere,
                  torch.repeat_interleave, "nonzero", "masked_select", "unique", "unique_consecutive", "argwhere",
@@ -53,7 +53,7 @@ def shape_only(node: fx.Node, memo: dict | None = None) -> bool:
         if n in seen:
             continue
         seen.add(n)
-        if (n.op, n.target) in _SHAPE_READS:
+        if (n.op, n.target) in SHAPE_READS:
             if n.target is getattr and n.args[1] not in ("shape", "ndim"):
                 return False
             rank_only = n.target == "dim" or n.target is getattr and n.args[1] == "ndim"
