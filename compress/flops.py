@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from .modes import evaluating
+
 
 def _cpu_attention_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
     """QKᵀ and AV of the CPU attention kernel, which FlopCounterMode has no formula for."""
@@ -37,20 +39,17 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             hooks.append(module.register_forward_hook(hook(name)))
-    was_training = model.training
-    model.eval()
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         # eval-mode transformer layers would take a fused kernel that FlopCounterMode does not see
         torch.backends.mha.set_fastpath_enabled(False)
-        with counter:
+        with counter, evaluating(model):
             model(torch.zeros(1, *input_shape))
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for h in hooks:
             h.remove()
-        model.train(was_training)
     steps = int(getattr(model, "time_steps", 1) or 1)
     per_layer = {n: (d // steps, s // steps) for n, (d, s) in per_layer.items()}
     return {"dense": counter.get_total_flops() // 2 // steps, "sparse": sum(s for _, s in per_layer.values()),

@@ -162,13 +162,60 @@ def test_a_branch_on_a_channel_count_keeps_those_channels():
         assert not any("branches" in b for g in groups for b in g.blockers), type(model).__name__
 
 
-def test_a_branch_on_a_shape_that_depends_on_values_is_not_taken_from_the_example():
-    class CountPositive(nn.Module):
+def test_channel_counts_read_through_a_computed_dim_or_a_tensor_sized_by_them_block_too():
+    class ComputedDim(CountBranch):
         def forward(self, x):
-            return x * 2 if x[x > 0].shape[0] > 10 else x
+            x = torch.relu(self.c1(x))
+            return self.c2(x) if x.size(x.dim() - 3) == 16 else self.other(x) * 5
 
-    with pytest.raises(ValueError, match="cannot trace CountPositive"):
-        channel_groups(CountPositive(), torch.randn(2, 3, 4, 4))
+    class SizedByIt(CountBranch):
+        def forward(self, x):
+            x = torch.relu(self.c1(x))
+            return self.c2(x) if torch.arange(x.shape[1]).shape[0] == 16 else self.other(x) * 5
+
+    for model in (ComputedDim(), SizedByIt()):
+        groups = channel_groups(model, torch.randn(2, 3, 8, 8))
+        assert any("branches on the channel count" in b for b in blockers(groups, "c1")), type(model).__name__
+
+
+class ValueShaped(nn.Module):
+    """Branches on shapes that depend on values: the example's way says nothing about other inputs."""
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x):
+        if self.kind == "mask":
+            n = x[x > 0].shape[0]
+        elif self.kind == "bincount":
+            n = torch.bincount((x > 5).flatten().long()).shape[0]
+        else:  # a size given by a value
+            n = torch.arange(x.max().long() + 1).shape[0]
+        return x * 2 if n > 1 else x
+
+
+@pytest.mark.parametrize("kind", ["mask", "bincount", "arange"])
+def test_a_branch_on_a_shape_that_depends_on_values_is_not_taken_from_the_example(kind):
+    with pytest.raises(ValueError, match="cannot trace ValueShaped"):
+        channel_groups(ValueShaped(kind), torch.randn(2, 3, 4, 4))
+
+
+def test_tracing_and_harvest_leave_batchnorm_statistics_and_every_training_flag_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4))
+    model.train()
+    model[4].eval()  # a frozen BatchNorm inside a training model
+    _dead(model[0], 2)
+    with torch.no_grad():
+        model[1].bias[:2] = 0  # the dead channels stay zero through the BatchNorm
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    flags = [m.training for m in model.modules()]
+    channel_groups(model, torch.randn(2, 3, 8, 8))
+    record = harvest(model, (3, 8, 8))
+    assert record["keep"], record
+    assert [m.training for m in model.modules()] == flags
+    assert torch.equal(model[4].running_mean, stats["4.running_mean"])
+    assert int(model[1].num_batches_tracked) == int(stats["1.num_batches_tracked"])
 
 
 def test_same_padding_and_upsampling_pass_channels_through():

@@ -22,9 +22,10 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from ..modes import evaluating
 from . import ops  # noqa: F401  (registers the built-in rules)
 from .norm import NormWithRemoved
-from .ops import CONV, SHAPE_READS, shape_only
+from .ops import CONV, FACTORIES, SHAPE_READS, shape_only
 from .rules import FUNCTION_RULES, has_own_rule, rule_for_module
 
 __all__ = ["ChannelGroup", "channel_groups", "CONV"]
@@ -220,6 +221,9 @@ def _condition(node: fx.Node) -> set[fx.Node]:
         seen.add(n)
         if (n.op, n.target) not in SHAPE_READS:
             todo.extend(n.all_input_nodes)
+        elif isinstance(n.args[0], fx.Node) and n.args[0].target in FACTORIES:
+            # torch.arange(x.shape[1]).shape[0]: the shape read reads the sizes that made the tensor
+            todo.extend(a for a in n.args[0].all_input_nodes if shape_only(a))
     return seen
 
 
@@ -233,6 +237,8 @@ def _dims_read(nodes: set[fx.Node]) -> list[tuple[fx.Node, tuple[int | slice, ..
             d = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
             if isinstance(d, int):
                 out.append((n.args[0], (d,)))
+            elif d is not None:  # a dim computed while tracing (x.size(x.dim() - 3)): maybe any
+                out.append((n.args[0], None))
             whole = d is None
         if whole:  # x.shape or x.size(): the items its users take (x.shape[-1], x.size()[-2:])
             users = [u for u in n.users if u in nodes]
@@ -388,8 +394,14 @@ class Walk:
 
 
 def _trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
-    """`model` traced with torch.fx for one tensor input, its other forward arguments fixed at their
-    defaults (as a caller passing only the input gives them), shapes propagated from `example`."""
+    """`model` traced with torch.fx in eval mode (the graph that is deployed; running it leaves BatchNorm
+    statistics alone) for one tensor input, its other forward arguments fixed at their defaults (as a
+    caller passing only the input gives them), shapes propagated from `example`."""
+    with evaluating(model):
+        return _trace_eval(model, example)
+
+
+def _trace_eval(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     name = type(model).__name__
     try:
         params = list(inspect.signature(model.forward).parameters.values())
@@ -527,8 +539,10 @@ def _block_branch_reads(w: Walk, traced: fx.GraphModule) -> None:
         read = None if dims is None or ndim is None else \
             {j for d in dims for j in ([d % ndim] if isinstance(d, int) else range(ndim)[d])}
         if read is None or w.axis[node] in read:
+            why = f"the model's code branches on the channel count of {node.name}"
             for gid, _ in w.label[node]:
-                w.g.get(gid).blockers.append(f"the model's code branches on the channel count of {node.name}")
+                if why not in w.g.get(gid).blockers:
+                    w.g.get(gid).blockers.append(why)
 
 
 def _block_shared(w: Walk, traced: fx.GraphModule, model: nn.Module) -> None:

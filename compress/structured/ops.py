@@ -38,8 +38,14 @@ F = nn.functional
 SHAPE_READS = {("call_method", "size"), ("call_method", "dim"), ("call_function", getattr)}
 # ops whose output shape depends on the values of their input (how many are nonzero, unique, selected)
 _VALUE_SHAPED = {torch.nonzero, torch.masked_select, torch.unique, torch.unique_consecutive, torch.argwhere,
-                 torch.repeat_interleave, "nonzero", "masked_select", "unique", "unique_consecutive", "argwhere",
-                 "repeat_interleave"}
+                 torch.repeat_interleave, torch.bincount, torch.histc, F.one_hot, "nonzero", "masked_select",
+                 "unique", "unique_consecutive", "argwhere", "repeat_interleave", "bincount", "histc"}
+# new tensors whose shape is what their arguments say: torch.arange(n), x.new_zeros(n, m)
+FACTORIES = {torch.arange, torch.zeros, torch.ones, torch.empty, torch.full, torch.rand, torch.randn, torch.randint,
+             torch.linspace, torch.eye, "new_zeros", "new_ones", "new_empty", "new_full"}
+# ops with sizes among their arguments (a tensor's value there gives a value-dependent shape)
+_SIZED_BY_ARGUMENTS = FACTORIES | {torch.narrow, torch.topk, torch.tensor_split, "narrow", "topk", "tensor_split",
+                                   "expand", "repeat", "view", "reshape", "tile", "unflatten"}
 
 
 def shape_only(node: fx.Node, memo: dict | None = None) -> bool:
@@ -93,6 +99,9 @@ def _makes_value_shape(n: fx.Node, memo: dict) -> bool:
         return True
     if n.target in (torch.where, "where") and len(n.args) + len(n.kwargs) == 1:
         return True
+    if n.target in _SIZED_BY_ARGUMENTS:  # a size given by a tensor's value (torch.arange(t), x.narrow(1, 0, t))
+        data = None if n.op == "call_function" and n.target in FACTORIES else n.args[0]
+        return any(a is not data and a.op != "get_attr" and not shape_only(a, memo) for a in n.all_input_nodes)
     if n.target is operator.getitem and isinstance(n.args[0], fx.Node):
         nodes: list[fx.Node] = []
         fx.node.map_arg(n.args[1], nodes.append)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..flops import count_macs
+from ..modes import evaluating
 from .graph import channel_groups
 from .harvest import harvest_channels
 from .remove import remove_channels
@@ -23,7 +24,13 @@ def model_sizes(model: nn.Module, input_shape: tuple[int, ...], suffix: str) -> 
 def harvest(model: nn.Module, input_shape: tuple[int, ...], round_to: int = 1) -> dict:
     """Remove dead channels in place (constants folded where exact), each group keeping a multiple
     of `round_to` channels; returns the structure record: kept channels per group (by first
-    producer), biased consumers, widths, the groups left whole and why, MACs and parameters."""
+    producer), biased consumers, widths, the groups left whole and why, MACs and parameters.
+    Runs in eval mode (BatchNorm statistics untouched); every module keeps its training flag."""
+    with evaluating(model):
+        return _harvest(model, input_shape, round_to)
+
+
+def _harvest(model: nn.Module, input_shape: tuple[int, ...], round_to: int) -> dict:
     before = model_sizes(model, input_shape, "before")
     try:
         groups = channel_groups(model, torch.zeros(2, *input_shape))
@@ -31,9 +38,8 @@ def harvest(model: nn.Module, input_shape: tuple[int, ...], round_to: int = 1) -
         return {"keep": {}, "skipped": str(e), **before, **model_sizes(model, input_shape, "after")}
     widths = {g.producers[0]: g.size for g in groups if g.producers}
     whole = {g.producers[0]: g.blockers[0] for g in groups if g.producers and not g.prunable and g.blockers}
-    restore, training = snapshot(model.modules()), model.training
-    uncut = copy.deepcopy(model).eval()
-    model.eval()
+    restore = snapshot(model.modules())
+    uncut = copy.deepcopy(model)
     try:
         result = harvest_channels(model, groups, input_shape, round_to)
     except Exception as e:  # a rule met a case the cut cannot follow: refuse, keep the model as it was
@@ -48,7 +54,6 @@ def harvest(model: nn.Module, input_shape: tuple[int, ...], round_to: int = 1) -
             restore()
             return {"keep": {}, "skipped": f"the channel cut changed the model's output ({differs}); "
                                            f"left uncut", "whole": whole, **before, **model_sizes(model, input_shape, "after")}
-    model.train(training)
     return {"keep": keep, "round_to": round_to, "biased": result.biased, "constant_channels_folded": result.folded,
             "widths": {p: (widths[p], len(k)) for p, k in keep.items()},
             "channels_removed": sum(widths[p] - len(k) for p, k in keep.items()),
