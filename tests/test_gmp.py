@@ -1,0 +1,44 @@
+"""Gradual magnitude pruning: its option ranges and when its masks move (on weights, hand-counted)."""
+import pytest
+import torch
+from torch import nn
+
+from compress.config.prune import PruneConfig
+from compress.pruners import TrainPlan
+from compress.pruners.gmp import GMPOptions, GMPPruner
+from compress.schema import parse
+
+
+def parse_gmp(**options) -> GMPOptions:
+    return parse(PruneConfig, {"method": "gmp", "gmp": options}, "prune").gmp
+
+
+def test_options_accept_their_documented_ranges_and_refuse_outside():
+    defaults = parse_gmp()
+    assert (defaults.sparsity, defaults.start, defaults.end, defaults.frequency, defaults.block) == \
+        (0.9, 0.1, 0.7, 20, [1, 1])
+    for ok in ({"sparsity": 0.0}, {"sparsity": 0.99}, {"start": 0.0}, {"start": 0.5}, {"end": 1.0},
+               {"block": [1, 4]}, {"block": [2, 2]}):
+        parse_gmp(**ok)
+    for bad in ({"sparsity": 1.0}, {"sparsity": -0.1}, {"start": 1.0}, {"start": -0.1}, {"end": 0.0},
+                {"frequency": 0}, {"block": [0, 1]}, {"block": [4]}, {"block": [1, 1, 1]}):
+        with pytest.raises(Exception, match="gmp." + next(iter(bad)) + ": expected"):
+            parse_gmp(**bad)
+
+
+def test_the_masks_move_every_frequency_steps_from_start_and_at_end_only():
+    """20 steps, start 0.2 (step 4), end 0.6 (step 12), every 3 steps: the cubic ramp is 0 at step 4, so
+    the zeros change at steps 7, 10 and 12 and nowhere else, ending at 90% of 200 weights."""
+    torch.manual_seed(0)
+    layer = nn.Linear(20, 10, bias=False)
+    pruner = GMPPruner(GMPOptions(sparsity=0.9, start=0.2, end=0.6, frequency=3))
+    pruner.attach(nn.Sequential(layer), ["0"], TrainPlan(1, 20, lambda s: 0.1))
+    zeros, moved = [], []
+    for step in range(20):
+        pruner.after_step(step, 0.1)
+        zeros.append(int((layer.weight == 0).sum()))
+        if step and zeros[-1] != zeros[-2]:
+            moved.append(step)
+    assert moved == [7, 10, 12] and zeros[:7] == [0] * 7 and zeros[-1] == 180, (moved, zeros)
+    # s(t) = 0.9 (1 − (1 − (t − 4) / 8)³) of 200 weights, rounded: 136 at step 7, 177 at step 10
+    assert (zeros[7], zeros[10]) == (136, 177), zeros
