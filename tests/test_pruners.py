@@ -11,6 +11,7 @@ from compress.pruners import Pruner, TrainPlan, build_pruner
 from compress.pruners.lats import LATSOptions, LATSPruner, soft_threshold
 from compress.pruners.magnitude import MagnitudeOptions, MagnitudePruner, magnitude_masks
 from compress.schedules import lr_at
+from compress.schema import parse
 from compress.selection import LayerRule, select_layers
 from compress.sparsity import global_sparsity
 
@@ -199,3 +200,43 @@ def test_layer_selection_rules_and_ddp_names():
 def test_registry_builds_each_method():
     for method, cls in (("dense", Pruner), ("lats", LATSPruner), ("magnitude", MagnitudePruner)):
         assert type(build_pruner(PruneConfig(method=method))) is cls
+
+
+def test_lats_options_refuse_lambda_beside_another_schedule_or_a_target():
+    def lats(**options):
+        return parse(PruneConfig, {"method": "lats", "lats": options}, "prune").lats
+
+    assert lats().threshold_final == 0.05 and lats().l1_lambda == 0.0
+    for ok in ({"schedule": "linear"}, {"l1_lambda": 0.1}, {"target_sparsity": 0.5}, {"threshold_final": 1e-4}):
+        lats(**ok)
+    for bad, field in (({"l1_lambda": 0.1, "schedule": "linear"}, "l1_lambda"),
+                       ({"l1_lambda": 0.1, "target_sparsity": 0.5}, "target_sparsity"),
+                       ({"threshold_final": 0.0}, "threshold_final")):
+        with pytest.raises(UserError, match=f"lats.{field}"):
+            lats(**bad)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "constant"])
+def test_lats_closed_form_schedules_give_the_threshold_after_each_step_by_hand(schedule):
+    """4 epochs of 5 steps, start_epoch 1 (step 5): after step k the linear ramp is
+    D·(k + 1 − 5) / 15 (0 before step 5, D from step 19); the constant schedule is D once past step 5."""
+    p = TrainPlan(4, 5, lambda s: 0.1)
+    _, _, pruner = lats_mlp(training_plan=p, schedule=schedule, threshold_final=0.3, start_epoch=1)
+    for k in range(p.total_steps):
+        pruner.after_step(k, 0.1)
+        if schedule == "linear":
+            want = 0.0 if k < 5 else 0.3 * min(k + 1 - 5, 15) / 15
+        else:
+            want = 0.0 if k + 1 <= 5 else 0.3
+        assert pruner.threshold == pytest.approx(want), (k, pruner.threshold, want)
+
+
+def test_lats_early_mode_fixes_the_mask_at_half_the_epochs_by_default():
+    p = TrainPlan(4, 5, lambda s: 0.1)
+    _, _, pruner = lats_mlp(training_plan=p, mode="early", schedule="linear", threshold_final=0.3)
+    assert pruner.window == (0, 10)
+    for epoch in range(4):
+        for k in range(epoch * 5, epoch * 5 + 5):
+            pruner.after_step(k, 0.1)
+        pruner.end_epoch(epoch)
+        assert bool(pruner.fixed_masks) == (epoch >= 1), epoch

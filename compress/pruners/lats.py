@@ -193,8 +193,8 @@ class LATSPruner(Pruner):
         """d after `step` optimizer steps have been taken (step = index of the last one, +1)."""
         o = self.options
         start, end = self.window
-        if o.mode == "init" or o.schedule == "constant":
-            return self.final if step > start or o.mode == "init" else 0.0
+        if o.mode == "init" or o.schedule == "constant":  # only asked past the window's start
+            return self.final
         if o.schedule == "lats":
             if o.l1_lambda > 0:
                 return o.l1_lambda * self.lr_accumulated
