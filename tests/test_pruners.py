@@ -12,7 +12,7 @@ from compress.pruners.lats import LATSOptions, LATSPruner, soft_threshold
 from compress.pruners.magnitude import MagnitudeOptions, MagnitudePruner, magnitude_masks
 from compress.schedules import lr_at
 from compress.schema import parse
-from compress.selection import LayerRule, select_layers
+from compress.selection import LayerRule, get_module, select_layers
 from compress.sparsity import global_sparsity
 
 
@@ -240,3 +240,48 @@ def test_lats_early_mode_fixes_the_mask_at_half_the_epochs_by_default():
             pruner.after_step(k, 0.1)
         pruner.end_epoch(epoch)
         assert bool(pruner.fixed_masks) == (epoch >= 1), epoch
+
+
+def _q(model, layers, fraction):
+    """The |θ| below which `fraction` of the latent weights lie (what target mode aims the threshold at)."""
+    flat = torch.cat([get_module(model, n).parametrizations.weight.original.detach().abs().flatten() for n in layers])
+    return float(flat.sort().values[round(fraction * flat.numel()) - 1])
+
+
+def test_lats_target_mode_on_still_weights_ramps_the_threshold_to_their_quantile():
+    """Weights that do not move: the quantile q at the target is where d must end, every calibration
+    predicts q again, so with the linear schedule d = q·(k + 1 − 105) / 105 after step k of the window
+    [105, 210), and the projected final threshold is q at every step."""
+    p = TrainPlan(2, 105, lambda s: 0.1)
+    model, layers, pruner = lats_mlp(training_plan=p, schedule="linear", target_sparsity=0.6, start_epoch=1)
+    q = _q(model, layers, 0.6)
+    for k in range(p.total_steps):
+        pruner.after_step(k, 0.1)
+        want = 0.0 if k < 105 else q * (k + 1 - 105) / 105
+        assert pruner.threshold == pytest.approx(want, rel=1e-9, abs=1e-12), k
+        if k >= 105:
+            assert pruner.final == pytest.approx(q, rel=1e-9), k
+    assert pruner.summary()["sparsity_control"] == "target 0.6"
+
+
+def test_lats_target_mode_recalibrates_its_rate_every_fiftieth_of_the_window_only():
+    """Weights growing 1% a step: the rate Δd/Δp changes only after a calibration, which comes when a
+    multiple of (315 − 105) // 50 = 4 window steps are done (k + 1 − 105 divisible by 4), never in between."""
+    p = TrainPlan(3, 105, lambda s: 0.1)
+    model, layers, pruner = lats_mlp(training_plan=p, schedule="linear", target_sparsity=0.6, start_epoch=1)
+    latents = [get_module(model, n).parametrizations.weight.original for n in layers]
+    rates, prev = [], 0.0
+    for k in range(105, 315):
+        pruner.after_step(k, 0.1)
+        rates.append((pruner.threshold - prev) * 210)  # Δd / Δp, Δp = 1/210 a step
+        prev = pruner.threshold
+        with torch.no_grad():
+            for t in latents:
+                t.mul_(1.01)
+    changed = [105 + i for i in range(1, len(rates)) if rates[i] != pytest.approx(rates[i - 1], rel=1e-9)]
+    assert changed and all((k - 105) % 4 == 0 for k in changed), changed  # k = the step after a calibration
+
+
+def test_lats_summary_names_what_controls_sparsity():
+    assert lats_mlp(l1_lambda=0.3)[2].summary()["sparsity_control"] == "l1_lambda"
+    assert lats_mlp(threshold_final=0.2)[2].summary()["sparsity_control"] == "threshold_final"
