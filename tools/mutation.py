@@ -41,7 +41,7 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "str": ("compress/pruners/str_reparam.py", ["tests/test_methods.py", "tests/test_pruner_weights.py"]),
     "greg": ("compress/pruners/greg.py", ["tests/test_greg_rules.py", "tests/test_pruner_weights.py",
                                          "tests/test_methods.py"]),
-    "gmp": ("compress/pruners/gmp.py", ["tests/test_pruner_weights.py", "tests/test_methods.py"]),
+    "gmp": ("compress/pruners/gmp.py", ["tests/test_gmp.py", "tests/test_pruner_weights.py", "tests/test_methods.py"]),
     "movement": ("compress/pruners/movement.py", ["tests/test_movement.py"]),
     "ops": ("compress/structured/ops.py", ["tests/test_channel_rules.py", "tests/test_tracing.py"]),
 }
