@@ -227,6 +227,63 @@ def test_str_s_has_its_own_weight_decay(digits):
     assert groups["str_s"] == 0.123 and groups[None] in (1e-4, 0.0)
 
 
+def _str(layers_model=None, **options):
+    model, layers = layers_model or mlp()
+    pruner = STRPruner(STROptions(**options))
+    pruner.attach(model, layers, TrainPlan(2, 151, lambda s: 0.1))
+    return model, layers, pruner
+
+
+def test_str_s_decay_of_its_own_round_trips_through_the_state_and_shows_in_the_log():
+    """Negative s_weight_decay (the default) means train.weight_decay: no key in the log, None for the
+    optimizer; 0 is a decay of its own (none); a state carries either to another pruner."""
+    default, zero, own = (_str(s_weight_decay=d)[2] for d in (-1.0, 0.0, 1e-4))
+    assert "s_weight_decay" not in default.log_state() and "s_shift" not in default.log_state()
+    assert default.param_groups()[0]["weight_decay"] is None
+    assert zero.log_state()["s_weight_decay"] == 0.0 and own.log_state()["s_weight_decay"] == 1e-4
+    for source, want in ((own, 1e-4), (zero, 0.0), (default, None)):
+        other = _str(s_weight_decay=0.5)[2]
+        other.load_state_dict(source.state_dict())
+        assert other.log_state().get("s_weight_decay") == want, (source.options.s_weight_decay, want)
+
+
+def test_str_options_accept_their_documented_ranges_and_refuse_outside():
+    from compress.schema import parse
+
+    def options(**o):
+        return parse(PruneConfig, {"method": "str", "str": o}, "prune").str
+
+    assert (options().s_weight_decay, options().target_sparsity, options().ramp_fraction) == (-1.0, 0.0, 0.75)
+    for ok in ({"target_sparsity": 0.99}, {"ramp_fraction": 1.0}, {"s_init": -3200.0}):
+        options(**ok)
+    for bad in ({"target_sparsity": 1.0}, {"target_sparsity": 1.5}, {"ramp_fraction": 0.0}, {"ramp_fraction": 1.5}):
+        with pytest.raises(Exception, match="str." + next(iter(bad)) + ": expected"):
+            options(**bad)
+
+
+def test_str_target_mode_shifts_every_hundredth_of_training_and_at_its_last_step():
+    """302 steps: a shift after every 3rd step (k + 1 divisible by 302 // 100 = 3) and after the last one
+    (k = 301), never elsewhere; weights growing 0.2% a step keep every shift non-zero. At step 75 the
+    sparsity is on the cubic ramp s = 0.8 + (s₀ − 0.8)(1 − 75/227)³ (ramp end ⌈0.75·302⌉ = 227)."""
+    model, layers, pruner = _str(target_sparsity=0.8)
+    latents = pruner._latents()
+    s0 = global_sparsity(model, layers)
+    moved = []
+    for k in range(302):
+        before = pruner._s_values()
+        pruner.after_step(k, 0.1)
+        if pruner._s_values() != before:
+            moved.append(k)
+        if k == 74:
+            assert global_sparsity(model, layers) == pytest.approx(0.8 + (s0 - 0.8) * (1 - 75 / 227) ** 3, abs=0.01)
+        with torch.no_grad():
+            for t in latents:
+                t.mul_(1.002)
+    assert moved == [k for k in range(302) if (k + 1) % 3 == 0 or k == 301], moved
+    assert global_sparsity(model, layers) == pytest.approx(0.8, abs=0.01)  # as the last shift left it
+    assert "s_shift" in pruner.log_state()
+
+
 # ---- GReg and its L1 baseline ----
 
 @pytest.mark.parametrize("granularity", ["weight", "filter"])
