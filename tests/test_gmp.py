@@ -39,6 +39,22 @@ def test_the_masks_move_every_frequency_steps_from_start_and_at_end_only():
         zeros.append(int((layer.weight == 0).sum()))
         if step and zeros[-1] != zeros[-2]:
             moved.append(step)
+        assert pruner.log_state()["masked"] == (step >= 7), step  # no mask while the ramp is at 0
     assert moved == [7, 10, 12] and zeros[:7] == [0] * 7 and zeros[-1] == 180, (moved, zeros)
     # s(t) = 0.9 (1 − (1 − (t − 4) / 8)³) of 200 weights, rounded: 136 at step 7, 177 at step 10
     assert (zeros[7], zeros[10]) == (136, 177), zeros
+
+
+def test_the_final_sparsity_is_set_at_the_end_step_even_off_the_frequency_grid():
+    """1000 steps, end 0.7 (step 700), every 250 steps from step 100: the grid's last update is at step
+    600 (s = 0.9·(1 − (100/600)³) = 0.89583: 8958 of 10,000 weights); only the rule 'and at end' brings
+    the mask to 9000 at step 700."""
+    torch.manual_seed(0)
+    layer = nn.Linear(100, 100, bias=False)
+    pruner = GMPPruner(GMPOptions(sparsity=0.9, start=0.1, end=0.7, frequency=250))
+    pruner.attach(nn.Sequential(layer), ["0"], TrainPlan(1, 1000, lambda s: 0.1))
+    for step in range(701):
+        pruner.after_step(step, 0.1)
+        if step == 699:
+            assert int((layer.weight == 0).sum()) == 8958
+    assert int((layer.weight == 0).sum()) == 9000
