@@ -13,13 +13,11 @@ carries a constant, folded by the harvest).
 """
 from __future__ import annotations
 
-import itertools
 import math
 import operator
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import TensorMetadata
 
 from .norm import GRN, GroupNormWithRemoved, NormWithRemoved, ResponseNormWithRemoved, norm_axis
 from .rules import (elementwise_rule, function_rule, module_rule, register_function_rule, register_module_rule,
