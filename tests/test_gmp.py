@@ -26,6 +26,19 @@ def test_options_accept_their_documented_ranges_and_refuse_outside():
             parse_gmp(**bad)
 
 
+def zeros_after_each_step(pruner, layer: nn.Module, steps: int) -> tuple[list[int], list[int], list[dict]]:
+    """Step a mask pruner without training: the zeros in `layer` after each step, the steps where
+    that count moved, and the pruner's log after each step."""
+    zeros, moved, logs = [], [], []
+    for step in range(steps):
+        pruner.after_step(step, 0.1)
+        zeros.append(int((layer.weight == 0).sum()))
+        logs.append(pruner.log_state())
+        if step and zeros[-1] != zeros[-2]:
+            moved.append(step)
+    return zeros, moved, logs
+
+
 def test_the_masks_move_every_frequency_steps_from_start_and_at_end_only():
     """20 steps, start 0.2 (step 4), end 0.6 (step 12), every 3 steps: the cubic ramp is 0 at step 4, so
     the zeros change at steps 7, 10 and 12 and nowhere else, ending at 90% of 200 weights."""
@@ -33,13 +46,8 @@ def test_the_masks_move_every_frequency_steps_from_start_and_at_end_only():
     layer = nn.Linear(20, 10, bias=False)
     pruner = GMPPruner(GMPOptions(sparsity=0.9, start=0.2, end=0.6, frequency=3))
     pruner.attach(nn.Sequential(layer), ["0"], TrainPlan(1, 20, lambda s: 0.1))
-    zeros, moved = [], []
-    for step in range(20):
-        pruner.after_step(step, 0.1)
-        zeros.append(int((layer.weight == 0).sum()))
-        if step and zeros[-1] != zeros[-2]:
-            moved.append(step)
-        assert pruner.log_state()["masked"] == (step >= 7), step  # no mask while the ramp is at 0
+    zeros, moved, logs = zeros_after_each_step(pruner, layer, 20)
+    assert [log["masked"] for log in logs] == [step >= 7 for step in range(20)]  # no mask while the ramp is 0
     assert moved == [7, 10, 12] and zeros[:7] == [0] * 7 and zeros[-1] == 180, (moved, zeros)
     # s(t) = 0.9 (1 − (1 − (t − 4) / 8)³) of 200 weights, rounded: 136 at step 7, 177 at step 10
     assert (zeros[7], zeros[10]) == (136, 177), zeros

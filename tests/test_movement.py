@@ -13,6 +13,8 @@ from compress.selection import LayerRule, select_layers
 from compress.sparsity import global_sparsity, layer_sparsity
 from compress.train import evaluate, train
 
+from test_gmp import zeros_after_each_step
+
 
 def test_scores_accumulate_minus_weight_times_gradient_by_hand():
     """L = Σ W'x, so ∂L/∂W' = x: after x1 = (3, 1) and x2 = (−1, 2) with W = (1, −2) held fixed,
@@ -109,10 +111,5 @@ def test_the_mask_changes_only_every_frequency_steps_from_start_and_at_end():
     pruner = MovementPruner(MovementOptions(target_sparsity=0.9, start=0.2, end=0.6, frequency=3))
     pruner.attach(model, ["0"], TrainPlan(1, 20, lambda s: 0.1))
     pruner.scores["0"] = torch.randn(10, 20)  # fixed scores: the mask follows the schedule alone
-    zeros, moved = [], []
-    for step in range(20):
-        pruner.after_step(step, 0.1)
-        zeros.append(int((layer.weight == 0).sum()))
-        if step and zeros[-1] != zeros[-2]:
-            moved.append(step)
+    zeros, moved, _ = zeros_after_each_step(pruner, layer, 20)
     assert moved == [7, 10, 12] and zeros[-1] == 180, (moved, zeros)
