@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from compress import atomic
+from compress.models.hooks import export_form
 from .sections import ExportConfig
 
 __all__ = ["ExportConfig", "export_onnx", "initializer_sparsity", "set_metadata", "stamp_metadata"]  # the section dataclass is re-exported for callers
@@ -58,15 +59,12 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path, opset:
     path = Path(path)
     model = model.eval().cpu()
     reference = model
-    if hasattr(model, "export_copy"):  # e.g. spiking models: same function, no state kept between calls
-        model = model.export_copy().eval()
+    model, optimize = export_form(model)  # e.g. spiking models: a copy that keeps no state between calls
     with atomic.atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress log
-        # optimize=False: onnxscript's optimizer fails on some graphs (seen on spiking models)
-        # and onnxruntime optimises at load anyway.
         torch.onnx.export(model, (sample[:2],), str(tmp), dynamo=True, opset_version=opset,
                           input_names=[INPUT], output_names=[OUTPUT], external_data=False,
                           dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
-                          optimize=not hasattr(reference, "export_copy"))
+                          optimize=optimize)
         if metadata:
             proto = onnx.load(str(tmp))
             set_metadata(proto, metadata)

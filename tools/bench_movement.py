@@ -48,16 +48,19 @@ METHODS = {
 }
 
 
-def prune_config(name: str, sparsity: float) -> PruneConfig:
+def prune_config(name: str, sparsity: float, frequency: int | None = None) -> PruneConfig:
+    """The method's options at `sparsity`; `frequency` (steps between mask updates) where it has one."""
     method, options = METHODS[name]
     cls = option_classes()[method]
     goal = next(f.name for f in dataclasses.fields(cls) if f.metadata.get("sparsity_goal"))
+    if frequency is not None and "frequency" in {f.name for f in dataclasses.fields(cls)}:
+        options = {**options, "frequency": frequency}
     table = cls(**options, **{goal: sparsity})
     return PruneConfig(method=method, options={method: table})
 
 
 def fit(model_name: str, data, prune: PruneConfig | None, epochs: int, lr: float, seed: int,
-        weights: dict | None) -> dict:
+        weights: dict | None, batch_size: int = 128) -> dict:
     torch.manual_seed(seed)
     model = build_model(ModelConfig(name=model_name), data.input_shape, data.num_classes)
     if weights is not None:
@@ -65,7 +68,7 @@ def fit(model_name: str, data, prune: PruneConfig | None, epochs: int, lr: float
     layers = select_layers(model, PruneConfig().layers)
     pruner = build_pruner(prune) if prune else Pruner()
     t0 = time.perf_counter()
-    train(model, pruner, data, TrainConfig(epochs=epochs, finetune_epochs=1 if prune else 0, batch_size=128, lr=lr),
+    train(model, pruner, data, TrainConfig(epochs=epochs, finetune_epochs=1 if prune else 0, batch_size=batch_size, lr=lr),
           layers, seed=seed, progress=False)
     seconds = time.perf_counter() - t0
     frozen = pruner.freeze().eval()
@@ -130,14 +133,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--finetune-epochs", type=int, default=4)
     p.add_argument("--resnet-train-limit", type=int, default=3000,
                    help="ResNet-20 trains on this many MNIST images (class-stratified; 0: all 60,000)")
+    p.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size (more, smaller steps "
+                   "give the scores of movement pruning more updates to accumulate)")
+    p.add_argument("--frequency", type=int, default=None,
+                   help="steps between mask updates for movement and gmp (default: each method's own)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "movement")
     args = p.parse_args(argv)
     out_file = args.out / "results.json"
     results = {"machine": platform.platform(), "threads": torch.get_num_threads(), "seeds": args.seeds,
-               "dense_epochs": args.dense_epochs, "finetune_epochs": args.finetune_epochs, "models": {}}
+               "dense_epochs": args.dense_epochs, "finetune_epochs": args.finetune_epochs,
+               "batch_size": args.batch_size, "frequency": args.frequency, "models": {}}
     if out_file.exists():  # an interrupted run with the same settings: keep its rows, measure the rest
         earlier = json.loads(out_file.read_text())
-        if all(earlier.get(k) == results[k] for k in ("seeds", "dense_epochs", "finetune_epochs")):
+        defaults = {"batch_size": 128, "frequency": None}  # what runs before these flags used
+        if all(earlier.get(k, defaults.get(k)) == results[k]
+               for k in ("seeds", "dense_epochs", "finetune_epochs", "batch_size", "frequency")):
             results["models"] = earlier["models"]
     methods, targets = args.methods.split(","), args.sparsities.split(",")
     for model_name in args.models.split(","):
@@ -156,8 +166,8 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 runs = []
                 for seed in range(args.seeds):
-                    res = fit(model_name, data, prune_config(method, float(target)), args.finetune_epochs, 0.01,
-                              seed, weights)
+                    res = fit(model_name, data, prune_config(method, float(target), args.frequency),
+                              args.finetune_epochs, 0.01, seed, weights, args.batch_size)
                     res.pop("state")
                     runs.append(res)
                     bar.update()

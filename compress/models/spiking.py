@@ -57,6 +57,14 @@ class Spiking(nn.Module):
                 setattr(parent, name.rpartition(".")[2], StatelessNeuron.like(module))
         return clone
 
+    @staticmethod
+    def report_summary(dense: nn.Module, sparse: nn.Module, x: torch.Tensor) -> dict:
+        """Firing rate of every neuron layer (PyTorch, dense and sparse) and the layers that never fire."""
+        rates = {"dense": firing_rates(dense, x), "sparse": firing_rates(sparse, x)}
+        return {"time_steps": getattr(sparse, "time_steps", None), "firing_rates": rates,
+                "silent_layers": {v: [n for n, r in rates[v].items() if r == 0.0] for v in rates},
+                "agreement_measure": "argmax agreement and mean |difference| (spikes are discontinuous)"}
+
 
 class StatelessNeuron(nn.Module):
     """IF / LIF dynamics over the time axis with the same parameters as a spikingjelly node."""

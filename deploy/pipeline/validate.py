@@ -14,6 +14,7 @@ from compress.distributed import World
 from compress.errors import UserError
 from compress.limits import JSON_BYTES, load_json, read_text
 from compress.loader import batches, first
+from compress.models.hooks import report_summary
 from compress.selection import get_module
 from compress.structured.structure import model_sizes
 
@@ -25,16 +26,6 @@ from ..validate import validate
 from ..variants import enabled_variants
 from .provenance import versions
 from .run import Run, keep_given
-
-
-def spiking_summary(models: dict[str, nn.Module], x: torch.Tensor) -> dict:
-    """Firing rate of every neuron layer (PyTorch, dense and sparse) and the layers that never fire."""
-    from compress.models.spiking import firing_rates
-
-    rates = {v: firing_rates(models[v], x) for v in ("dense", "sparse")}
-    return {"time_steps": getattr(models["sparse"], "time_steps", None), "firing_rates": rates,
-            "silent_layers": {v: [n for n, r in rates[v].items() if r == 0.0] for v in rates},
-            "agreement_measure": "argmax agreement and mean |difference| (spikes are discontinuous)"}
 
 
 def slower_than_dense(latency: dict, tolerance: float = 1.05) -> list[str]:
@@ -120,8 +111,7 @@ def validate_stage(run: Run) -> list[str]:
               **{f"{v.key}_bytes": _size(paths[v.name]) for v in variants if paths[v.name].exists()}},
         export=exported, training={v: h[-1] for v, h in histories.items()}, versions=versions(),
         machine={"platform": platform.platform(), "processor": platform.machine(), "cpus": torch.get_num_threads()})
-    if any(hasattr(m, "export_copy") for m in models.values()):
-        report.spiking = spiking_summary(models, first(run.data.test, 256)[0])
+    report.spiking = report_summary(models["dense"], models["sparse"], first(run.data.test, 256)[0])
     report.classes = run.data.num_classes
     checks = check(report, cfg.gate)
     report.dense.source = "weights" if keep_given(run, "dense") else "trained"
