@@ -44,6 +44,9 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "gmp": ("compress/pruners/gmp.py", ["tests/test_gmp.py", "tests/test_pruner_weights.py", "tests/test_methods.py"]),
     "movement": ("compress/pruners/movement.py", ["tests/test_movement.py"]),
     "ops": ("compress/structured/ops.py", ["tests/test_channel_rules.py", "tests/test_tracing.py"]),
+    "graph": ("compress/structured/graph.py", ["tests/test_tracing.py", "tests/test_channel_rules.py",
+                                              "tests/test_attention_heads.py"]),
+    "shipped": ("deploy/shipped.py", ["tests/test_shipped.py"]),
 }
 
 
