@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from compress.errors import UserError
 from compress.models import MLP
 from compress.pruners import TrainPlan
 from compress.pruners.greg import GRegOptions, GRegPruner
@@ -204,3 +205,78 @@ def test_a_short_run_is_bit_identical_to_the_official_loop(variant):
         pruner.after_step(t, 0.1)
         assert torch.equal(layer.weight.detach(), want), f"step {t}"
     assert pruner.phase == "finetune" and int((layer.weight == 0).sum()) == 6
+
+
+def test_derived_granularities_spread_the_penalty_over_the_updates():
+    """10 epochs of 10 steps, penalty from 25% to 75% of training: 50 steps, interval 7 → 7 updates.
+    GReg-1 grows to reg_upper_limit in 7 updates (1.4 / 7 = 0.2); GReg-2 picks in the first half and
+    prunes in the second: 7 // 2 = 3 updates each (0.6 / 3 = 0.2 while picking, 1.4 / 3 after)."""
+    common = dict(pick_after=0.25, reg_by=0.75, update_reg_interval=7, reg_upper_limit=1.4)
+    layer = nn.Linear(4, 2)
+    one = GRegPruner(GRegOptions(variant=1, **common))
+    one.attach(nn.Sequential(layer), ["0"], TrainPlan(10, 10, lambda s: 0.1))
+    assert one.gran_prune == pytest.approx(0.2)
+    two = GRegPruner(GRegOptions(variant=2, reg_upper_limit_pick=0.6, **common))
+    two.attach(nn.Sequential(layer), ["0"], TrainPlan(10, 10, lambda s: 0.1))
+    assert two.gran_pick == pytest.approx(0.2) and two.gran_prune == pytest.approx(1.4 / 3)
+
+
+@pytest.mark.parametrize("target, granularity, ok", [(0.5, "filter", False), (1.0, "filter", False),
+                                                     (1.5, "filter", True), (0.0, "weight", True),
+                                                     (2.0, "weight", False)])
+def test_latency_target_is_off_or_a_factor_above_one_in_filter_mode(target, granularity, ok):
+    options = GRegOptions(granularity=granularity, latency_target=target)
+    if ok:
+        options.check("prune.greg")
+    else:
+        with pytest.raises(UserError, match="prune.greg.latency_target"):
+            options.check("prune.greg")
+
+
+def test_widths_are_timed_only_when_a_latency_target_is_set():
+    """The pipeline always hands the pruner a latency measure; with latency_target = 0 it is never used."""
+    calls = []
+
+    def measure(model, cut):
+        calls.append(1)
+        return 1.0  # nothing ever gets faster: a target above 1 is out of reach
+
+    model, layers = two_layer_mlp([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0])
+    plan = TrainPlan(1, 20, lambda s: 0.1, (1, 8, 8), latency_ratio=measure)
+    GRegPruner(GRegOptions(granularity="filter")).attach(model, layers, plan)
+    assert calls == []
+    with pytest.raises(UserError, match="prune.greg.latency_target"):
+        GRegPruner(GRegOptions(granularity="filter", latency_target=2.0)).attach(model, layers, plan)
+    assert calls
+
+
+def test_when_the_budget_ends_mid_penalty_the_picked_groups_are_removed_at_the_last_epoch():
+    """A penalty far too slow to finish in 2 epochs: the last epoch's end still removes what was picked
+    (the lowest |w| row); before that end the weights are untouched."""
+    layer = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0], [-5.0, 6.0, -7.0, 8.0]]))
+    pruner = GRegPruner(GRegOptions(variant=1, sparsity=0.5, pick_after=0.5, update_reg_interval=1,
+                                    reg_granularity_prune=1e-6, reg_upper_limit=1.0))
+    pruner.attach(nn.Sequential(layer), ["0"], TrainPlan(2, 3, lambda s: 0.1))
+    pruner.begin_epoch(0)
+    pruner.end_epoch(0)
+    pruner.begin_epoch(1)
+    stepped(pruner, range(3, 6))
+    assert pruner.phase == "prune" and layer.weight.ne(0).all()
+    pruner.end_epoch(1)
+    assert pruner.phase == "finetune"
+    assert layer.weight[0].eq(0).all() and layer.weight[1].ne(0).all()
+
+
+def test_a_checkpoint_from_before_reg_start_resumes_counting_from_step_0():
+    """Checkpoints written before the phase-relative count have no reg_start: they counted updates on
+    the global step, which is reg_start = 0."""
+    layer = nn.Linear(4, 2)
+    pruner = GRegPruner(GRegOptions(variant=1))
+    pruner.attach(nn.Sequential(layer), ["0"], TrainPlan(4, 7, lambda s: 0.1))
+    state = pruner.state_dict()
+    del state["reg_start"]
+    pruner.reg_start = 9
+    pruner.load_state_dict(state)
+    assert pruner.reg_start == 0
