@@ -38,8 +38,8 @@ def _harvest(model: nn.Module, input_shape: tuple[int, ...], round_to: int) -> d
         return {"keep": {}, "skipped": str(e), **before, **model_sizes(model, input_shape, "after")}
     widths = {g.producers[0]: g.size for g in groups if g.producers}
     whole = {g.producers[0]: g.blockers[0] for g in groups if g.producers and not g.prunable and g.blockers}
+    reference = reference_outputs(model, input_shape)  # before the cut: no uncut copy kept beside it
     restore = snapshot(model.modules())
-    uncut = copy.deepcopy(model)
     try:
         result = harvest_channels(model, groups, input_shape, round_to)
     except Exception as e:  # a rule met a case the cut cannot follow: refuse, keep the model as it was
@@ -49,7 +49,7 @@ def _harvest(model: nn.Module, input_shape: tuple[int, ...], round_to: int) -> d
                 **before, **model_sizes(model, input_shape, "after")}
     keep = result.keep
     if keep:
-        differs = cut_differs(uncut, model, input_shape)
+        differs = cut_differs(reference, model)
         if differs:  # a rule met a model it does not describe: refuse the cut rather than ship it
             restore()
             return {"keep": {}, "skipped": f"the channel cut changed the model's output ({differs}); "
@@ -61,14 +61,21 @@ def _harvest(model: nn.Module, input_shape: tuple[int, ...], round_to: int) -> d
             **before, **model_sizes(model, input_shape, "after")}
 
 
-def cut_differs(before: nn.Module, after: nn.Module, input_shape: tuple[int, ...], tol: float = 1e-4) -> str | None:
-    """None when `after` computes what `before` does on a seeded random batch (relative max difference
-    below `tol`, each run on its own copy so stateful layers start alike); else what differs."""
-    p = next(before.parameters(), None)
+def reference_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A seeded random batch and `model`'s outputs on it (eval mode, on a copy so that stateful layers
+    keep their state): what a cut must reproduce (`cut_differs`)."""
+    p = next(model.parameters(), None)
     x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(
         p.device if p is not None else "cpu", p.dtype if p is not None and p.is_floating_point() else torch.float32)
     with torch.no_grad():
-        want = _tensors(copy.deepcopy(before).eval()(x))
+        return x, _tensors(copy.deepcopy(model).eval()(x))
+
+
+def cut_differs(reference: tuple[torch.Tensor, list[torch.Tensor]], after: nn.Module, tol: float = 1e-4) -> str | None:
+    """None when `after` computes the `reference` outputs (from `reference_outputs` before the cut) on
+    their batch, relative max difference below `tol`, run on a copy; else what differs."""
+    x, want = reference
+    with torch.no_grad():
         try:
             got = _tensors(copy.deepcopy(after).eval()(x))
         except Exception as e:  # e.g. a forward that hard-codes a channel count the cut changed
