@@ -34,6 +34,7 @@ from ..errors import UserError
 from ..schema import opt
 from ..selection import get_module
 from ..structured import ChannelGroup, channel_importance, widths_for_latency
+from ..structured.weights import rows_first
 from .base import MaskPruner
 from .registry import register_pruner
 from .channels import selected_groups, zero_dropped
@@ -185,20 +186,23 @@ class GRegPruner(MaskPruner):
         if self.phase not in ("pick", "prune", "stabilize"):
             return
         for n in self.units:
-            for w, channel in self._penalised(n):
+            for w, channel, module in self._penalised(n):
                 if w.grad is not None:
                     reg = self.reg[n].to(w.device)
+                    grad, w = w.grad, w.detach()
                     if channel is not None:  # rows of other groups (a split group's other parts) get 0
+                        grad, w = rows_first(grad, module), rows_first(w, module)
                         reg = per_row(torch.cat([reg, reg.new_zeros(1)])[channel.to(w.device)], w)
-                    w.grad.add_(reg * w.detach())
+                    grad.add_(reg * w)
 
-    def _penalised(self, unit: str) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """The weights a unit's penalty applies to, with (filter mode) the channel of each output row."""
+    def _penalised(self, unit: str) -> list[tuple[torch.Tensor, torch.Tensor | None, nn.Module | None]]:
+        """The weights a unit's penalty applies to, with (filter mode) the channel of each output row and
+        the layer (whose weight may hold its output channels in dimension 1)."""
         if self.groups:
             g = self.groups[unit]
-            return [(self.producers[p].weight, g.channel_of_rows(p, self.producers[p].weight.shape[0]))
-                    for p in g.producers]
-        return [(self._weight(unit), None)]
+            return [(m.weight, g.channel_of_rows(p, rows_first(m.weight, m).shape[0]), m)
+                    for p, m in ((p, self.producers[p]) for p in g.producers)]
+        return [(self._weight(unit), None, None)]
 
     def _update_mag_ratio(self, n: str, scores: torch.Tensor, pruned: torch.Tensor) -> None:
         """EMA (0.9) of mean score of the kept groups / mean score of the `pruned` ones, in the scores'

@@ -17,6 +17,7 @@ from torch import nn
 from .budget import unit_round
 from .graph import CONV, ChannelGroup
 from .remove import remove_channels
+from .weights import TRANSPOSED, rows_first
 
 
 @dataclass
@@ -43,7 +44,8 @@ def _consumer_inputs(model: nn.Module, names: list[str], example: torch.Tensor) 
 def _dead(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     dead = torch.ones(group.size, dtype=torch.bool)
     for name in group.producers:
-        dead &= (group.per_channel_rows(name, model.get_submodule(name).weight.detach()) == 0).all(1).cpu()
+        m = model.get_submodule(name)
+        dead &= (group.per_channel_rows(name, rows_first(m.weight.detach(), m)) == 0).all(1).cpu()
     return dead
 
 
@@ -56,6 +58,9 @@ def _no_padding(conv: nn.Module) -> bool:
 def _fold_terms(m: nn.Module, inp: torch.Tensor, idx: torch.Tensor, per_channel: int, offset: int):
     """For channels `idx` of a group read by a consumer at `offset`: (foldable, bias term per channel [k, out])."""
     w = m.weight.detach()
+    if isinstance(m, TRANSPOSED):  # a constant input is no constant output at the borders: only zeros go
+        zero = (inp[0, idx + offset].flatten(1) == 0).all(1)
+        return zero, torch.zeros(len(idx), m.out_channels)
     if isinstance(m, CONV):
         idx = idx + offset
         v = inp[0, idx].flatten(1)                        # [k, positions]

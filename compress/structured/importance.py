@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .graph import ChannelGroup
+from .weights import rows_first
 
 Norm = Literal["l1", "l2"]
 
@@ -20,7 +21,8 @@ def channel_importance(model: nn.Module, group: ChannelGroup, norm: Norm = "l1")
     """
     total = torch.zeros(group.size)
     for name in group.producers:
-        rows = group.per_channel_rows(name, model.get_submodule(name).weight.detach()).float().cpu()
+        m = model.get_submodule(name)
+        rows = group.per_channel_rows(name, rows_first(m.weight.detach(), m)).float().cpu()
         total += rows.abs().sum(1) if norm == "l1" else rows.pow(2).sum(1).sqrt()
     return total
 

@@ -22,6 +22,7 @@ from torch import fx, nn
 from .norm import GRN, GroupNormWithRemoved, NormWithRemoved, ResponseNormWithRemoved, norm_axis
 from .rules import (elementwise_rule, function_rule, module_rule, register_function_rule, register_module_rule,
                     register_module_rule_by_name)
+from .weights import TRANSPOSED
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -140,6 +141,21 @@ def conv(w, node, m, name: str | None = None) -> None:
         why = f"grouped conv {name} ({m.groups} groups) after a concatenation or reshape"
         w.block(node, why)
         w.start(node, m.out_channels, blocker=why)
+
+
+@module_rule(*TRANSPOSED)
+def conv_transpose(w, node, m) -> None:
+    """A transposed conv reads channels and writes new ones as a conv does; its weight holds them the other
+    way round ([in, out, k…], see weights.py). Grouped ones stay whole."""
+    name, x = node.target, w.first(node)
+    if m.groups != 1 or (x in w.label and (w.axis[x] != 1 or any(per != 1 for _, per in w.label[x]))):
+        why = f"{type(m).__name__} {name}: grouped ({m.groups} groups) or after an unsupported reshape"
+        w.block(node, why)
+        w.start(node, m.out_channels, blocker=why)
+        return
+    if x in w.label:
+        w.join(name, w.label[x], "consumer", x)
+    w.start(node, m.out_channels, producer=name)
 
 
 @module_rule(nn.Linear)

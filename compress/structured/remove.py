@@ -14,6 +14,7 @@ from .graph import CONV, ChannelGroup
 from .norm import (GroupNormWithRemoved, is_response_norm, keep_group_norm_channels, keep_norm_channels,
                    keep_response_norm_channels, norm_axis)
 from .undo import snapshot
+from .weights import TRANSPOSED, in_dim, out_dim, rows_first
 
 
 def _index(t: torch.Tensor, keep: torch.Tensor, dim: int) -> nn.Parameter | torch.Tensor:
@@ -40,7 +41,7 @@ def _span(total: int, offset: int | list[int], width: int, inside: torch.Tensor)
 def zero_channels(model: nn.Module, group: ChannelGroup, drop: torch.Tensor) -> None:
     for name in group.producers:
         m, rows = model.get_submodule(name), group.rows(name, drop)
-        m.weight[rows] = 0
+        rows_first(m.weight, m)[rows] = 0
         if m.bias is not None:
             m.bias[rows] = 0
     for name in group.passthrough:
@@ -100,11 +101,11 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
     for name in group.producers:
         m = model.get_submodule(name)
         rows = group.rows(name, keep) if name in group.layout else \
-            _span(m.weight.shape[0], group.out_offsets(name), group.size, keep)  # other groups' rows stay
-        m.weight = _index(m.weight, rows, 0)
+            _span(m.weight.shape[out_dim(m)], group.out_offsets(name), group.size, keep)  # other groups' rows stay
+        m.weight = _index(m.weight, rows, out_dim(m))
         if m.bias is not None:
             m.bias = _index(m.bias, rows, 0)
-        if isinstance(m, CONV):
+        if isinstance(m, (*CONV, *TRANSPOSED)):
             m.out_channels = len(rows)
         else:
             m.out_features = len(rows)
@@ -141,10 +142,10 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
         if isinstance(m, CONV) and m.groups > 1:  # each block of rows reads its own block of inputs
             _cut_grouped_inputs(m, keep)
             continue
-        cols = _span(m.weight.shape[1], group.offsets(name), group.size * per_channel,
+        cols = _span(m.weight.shape[in_dim(m)], group.offsets(name), group.size * per_channel,
                      _consumer_columns(keep, per_channel))
-        m.weight = _index(m.weight, cols, 1)
-        if isinstance(m, CONV):
+        m.weight = _index(m.weight, cols, in_dim(m))
+        if isinstance(m, (*CONV, *TRANSPOSED)):
             m.in_channels = len(cols)
         else:
             m.in_features = len(cols)

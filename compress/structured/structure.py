@@ -13,6 +13,7 @@ from .graph import channel_groups
 from .harvest import harvest_channels
 from .remove import remove_channels
 from .undo import snapshot
+from .weights import out_dim
 
 
 def model_sizes(model: nn.Module, input_shape: tuple[int, ...], suffix: str) -> dict:
@@ -105,7 +106,7 @@ def apply_structure(model: nn.Module, structure: dict, input_shape: tuple[int, .
         return
     for name in structure.get("biased", []):
         m = model.get_submodule(name)
-        m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], dtype=m.weight.dtype))
+        m.bias = nn.Parameter(torch.zeros(m.weight.shape[out_dim(m)], dtype=m.weight.dtype))
     groups = {g.producers[0]: g for g in channel_groups(model, torch.zeros(2, *input_shape)) if g.producers}
     for producer, indices in structure["keep"].items():
         group = groups.get(producer)

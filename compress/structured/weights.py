@@ -1,0 +1,23 @@
+"""Which dimension of a layer's weight holds its output channels and which its input channels: 0 and
+1 for convolutions and Linear, the other way round for transposed convolutions (weight [in, out, k…])."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def out_dim(m: nn.Module) -> int:
+    """The weight dimension of `m`'s output channels."""
+    return 1 if isinstance(m, TRANSPOSED) else 0
+
+
+def in_dim(m: nn.Module) -> int:
+    """The weight dimension of `m`'s input channels."""
+    return 1 - out_dim(m)
+
+
+def rows_first(t: torch.Tensor, m: nn.Module) -> torch.Tensor:
+    """`t` (`m`'s weight, or its gradient) as a view with the output channels first; writes go through."""
+    return t.transpose(0, 1) if out_dim(m) else t
