@@ -5,6 +5,7 @@ with the masked model; a dead head is harvested."""
 import copy
 import types
 
+import pytest
 import timm  # the [test] extra installs it
 import torch
 from torch import nn
@@ -167,3 +168,124 @@ def test_greg_filter_mode_penalises_a_picked_head_on_all_its_q_k_v_rows():
     grad = model.attn.qkv.weight.grad.view(3, 4, 8, 32)  # [q/k/v, head, head_dim, inputs]
     penalised = (grad != 0).flatten(2).any(2)            # [q/k/v, head]
     assert torch.equal(penalised, picked.expand(3, 4))   # every row of a picked head, none of the others
+
+
+# --- nn.MultiheadAttention (torchvision's ViT, users' own transformers) ---------------------------
+
+from compress.structured.attention import HeadsAttention, prepare_attention  # noqa: E402
+
+
+def _small_vit():
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                                                hidden_dim=32, mlp_dim=64, num_classes=10).eval()
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_heads_attention_computes_what_multihead_attention_does(batch_first, bias):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, bias=bias, batch_first=batch_first).eval()
+    ours = HeadsAttention.from_mha(mha).eval()
+    assert ours.in_proj.weight is mha.in_proj_weight and ours.out_proj is mha.out_proj  # the same Parameters
+    x, y = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    if not batch_first:
+        x, y = x.transpose(0, 1), y.transpose(0, 1)
+    attn_mask = torch.rand(5, 7) > 0.7
+    padding = torch.zeros(3, 7, dtype=torch.bool)
+    padding[0, -2:] = True
+    for kw in ({}, {"need_weights": False}, {"attn_mask": attn_mask}, {"key_padding_mask": padding},
+               {"average_attn_weights": False}, {"attn_mask": torch.randn(5, 7)}):
+        want, got = mha(x, y, y, **kw), ours(x, y, y, **kw)
+        assert torch.allclose(want[0], got[0], atol=1e-6)
+        assert (want[1] is None and got[1] is None) or torch.allclose(want[1], got[1], atol=1e-6)
+    single = torch.randn(5, 16)
+    assert torch.allclose(mha(single, single, single)[0], ours(single, single, single)[0], atol=1e-6)
+    assert sorted(ours.state_dict()) == sorted(mha.state_dict())  # checkpoints load either way
+    fresh = nn.MultiheadAttention(16, 4, bias=bias, batch_first=batch_first)
+    fresh.load_state_dict(ours.state_dict())
+    ours.load_state_dict(mha.state_dict())
+
+
+def test_torchvision_vit_heads_are_cut_exactly_and_export(tmp_path):
+    from deploy.export import export_onnx
+
+    model, x = _small_vit(), torch.randn(2, 3, 32, 32)
+    keys = sorted(model.state_dict())
+    heads = _heads(channel_groups(model, x))
+    assert len(heads) == 2 and all(g.prunable and g.size == 4 for g in heads)
+    assert isinstance(model.encoder.layers[0].self_attention, HeadsAttention)
+    assert sorted(model.state_dict()) == keys
+    cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
+    assert cut >= 4 and diff < 1e-5
+    smaller = copy.deepcopy(model)
+    group = _heads(channel_groups(smaller, x))[0]
+    remove_channels(smaller, group, torch.tensor([1, 3]))
+    attn = smaller.encoder.layers[0].self_attention
+    assert attn.num_heads == 2 and attn.in_proj.weight.shape == (3 * 2 * 8, 32) and attn.out_proj.in_features == 16
+    info = export_onnx(smaller, x, tmp_path / "vit.onnx")
+    assert info["max_abs_diff_vs_torch"] < 1e-4
+
+
+def test_a_dead_head_is_harvested_and_the_cut_rebuilds_from_the_record():
+    """As the freeze stage does: harvest a model with a dead head, then cut a fresh model to the
+    record and load the harvested weights (same keys as nn.MultiheadAttention's)."""
+    from compress.structured.structure import apply_structure
+
+    model, x = _small_vit(), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # head 2 of layer 1: its q, k and v rows (8 each) and biases
+        w, b = model.encoder.layers[1].self_attention.in_proj_weight, model.encoder.layers[1].self_attention.in_proj_bias
+        for r in range(3):
+            w[r * 32 + 16:r * 32 + 24] = 0
+            b[r * 32 + 16:r * 32 + 24] = 0
+    want = model(x)
+    record = harvest(model, (3, 32, 32))
+    assert record["keep"] == {"encoder.layers.encoder_layer_1.self_attention.in_proj": [0, 1, 3]}
+    assert torch.allclose(model(x), want, atol=1e-5)
+    fresh = _small_vit()
+    apply_structure(fresh, record, (3, 32, 32))
+    fresh.load_state_dict(model.state_dict())
+    assert torch.allclose(fresh(x), want, atol=1e-5)
+
+
+class _Attending(nn.Module):
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+        self.a, self.b = nn.Linear(6, 16), nn.Linear(6, 16)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.out = nn.Linear(16, 3)
+        self.register_buffer("mask", torch.zeros(5, 5, dtype=torch.bool))
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.mode == "cross":
+            y, _ = self.attn(h, self.b(x), self.b(x))
+        elif self.mode == "mask":
+            y, _ = self.attn(h, h, h, attn_mask=self.mask)
+        else:  # the attention weights are used
+            y, w = self.attn(h, h, h)
+            y = y * w.mean()
+        return self.out(y)
+
+
+@pytest.mark.parametrize("mode", ["cross", "mask", "weights"])
+def test_multihead_attention_other_than_plain_self_attention_keeps_its_heads(mode):
+    torch.manual_seed(0)
+    model, x = _Attending(mode), torch.randn(2, 5, 6)
+    cut, diff, groups = cut_vs_masked(model, x)
+    assert not any(g.prunable for g in _heads(groups))
+    assert any("attn (MultiheadAttention)" in b for g in groups for b in g.blockers)
+    assert diff < 1e-5
+
+
+def test_torch_transformer_layers_keep_their_own_attention():
+    layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True)
+    model = nn.Sequential(layer)
+    assert prepare_attention(model) == [] and type(layer.self_attn) is nn.MultiheadAttention
+    inside = nn.ModuleList([nn.MultiheadAttention(16, 4)])
+    holder = nn.Module()
+    holder.blocks = inside
+    assert prepare_attention(holder) == ["blocks.0"] and isinstance(inside[0], HeadsAttention)

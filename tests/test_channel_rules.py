@@ -283,13 +283,13 @@ def test_unknown_module_blocks_naming_module_path_and_type():
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.c, self.attn = nn.Conv1d(4, 8, 1), nn.MultiheadAttention(8, 2, batch_first=True)
+            self.c, self.rnn = nn.Conv1d(4, 8, 1), nn.LSTM(8, 6, batch_first=True)
 
         def forward(self, x):
             h = self.c(x).transpose(1, 2)
-            return self.attn(h, h, h)[0]
-    groups = channel_groups(Net(), torch.randn(2, 4, 5))  # the transpose is understood; the attention is not
-    assert blockers(groups, "c") == ["unsupported module attn (MultiheadAttention)"]
+            return self.rnn(h)[0]
+    groups = channel_groups(Net(), torch.randn(2, 4, 5))  # the transpose is understood; the LSTM is not
+    assert blockers(groups, "c") == ["unsupported module rnn (LSTM)"]
 
 
 class GroupNormNet(nn.Module):

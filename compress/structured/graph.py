@@ -24,6 +24,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..modes import evaluating
 from . import ops  # noqa: F401  (registers the built-in rules)
+from .attention import prepare_attention
 from .norm import NormWithRemoved
 from .ops import CONV, FACTORIES, SHAPE_READS, shape_only
 from .rules import FUNCTION_RULES, has_own_rule, rule_for_module
@@ -432,7 +433,10 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
     """The channel groups of `model` for inputs shaped like `example` ([B, C, ...] or [B, F]).
 
     Raises ValueError, with one line saying why, for a model it cannot trace or run; any op it does
-    not understand leaves the groups involved unprunable (their `blockers` say why)."""
+    not understand leaves the groups involved unprunable (their `blockers` say why). Swaps each
+    nn.MultiheadAttention for the same attention with cuttable heads first (attention.py: same
+    Parameters, same state_dict keys)."""
+    prepare_attention(model)
     traced = _trace(model, example)
     w = Walk(traced, model)
     try:

@@ -19,6 +19,7 @@ import operator
 import torch
 from torch import fx, nn
 
+from .attention import HeadsAttention
 from .norm import GRN, GroupNormWithRemoved, NormWithRemoved, ResponseNormWithRemoved, norm_axis
 from .rules import (elementwise_rule, function_rule, module_rule, register_function_rule, register_module_rule,
                     register_module_rule_by_name)
@@ -194,15 +195,8 @@ def qkv_attention(w, node, m) -> None:
         w.block(node, why)
         w.start(node, proj.out_features if isinstance(proj, nn.Linear) else 1, blocker=why, axis=w.ndim(node) - 1)
         return
-    if x in w.label:
-        w.join(f"{name}.qkv", w.label[x], "consumer", x)
+    grp = _heads_group(w, name, "qkv", "proj", x, heads, qkv.out_features // (3 * heads))
     dim = qkv.out_features // (3 * heads)
-    gid = w.g.new(heads)
-    grp = w.g.get(gid)
-    grp.producers.append(f"{name}.qkv")
-    grp.layout[f"{name}.qkv"] = (dim, 3)
-    w.join(f"{name}.proj", ((gid, dim),), "consumer")
-    grp.counters.append((name, "num_heads", 1))
     if isinstance(getattr(m, "attn_dim", None), int):
         grp.counters.append((name, "attn_dim", dim))
     table = getattr(m, "relative_position_bias_table", None)
@@ -213,6 +207,45 @@ def qkv_attention(w, node, m) -> None:
 
 for _name in QKV_ATTENTION:
     register_module_rule_by_name(_name, qkv_attention)
+
+
+def _heads_group(w, name: str, qkv: str, proj: str, x: fx.Node, heads: int, dim: int):
+    """The heads of attention `name` as a group of their own: `name.qkv` (rows [3, heads, dim]) reads
+    x's channels and produces the heads, `name.proj` reads dim inputs per head; `num_heads` counts them."""
+    if x in w.label:
+        w.join(f"{name}.{qkv}", w.label[x], "consumer", x)
+    grp = w.g.get(w.g.new(heads))
+    grp.producers.append(f"{name}.{qkv}")
+    grp.layout[f"{name}.{qkv}"] = (dim, 3)
+    w.join(f"{name}.{proj}", ((grp.id, dim),), "consumer")
+    grp.counters.append((name, "num_heads", 1))
+    return grp
+
+
+@module_rule(HeadsAttention)
+def heads_attention(w, node, m) -> None:
+    """nn.MultiheadAttention (made a HeadsAttention by prepare_attention) used as self-attention
+    (query, key and value one tensor, channels last): heads cut as timm's Attention's, `in_proj` reading
+    the channels and `out_proj` writing new ones as element 0 of its (output, weights) result. Masks
+    (whose shape may count heads) and attention weights that are used (an average over the heads
+    changes when heads go) keep it whole."""
+    name = node.target
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask")
+    given = {**dict(zip(names, node.args)), **node.kwargs}
+    x = given.get("query")
+    weights_used = any(u.target is not operator.getitem or u.args[1] != 0 and u.users for u in node.users)
+    ok = isinstance(x, fx.Node) and given.get("key") is x and given.get("value") is x and \
+        given.get("key_padding_mask") is None and given.get("attn_mask") is None and not weights_used and \
+        (x not in w.label or w.axis[x] == w.ndim(x) - 1)
+    nd = w.ndim(x) if isinstance(x, fx.Node) else None
+    if not ok or nd is None:
+        why = f"{name} (MultiheadAttention): not self-attention of one tensor, with masks, or its weights used"
+        w.block(node, why)
+        w.start(node, m.out_proj.out_features, blocker=why, axis=(nd or 1) - 1)
+    else:
+        _heads_group(w, name, "in_proj", "out_proj", x, m.num_heads, m.head_dim)
+        w.start(node, m.out_proj.out_features, producer=f"{name}.out_proj", axis=nd - 1)
+    w.parts[node] = [(w.label[node], w.axis[node]), None]  # (output, attention weights)
 
 
 def _qualname(m: nn.Module) -> str:
@@ -599,8 +632,10 @@ def indexing(w, node, m) -> None:
     torch.split / chunk carries that part's channels."""
     x = w.first(node)
     if x in w.parts and node.target is operator.getitem and isinstance(node.args[1], int):
-        w.label[node], w.axis[node] = w.parts[x][node.args[1]]
-        w.shifted[node] = w.shifted.get(x)
+        part = w.parts[x][node.args[1]]
+        if part is not None:  # None: an element that carries no channels (attention weights)
+            w.label[node], w.axis[node] = part
+            w.shifted[node] = w.shifted.get(x)
         return
     if x in w.label and node.target is operator.getitem and w.ndim(node) is not None:
         k = _index_axis(node.args[1], w.ndim(x), w.axis[x], x.meta["tensor_meta"].shape[w.axis[x]])
