@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..imports import call_user, load_object
+from ..structured.attention import prepare_attention
 from ..config.model import ModelConfig
 from .mobilenet import MobileNetV1
 from .resnet import CifarResNet
@@ -73,7 +74,16 @@ MAX_PARAMETERS = 1 << 30  # 4 GiB of float32 weights
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Instantiate the configured model for data of `input_shape` with `num_classes` classes."""
+    """Instantiate the configured model for data of `input_shape` with `num_classes` classes. Its
+    nn.MultiheadAttention layers come as the equivalent HeadsAttention (same function, Parameters and
+    state_dict keys; compress/structured/attention.py), so that every method sees the same layers
+    (`in_proj` a Linear) and heads can be cut."""
+    model = _build(cfg, input_shape, num_classes)
+    prepare_attention(model)
+    return model
+
+
+def _build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     module_name, _, attr = cfg.name.partition(":")
     if cfg.name in MODELS or module_name == "torchvision":
         def make() -> nn.Module:

@@ -40,6 +40,15 @@ class HeadsAttention(nn.Module):
         new = cls(in_proj, m.out_proj, m.num_heads, m.head_dim, m.dropout, m.batch_first)
         return new.train(m.training)
 
+    # what code written for nn.MultiheadAttention may read
+    _qkv_same_embed_dim, bias_k, bias_v, add_zero_attn = True, None, None, False
+
+    @property
+    def embed_dim(self) -> int:
+        return self.in_proj.in_features
+
+    kdim = vdim = embed_dim
+
     @property
     def in_proj_weight(self) -> torch.Tensor:
         return self.in_proj.weight
