@@ -102,3 +102,23 @@ def test_a_tampered_sparse_file_is_refused_before_counting(run_dir):
     with pytest.raises(UserError, match="sha256"):
         shipped_sparsity(run_dir, SHAPES, {"fc1": 24, "fc2": 12}, {})
     assert manifest["layers"]["fc1"]["nnz"] == 5
+
+
+def test_an_onnx_file_with_fewer_nonzeros_is_named_too(run_dir):
+    w = {f"{n}.weight": t.numpy().copy() for n, t in weights().items()}
+    w["fc1.weight"][0, 0] = 0.0
+    write_onnx(run_dir / "onnx" / "sparse.onnx", w)
+    with pytest.raises(UserError, match=r"layer 'fc1' has 4 nonzero weights but .* stores 5"):
+        shipped_sparsity(run_dir, SHAPES, {"fc1": 24, "fc2": 12}, {})
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (20, 30)])
+def test_counts_of_one_and_of_many_weights(tmp_path, shape):
+    """A one-weight layer (global sparsity 0 exactly) and a layer of 600 nonzeros (counts past the
+    small integers Python keeps once)."""
+    w = {"only": torch.arange(1, shape[0] * shape[1] + 1, dtype=torch.float32).view(shape)}
+    (tmp_path / "onnx").mkdir()
+    save_sparse(tmp_path / "sparse", w)
+    write_onnx(tmp_path / "onnx" / "sparse.onnx", {"only.weight": w["only"].numpy()})
+    got = shipped_sparsity(tmp_path, {"only": list(shape)}, {"only": shape[0] * shape[1]}, {})
+    assert got["global"] == 0.0 and got["per_layer"] == {"only": 0.0}
