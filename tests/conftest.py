@@ -9,6 +9,10 @@ import pytest
 # as the CLI does (deploy/cli.py): OpenMP threads that sleep, not spin, so the suite keeps its pace on a
 # machine busy with other work; inherited by every subprocess the tests start
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# under pytest-xdist (tools/test.sh runs one worker per core): one thread per worker, or the workers'
+# OpenMP pools fight over the same cores
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 # A class-balanced real MNIST subset committed with the tests (provenance: tests/mnist_subset/README.md),
