@@ -81,8 +81,8 @@ class HeadsAttention(nn.Module):
         mask = _additive_mask(attn_mask, key_padding_mask, is_causal, n, self.num_heads, tgt, src, scores.dtype)
         if mask is not None:
             scores = scores + mask
-        weights = torch.softmax(scores, dim=-1)
-        out = torch.bmm(F.dropout(weights, self.dropout, self.training), v)  # [N·H, L, head_dim]
+        weights = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)  # returned as applied
+        out = torch.bmm(weights, v)  # [N·H, L, head_dim]
         out = self.out_proj(out.transpose(0, 1).reshape(tgt, n, inner))
         if self.batch_first and batched:
             out = out.transpose(0, 1)
