@@ -289,3 +289,70 @@ def test_torch_transformer_layers_keep_their_own_attention():
     holder = nn.Module()
     holder.blocks = inside
     assert prepare_attention(holder) == ["blocks.0"] and isinstance(inside[0], HeadsAttention)
+
+
+class _DrivesItsAttention(nn.Module):
+    """Attention pooling that calls F.multi_head_attention_forward with its nn.MultiheadAttention's
+    tensors, and a branch on the attention's type: code written for nn.MultiheadAttention itself."""
+
+    def __init__(self, check_type: bool):
+        super().__init__()
+        self.check_type = check_type
+        self.emb, self.attn, self.fc = nn.Linear(3, 16), nn.MultiheadAttention(16, 4), nn.Linear(16, 2)
+        self.q = nn.Parameter(torch.randn(1, 1, 16))
+
+    def forward(self, x):
+        if self.check_type and not isinstance(self.attn, nn.MultiheadAttention):
+            raise TypeError("expects nn.MultiheadAttention")
+        a, h = self.attn, self.emb(x).transpose(0, 1)
+        out, _ = nn.functional.multi_head_attention_forward(
+            self.q.expand(1, h.shape[1], 16), h, h, a.embed_dim, a.num_heads, a.in_proj_weight, a.in_proj_bias,
+            a.bias_k, a.bias_v, a.add_zero_attn, a.dropout, a.out_proj.weight, a.out_proj.bias,
+            training=self.training, need_weights=False, use_separate_proj_weight=not a._qkv_same_embed_dim,
+            q_proj_weight=a.q_proj_weight, k_proj_weight=a.k_proj_weight, v_proj_weight=a.v_proj_weight)
+        return self.fc(out[0])
+
+
+@pytest.mark.parametrize("check_type", [False, True])
+def test_code_written_for_multihead_attention_keeps_working(check_type):
+    """What nn.MultiheadAttention's own code reads is there; where the swap still changes what the model
+    does (here: a type check), it is undone, and the harvest never leaves the model broken."""
+    from compress.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model, x = _DrivesItsAttention(check_type).eval(), torch.randn(2, 5, 3)
+    want = model(x)
+    swapped = prepare_attention(model, torch.zeros(2, 5, 3))
+    assert swapped == ([] if check_type else ["attn"])
+    assert torch.allclose(model(x), want, atol=1e-6)
+    record = harvest(model, (5, 3))
+    assert "skipped" not in record and torch.allclose(model(x), want, atol=1e-6)
+
+
+def test_heads_attention_matches_multihead_attention_at_the_edges():
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    ours = HeadsAttention.from_mha(mha).eval()
+    x = torch.randn(2, 5, 16)
+    padded = torch.zeros(2, 5, dtype=torch.bool)
+    padded[0] = True  # every key of item 0 masked: the fused kernel gives out_proj's bias, not NaN
+    want, got = mha(x, x, x, key_padding_mask=padded, need_weights=False)[0], ours(x, x, x, key_padding_mask=padded,
+                                                                                  need_weights=False)[0]
+    assert not got.isnan().any() and torch.allclose(want, got, atol=1e-6)
+    for kw in ({"attn_mask": torch.zeros(5, 5, dtype=torch.uint8)}, {"is_causal": True}):
+        with pytest.raises((AssertionError, RuntimeError)):
+            mha(x, x, x, **kw)
+        with pytest.raises((AssertionError, RuntimeError)):
+            ours(x, x, x, **kw)
+    assert list(ours.state_dict()) == list(mha.state_dict())  # the same keys in the same order
+
+
+def test_the_fused_projection_is_counted_as_a_layer():
+    from compress.flops import count_macs
+
+    block = nn.Module()
+    block.attn, block.fc = nn.MultiheadAttention(16, 4, batch_first=True), nn.Linear(16, 3)
+    block.forward = lambda x: block.fc(block.attn(x, x, x, need_weights=False)[0].mean(1))
+    prepare_attention(block)
+    per_layer = count_macs(block, (5, 16))["per_layer"]
+    assert per_layer["attn.in_proj"] == (5 * 48 * 16, 5 * 48 * 16)

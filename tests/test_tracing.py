@@ -540,3 +540,25 @@ def test_a_split_carries_the_shift_and_a_tuple_handed_on_blocks():
     x = torch.randn(2, 3, 4, 4)
     assert next(g for g in channel_groups(SplitShift(), x) if "a" in g.producers).shifts
     assert not next(g for g in channel_groups(TupleOn(), x) if "a" in g.producers).prunable
+
+
+def test_a_model_that_cannot_read_a_random_batch_is_not_cut_unchecked():
+    """Token ids given as floats: zeros trace, a random batch does not index the embedding. With dead
+    channels to cut, the harvest says it cannot check the cut and cuts nothing; with none, it is quiet."""
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc1, self.fc2 = nn.Embedding(10, 8), nn.Linear(8, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(self.emb(x.long()).mean(1))))
+
+    torch.manual_seed(0)
+    model = Tokens().eval()
+    assert "skipped" not in harvest(model, (6,))
+    with torch.no_grad():
+        model.fc1.weight[2] = 0
+        model.fc1.bias[2] = 0
+    record = harvest(model, (6,))
+    assert record["keep"] == {} and record["skipped"].startswith("cannot check the channel cut: the model fails")
+    assert model.fc1.out_features == 6

@@ -79,7 +79,7 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     state_dict keys; compress/structured/attention.py), so that every method sees the same layers
     (`in_proj` a Linear) and heads can be cut."""
     model = _build(cfg, input_shape, num_classes)
-    prepare_attention(model)
+    prepare_attention(model, torch.zeros(2, *input_shape))
     return model
 
 

@@ -40,8 +40,9 @@ class HeadsAttention(nn.Module):
         new = cls(in_proj, m.out_proj, m.num_heads, m.head_dim, m.dropout, m.batch_first)
         return new.train(m.training)
 
-    # what code written for nn.MultiheadAttention may read
+    # what code written for nn.MultiheadAttention may read (q, k and v come from the fused in_proj)
     _qkv_same_embed_dim, bias_k, bias_v, add_zero_attn = True, None, None, False
+    q_proj_weight = k_proj_weight = v_proj_weight = None
 
     @property
     def embed_dim(self) -> int:
@@ -53,15 +54,23 @@ class HeadsAttention(nn.Module):
     def in_proj_weight(self) -> torch.Tensor:
         return self.in_proj.weight
 
+    @in_proj_weight.setter
+    def in_proj_weight(self, value: torch.Tensor) -> None:
+        self.in_proj.weight = value
+
     @property
     def in_proj_bias(self) -> torch.Tensor | None:
         return self.in_proj.bias
+
+    @in_proj_bias.setter
+    def in_proj_bias(self, value: torch.Tensor | None) -> None:
+        self.in_proj.bias = value
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
                 attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batched = query.dim() == 3
+        batched, same = query.dim() == 3, query is key and key is value
         if not batched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
             key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
@@ -69,19 +78,28 @@ class HeadsAttention(nn.Module):
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
         # [L, N, E] from here on, as nn.MultiheadAttention works
         inner, (tgt, n), src = self.num_heads * self.head_dim, query.shape[:2], key.shape[0]
-        w, b = self.in_proj.weight, self.in_proj.bias
-        bq, bk, bv = b.split(inner) if b is not None else (None, None, None)
-        wq, wk, wv = w.split(inner)
+        if is_causal and attn_mask is None:
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint")  # as nn.MultiheadAttention
 
-        def heads(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, length: int) -> torch.Tensor:
-            return F.linear(x, weight, bias).reshape(length, n * self.num_heads, self.head_dim).transpose(0, 1)
+        def heads(x: torch.Tensor, length: int) -> torch.Tensor:
+            return x.reshape(length, n * self.num_heads, self.head_dim).transpose(0, 1)
 
-        q, k, v = heads(query, wq, bq, tgt), heads(key, wk, bk, src), heads(value, wv, bv, src)
+        if same:  # one projection, as nn.MultiheadAttention does (and a module call)
+            q, k, v = self.in_proj(query).split(inner, dim=-1)
+        else:
+            w, b = self.in_proj.weight, self.in_proj.bias
+            bq, bk, bv = b.split(inner) if b is not None else (None, None, None)
+            wq, wk, wv = w.split(inner)
+            q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+        q, k, v = heads(q, tgt), heads(k, src), heads(v, src)
         scores = torch.bmm(q, k.transpose(1, 2)) / math.sqrt(self.head_dim)  # [N·H, L, S]
-        mask = _additive_mask(attn_mask, key_padding_mask, is_causal, n, self.num_heads, tgt, src, scores.dtype)
+        mask = _additive_mask(attn_mask, key_padding_mask, n, self.num_heads, src, scores.dtype)
         if mask is not None:
             scores = scores + mask
-        weights = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)  # returned as applied
+        weights = torch.softmax(scores, dim=-1)
+        if mask is not None and not need_weights:  # its fused kernel gives a query that sees no key 0, not NaN
+            weights = weights.masked_fill(torch.isneginf(scores).all(-1, keepdim=True), 0.0)
+        weights = F.dropout(weights, self.dropout, self.training)  # returned as applied
         out = torch.bmm(weights, v)  # [N·H, L, head_dim]
         out = self.out_proj(out.transpose(0, 1).reshape(tgt, n, inner))
         if self.batch_first and batched:
@@ -95,15 +113,17 @@ class HeadsAttention(nn.Module):
         return out, (weights if batched else weights.squeeze(0))
 
 
-def _additive_mask(attn_mask, key_padding_mask, is_causal: bool, n: int, heads: int, tgt: int, src: int,
+def _additive_mask(attn_mask, key_padding_mask, n: int, heads: int, src: int,
                    dtype: torch.dtype) -> torch.Tensor | None:
     """nn.MultiheadAttention's masks (bool: True = not attended; float: added) as one float mask that
     broadcasts to [N·H, L, S]."""
     def additive(m: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(m, dtype=dtype).masked_fill(m, float("-inf")) if m.dtype == torch.bool else m.to(dtype)
+        if m.dtype == torch.bool:
+            return torch.zeros_like(m, dtype=dtype).masked_fill(m, float("-inf"))
+        if not m.is_floating_point():
+            raise AssertionError(f"only bool and floating types of masks are supported, got {m.dtype}")
+        return m.to(dtype)
 
-    if attn_mask is None and is_causal:
-        attn_mask = torch.ones(tgt, src, dtype=torch.bool).triu(1)
     total = None
     if attn_mask is not None:
         total = additive(attn_mask)
@@ -116,9 +136,12 @@ def _additive_mask(attn_mask, key_padding_mask, is_causal: bool, n: int, heads: 
 
 
 def _to_mha_keys(module, state: dict, prefix: str, local_metadata) -> None:
-    for ours, theirs in _KEYS.items():
-        if prefix + ours in state:
-            state[prefix + theirs] = state.pop(prefix + ours)
+    """Our keys renamed to nn.MultiheadAttention's, in place and in order."""
+    names = {prefix + ours: prefix + theirs for ours, theirs in _KEYS.items()}
+    if any(k in state for k in names):
+        items = list(state.items())
+        state.clear()
+        state.update((names.get(k, k), v) for k, v in items)
 
 
 def _from_mha_keys(state: dict, prefix: str, *args) -> None:
@@ -137,16 +160,58 @@ def convertible(m: nn.Module) -> bool:
 _TORCH_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
-def prepare_attention(model: nn.Module) -> list[str]:
+def prepare_attention(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
     """Swap, in place, every convertible nn.MultiheadAttention for the `HeadsAttention` computing the
     same (same Parameters, same state_dict keys), except inside torch's own Transformer layers (whose
-    fast path reads nn.MultiheadAttention's internals). Returns the paths swapped."""
-    swapped = []
-    for path, m in list(model.named_modules()):
+    fast path reads nn.MultiheadAttention's internals). With an `example` input the model is run before
+    and after (eval mode, a seeded random batch shaped like it, else the example itself): if it fails
+    or computes otherwise after the swap (code that reads what only nn.MultiheadAttention has), every
+    swap is undone; a model that runs on neither is left as it is. Returns the paths swapped."""
+    targets = []
+    for path, m in model.named_modules():
         parent_path, _, attr = path.rpartition(".")
         parent = model.get_submodule(parent_path) if path else None
-        if parent is None or not convertible(m) or isinstance(parent, _TORCH_LAYERS):
-            continue
+        if parent is not None and convertible(m) and not isinstance(parent, _TORCH_LAYERS):
+            targets.append((parent, attr, m, path))
+    if not targets:
+        return []
+    inputs = [] if example is None else \
+        [torch.randn(example.shape, generator=torch.Generator().manual_seed(0)).to(example), example]
+    before, x = None, None
+    for x in inputs:
+        before = _outputs(model, x)
+        if before is not None:
+            break
+    if inputs and before is None:  # the model does not run on such inputs: nothing to check a swap against
+        return []
+    for parent, attr, m, _ in targets:
         setattr(parent, attr, HeadsAttention.from_mha(m))
-        swapped.append(path)
-    return swapped
+    if before is not None:
+        after = _outputs(model, x)
+        if after is None or len(after) != len(before) or any(
+                a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(before, after)):
+            for parent, attr, m, _ in targets:
+                setattr(parent, attr, m)
+            return []
+    return [path for *_, path in targets]
+
+
+def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor] | None:
+    """The floating-point tensors of model(x) in eval mode, or None if it fails."""
+    from ..modes import evaluating
+
+    try:
+        with torch.no_grad(), evaluating(model):
+            out = model(x)
+    except Exception:
+        return None
+    flat, todo = [], [out]
+    while todo:
+        o = todo.pop(0)
+        if isinstance(o, torch.Tensor):
+            flat.append(o.float())
+        elif isinstance(o, dict):
+            todo[:0] = list(o.values())
+        elif isinstance(o, (list, tuple)):
+            todo[:0] = list(o)
+    return flat

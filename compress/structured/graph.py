@@ -436,7 +436,7 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
     not understand leaves the groups involved unprunable (their `blockers` say why). Swaps each
     nn.MultiheadAttention for the same attention with cuttable heads first (attention.py: same
     Parameters, same state_dict keys)."""
-    prepare_attention(model)
+    prepare_attention(model, example)
     traced = _trace(model, example)
     w = Walk(traced, model)
     try:
