@@ -400,8 +400,7 @@ TABLES = [
     Table("ResNet-20 on MNIST at 90%", ["results/methods-resnet20/results.json"],
           ".venv/bin/python tools/bench_methods.py --model resnet20 --methods lats,str,greg1 --sparsities 0.9 "
           "--epochs 4 --train-limit 12000 --lr 0.1 --out results/methods-resnet20", methods_resnet20,
-          "Predates issue 24's defaults; not re-measured: tried on 2026-12-02, the dense run alone took 14.5 "
-          "minutes on the shared cores (98.77% with 1 thread), so the three pruned runs were stopped."),
+          "Re-measured on 2026-12-03 with issue 24's defaults: 9.9 minutes on the 2 cores."),
     Table("From a trained model vs from scratch, LeNet-5", ["results/pretrained/results.json"],
           ".venv/bin/python tools/bench_pretrained.py --mnist ../shared/data/mnist", pretrained,
           "LATS rows re-measured on 2026-12-02 with issue 24's code (`--methods lats`, 1 thread, the 2 cores "
