@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .outputs import output_tensors
+
 _KEYS = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias"}
 
 
@@ -197,7 +199,7 @@ def prepare_attention(model: nn.Module, example: torch.Tensor | None = None) -> 
 
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor] | None:
-    """The floating-point tensors of model(x) in eval mode, or None if it fails."""
+    """The tensors of model(x) in eval mode (as float32), or None if it fails."""
     from ..modes import evaluating
 
     try:
@@ -205,13 +207,4 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor] | None:
             out = model(x)
     except Exception:
         return None
-    flat, todo = [], [out]
-    while todo:
-        o = todo.pop(0)
-        if isinstance(o, torch.Tensor):
-            flat.append(o.float())
-        elif isinstance(o, dict):
-            todo[:0] = list(o.values())
-        elif isinstance(o, (list, tuple)):
-            todo[:0] = list(o)
-    return flat
+    return [t.float() for t in output_tensors(out)]

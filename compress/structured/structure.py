@@ -12,6 +12,7 @@ from ..modes import evaluating
 from .graph import channel_groups
 from .harvest import harvest_channels
 from .remove import remove_channels
+from .outputs import output_tensors
 from .undo import snapshot
 from .weights import out_dim
 
@@ -75,7 +76,7 @@ def reference_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[t
     x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(
         p.device if p is not None else "cpu", p.dtype if p is not None and p.is_floating_point() else torch.float32)
     with torch.no_grad():
-        return x, _tensors(copy.deepcopy(model).eval()(x))
+        return x, output_tensors(copy.deepcopy(model).eval()(x))
 
 
 def cut_differs(reference: tuple[torch.Tensor, list[torch.Tensor]], after: nn.Module, tol: float = 1e-4) -> str | None:
@@ -84,7 +85,7 @@ def cut_differs(reference: tuple[torch.Tensor, list[torch.Tensor]], after: nn.Mo
     x, want = reference
     with torch.no_grad():
         try:
-            got = _tensors(copy.deepcopy(after).eval()(x))
+            got = output_tensors(copy.deepcopy(after).eval()(x))
         except Exception as e:  # e.g. a forward that hard-codes a channel count the cut changed
             return f"the cut model fails: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
     if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got)):
@@ -94,15 +95,6 @@ def cut_differs(reference: tuple[torch.Tensor, list[torch.Tensor]], after: nn.Mo
         if not rel < tol:
             return f"relative difference {rel:.2g}"
     return None
-
-
-def _tensors(out) -> list[torch.Tensor]:
-    """The tensors of a model's output (a tensor, or tuples, lists and dicts of them), in order."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    return [t for o in out for t in _tensors(o)] if isinstance(out, (list, tuple)) else []
 
 
 def apply_structure(model: nn.Module, structure: dict, input_shape: tuple[int, ...]) -> None:
