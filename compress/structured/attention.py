@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..modes import evaluating
 from .outputs import output_tensors
 
 _KEYS = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias"}
@@ -200,8 +201,6 @@ def prepare_attention(model: nn.Module, example: torch.Tensor | None = None) -> 
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor] | None:
     """The tensors of model(x) in eval mode (as float32), or None if it fails."""
-    from ..modes import evaluating
-
     try:
         with torch.no_grad(), evaluating(model):
             out = model(x)
