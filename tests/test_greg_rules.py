@@ -136,8 +136,9 @@ def official_greg(variant: int, w0: torch.Tensor, batches, steps: int, k: int, s
     """The official GReg loop (weight groups, one layer), written out from the paper's code: penalty updates
     at t % k == 0 of the phase before that step's penalty; GReg-1 picks the lowest |w| at the start;
     GReg-2 grows reg on all until reg_upper_limit_pick, then picks by current |w| and recovers the kept;
-    done when reg.max() > reg_upper_limit; removal after step t_done + stabilize. Returns the weights
-    after each step up to the removal."""
+    done when reg.max() > reg_upper_limit; removal after step t_done + stabilize; then fine-tuning with a
+    new optimizer (no momentum) and the mask applied after every step, to `steps`. Returns the weights
+    after each step and the removal step."""
     layer = nn.Linear(w0.shape[1], w0.shape[0], bias=False)
     with torch.no_grad():
         layer.weight.copy_(w0)
@@ -145,8 +146,17 @@ def official_greg(variant: int, w0: torch.Tensor, batches, steps: int, k: int, s
     n, count = w0.numel(), 6  # min(ceil(0.5·12), 11)
     reg = torch.zeros(n)
     pruned = torch.argsort(w0.abs().flatten())[:count] if variant == 1 else None
-    state, t_done, seen = "update_reg", None, []
+    state, t_done, seen, removed_at = "update_reg", None, [], None
     for t in range(steps):
+        if removed_at is not None:  # fine-tuning the pruned layer
+            x, y = batches[t]
+            opt.zero_grad()
+            ((layer(x) - y) ** 2).mean().backward()
+            opt.step()
+            with torch.no_grad():
+                layer.weight.view(-1)[pruned] = 0.0
+            seen.append(layer.weight.detach().clone())
+            continue
         x, y = batches[t]
         out = layer(x)
         if state == "update_reg" and t % k == 0:
@@ -169,16 +179,16 @@ def official_greg(variant: int, w0: torch.Tensor, batches, steps: int, k: int, s
         if state == "stabilize" and t - t_done == stabilize:
             with torch.no_grad():
                 layer.weight.view(-1)[pruned] = 0.0
-            seen.append(layer.weight.detach().clone())
-            return seen, t
+            removed_at = t
+            opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
         seen.append(layer.weight.detach().clone())
-    return seen, None
+    return seen, removed_at
 
 
 @pytest.mark.parametrize("variant", [1, 2])
 def test_a_short_run_is_bit_identical_to_the_official_loop(variant):
-    """Every step's weights equal the official loop's bit for bit, up to and including the removal (the
-    official code then builds a smaller model with a fresh optimizer; here the same optimizer goes on)."""
+    """With reset_optimizer (the official fine-tuning's new optimizer), every step's weights equal the
+    official loop's bit for bit: the penalty, the removal and the fine-tuning after it."""
     torch.manual_seed(0)
     w0 = torch.randn(3, 4)
     batches = [(torch.randn(8, 4), torch.randn(8, 3)) for _ in range(30)]
@@ -192,10 +202,12 @@ def test_a_short_run_is_bit_identical_to_the_official_loop(variant):
         layer.weight.copy_(w0)
     pruner = GRegPruner(GRegOptions(variant=variant, sparsity=0.5, pick_after=0.0, update_reg_interval=3,
                                     reg_granularity_prune=0.25, reg_upper_limit=1.0, reg_granularity_pick=0.25,
-                                    reg_upper_limit_pick=0.5, reg_granularity_recover=-0.125, stabilize_steps=4))
+                                    reg_upper_limit_pick=0.5, reg_granularity_recover=-0.125, stabilize_steps=4,
+                                    reset_optimizer=True))
     pruner.attach(nn.Sequential(layer), ["0"], TrainPlan(1, 30, lambda s: 0.1))
     pruner.begin_epoch(0)
     opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    pruner.bind_optimizer(opt)
     for t, want in enumerate(reference):
         x, y = batches[t]
         opt.zero_grad()
@@ -204,7 +216,34 @@ def test_a_short_run_is_bit_identical_to_the_official_loop(variant):
         opt.step()
         pruner.after_step(t, 0.1)
         assert torch.equal(layer.weight.detach(), want), f"step {t}"
-    assert pruner.phase == "finetune" and int((layer.weight == 0).sum()) == 6
+    assert len(reference) == 30 and pruner.phase == "finetune" and int((layer.weight == 0).sum()) == 6
+
+
+def test_without_reset_the_optimizer_keeps_its_momentum_through_the_removal():
+    """The default (one training run): the momentum of the penalty phase carries into fine-tuning, so the
+    first fine-tuning step differs from a fresh optimizer's; with reset_optimizer the state is empty at
+    the removal, and a resumed run (phase already 'finetune') does not clear what it loaded."""
+    for reset in (False, True):
+        layer = nn.Linear(4, 3, bias=False)
+        pruner = GRegPruner(GRegOptions(sparsity=0.5, pick_after=0.0, update_reg_interval=1,
+                                        reg_granularity_prune=0.6, reg_upper_limit=1.0, reset_optimizer=reset))
+        pruner.attach(nn.Sequential(layer), ["0"], TrainPlan(1, 10, lambda s: 0.1))
+        opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+        pruner.bind_optimizer(opt)
+        pruner.begin_epoch(0)
+        for t in range(3):  # reg 0.6, 1.2 > 1.0 at t = 1: removed after step 1
+            opt.zero_grad()
+            layer(torch.ones(2, 4)).sum().backward()
+            pruner.after_backward(t)
+            opt.step()
+            pruner.after_step(t, 0.1)
+            if t == 1:
+                assert pruner.phase == "finetune"
+                assert (len(opt.state) == 0) == reset
+        state = pruner.state_dict()
+        opt.step()  # momentum exists again
+        pruner.load_state_dict(state)
+        assert len(opt.state) == 1
 
 
 def test_derived_granularities_spread_the_penalty_over_the_updates():
@@ -280,3 +319,94 @@ def test_a_checkpoint_from_before_reg_start_resumes_counting_from_step_0():
     pruner.reg_start = 9
     pruner.load_state_dict(state)
     assert pruner.reg_start == 0
+
+
+def official_greg_filters(variant: int, net0: nn.Sequential, batches, steps: int, k: int, stabilize: int,
+                          count: int):
+    """The official GReg loop in filter mode on Linear(4, 6) → ReLU → Linear(6, 3), written out from the
+    paper's code: one penalty per filter (row) of the first layer, grad += reg·w on its weight; GReg-1 picks
+    the lowest-L1 rows at the start, GReg-2 grows reg on all rows to reg_upper_limit_pick, picks by current
+    L1 and recovers the kept; done when reg.max() > reg_upper_limit; after step t_done + stabilize a
+    smaller network (rows and the next layer's columns gone) is fine-tuned with a new optimizer.
+    Returns per step the kept parameters and the removal step."""
+    import copy
+    net = copy.deepcopy(net0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    reg = torch.zeros(6)
+    scores = lambda: net[0].weight.detach().abs().sum(1)  # noqa: E731
+    pruned = torch.argsort(scores())[:count] if variant == 1 else None
+    state, t_done, removed_at, seen = "update_reg", None, None, []
+    for t in range(steps):
+        if state == "update_reg" and t % k == 0:
+            if pruned is None:
+                reg += 0.25
+                if reg.max() >= 0.5:
+                    pruned = torch.argsort(scores())[:count]
+            else:
+                reg[pruned] += 0.25
+                if variant == 2:
+                    kept = torch.ones(6, dtype=torch.bool)
+                    kept[pruned] = False
+                    reg[kept] = -0.125
+            if pruned is not None and reg.max() > 1.0:
+                state, t_done = "stabilize", t
+        x, y = batches[t]
+        opt.zero_grad()
+        ((net(x) - y) ** 2).mean().backward()
+        if removed_at is None:
+            net[0].weight.grad += reg[:, None] * net[0].weight.detach()
+        opt.step()
+        if state == "stabilize" and removed_at is None and t - t_done == stabilize:
+            keep = torch.tensor([i for i in range(6) if i not in set(pruned.tolist())])
+            small = nn.Sequential(nn.Linear(4, len(keep)), nn.ReLU(), nn.Linear(len(keep), 3))
+            with torch.no_grad():
+                small[0].weight.copy_(net[0].weight[keep])
+                small[0].bias.copy_(net[0].bias[keep])
+                small[2].weight.copy_(net[2].weight[:, keep])
+                small[2].bias.copy_(net[2].bias)
+            net, removed_at = small, t
+            opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        seen.append({"keep": None if removed_at is None else keep,
+                     "params": [p.detach().clone() for p in net.parameters()]})
+    return seen, removed_at
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_filter_mode_run_matches_the_official_loop_with_its_smaller_fine_tuned_network(variant):
+    """Filter mode with reset_optimizer against the official loop that removes the filters physically and
+    fine-tunes the smaller network with a new optimizer: equal bit for bit up to the removal and within
+    1e-6 after it (the smaller matmuls add in another order), the removed channels exact zeros."""
+    torch.manual_seed(1)
+    net0 = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    batches = [(torch.randn(8, 4), torch.randn(8, 3)) for _ in range(30)]
+    reference, removed_at = official_greg_filters(variant, net0, batches, 30, k=3, stabilize=4, count=3)
+    assert removed_at == 16  # as the weight-mode loop: done at t = 12, removed after step 12 + 4
+
+    import copy
+    net = copy.deepcopy(net0)
+    pruner = GRegPruner(GRegOptions(variant=variant, granularity="filter", sparsity=0.5, pick_after=0.0,
+                                    update_reg_interval=3, reg_granularity_prune=0.25, reg_upper_limit=1.0,
+                                    reg_granularity_pick=0.25, reg_upper_limit_pick=0.5,
+                                    reg_granularity_recover=-0.125, stabilize_steps=4, reset_optimizer=True))
+    pruner.attach(net, ["0", "2"], TrainPlan(1, 30, lambda s: 0.1, input_shape=(4,)))
+    assert list(pruner.groups) and len(pruner.units) == 1  # the logits stay whole: one channel group
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    pruner.bind_optimizer(opt)
+    pruner.begin_epoch(0)
+    for t, want in enumerate(reference):
+        x, y = batches[t]
+        opt.zero_grad()
+        ((net(x) - y) ** 2).mean().backward()
+        pruner.after_backward(t)
+        opt.step()
+        pruner.after_step(t, 0.1)
+        got = [p.detach() for p in net.parameters()]
+        if want["keep"] is None:
+            assert all(torch.equal(g, w) for g, w in zip(got, want["params"])), f"step {t}"
+            continue
+        keep = want["keep"]
+        dropped = torch.tensor([i for i in range(6) if i not in set(keep.tolist())])
+        assert not got[0][dropped].any() and not got[1][dropped].any(), f"step {t}"
+        for g, w in zip([got[0][keep], got[1][keep], got[2][:, keep], got[3]], want["params"]):
+            assert torch.allclose(g, w, atol=1e-6, rtol=0), f"step {t}: {(g - w).abs().max()}"
+    assert pruner.phase == "finetune"

@@ -11,7 +11,9 @@ pruned groups (mask), fine-tune.
 The official code's rules, each the default here: penalty updates at steps 0, k, 2k, … counted from
 the start of the penalty phase, each before that step's penalty applies; the penalty is applied at
 the update that ends the last layer and stabilize_steps steps more, then the groups are removed
-(after stabilize_steps + 1 penalised steps). Filter mode also stops on the kept/pruned magnitude
+(after stabilize_steps + 1 penalised steps). The official code then fine-tunes with a new optimizer and
+its own learning-rate schedule; here the run's optimizer and schedule go on (one training run) unless
+reset_optimizer clears the optimizer's state at the removal. Filter mode also stops on the kept/pruned magnitude
 ratio (EMA 0.9): GReg-1 ends a layer when every layer's ratio has reached mag_ratio_limit, GReg-2
 ends each layer when its own has; GReg-2's average runs during picking too (against the groups a
 pick would take at that moment).
@@ -73,6 +75,9 @@ class GRegOptions:
                                  "0.9), as the official code: GReg-1 ends a layer when every layer's ratio has "
                                  "reached this, GReg-2 each layer when its own has (its average also runs "
                                  "while picking).", lo=1.0)
+    reset_optimizer: bool = opt(False, "At removal, clear the optimizer's state (momentum), as the official code, "
+                                "which fine-tunes the pruned model with a new optimizer. false: the run's "
+                                "optimizer goes on, as one training run.")
     decay_1d: bool = opt(True, "Weight decay also on biases and BatchNorm parameters, as the official GReg code "
                          "(SGD over model.parameters()). false: weights only.")
 
@@ -275,6 +280,8 @@ class GRegPruner(MaskPruner):
 
     def _remove(self) -> None:
         """Remove the pruned groups: from now on they are exact zeros (masks kept through fine-tuning)."""
+        if self.options.reset_optimizer and self.optimizer is not None and self.phase != "finetune":
+            self.optimizer.state.clear()  # a fresh optimizer's state: no momentum, no step counts
         if self.groups:
             self.dropped = {n: torch.nonzero(self.pruned[n]).flatten() for n in self.units}
         else:
