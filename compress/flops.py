@@ -21,9 +21,10 @@ _EXTRA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_atten
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
     """MACs for one sample: {'dense', 'sparse', 'per_layer': {name: (dense, sparse)}}.
 
-    'dense' is FlopCounterMode's total over 2 (a MAC is two FLOPs). 'sparse' and 'per_layer'
-    cover Conv/Linear layers: positions × weights, and positions × nonzero weights (what an ideal
-    sparse kernel would do). A spiking model's counts are per time step.
+    'dense' is FlopCounterMode's total over 2 (a MAC is two FLOPs), plus time steps × weights for a
+    recurrent layer it does not see (the CPU LSTM kernel). 'sparse' and 'per_layer' cover Conv/Linear
+    and recurrent layers: positions × weights, and positions × nonzero weights (what an ideal sparse
+    kernel would do). A spiking model's counts are per time step.
     """
     per_layer: dict[str, tuple[int, int]] = {}
     hooks = []
@@ -36,9 +37,19 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
             per_layer[name] = (positions * w.numel(), positions * int((w != 0).sum()))
         return fn
 
+    def recurrent_hook(name):
+        def fn(module, inputs, output):
+            out = output[0] if isinstance(output, tuple) else output
+            steps = out.numel() // out.shape[-1]  # time steps (× batch, which is 1 here)
+            weights = [p for n, p in module.named_parameters() if n.startswith("weight_")]
+            per_layer[name] = (steps * sum(w.numel() for w in weights), steps * sum(int((w != 0).sum()) for w in weights))
+        return fn
+
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             hooks.append(module.register_forward_hook(hook(name)))
+        elif isinstance(module, (nn.RNN, nn.LSTM, nn.GRU)):
+            hooks.append(module.register_forward_hook(recurrent_hook(name)))
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
@@ -50,7 +61,13 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for h in hooks:
             h.remove()
+    dense = counter.get_total_flops() // 2
+    counted = counter.get_flop_counts()
+    for name, module in model.named_modules():  # a fused kernel (CPU LSTM) FlopCounterMode does not see
+        if isinstance(module, (nn.RNN, nn.LSTM, nn.GRU)) and name in per_layer and \
+                not sum(counted.get(f"{type(model).__name__}.{name}", {}).values()):
+            dense += per_layer[name][0]
     steps = int(getattr(model, "time_steps", 1) or 1)
     per_layer = {n: (d // steps, s // steps) for n, (d, s) in per_layer.items()}
-    return {"dense": counter.get_total_flops() // 2 // steps, "sparse": sum(s for _, s in per_layer.values()),
+    return {"dense": dense // steps, "sparse": sum(s for _, s in per_layer.values()),
             "per_layer": per_layer}

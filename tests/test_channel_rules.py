@@ -283,13 +283,12 @@ def test_unknown_module_blocks_naming_module_path_and_type():
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.c, self.rnn = nn.Conv1d(4, 8, 1), nn.LSTM(8, 6, batch_first=True)
+            self.c, self.shuffle, self.d = nn.Conv1d(4, 8, 1), nn.ChannelShuffle(2), nn.Conv1d(8, 3, 1)
 
         def forward(self, x):
-            h = self.c(x).transpose(1, 2)
-            return self.rnn(h)[0]
-    groups = channel_groups(Net(), torch.randn(2, 4, 5))  # the transpose is understood; the LSTM is not
-    assert blockers(groups, "c") == ["unsupported module rnn (LSTM)"]
+            return self.d(self.shuffle(self.c(x).transpose(1, 2).transpose(1, 2)))
+    groups = channel_groups(Net(), torch.randn(2, 4, 5))  # the transposes are understood; the shuffle is not
+    assert blockers(groups, "c") == ["unsupported module shuffle (ChannelShuffle)"]
 
 
 class GroupNormNet(nn.Module):

@@ -17,7 +17,7 @@ from torch import nn
 from .budget import unit_round
 from .graph import CONV, ChannelGroup
 from .remove import remove_channels
-from .weights import TRANSPOSED, rows_first
+from .weights import RECURRENT, TRANSPOSED, output_biases, output_weights, rows_first
 
 
 @dataclass
@@ -45,7 +45,11 @@ def _dead(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     dead = torch.ones(group.size, dtype=torch.bool)
     for name in group.producers:
         m = model.get_submodule(name)
-        dead &= (group.per_channel_rows(name, rows_first(m.weight.detach(), m)) == 0).all(1).cpu()
+        for w in output_weights(m):
+            dead &= (group.per_channel_rows(name, rows_first(w.detach(), m)) == 0).all(1).cpu()
+        if isinstance(m, RECURRENT):  # a unit with only its biases left is no constant: its state moves
+            for b in output_biases(m):
+                dead &= (group.per_channel_rows(name, b.detach()[:, None]) == 0).all(1).cpu()
     return dead
 
 
@@ -57,6 +61,9 @@ def _no_padding(conv: nn.Module) -> bool:
 
 def _fold_terms(m: nn.Module, inp: torch.Tensor, idx: torch.Tensor, per_channel: int, offset: int):
     """For channels `idx` of a group read by a consumer at `offset`: (foldable, bias term per channel [k, out])."""
+    if isinstance(m, RECURRENT):  # a constant input feeds every step: only zeros go (nothing to fold)
+        zero = (inp.flatten(0, -2)[:, idx + offset] == 0).all(0)
+        return zero, torch.zeros(len(idx), 1)
     w = m.weight.detach()
     if isinstance(m, TRANSPOSED):  # a constant input is no constant output at the borders: only zeros go
         zero = (inp[0, idx + offset].flatten(1) == 0).all(1)

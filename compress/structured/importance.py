@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .graph import ChannelGroup
-from .weights import rows_first
+from .weights import output_weights, rows_first
 
 Norm = Literal["l1", "l2"]
 
@@ -22,7 +22,8 @@ def channel_importance(model: nn.Module, group: ChannelGroup, norm: Norm = "l1")
     total = torch.zeros(group.size)
     for name in group.producers:
         m = model.get_submodule(name)
-        rows = group.per_channel_rows(name, rows_first(m.weight.detach(), m)).float().cpu()
+        rows = torch.cat([group.per_channel_rows(name, rows_first(w.detach(), m)).float().cpu()
+                          for w in output_weights(m)], 1)
         total += rows.abs().sum(1) if norm == "l1" else rows.pow(2).sum(1).sqrt()
     return total
 

@@ -23,7 +23,7 @@ from .attention import HeadsAttention
 from .norm import GRN, GroupNormWithRemoved, NormWithRemoved, ResponseNormWithRemoved, norm_axis
 from .rules import (elementwise_rule, function_rule, module_rule, register_function_rule, register_module_rule,
                     register_module_rule_by_name)
-from .weights import TRANSPOSED
+from .weights import RECURRENT, TRANSPOSED, gates
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -168,6 +168,44 @@ def linear(w, node, m, name: str | None = None) -> None:
     elif x in w.label:
         w.block(node, f"Linear {name} reads axis {w.ndim(x) - 1}, not the channel axis {w.axis[x]}")
     w.start(node, m.out_features, producer=name, axis=w.ndim(node) - 1)
+
+
+@module_rule(*RECURRENT)
+def recurrent(w, node, m) -> None:
+    """nn.RNN / LSTM / GRU: reads features on its input's last axis (columns of weight_ih_l0, both
+    directions). A one-layer, one-direction layer without projection writes `hidden_size` new channels
+    (each `gates` rows of weight_ih_l0 and weight_hh_l0, see recurrent.py) to its output (element 0 of
+    its result) and its final state h_n (element 1; LSTM: (h_n, c_n)), channels last in both. Other
+    layers, and calls given an initial state (which has their width), keep their hidden units."""
+    name, x = node.target, w.first(node)
+    kind = type(m).__name__
+    if x in w.label:
+        if w.axis[x] != w.ndim(x) - 1:
+            w.block(node, f"{kind} {name} reads axis {w.ndim(x) - 1}, not the channel axis {w.axis[x]}")
+        else:
+            w.join(name, w.label[x], "consumer", x)
+    state = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
+    why = None
+    if m.num_layers != 1 or m.bidirectional or getattr(m, "proj_size", 0):
+        why = f"{kind} {name}: hidden units of a multi-layer, bidirectional or projected layer (not cut yet)"
+    elif state is not None:
+        why = f"{kind} {name}: called with an initial state, whose width is the hidden size"
+    elif not _only_indexed(node):
+        why = f"{kind} {name}: its result is used as a whole tuple"
+    out = node.meta.get("tensor_meta")
+    nd = len(out[0].shape) if isinstance(out, (tuple, list)) and hasattr(out[0], "shape") else 3
+    w.start(node, m.hidden_size * (2 if m.bidirectional else 1), producer=None if why else name, blocker=why,
+            axis=nd - 1)
+    if not why:
+        w.g.get(w.label[node][0][0]).layout[name] = (1, gates(m))
+    seg = (w.label[node], nd - 1)  # h_n: [layers·directions, (batch,) hidden]
+    w.parts[node] = [seg, [seg, seg] if isinstance(m, nn.LSTM) else seg]
+
+
+def _only_indexed(node: fx.Node) -> bool:
+    """Every use of `node` (a tuple) takes one element by a constant index."""
+    return all(u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)
+               for u in node.users)
 
 
 # attention with a fused qkv Linear (rows [3, heads, head_dim]) and an output projection `proj`; the
@@ -520,6 +558,9 @@ def flatten(w, node, m) -> None:
     elif axis == 1 and len(after) == 2 and after[0] == before[0] and len(before) >= 2:
         spatial = math.prod(before[2:])
         w.label[node], w.axis[node] = tuple((gid, per * spatial) for gid, per in w.label[src]), 1
+    elif (inner := _merged_after_channels(before, after, axis)) is not None:
+        w.follow(node, src)  # a CRNN's [B, C, H, W] → [B, C·H, W]: C channels, each H entries wide
+        w.label[node] = tuple((gid, per * inner) for gid, per in w.label[src])
     elif (merged := _merged_into_channels(before, after, axis)) is not None:
         k, copies = merged  # Swin's patch merging: [.., 2, 2, C] → [.., 4·C], the channels four times over
         w.follow(node, src)
@@ -542,6 +583,17 @@ def _fixed_size(node: fx.Node, dim: int) -> int | None:
         sizes = sizes[0]
     size = sizes[dim] if -len(sizes) <= dim < len(sizes) else None
     return size if isinstance(size, int) and size != -1 else None
+
+
+def _merged_after_channels(before: tuple, after: tuple, axis: int) -> int | None:
+    """How many entries each channel becomes when dims just after the channel axis merge into it (the
+    channels outermost, the dims before it and after the merged ones unchanged), or None."""
+    if tuple(after[:axis]) != tuple(before[:axis]) or len(after) >= len(before):
+        return None
+    j = axis + 1 + len(before) - len(after)  # before[axis:j] became after[axis]
+    if tuple(after[axis + 1:]) != tuple(before[j:]) or after[axis] != math.prod(before[axis:j]):
+        return None
+    return math.prod(before[axis + 1:j])
 
 
 def _merged_into_channels(before: tuple, after: tuple, axis: int) -> tuple[int, int] | None:
@@ -633,7 +685,13 @@ def indexing(w, node, m) -> None:
     x = w.first(node)
     if x in w.parts and node.target is operator.getitem and isinstance(node.args[1], int):
         part = w.parts[x][node.args[1]]
-        if part is not None:  # None: an element that carries no channels (attention weights)
+        if isinstance(part, list):  # a tuple inside the tuple (an LSTM's (h_n, c_n))
+            w.parts[node] = part
+            if not _only_indexed(node):
+                for segs, _ in part:
+                    for gid, _ in segs:
+                        w.g.get(gid).blockers.append(f"{node.name}: a tuple of channel tensors used whole")
+        elif part is not None:  # None: an element that carries no channels (attention weights)
             w.label[node], w.axis[node] = part
             w.shifted[node] = w.shifted.get(x)
         return

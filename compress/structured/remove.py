@@ -14,7 +14,8 @@ from .graph import CONV, ChannelGroup
 from .norm import (GroupNormWithRemoved, is_response_norm, keep_group_norm_channels, keep_norm_channels,
                    keep_response_norm_channels, norm_axis)
 from .undo import snapshot
-from .weights import TRANSPOSED, in_dim, out_dim, rows_first
+from .recurrent import cut_recurrent_hidden, cut_recurrent_inputs
+from .weights import RECURRENT, TRANSPOSED, in_dim, out_dim, output_biases, output_weights, rows_first
 
 
 def _index(t: torch.Tensor, keep: torch.Tensor, dim: int) -> nn.Parameter | torch.Tensor:
@@ -41,9 +42,10 @@ def _span(total: int, offset: int | list[int], width: int, inside: torch.Tensor)
 def zero_channels(model: nn.Module, group: ChannelGroup, drop: torch.Tensor) -> None:
     for name in group.producers:
         m, rows = model.get_submodule(name), group.rows(name, drop)
-        rows_first(m.weight, m)[rows] = 0
-        if m.bias is not None:
-            m.bias[rows] = 0
+        for t in output_weights(m):
+            rows_first(t, m)[rows] = 0
+        for t in output_biases(m):
+            t[rows] = 0
     for name in group.passthrough:
         m = model.get_submodule(name)
         cols = _consumer_columns(torch.as_tensor(drop, dtype=torch.long), group.passthrough_per.get(name, 1))
@@ -100,6 +102,9 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor, c
 def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
     for name in group.producers:
         m = model.get_submodule(name)
+        if isinstance(m, RECURRENT):
+            cut_recurrent_hidden(m, keep)
+            continue
         rows = group.rows(name, keep) if name in group.layout else \
             _span(m.weight.shape[out_dim(m)], group.out_offsets(name), group.size, keep)  # other groups' rows stay
         m.weight = _index(m.weight, rows, out_dim(m))
@@ -141,6 +146,10 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
         m = model.get_submodule(name)
         if isinstance(m, CONV) and m.groups > 1:  # each block of rows reads its own block of inputs
             _cut_grouped_inputs(m, keep)
+            continue
+        if isinstance(m, RECURRENT):
+            cut_recurrent_inputs(m, _span(m.input_size, group.offsets(name), group.size * per_channel,
+                                          _consumer_columns(keep, per_channel)))
             continue
         cols = _span(m.weight.shape[in_dim(m)], group.offsets(name), group.size * per_channel,
                      _consumer_columns(keep, per_channel))

@@ -1,5 +1,6 @@
 """Which dimension of a layer's weight holds its output channels and which its input channels: 0 and
-1 for convolutions and Linear, the other way round for transposed convolutions (weight [in, out, k…])."""
+1 for convolutions and Linear, the other way round for transposed convolutions (weight [in, out, k…]);
+which tensors hold a layer's output channels (a recurrent layer's are in four)."""
 from __future__ import annotations
 
 import torch
@@ -21,3 +22,26 @@ def in_dim(m: nn.Module) -> int:
 def rows_first(t: torch.Tensor, m: nn.Module) -> torch.Tensor:
     """`t` (`m`'s weight, or its gradient) as a view with the output channels first; writes go through."""
     return t.transpose(0, 1) if out_dim(m) else t
+
+
+RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
+
+
+def gates(m: nn.Module) -> int:
+    """Rows per hidden unit in each of a recurrent layer's weights: 4 (LSTM), 3 (GRU), 1 (RNN)."""
+    return {nn.LSTM: 4, nn.GRU: 3}.get(type(m), 1) if isinstance(m, RECURRENT) else 1
+
+
+def output_weights(m: nn.Module) -> list[torch.Tensor]:
+    """The weights whose rows (see rows_first) write `m`'s output channels: its weight, or a one-layer
+    recurrent layer's input-to-hidden and hidden-to-hidden weights (rows [gates, hidden])."""
+    if isinstance(m, RECURRENT):
+        return [m.weight_ih_l0, m.weight_hh_l0]
+    return [m.weight]
+
+
+def output_biases(m: nn.Module) -> list[torch.Tensor]:
+    """The biases of `m`'s output channels, laid out as the rows of output_weights."""
+    if isinstance(m, RECURRENT):
+        return [m.bias_ih_l0, m.bias_hh_l0] if m.bias else []
+    return [m.bias] if m.bias is not None else []

@@ -1,0 +1,189 @@
+"""nn.RNN / nn.LSTM / nn.GRU: a one-layer, one-direction layer's hidden units are cut exactly (its output
+and its final state), any recurrent layer's input features are cut; what is not cut yet is refused with
+the reason, never cut wrongly."""
+import pytest
+import torch
+from torch import nn
+
+from compress.pruners import TrainPlan
+from compress.pruners.greg import GRegOptions, GRegPruner
+from compress.structured import channel_groups, channel_importance, remove_channels
+from compress.structured.structure import harvest
+from test_channel_rules import _randomise_norms, blockers, cut_vs_masked
+
+
+class ConvRecurrent(nn.Module):
+    """A CRNN: conv features over time (width) → Linear → recurrent layer → per-step Linear, or the
+    final state → Linear (`use_state`)."""
+
+    def __init__(self, kind=nn.LSTM, use_state=False, batch_first=True, **rnn):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.embed = nn.Linear(6 * 4, 10)
+        self.rnn = kind(10, 12, batch_first=batch_first, **rnn)
+        width = 12 * (2 if rnn.get("bidirectional") else 1)
+        self.head = nn.Linear(width, 5)
+        self.use_state, self.batch_first = use_state, batch_first
+
+    def forward(self, x):                                   # x: [N, 1, 4, T]
+        f = torch.relu(self.bn(self.conv(x)))               # [N, 6, 4, T]
+        f = f.flatten(1, 2).transpose(1, 2)                 # [N, T, 24]
+        f = torch.relu(self.embed(f))
+        if not self.batch_first:
+            f = f.transpose(0, 1)
+        out, state = self.rnn(f)
+        if self.use_state:
+            h = state[0] if isinstance(state, tuple) else state
+            return self.head(h[-1])
+        return self.head(out)
+
+
+X = torch.randn(3, 1, 4, 7)
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
+@pytest.mark.parametrize("use_state", [False, True])
+def test_hidden_units_are_cut_exactly_from_the_output_and_the_final_state(kind, use_state):
+    torch.manual_seed(0)
+    model = _randomise_norms(ConvRecurrent(kind, use_state=use_state))
+    cut, diff, groups = cut_vs_masked(model, X, ratio=0.5)
+    assert diff < 1e-5
+    assert cut == 3  # conv, embed and the recurrent layer's hidden units
+    rnn = next(g for g in groups if g.producers == ["rnn"])
+    assert rnn.consumers == [("head", 1)] and ("rnn", 1) in next(g for g in groups if g.producers == ["embed"]).consumers
+
+
+def test_the_cut_layer_is_a_plain_smaller_recurrent_layer():
+    torch.manual_seed(0)
+    model = ConvRecurrent(nn.LSTM, batch_first=False).eval()
+    groups = {g.producers[0]: g for g in channel_groups(model, X) if g.producers}
+    remove_channels(model, groups["rnn"], torch.tensor([0, 3, 4, 11]))
+    remove_channels(model, groups["embed"], torch.tensor([1, 2, 5]))
+    rnn = model.rnn
+    assert (rnn.hidden_size, rnn.input_size) == (4, 3)
+    assert tuple(rnn.weight_ih_l0.shape) == (16, 3) and tuple(rnn.weight_hh_l0.shape) == (16, 4)
+    assert tuple(rnn.bias_ih_l0.shape) == (16,) and model(X).shape == (7, 3, 5)
+    assert [p.shape for p in rnn._flat_weights] == [p.shape for p in rnn.parameters()]
+    fresh = nn.LSTM(3, 4)  # its state_dict loads into a plain layer of that size
+    fresh.load_state_dict(rnn.state_dict())
+
+
+@pytest.mark.parametrize("rnn, why", [
+    (dict(num_layers=2), "multi-layer"), (dict(bidirectional=True), "bidirectional"),
+    (dict(proj_size=4), "projected")])
+def test_layers_not_cut_yet_keep_their_units_but_their_inputs_are_cut(rnn, why):
+    torch.manual_seed(0)
+    model = _randomise_norms(ConvRecurrent(nn.LSTM, **rnn))
+    if rnn.get("proj_size"):
+        model.head = nn.Linear(4, 5)
+    cut, diff, groups = cut_vs_masked(model, X, ratio=0.5)
+    assert diff < 1e-5 and cut == 2
+    assert any(why in b for b in blockers(groups, "embed") + next(g.blockers for g in groups
+                                                                 if not g.producers and g.size in (12, 24, 4)))
+
+
+class WithState(nn.Module):
+    def __init__(self, whole_tuple=False):
+        super().__init__()
+        self.embed, self.rnn, self.head = nn.Linear(6, 8), nn.GRU(8, 10, batch_first=True), nn.Linear(10, 3)
+        self.whole_tuple = whole_tuple
+
+    def forward(self, x, h0=None):
+        if self.whole_tuple:
+            return self.rnn(self.embed(x))
+        out, _ = self.rnn(self.embed(x), torch.zeros(1, x.shape[0], 10))
+        return self.head(out)
+
+
+@pytest.mark.parametrize("whole_tuple, why", [(False, "initial state"), (True, "whole tuple")])
+def test_an_initial_state_or_the_result_used_whole_keeps_the_hidden_units(whole_tuple, why):
+    groups = channel_groups(WithState(whole_tuple).eval(), torch.randn(2, 5, 6))
+    rnn = next(g for g in groups if g.size == 10)
+    assert not rnn.prunable and any(why in b or "model output" in b for b in rnn.blockers)
+    assert next(g for g in groups if g.producers == ["embed"]).prunable
+
+
+def test_importance_greg_and_harvest_see_every_gate_of_a_unit():
+    torch.manual_seed(0)
+    model = ConvRecurrent(nn.GRU).eval()
+    group = next(g for g in channel_groups(model, X) if g.producers == ["rnn"])
+    with torch.no_grad():
+        for t in (model.rnn.weight_ih_l0, model.rnn.weight_hh_l0):
+            t.zero_()
+            t[2 * 12 + 7] = 1.0  # unit 7, third gate only
+    scores = channel_importance(model, group)
+    assert scores[7] == 10 + 12 and scores.sum() == 22
+
+    # GReg's filter penalty reaches the rows of all three gates of a picked unit, in both weights
+    model = ConvRecurrent(nn.GRU)
+    pruner = GRegPruner(GRegOptions(granularity="filter", sparsity=0.5, pick_after=0.0, update_reg_interval=1,
+                                    reg_granularity_prune=0.5))
+    pruner.attach(model, ["conv", "embed", "rnn", "head"], TrainPlan(2, 4, lambda s: 0.1, input_shape=(1, 4, 7)))
+    pruner.begin_epoch(0)
+    unit = next(k for k, g in pruner.groups.items() if g.producers == ["rnn"])
+    picked = torch.nonzero(pruner.pruned[unit]).flatten()
+    model(X).sum().backward()
+    before = model.rnn.weight_hh_l0.grad.clone()
+    pruner.after_backward(0)
+    changed = (model.rnn.weight_hh_l0.grad != before).any(1)
+    rows = torch.cat([g * 12 + picked for g in range(3)])
+    assert changed[rows].all() and changed.sum() == len(rows)
+
+    # the harvest cuts out units whose rows and biases are all zero, and no other
+    model = _randomise_norms(ConvRecurrent(nn.LSTM)).eval()
+    with torch.no_grad():
+        for t in (model.rnn.weight_ih_l0, model.rnn.weight_hh_l0, model.rnn.bias_ih_l0, model.rnn.bias_hh_l0):
+            t.view(4, 12, -1)[:, [1, 5]] = 0
+        model.rnn.weight_ih_l0.view(4, 12, -1)[:, 9] = 0  # unit 9 keeps its recurrent weights: it stays
+        for t in (model.rnn.weight_ih_l0, model.rnn.weight_hh_l0):
+            t.view(4, 12, -1)[:, 3] = 0  # unit 3 keeps its biases: its state still moves, it stays
+    with torch.no_grad():
+        want = model(X)
+        record = harvest(model, (1, 4, 7))
+        assert model.rnn.hidden_size == 10 and record["keep"]["rnn"] == [0, 2, 3, 4, 6, 7, 8, 9, 10, 11]
+        assert model.rnn.bias_ih_l0.view(4, 10)[:, 2].abs().sum() > 0
+        assert torch.allclose(model(X), want, atol=1e-5)
+
+
+class RowLSTM(nn.Module):
+    """Image rows as time steps, the last step classified (as a user's model would read digits)."""
+
+    def __init__(self, kind=nn.LSTM):
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.rnn, self.head = kind(4 * 8, 16, batch_first=True), nn.Linear(16, 10)
+
+    def forward(self, x):
+        f = torch.relu(self.bn(self.stem(x))).permute(0, 2, 1, 3).flatten(2)  # [N, H, 4·W]
+        out, _ = self.rnn(f)
+        return self.head(out[:, -1])
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU])
+def test_channel_methods_select_recurrent_units_and_the_cut_model_counts_and_exports(kind, tmp_path):
+    from compress.flops import count_macs
+    from compress.pruners.channels import selected_groups
+    from compress.structured import zero_channels
+    from deploy.export import export_onnx
+    from deploy.latency import make_session
+
+    torch.manual_seed(0)
+    model = RowLSTM(kind).eval()
+    chosen, whole = selected_groups(model, ["stem", "head"], (1, 8, 8), "test")  # the weight-level selection
+    group = next(g for g in chosen.values() if g.producers == ["rnn"])
+    before = count_macs(model, (1, 8, 8))
+    gates = 4 if kind is nn.LSTM else 3
+    assert before["per_layer"]["rnn"] == (8 * gates * 16 * (32 + 16),) * 2  # 8 steps, every gate's weights
+    assert before["dense"] == 8 * gates * 16 * 48 + 4 * 64 * 9 + 160
+    zero_channels(model, group, torch.arange(0, 16, 2))
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        want = model(x)
+        record = harvest(model, (1, 8, 8))
+        assert model.rnn.hidden_size == 8 and record["keep"]["rnn"] == list(range(1, 16, 2))
+        assert torch.allclose(model(x), want, atol=1e-5)
+    after = count_macs(model, (1, 8, 8))
+    assert after["per_layer"]["rnn"][0] == 8 * gates * 8 * (32 + 8)
+    export_onnx(model, x, tmp_path / "m.onnx")
+    got = make_session(tmp_path / "m.onnx").run(None, {"input": x.numpy()})[0]
+    assert abs(got - want.numpy()).max() < 1e-4
