@@ -68,9 +68,32 @@ def test_the_cut_layer_is_a_plain_smaller_recurrent_layer():
     fresh.load_state_dict(rnn.state_dict())
 
 
-@pytest.mark.parametrize("rnn, why", [
-    (dict(num_layers=2), "multi-layer"), (dict(bidirectional=True), "bidirectional"),
-    (dict(proj_size=4), "projected")])
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU])
+@pytest.mark.parametrize("use_state", [False, True])
+def test_a_bidirectional_layer_keeps_as_many_units_in_each_direction(kind, use_state):
+    """Its output is [forward | backward]: cut evenly, exactly; its final state stacks the directions on
+    its first axis, so using it keeps the units whole."""
+    torch.manual_seed(0)
+    model = _randomise_norms(ConvRecurrent(kind, bidirectional=True, use_state=use_state))
+    if use_state:
+        model.head = nn.Linear(12, 5)
+    cut, diff, groups = cut_vs_masked(model, X, ratio=0.5)
+    assert diff < 1e-5
+    group = next(g for g in groups if g.producers == ["rnn"])
+    if use_state:
+        assert cut == 2 and not group.prunable and "final state of a bidirectional" in group.blockers[0]
+    else:
+        assert cut == 3 and group.blocks == 2
+        smaller = ConvRecurrent(kind, bidirectional=True).eval()
+        group = next(g for g in channel_groups(smaller, X) if g.producers == ["rnn"])
+        remove_channels(smaller, group, torch.tensor([0, 4, 5, 12, 20, 23]))
+        assert smaller.rnn.hidden_size == 3 and smaller(X).shape == (3, 7, 5)
+        with pytest.raises(ValueError, match="same number of channels kept"):
+            remove_channels(smaller, next(g for g in channel_groups(smaller, X) if g.producers == ["rnn"]),
+                            torch.tensor([0, 1, 3]))
+
+
+@pytest.mark.parametrize("rnn, why", [(dict(num_layers=2), "multi-layer"), (dict(proj_size=4), "projected")])
 def test_layers_not_cut_yet_keep_their_units_but_their_inputs_are_cut(rnn, why):
     torch.manual_seed(0)
     model = _randomise_norms(ConvRecurrent(nn.LSTM, **rnn))

@@ -113,7 +113,8 @@ def child(name: str) -> dict:
     prunable = [g for g in groups if g.prunable]
     gen = torch.Generator().manual_seed(0)
     params = sum(p.numel() for p in model.parameters())
-    in_groups = sum(model.get_submodule(n).weight.numel() for g in prunable for n in g.producers)
+    in_groups = sum(p.numel() for g in prunable for n in g.producers
+                    for k, p in model.get_submodule(n).named_parameters() if k.startswith("weight"))
     masked, smaller = copy.deepcopy(model), copy.deepcopy(model)
     cut = refused = 0
     for group, same in zip(prunable, copy.deepcopy(prunable)):

@@ -36,7 +36,8 @@ from ..errors import UserError
 from ..schema import opt
 from ..selection import get_module
 from ..structured import ChannelGroup, channel_importance, widths_for_latency
-from ..structured.weights import output_weights, rows_first
+from ..structured.recurrent import unit_rows
+from ..structured.weights import RECURRENT, rows_first
 from .base import MaskPruner
 from .registry import register_pruner
 from .channels import selected_groups, zero_dropped
@@ -205,8 +206,12 @@ class GRegPruner(MaskPruner):
         the layer (whose weight may hold its output channels in dimension 1)."""
         if self.groups:
             g = self.groups[unit]
-            return [(w, g.channel_of_rows(p, rows_first(w, m).shape[0]), m)
-                    for p, m in ((p, self.producers[p]) for p in g.producers) for w in output_weights(m)]
+            out = []
+            for p in g.producers:
+                m = self.producers[p]
+                out += [(t, channel, m) for t, channel in unit_rows(m, biases=False)] if isinstance(m, RECURRENT) \
+                    else [(m.weight, g.channel_of_rows(p, rows_first(m.weight, m).shape[0]), m)]
+            return out
         return [(self._weight(unit), None, None)]
 
     def _update_mag_ratio(self, n: str, scores: torch.Tensor, pruned: torch.Tensor) -> None:

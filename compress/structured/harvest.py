@@ -17,7 +17,8 @@ from torch import nn
 from .budget import unit_round
 from .graph import CONV, ChannelGroup
 from .remove import remove_channels
-from .weights import RECURRENT, TRANSPOSED, output_biases, output_weights, rows_first
+from .recurrent import unit_rows
+from .weights import RECURRENT, TRANSPOSED, rows_first
 
 
 @dataclass
@@ -45,11 +46,11 @@ def _dead(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     dead = torch.ones(group.size, dtype=torch.bool)
     for name in group.producers:
         m = model.get_submodule(name)
-        for w in output_weights(m):
-            dead &= (group.per_channel_rows(name, rows_first(w.detach(), m)) == 0).all(1).cpu()
         if isinstance(m, RECURRENT):  # a unit with only its biases left is no constant: its state moves
-            for b in output_biases(m):
-                dead &= (group.per_channel_rows(name, b.detach()[:, None]) == 0).all(1).cpu()
+            for t, channel in unit_rows(m):
+                dead[channel[(t.detach().reshape(len(channel), -1) != 0).any(1).cpu()]] = False
+            continue
+        dead &= (group.per_channel_rows(name, rows_first(m.weight.detach(), m)) == 0).all(1).cpu()
     return dead
 
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from .graph import ChannelGroup
-from .weights import output_weights, rows_first
+from .recurrent import unit_rows
+from .weights import RECURRENT, rows_first
 
 Norm = Literal["l1", "l2"]
 
@@ -22,8 +23,14 @@ def channel_importance(model: nn.Module, group: ChannelGroup, norm: Norm = "l1")
     total = torch.zeros(group.size)
     for name in group.producers:
         m = model.get_submodule(name)
-        rows = torch.cat([group.per_channel_rows(name, rows_first(w.detach(), m)).float().cpu()
-                          for w in output_weights(m)], 1)
+        if isinstance(m, RECURRENT):  # a unit's rows in every gate of both weights
+            acc = torch.zeros(group.size)
+            for t, channel in unit_rows(m, biases=False):
+                t = t.detach().float().cpu()
+                acc.index_add_(0, channel, t.abs().sum(1) if norm == "l1" else t.pow(2).sum(1))
+            total += acc if norm == "l1" else acc.sqrt()
+            continue
+        rows = group.per_channel_rows(name, rows_first(m.weight.detach(), m)).float().cpu()
         total += rows.abs().sum(1) if norm == "l1" else rows.pow(2).sum(1).sqrt()
     return total
 

@@ -23,7 +23,7 @@ from .attention import HeadsAttention
 from .norm import GRN, GroupNormWithRemoved, NormWithRemoved, ResponseNormWithRemoved, norm_axis
 from .rules import (elementwise_rule, function_rule, module_rule, register_function_rule, register_module_rule,
                     register_module_rule_by_name)
-from .weights import RECURRENT, TRANSPOSED, gates
+from .weights import RECURRENT, TRANSPOSED
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -173,10 +173,11 @@ def linear(w, node, m, name: str | None = None) -> None:
 @module_rule(*RECURRENT)
 def recurrent(w, node, m) -> None:
     """nn.RNN / LSTM / GRU: reads features on its input's last axis (columns of weight_ih_l0, both
-    directions). A one-layer, one-direction layer without projection writes `hidden_size` new channels
-    (each `gates` rows of weight_ih_l0 and weight_hh_l0, see recurrent.py) to its output (element 0 of
-    its result) and its final state h_n (element 1; LSTM: (h_n, c_n)), channels last in both. Other
-    layers, and calls given an initial state (which has their width), keep their hidden units."""
+    directions). A one-layer layer without projection writes hidden_size channels per direction (see
+    recurrent.py; a bidirectional one [forward | backward], cut evenly) to its output (element 0 of its
+    result) and, one direction only, to its final state h_n (element 1; LSTM: (h_n, c_n)), channels last
+    in both. Multi-layer and projected layers, calls given an initial state (which has their width) and
+    a bidirectional layer's final state (directions stacked on its first axis) keep the units whole."""
     name, x = node.target, w.first(node)
     kind = type(m).__name__
     if x in w.label:
@@ -186,20 +187,21 @@ def recurrent(w, node, m) -> None:
             w.join(name, w.label[x], "consumer", x)
     state = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
     why = None
-    if m.num_layers != 1 or m.bidirectional or getattr(m, "proj_size", 0):
-        why = f"{kind} {name}: hidden units of a multi-layer, bidirectional or projected layer (not cut yet)"
+    if m.num_layers != 1 or getattr(m, "proj_size", 0):
+        why = f"{kind} {name}: hidden units of a multi-layer or projected layer (one width for every layer; not cut yet)"
     elif state is not None:
         why = f"{kind} {name}: called with an initial state, whose width is the hidden size"
     elif not _only_indexed(node):
         why = f"{kind} {name}: its result is used as a whole tuple"
     out = node.meta.get("tensor_meta")
     nd = len(out[0].shape) if isinstance(out, (tuple, list)) and hasattr(out[0], "shape") else 3
-    w.start(node, m.hidden_size * (2 if m.bidirectional else 1), producer=None if why else name, blocker=why,
-            axis=nd - 1)
-    if not why:
-        w.g.get(w.label[node][0][0]).layout[name] = (1, gates(m))
-    seg = (w.label[node], nd - 1)  # h_n: [layers·directions, (batch,) hidden]
-    w.parts[node] = [seg, [seg, seg] if isinstance(m, nn.LSTM) else seg]
+    directions = 2 if m.bidirectional else 1
+    w.start(node, m.hidden_size * directions, producer=None if why else name, blocker=why, axis=nd - 1)
+    seg = (w.label[node], nd - 1)
+    if directions == 2:
+        w.g.get(w.label[node][0][0]).blocks = 2
+        seg = {"segments": w.label[node], "why": f"{kind} {name}: the final state of a bidirectional layer is used"}
+    w.parts[node] = [(w.label[node], nd - 1), [seg, seg] if isinstance(m, nn.LSTM) else seg]
 
 
 def _only_indexed(node: fx.Node) -> bool:
@@ -688,9 +690,12 @@ def indexing(w, node, m) -> None:
         if isinstance(part, list):  # a tuple inside the tuple (an LSTM's (h_n, c_n))
             w.parts[node] = part
             if not _only_indexed(node):
-                for segs, _ in part:
-                    for gid, _ in segs:
+                for p in part:
+                    for gid, _ in p["segments"] if isinstance(p, dict) else p[0]:
                         w.g.get(gid).blockers.append(f"{node.name}: a tuple of channel tensors used whole")
+        elif isinstance(part, dict):  # an element whose channels cannot be followed: used, it blocks them
+            for gid, _ in part["segments"] if node.users else ():
+                w.g.get(gid).blockers.append(part["why"])
         elif part is not None:  # None: an element that carries no channels (attention weights)
             w.label[node], w.axis[node] = part
             w.shifted[node] = w.shifted.get(x)

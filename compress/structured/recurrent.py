@@ -1,11 +1,12 @@
-"""Cutting nn.RNN / nn.LSTM / nn.GRU: hidden units of a one-layer, one-direction layer, and input
+"""Cutting nn.RNN / nn.LSTM / nn.GRU: hidden units of a one-layer layer (either direction), and input
 features of any.
 
-A hidden unit u is row g·hidden + u of weight_ih_l0, weight_hh_l0 and both biases for each gate g,
-and column u of weight_hh_l0 (the unit's state read back at the next step). With those rows zeroed
-the unit's pre-activations are 0 at every step, so from a zero initial state its output stays exactly
-0 (LSTM: c ← σ(0)·c + σ(0)·tanh(0); GRU: h ← σ(0)·h + (1 − σ(0))·tanh(0); RNN: tanh(0) or relu(0)):
-removing it is exact.
+A hidden unit u of direction d is channel d·hidden + u (the layer's output is [forward | backward]).
+It is row g·hidden + u of that direction's weight_ih_l0, weight_hh_l0 and both biases for each gate
+g, and column u of its weight_hh_l0 (the unit's state read back at the next step). With those rows
+zeroed the unit's pre-activations are 0 at every step, so from a zero initial state its output stays
+exactly 0 (LSTM: c ← σ(0)·c + σ(0)·tanh(0); GRU: h ← σ(0)·h + (1 − σ(0))·tanh(0); RNN: tanh(0) or
+relu(0)): removing it is exact.
 """
 from __future__ import annotations
 
@@ -13,6 +14,21 @@ import torch
 from torch import nn
 
 from .weights import gates
+
+
+def _suffixes(m: nn.RNNBase) -> list[str]:
+    return ["", "_reverse"] if m.bidirectional else [""]
+
+
+def unit_rows(m: nn.RNNBase, biases: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every tensor holding a one-layer recurrent layer's hidden units as rows, with the channel (unit of
+    its direction) of each row: its weights, then (with `biases`) its biases."""
+    h, out = m.hidden_size, []
+    names = ["weight_ih_l0", "weight_hh_l0"] + (["bias_ih_l0", "bias_hh_l0"] if biases and m.bias else [])
+    for name in names:
+        for d, sfx in enumerate(_suffixes(m)):
+            out.append((getattr(m, name + sfx), (d * h + torch.arange(h)).repeat(gates(m))))
+    return out
 
 
 def _set(m: nn.RNNBase, name: str, value: torch.Tensor) -> None:
@@ -25,24 +41,28 @@ def _set(m: nn.RNNBase, name: str, value: torch.Tensor) -> None:
 
 @torch.no_grad()
 def cut_recurrent_hidden(m: nn.RNNBase, keep: torch.Tensor) -> None:
-    """Keep hidden units `keep` (sorted) of a one-layer, one-direction recurrent layer, in place."""
-    if m.num_layers != 1 or m.bidirectional or getattr(m, "proj_size", 0):
-        raise ValueError(f"{type(m).__name__}: only one-layer, one-direction layers without projection "
-                         "have their hidden units cut")
-    keep = torch.as_tensor(keep, dtype=torch.long)
-    rows = torch.cat([g * m.hidden_size + keep for g in range(gates(m))])
-    _set(m, "weight_ih_l0", m.weight_ih_l0[rows])
-    _set(m, "weight_hh_l0", m.weight_hh_l0[rows][:, keep])
-    if m.bias:
-        _set(m, "bias_ih_l0", m.bias_ih_l0[rows])
-        _set(m, "bias_hh_l0", m.bias_hh_l0[rows])
-    m.hidden_size = len(keep)
+    """Keep channels `keep` (sorted; as many units of each direction) of a one-layer recurrent layer
+    without projection, in place."""
+    if m.num_layers != 1 or getattr(m, "proj_size", 0):
+        raise ValueError(f"{type(m).__name__}: only one-layer layers without projection have their hidden "
+                         "units cut")
+    h, keep = m.hidden_size, torch.as_tensor(keep, dtype=torch.long)
+    units = [keep[(keep // h) == d] - d * h for d in range(len(_suffixes(m)))]
+    if len({len(u) for u in units}) != 1:
+        raise ValueError(f"{type(m).__name__}: both directions must keep as many units ({[len(u) for u in units]})")
+    for sfx, u in zip(_suffixes(m), units):
+        rows = torch.cat([g * h + u for g in range(gates(m))])
+        _set(m, "weight_ih_l0" + sfx, getattr(m, "weight_ih_l0" + sfx)[rows])
+        _set(m, "weight_hh_l0" + sfx, getattr(m, "weight_hh_l0" + sfx)[rows][:, u])
+        if m.bias:
+            _set(m, "bias_ih_l0" + sfx, getattr(m, "bias_ih_l0" + sfx)[rows])
+            _set(m, "bias_hh_l0" + sfx, getattr(m, "bias_hh_l0" + sfx)[rows])
+    m.hidden_size = len(units[0])
 
 
 @torch.no_grad()
 def cut_recurrent_inputs(m: nn.RNNBase, cols: torch.Tensor) -> None:
     """Keep input features `cols` of a recurrent layer (its first layer's input weights, both directions)."""
-    for name in ("weight_ih_l0", "weight_ih_l0_reverse"):
-        if hasattr(m, name):
-            _set(m, name, getattr(m, name)[:, cols])
+    for sfx in _suffixes(m):
+        _set(m, "weight_ih_l0" + sfx, getattr(m, "weight_ih_l0" + sfx)[:, cols])
     m.input_size = len(cols)

@@ -14,8 +14,8 @@ from .graph import CONV, ChannelGroup
 from .norm import (GroupNormWithRemoved, is_response_norm, keep_group_norm_channels, keep_norm_channels,
                    keep_response_norm_channels, norm_axis)
 from .undo import snapshot
-from .recurrent import cut_recurrent_hidden, cut_recurrent_inputs
-from .weights import RECURRENT, TRANSPOSED, in_dim, out_dim, output_biases, output_weights, rows_first
+from .recurrent import cut_recurrent_hidden, cut_recurrent_inputs, unit_rows
+from .weights import RECURRENT, TRANSPOSED, in_dim, out_dim, rows_first
 
 
 def _index(t: torch.Tensor, keep: torch.Tensor, dim: int) -> nn.Parameter | torch.Tensor:
@@ -41,11 +41,15 @@ def _span(total: int, offset: int | list[int], width: int, inside: torch.Tensor)
 @torch.no_grad()
 def zero_channels(model: nn.Module, group: ChannelGroup, drop: torch.Tensor) -> None:
     for name in group.producers:
-        m, rows = model.get_submodule(name), group.rows(name, drop)
-        for t in output_weights(m):
-            rows_first(t, m)[rows] = 0
-        for t in output_biases(m):
-            t[rows] = 0
+        m = model.get_submodule(name)
+        if isinstance(m, RECURRENT):
+            for t, channel in unit_rows(m):
+                t[torch.isin(channel, torch.as_tensor(drop, dtype=torch.long)).to(t.device)] = 0
+            continue
+        rows = group.rows(name, drop)
+        rows_first(m.weight, m)[rows] = 0
+        if m.bias is not None:
+            m.bias[rows] = 0
     for name in group.passthrough:
         m = model.get_submodule(name)
         cols = _consumer_columns(torch.as_tensor(drop, dtype=torch.long), group.passthrough_per.get(name, 1))

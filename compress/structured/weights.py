@@ -31,17 +31,3 @@ def gates(m: nn.Module) -> int:
     """Rows per hidden unit in each of a recurrent layer's weights: 4 (LSTM), 3 (GRU), 1 (RNN)."""
     return {nn.LSTM: 4, nn.GRU: 3}.get(type(m), 1) if isinstance(m, RECURRENT) else 1
 
-
-def output_weights(m: nn.Module) -> list[torch.Tensor]:
-    """The weights whose rows (see rows_first) write `m`'s output channels: its weight, or a one-layer
-    recurrent layer's input-to-hidden and hidden-to-hidden weights (rows [gates, hidden])."""
-    if isinstance(m, RECURRENT):
-        return [m.weight_ih_l0, m.weight_hh_l0]
-    return [m.weight]
-
-
-def output_biases(m: nn.Module) -> list[torch.Tensor]:
-    """The biases of `m`'s output channels, laid out as the rows of output_weights."""
-    if isinstance(m, RECURRENT):
-        return [m.bias_ih_l0, m.bias_hh_l0] if m.bias else []
-    return [m.bias] if m.bias is not None else []
