@@ -210,3 +210,27 @@ def test_channel_methods_select_recurrent_units_and_the_cut_model_counts_and_exp
     export_onnx(model, x, tmp_path / "m.onnx")
     got = make_session(tmp_path / "m.onnx").run(None, {"input": x.numpy()})[0]
     assert abs(got - want.numpy()).max() < 1e-4
+
+
+class MergedRows(nn.Module):
+    """[B, C, H, W] → [B, C·H, W]: read per time step by a Linear (channels each H entries wide: cut), or
+    by a Conv1d that mixes the merged entries as its own channels (kept whole)."""
+
+    def __init__(self, conv_after: bool):
+        super().__init__()
+        self.c = nn.Conv2d(2, 6, 3, padding=1)
+        self.conv_after = conv_after
+        self.read = nn.Conv1d(6 * 4, 5, 1) if conv_after else nn.Linear(6 * 4, 5)
+
+    def forward(self, x):
+        f = torch.relu(self.c(x)).flatten(1, 2)  # [B, 24, W]
+        return self.read(f) if self.conv_after else self.read(f.transpose(1, 2))
+
+
+@pytest.mark.parametrize("conv_after", [False, True])
+def test_merging_the_dims_after_the_channels_keeps_them_whole_per_channel(conv_after):
+    torch.manual_seed(0)
+    cut, diff, groups = cut_vs_masked(MergedRows(conv_after), torch.randn(2, 2, 4, 5), ratio=0.5)
+    assert diff < 1e-5 and cut == (0 if conv_after else 1)
+    if not conv_after:
+        assert next(g for g in groups if g.producers == ["c"]).consumers == [("read", 4)]
