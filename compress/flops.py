@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .modes import evaluating
@@ -40,9 +41,12 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
     def recurrent_hook(name):
         def fn(module, inputs, output):
             out = output[0] if isinstance(output, tuple) else output
+            out = out.data if isinstance(out, PackedSequence) else out
             steps = out.numel() // out.shape[-1]  # time steps (× batch, which is 1 here)
             weights = [p for n, p in module.named_parameters() if n.startswith("weight_")]
-            per_layer[name] = (steps * sum(w.numel() for w in weights), steps * sum(int((w != 0).sum()) for w in weights))
+            dense, sparse = per_layer.get(name, (0, 0))  # a layer called twice counts twice
+            per_layer[name] = (dense + steps * sum(w.numel() for w in weights),
+                               sparse + steps * sum(int((w != 0).sum()) for w in weights))
         return fn
 
     for name, module in model.named_modules():

@@ -234,3 +234,119 @@ def test_merging_the_dims_after_the_channels_keeps_them_whole_per_channel(conv_a
     assert diff < 1e-5 and cut == (0 if conv_after else 1)
     if not conv_after:
         assert next(g for g in groups if g.producers == ["c"]).consumers == [("read", 4)]
+
+
+# --- cases from a hostile review: each failed (crash, broken cut model, wrong count) before its fix ---
+
+class EncoderDecoder(nn.Module):
+    """The encoder's final state is the decoder's initial state: both keep their width."""
+
+    def __init__(self, kind=nn.GRU):
+        super().__init__()
+        self.emb = nn.Linear(6, 8)
+        self.enc, self.dec, self.head = kind(8, 10, batch_first=True), kind(8, 10, batch_first=True), nn.Linear(10, 3)
+
+    def forward(self, x):
+        e = torch.relu(self.emb(x))
+        _, state = self.enc(e)
+        out, _ = self.dec(e, state)
+        return self.head(out)
+
+
+@pytest.mark.parametrize("kind", [nn.GRU, nn.LSTM])
+def test_the_group_giving_an_initial_state_keeps_its_width(kind):
+    torch.manual_seed(0)
+    cut, diff, groups = cut_vs_masked(EncoderDecoder(kind), torch.randn(3, 5, 6), 0.5)
+    assert diff < 1e-5 and cut == 1  # the embedding only
+    assert any("initial state" in b for b in blockers(groups, "enc"))
+
+
+class SplitAfterLSTM(nn.Module):
+    """A residual add of a concatenation and one group (the group is split to match) after an LSTM:
+    the split must carry the LSTM's (h_n, c_n) entry along."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(6, 10, batch_first=True)
+        self.a, self.b, self.c, self.z = nn.Linear(10, 4), nn.Linear(10, 4), nn.Linear(10, 8), nn.Linear(10, 4)
+        self.d, self.head = nn.Linear(12, 3), nn.Linear(8, 3)
+
+    def forward(self, x):
+        o, _ = self.rnn(x)
+        c = self.c(o)
+        d = self.d(torch.cat([c, self.z(o)], -1))
+        return self.head(torch.cat([self.a(o), self.b(o)], -1) + c) + d
+
+
+def test_a_group_split_after_a_recurrent_layer():
+    torch.manual_seed(0)
+    cut, diff, _ = cut_vs_masked(SplitAfterLSTM(), torch.randn(2, 5, 6), 0.5)
+    assert diff < 1e-5 and cut >= 2
+
+
+class FixedView(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.rnn, self.head = nn.Conv2d(1, 6, 3, padding=1), nn.LSTM(24, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        f = torch.relu(self.conv(x))
+        f = f.view(f.shape[0], 24, f.shape[3])  # 6·4 written in the code
+        return self.head(self.rnn(f.permute(2, 0, 1))[0])
+
+
+def test_a_merge_after_the_channels_to_a_size_written_in_the_code_blocks():
+    cut, diff, groups = cut_vs_masked(FixedView(), torch.randn(3, 1, 4, 8), 0.5)
+    assert diff < 1e-5 and any("fixed 24" in b for b in blockers(groups, "conv"))
+
+
+def test_the_harvest_reads_every_column_of_a_channel_a_recurrent_layer_consumes():
+    """Channels 1 and 3 lose their filters; 1 carries relu(0.5) (nothing to fold into an LSTM: it stays),
+    3 carries relu(-0.5) = 0 (removed). Each channel is 4 input columns of the LSTM."""
+    class CRNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6)
+            self.rnn, self.head = nn.LSTM(24, 8, batch_first=True), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.rnn(torch.relu(self.bn(self.conv(x))).flatten(1, 2).transpose(1, 2))[0])
+
+    model = CRNN().eval()
+    with torch.no_grad():
+        model.conv.weight[[1, 3]] = 0
+        model.conv.bias.zero_()
+        model.bn.running_mean.zero_()
+        model.bn.bias[:4] = torch.tensor([-1.0, 0.5, 0.0, -0.5])
+        want = model(X)
+        record = harvest(model, (1, 4, 7))
+        assert record["keep"]["conv"] == [0, 1, 2, 4, 5] and torch.allclose(model(X), want, atol=1e-5)
+
+
+class Packed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(6, 10, batch_first=True)
+
+    def forward(self, e):
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+        p = pack_padded_sequence(e, [e.shape[1]] * e.shape[0], batch_first=True)
+        return pad_packed_sequence(self.rnn(p)[0], batch_first=True)[0]
+
+
+class Twice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(6, 10, batch_first=True)
+
+    def forward(self, x):
+        return self.rnn(x)[0] + self.rnn(2 * x)[0]
+
+
+def test_macs_of_packed_sequences_and_of_a_layer_called_twice():
+    from compress.flops import count_macs
+    once = 5 * 4 * 10 * (6 + 10)  # 5 steps × 4 gates × 10 units × (6 inputs + 10 states)
+    assert count_macs(Twice(), (5, 6))["dense"] == 2 * once
+    packed = nn.Sequential(Packed(), nn.Linear(10, 3)).eval()
+    assert count_macs(packed, (5, 6))["per_layer"]["0.rnn"][0] == 5 * 3 * 10 * 16
+    assert harvest(packed, (5, 6))["keep"] == {}  # refused (fx cannot trace the packing), not crashed

@@ -371,10 +371,20 @@ class Walk:
             for key, segs in table.items():
                 table[key] = self.resolve(segs)
         for node, pieces in self.parts.items():
-            self.parts[node] = [(self.resolve(segs), axis) for segs, axis in pieces]
+            self.parts[node] = [self._resolve_part(p) for p in pieces]
         for grp in self.g.groups.values():
             grp.before = {m: list(self.resolve(b)) for m, b in grp.before.items()}
         return parts
+
+    def _resolve_part(self, part):
+        """A tuple element's entry (see ops.indexing) with split groups replaced by their parts."""
+        if part is None:
+            return None
+        if isinstance(part, list):
+            return [self._resolve_part(p) for p in part]
+        if isinstance(part, dict):
+            return {**part, "segments": self.resolve(part["segments"])}
+        return self.resolve(part[0]), part[1]
 
     def resolve(self, segs) -> tuple:
         """`segs` with every group that was split since replaced by its parts."""

@@ -63,7 +63,8 @@ def _no_padding(conv: nn.Module) -> bool:
 def _fold_terms(m: nn.Module, inp: torch.Tensor, idx: torch.Tensor, per_channel: int, offset: int):
     """For channels `idx` of a group read by a consumer at `offset`: (foldable, bias term per channel [k, out])."""
     if isinstance(m, RECURRENT):  # a constant input feeds every step: only zeros go (nothing to fold)
-        zero = (inp.flatten(0, -2)[:, idx + offset] == 0).all(0)
+        cols = offset + idx[:, None] * per_channel + torch.arange(per_channel)[None, :]  # [k, per_channel]
+        zero = (inp.flatten(0, -2)[:, cols] == 0).flatten(2).all(2).all(0)
         return zero, torch.zeros(len(idx), 1)
     w = m.weight.detach()
     if isinstance(m, TRANSPOSED):  # a constant input is no constant output at the borders: only zeros go

@@ -191,6 +191,11 @@ def recurrent(w, node, m) -> None:
         why = f"{kind} {name}: hidden units of a multi-layer or projected layer (one width for every layer; not cut yet)"
     elif state is not None:
         why = f"{kind} {name}: called with an initial state, whose width is the hidden size"
+    if state is not None:  # whatever produced the state keeps its width too
+        states: list = []
+        fx.node.map_arg(state, states.append)
+        for gid in {gid for n in states for gid in _groups_in(w, n)}:
+            w.g.get(gid).blockers.append(f"{kind} {name}: its initial state (the hidden size) reads these channels")
     elif not _only_indexed(node):
         why = f"{kind} {name}: its result is used as a whole tuple"
     out = node.meta.get("tensor_meta")
@@ -202,6 +207,22 @@ def recurrent(w, node, m) -> None:
         w.g.get(w.label[node][0][0]).blocks = 2
         seg = {"segments": w.label[node], "why": f"{kind} {name}: the final state of a bidirectional layer is used"}
     w.parts[node] = [(w.label[node], nd - 1), [seg, seg] if isinstance(m, nn.LSTM) else seg]
+
+
+def _groups_in(w, node: fx.Node) -> list[int]:
+    """The groups a node carries: its label, or every element of a tuple of channel tensors."""
+    out = [gid for gid, _ in w.label.get(node, ())]
+
+    def walk(part):
+        if isinstance(part, list):
+            for p in part:
+                walk(p)
+        elif isinstance(part, dict):
+            out.extend(gid for gid, _ in part["segments"])
+        elif part is not None:
+            out.extend(gid for gid, _ in part[0])
+    walk(w.parts.get(node))
+    return out
 
 
 def _only_indexed(node: fx.Node) -> bool:
@@ -548,7 +569,8 @@ def flatten(w, node, m) -> None:
     before, after = tuple(src.meta["tensor_meta"].shape), tuple(node.meta["tensor_meta"].shape)
     axis = w.axis[src]
     k = _same_axis(before, after, axis)
-    out_axis = k if k is not None else 1 if axis == 1 and len(after) == 2 else \
+    inner = _merged_after_channels(before, after, axis) if k is None else None
+    out_axis = k if k is not None else 1 if axis == 1 and len(after) == 2 else axis if inner is not None else \
         (_merged_into_channels(before, after, axis) or (None,))[0]
     if out_axis is not None and _fixed_size(node, out_axis) is not None:
         w.block(node, f"reshape {node.name} to a fixed {_fixed_size(node, out_axis)} on the channel axis "
@@ -560,7 +582,7 @@ def flatten(w, node, m) -> None:
     elif axis == 1 and len(after) == 2 and after[0] == before[0] and len(before) >= 2:
         spatial = math.prod(before[2:])
         w.label[node], w.axis[node] = tuple((gid, per * spatial) for gid, per in w.label[src]), 1
-    elif (inner := _merged_after_channels(before, after, axis)) is not None:
+    elif inner is not None:
         w.follow(node, src)  # a CRNN's [B, C, H, W] → [B, C·H, W]: C channels, each H entries wide
         w.label[node] = tuple((gid, per * inner) for gid, per in w.label[src])
     elif (merged := _merged_into_channels(before, after, axis)) is not None:
