@@ -350,3 +350,19 @@ def test_macs_of_packed_sequences_and_of_a_layer_called_twice():
     packed = nn.Sequential(Packed(), nn.Linear(10, 3)).eval()
     assert count_macs(packed, (5, 6))["per_layer"]["0.rnn"][0] == 5 * 3 * 10 * 16
     assert harvest(packed, (5, 6))["keep"] == {}  # refused (fx cannot trace the packing), not crashed
+
+
+class ReturnsState(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.rnn, self.head = nn.Linear(6, 8), nn.LSTM(8, 10, batch_first=True), nn.Linear(10, 3)
+
+    def forward(self, x):
+        out, state = self.rnn(self.embed(x))
+        return self.head(out), state  # (h_n, c_n) handed on whole
+
+
+def test_an_lstm_state_tuple_handed_on_whole_keeps_the_units():
+    groups = channel_groups(ReturnsState().eval(), torch.randn(2, 5, 6))
+    assert any("used whole" in b for b in blockers(groups, "rnn"))
+    assert next(g for g in groups if g.producers == ["embed"]).prunable

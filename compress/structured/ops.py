@@ -191,13 +191,13 @@ def recurrent(w, node, m) -> None:
         why = f"{kind} {name}: hidden units of a multi-layer or projected layer (one width for every layer; not cut yet)"
     elif state is not None:
         why = f"{kind} {name}: called with an initial state, whose width is the hidden size"
+    elif not _only_indexed(node):
+        why = f"{kind} {name}: its result is used as a whole tuple"
     if state is not None:  # whatever produced the state keeps its width too
         states: list = []
         fx.node.map_arg(state, states.append)
         for gid in {gid for n in states for gid in _groups_in(w, n)}:
             w.g.get(gid).blockers.append(f"{kind} {name}: its initial state (the hidden size) reads these channels")
-    elif not _only_indexed(node):
-        why = f"{kind} {name}: its result is used as a whole tuple"
     out = node.meta.get("tensor_meta")
     nd = len(out[0].shape) if isinstance(out, (tuple, list)) and hasattr(out[0], "shape") else 3
     directions = 2 if m.bidirectional else 1
@@ -712,9 +712,8 @@ def indexing(w, node, m) -> None:
         if isinstance(part, list):  # a tuple inside the tuple (an LSTM's (h_n, c_n))
             w.parts[node] = part
             if not _only_indexed(node):
-                for p in part:
-                    for gid, _ in p["segments"] if isinstance(p, dict) else p[0]:
-                        w.g.get(gid).blockers.append(f"{node.name}: a tuple of channel tensors used whole")
+                for gid in set(_groups_in(w, node)):
+                    w.g.get(gid).blockers.append(f"{node.name}: a tuple of channel tensors used whole")
         elif isinstance(part, dict):  # an element whose channels cannot be followed: used, it blocks them
             for gid, _ in part["segments"] if node.users else ():
                 w.g.get(gid).blockers.append(part["why"])
