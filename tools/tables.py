@@ -403,9 +403,9 @@ def pipeline_spiking(src: list[dict]) -> list[str]:
 TABLES = [
     Table("LATS vs STR vs GMP vs one-shot magnitude, three seeds", ["results/fair-sparse/results.json"],
           ".venv/bin/python tools/bench_fair.py sparse --epochs 12", fair_sparse,
-          "Measured before STR's change of issue 22 and before decay_1d and LATS's θ = 0 rule (issue 24): the "
-          "lats and str rows are stale (STR seed 0 at LeNet-5 99%: 97.80% here, 97.89% with the code of "
-          "issue 22); not re-measured (about 60 minutes of 2 cores)."),
+          "lats and str rows re-measured on 2026-12-03 with issue 22's STR and issue 24's defaults "
+          "(`--methods lats,str --update`, 83 minutes on one thread beside other jobs); the gmp and magnitude "
+          "rows are the earlier run's (their code did not change)."),
     Table("GReg-1 / GReg-2 vs one-shot L1, LeNet-5 per layer, three seeds", ["results/fair-greg/results.json"],
           '.venv/bin/python tools/bench_fair.py greg --models lenet5 --sparsities 0.95,0.98,0.99 --extra ""',
           fair_greg, "Re-measured on 2026-12-03 with GReg's official timing, stop rules and ceil count (issue 24): "
