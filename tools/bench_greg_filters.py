@@ -26,7 +26,7 @@ from bench_structured import accuracy, train_and_cut  # noqa: E402
 from compress import atomic  # noqa: E402
 from compress.data import load_data  # noqa: E402
 from compress.models import ModelConfig, build_model  # noqa: E402
-from compress.pruners import PruneConfig  # noqa: E402
+from compress.config.prune import PruneConfig  # noqa: E402
 from compress.structured import channel_groups, ratio_for_macs  # noqa: E402
 from deploy.export import export_onnx  # noqa: E402
 from compress.flops import count_macs  # noqa: E402
