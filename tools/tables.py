@@ -415,8 +415,8 @@ TABLES = [
           ".venv/bin/python tools/bench_fair.py greg --granularity filter --models resnet20 --sparsities 2,3,5,10 "
           '--extra "" --epochs 4 --penalty-epochs 2 --finetune-epochs 2 --lr 0.1 --train-limit 3000 '
           "--out results/fair-greg-filters", fair_greg_filters,
-          "Measured before l1 counted channels as GReg-1 (it rounded to multiples of 8) and before GReg's "
-          "official rules (issue 24): stale, not re-measured."),
+          "Re-measured on 2026-12-03 with l1 counting channels as GReg-1 and GReg's official rules (issue 24): "
+          "88 minutes on one thread beside other jobs."),
     Table("Every method at 90 / 95 / 98%, LeNet-5", ["results/methods-lenet5/results.json"],
           ".venv/bin/python tools/bench_methods.py --model lenet5 --data-root ../shared/data/mnist", methods_lenet5,
           "Re-measured on 2026-12-03 with issue 24's defaults (decay_1d, GReg's rules): 21.6 minutes on the 2 "
