@@ -36,6 +36,7 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "magnitude": ("compress/pruners/magnitude.py", ["tests/test_magnitude.py", "tests/test_pruner_weights.py",
                                                    "tests/test_pruners.py"]),
     "remove": ("compress/structured/remove.py", ["tests/test_channel_correctness.py"]),
+    "recurrent": ("compress/structured/recurrent.py", ["tests/test_recurrent.py"]),
     "lats": ("compress/pruners/lats.py", ["tests/test_pruners.py", "tests/test_pruner_weights.py",
                                          "tests/test_methods.py"]),
     "str": ("compress/pruners/str_reparam.py", ["tests/test_methods.py", "tests/test_pruner_weights.py"]),
