@@ -366,3 +366,11 @@ def test_an_lstm_state_tuple_handed_on_whole_keeps_the_units():
     groups = channel_groups(ReturnsState().eval(), torch.randn(2, 5, 6))
     assert any("used whole" in b for b in blockers(groups, "rnn"))
     assert next(g for g in groups if g.producers == ["embed"]).prunable
+
+
+@pytest.mark.parametrize("layer", [nn.LSTM(4, 6, num_layers=2), nn.LSTM(4, 6, proj_size=3), nn.GRU(4, 6, num_layers=3)])
+def test_cutting_units_of_a_layer_not_supported_is_refused_when_called_directly(layer):
+    from compress.structured.recurrent import cut_recurrent_hidden
+    with pytest.raises(ValueError, match="only one-layer layers"):
+        cut_recurrent_hidden(layer, torch.tensor([0, 2]))
+    assert layer.hidden_size == 6
