@@ -439,9 +439,8 @@ TABLES = [
     Table("GReg-1 against one-shot L1, the same channels removed, ResNet-20",
           ["results/greg-filters/results.json", "results/greg-filters-high/results.json"],
           ".venv/bin/python tools/bench_greg_filters.py (2x, 3x) and --factors 5,10 --out results/greg-filters-high",
-          greg_filters, "2x and 3x re-measured on 2026-12-03 with GReg's official rules (42 minutes on one "
-                        "thread beside other jobs); the 5x and 10x rows (greg-filters-high) predate them: their "
-                        "re-run was stopped at the end of a session."),
+          greg_filters, "Re-measured on 2026-12-03 with GReg's official rules: 2x and 3x in 42 minutes on one "
+                        "thread beside other jobs, 5x and 10x in 20 minutes on 2 threads."),
     Table("Latency next to MACs", ["results/structured/results.json", "results/structured-pow2/results.json",
                                    "results/structured-vgg16/results.json"],
           ".venv/bin/python tools/bench_structured.py --models resnet20,resnet56 --factors 2,3 (add --pow2 --out "
