@@ -61,18 +61,20 @@ def test_lats_gradient_is_zero_where_theta_is_exactly_zero():
     assert layer.parametrizations.weight.original.grad.tolist() == [[0.0, 2.0, 3.0], [4.0, 0.0, 6.0]]
 
 
+class PassThroughReLU(torch.autograd.Function):
+    """The official LATS code's ReLU whose backward is the identity."""
+    @staticmethod
+    def forward(ctx, x):
+        return torch.relu(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
 def test_lats_weight_and_gradient_equal_the_official_formula():
     """w = sign(θ)·PassThroughReLU(|θ| − d), PassThroughReLU's backward the identity (the official code):
     the same weights and the same ∂L/∂θ, zeros of θ included, by autograd on that formula."""
-    class PassThroughReLU(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return torch.relu(x)
-
-        @staticmethod
-        def backward(ctx, g):
-            return g
-
     torch.manual_seed(0)
     theta = torch.randn(20, 30)
     theta.view(-1)[:40] = 0.0
@@ -292,15 +294,6 @@ def test_a_short_s_lats_run_is_bit_identical_to_the_official_loop():
     w = sign(θ)·PassThroughReLU(|θ| − d) (gradient straight through, 0 where θ is exactly 0); SGD with
     momentum and weight decay on θ. Every step's weights equal the pruner's bit for bit."""
     import math
-
-    class PassThroughReLU(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return torch.relu(x)
-
-        @staticmethod
-        def backward(ctx, g):
-            return g
 
     torch.manual_seed(0)
     theta0, steps, final = torch.randn(5, 8) * 0.5, 12, 0.4
