@@ -7,11 +7,21 @@ from compress.flops import count_macs
 from compress.models import ModelConfig, build_model
 
 
-@pytest.mark.parametrize("name", ["mlp", "lenet5", "resnet20", "vgg16", "mobilenet_v1"])
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "lenet5_caffe", "resnet20", "vgg16", "mobilenet_v1"])
 def test_dense_count_equals_the_per_layer_count_on_cnns(name):
     model = build_model(ModelConfig(name=name), (1, 28, 28), 10)
     r = count_macs(model, (1, 28, 28))
     assert r["dense"] == sum(d for d, _ in r["per_layer"].values()) > 0
+
+
+def test_the_caffe_lenet5_is_the_papers_431k_weight_network():
+    """conv 20 → conv 50 → fc 500 → 10 on MNIST: 430,500 weights (431,080 with biases), 2.29 M MACs;
+    it also builds for 8x8 digits."""
+    model = build_model(ModelConfig(name="lenet5_caffe"), (1, 28, 28), 10)
+    assert sum(m.weight.numel() for m in model.modules() if hasattr(m, "weight")) == 430_500
+    assert sum(p.numel() for p in model.parameters()) == 431_080
+    assert count_macs(model, (1, 28, 28))["dense"] == 20 * 25 * 24 * 24 + 50 * 500 * 8 * 8 + 800 * 500 + 5000
+    assert build_model(ModelConfig(name="lenet5_caffe"), (1, 8, 8), 10)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
 def test_a_linear_on_tokens_counts_once_per_token():

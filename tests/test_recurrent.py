@@ -1,5 +1,5 @@
-"""nn.RNN / nn.LSTM / nn.GRU: a one-layer, one-direction layer's hidden units are cut exactly (its output
-and its final state), any recurrent layer's input features are cut; what is not cut yet is refused with
+"""nn.RNN / nn.LSTM / nn.GRU: hidden units are cut exactly (one or more layers, either direction; the
+output and, one direction, the final state), any recurrent layer's input features are cut; what is not cut yet is refused with
 the reason, never cut wrongly."""
 import pytest
 import torch
@@ -93,16 +93,52 @@ def test_a_bidirectional_layer_keeps_as_many_units_in_each_direction(kind, use_s
                             torch.tensor([0, 1, 3]))
 
 
-@pytest.mark.parametrize("rnn, why", [(dict(num_layers=2), "multi-layer"), (dict(proj_size=4), "projected")])
-def test_layers_not_cut_yet_keep_their_units_but_their_inputs_are_cut(rnn, why):
+def test_a_projected_layer_keeps_its_units_but_its_inputs_are_cut():
     torch.manual_seed(0)
-    model = _randomise_norms(ConvRecurrent(nn.LSTM, **rnn))
-    if rnn.get("proj_size"):
-        model.head = nn.Linear(4, 5)
+    model = _randomise_norms(ConvRecurrent(nn.LSTM, proj_size=4))
+    model.head = nn.Linear(4, 5)
     cut, diff, groups = cut_vs_masked(model, X, ratio=0.5)
     assert diff < 1e-5 and cut == 2
-    assert any(why in b for b in blockers(groups, "embed") + next(g.blockers for g in groups
-                                                                 if not g.producers and g.size in (12, 24, 4)))
+    assert any("projected" in b for b in next(g.blockers for g in groups if not g.producers and g.size == 4))
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
+@pytest.mark.parametrize("bidirectional, use_state", [(False, False), (False, True), (True, False)])
+def test_a_stacked_layer_cuts_each_unit_in_every_layer_exactly(kind, bidirectional, use_state):
+    """One hidden size for all layers: channel u is unit u of every layer (and the next layer's input
+    columns that read it); the final state h_n [layers, batch, hidden] carries the channels too."""
+    torch.manual_seed(0)
+    model = _randomise_norms(ConvRecurrent(kind, num_layers=3, bidirectional=bidirectional, use_state=use_state))
+    cut, diff, groups = cut_vs_masked(model, X, ratio=0.5)
+    assert diff < 1e-5 and cut == 3
+    smaller = ConvRecurrent(kind, num_layers=3, bidirectional=bidirectional, use_state=use_state).eval()
+    group = next(g for g in channel_groups(smaller, X) if g.producers == ["rnn"])
+    keep = torch.tensor([0, 4, 5, 12, 20, 23]) if bidirectional else torch.tensor([1, 4, 11])
+    remove_channels(smaller, group, keep)
+    rnn, gates = smaller.rnn, {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}[kind]
+    assert rnn.hidden_size == 3
+    width = 3 * (2 if bidirectional else 1)
+    assert tuple(rnn.weight_ih_l1.shape) == (3 * gates, width) and tuple(rnn.weight_hh_l2.shape) == (3 * gates, 3)
+    fresh = kind(10, 3, num_layers=3, bidirectional=bidirectional)  # loads into a plain layer of that size
+    fresh.load_state_dict(rnn.state_dict())
+    assert [p.shape for p in rnn._flat_weights] == [p.shape for p in rnn.parameters()]
+
+
+def test_a_stacked_layer_reads_the_kept_units_of_the_layer_below():
+    """Layer 1's input columns are layer 0's units, [forward | backward]: the cut keeps exactly those
+    columns (checked value by value, not only in shape)."""
+    torch.manual_seed(0)
+    rnn = nn.GRU(5, 4, num_layers=2, bidirectional=True)
+    before = {k: v.clone() for k, v in rnn.state_dict().items()}
+    from compress.structured.recurrent import cut_recurrent_hidden
+    keep = torch.tensor([1, 2, 4, 7])  # forward units 1, 2; backward units 0, 3
+    cut_recurrent_hidden(rnn, keep)
+    rows_f = torch.cat([g * 4 + torch.tensor([1, 2]) for g in range(3)])
+    rows_b = torch.cat([g * 4 + torch.tensor([0, 3]) for g in range(3)])
+    assert torch.equal(rnn.weight_ih_l1, before["weight_ih_l1"][rows_f][:, keep])
+    assert torch.equal(rnn.weight_ih_l1_reverse, before["weight_ih_l1_reverse"][rows_b][:, keep])
+    assert torch.equal(rnn.weight_hh_l1_reverse, before["weight_hh_l1_reverse"][rows_b][:, [0, 3]])
+    assert torch.equal(rnn.weight_ih_l0, before["weight_ih_l0"][rows_f])  # layer 0 reads the input
 
 
 class WithState(nn.Module):
@@ -168,13 +204,29 @@ def test_importance_greg_and_harvest_see_every_gate_of_a_unit():
         assert torch.allclose(model(X), want, atol=1e-5)
 
 
+def test_the_harvest_removes_a_stacked_layers_unit_only_when_it_is_zero_in_every_layer():
+    torch.manual_seed(0)
+    model = _randomise_norms(ConvRecurrent(nn.LSTM, num_layers=2)).eval()
+    rnn = model.rnn
+    with torch.no_grad():
+        for k in (0, 1):
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(rnn, f"{name}_l{k}").view(4, 12, -1)[:, 2] = 0  # unit 2: zero in both layers
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(rnn, f"{name}_l0").view(4, 12, -1)[:, 6] = 0  # unit 6: only in layer 0, it stays
+        want = model(X)
+        record = harvest(model, (1, 4, 7))
+        assert record["keep"]["rnn"] == [u for u in range(12) if u != 2] and rnn.hidden_size == 11
+        assert torch.allclose(model(X), want, atol=1e-5)
+
+
 class RowLSTM(nn.Module):
     """Image rows as time steps, the last step classified (as a user's model would read digits)."""
 
-    def __init__(self, kind=nn.LSTM):
+    def __init__(self, kind=nn.LSTM, layers=1):
         super().__init__()
         self.stem, self.bn = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
-        self.rnn, self.head = kind(4 * 8, 16, batch_first=True), nn.Linear(16, 10)
+        self.rnn, self.head = kind(4 * 8, 16, batch_first=True, num_layers=layers), nn.Linear(16, 10)
 
     def forward(self, x):
         f = torch.relu(self.bn(self.stem(x))).permute(0, 2, 1, 3).flatten(2)  # [N, H, 4·W]
@@ -182,8 +234,8 @@ class RowLSTM(nn.Module):
         return self.head(out[:, -1])
 
 
-@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU])
-def test_channel_methods_select_recurrent_units_and_the_cut_model_counts_and_exports(kind, tmp_path):
+@pytest.mark.parametrize("kind, layers", [(nn.LSTM, 1), (nn.GRU, 1), (nn.LSTM, 2)])
+def test_channel_methods_select_recurrent_units_and_the_cut_model_counts_and_exports(kind, layers, tmp_path):
     from compress.flops import count_macs
     from compress.pruners.channels import selected_groups
     from compress.structured import zero_channels
@@ -191,13 +243,14 @@ def test_channel_methods_select_recurrent_units_and_the_cut_model_counts_and_exp
     from deploy.latency import make_session
 
     torch.manual_seed(0)
-    model = RowLSTM(kind).eval()
+    model = RowLSTM(kind, layers).eval()
     chosen, whole = selected_groups(model, ["stem", "head"], (1, 8, 8), "test")  # the weight-level selection
     group = next(g for g in chosen.values() if g.producers == ["rnn"])
     before = count_macs(model, (1, 8, 8))
     gates = 4 if kind is nn.LSTM else 3
-    assert before["per_layer"]["rnn"] == (8 * gates * 16 * (32 + 16),) * 2  # 8 steps, every gate's weights
-    assert before["dense"] == 8 * gates * 16 * 48 + 4 * 64 * 9 + 160
+    macs = 8 * gates * 16 * (32 + 16) + (layers - 1) * 8 * gates * 16 * (16 + 16)  # 8 steps, every gate
+    assert before["per_layer"]["rnn"] == (macs,) * 2
+    assert before["dense"] == macs + 4 * 64 * 9 + 160
     zero_channels(model, group, torch.arange(0, 16, 2))
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
@@ -206,7 +259,7 @@ def test_channel_methods_select_recurrent_units_and_the_cut_model_counts_and_exp
         assert model.rnn.hidden_size == 8 and record["keep"]["rnn"] == list(range(1, 16, 2))
         assert torch.allclose(model(x), want, atol=1e-5)
     after = count_macs(model, (1, 8, 8))
-    assert after["per_layer"]["rnn"][0] == 8 * gates * 8 * (32 + 8)
+    assert after["per_layer"]["rnn"][0] == 8 * gates * 8 * (32 + 8) + (layers - 1) * 8 * gates * 8 * (8 + 8)
     export_onnx(model, x, tmp_path / "m.onnx")
     got = make_session(tmp_path / "m.onnx").run(None, {"input": x.numpy()})[0]
     assert abs(got - want.numpy()).max() < 1e-4
@@ -368,9 +421,9 @@ def test_an_lstm_state_tuple_handed_on_whole_keeps_the_units():
     assert next(g for g in groups if g.producers == ["embed"]).prunable
 
 
-@pytest.mark.parametrize("layer", [nn.LSTM(4, 6, num_layers=2), nn.LSTM(4, 6, proj_size=3), nn.GRU(4, 6, num_layers=3)])
+@pytest.mark.parametrize("layer", [nn.LSTM(4, 6, proj_size=3), nn.LSTM(4, 6, num_layers=2, proj_size=3)])
 def test_cutting_units_of_a_layer_not_supported_is_refused_when_called_directly(layer):
     from compress.structured.recurrent import cut_recurrent_hidden
-    with pytest.raises(ValueError, match="only one-layer layers"):
+    with pytest.raises(ValueError, match="projected layer"):
         cut_recurrent_hidden(layer, torch.tensor([0, 2]))
     assert layer.hidden_size == 6

@@ -45,7 +45,8 @@ from compress.train import train  # noqa: E402
 from deploy.export import export_onnx  # noqa: E402
 from deploy.latency import make_session  # noqa: E402
 
-MODELS = {"lenet5": ModelConfig(name="lenet5"), "lenet300": ModelConfig(name="mlp", hidden=[300, 100]),
+MODELS = {"lenet5": ModelConfig(name="lenet5"), "lenet5_caffe": ModelConfig(name="lenet5_caffe"),
+          "lenet300": ModelConfig(name="mlp", hidden=[300, 100]),
           "resnet20": ModelConfig(name="resnet20")}
 WEIGHT_DECAY = {"lats": 3.0517578125e-5, "str": 2.251757813e-5, "gmp": 5e-4, "magnitude": 5e-4,
                 "dense": 5e-4, "greg1": 5e-4, "greg2": 5e-4, "l1": 5e-4}

@@ -7,13 +7,13 @@ from typing import Literal
 from ..errors import UserError
 from ..schema import opt
 
-ZOO = ("mlp", "lenet5", "resnet20", "resnet32", "resnet56", "vgg16", "vgg19", "mobilenet_v1", "spiking_cnn",
+ZOO = ("mlp", "lenet5", "lenet5_caffe", "resnet20", "resnet32", "resnet56", "vgg16", "vgg19", "mobilenet_v1", "spiking_cnn",
        "sew_resnet18", "sew_resnet34")
 
 
 @dataclass
 class ModelConfig:
-    name: str = opt("mlp", "Model: mlp, lenet5, resnet20/32/56, vgg16/19, mobilenet_v1, spiking_cnn, "
+    name: str = opt("mlp", "Model: mlp, lenet5, lenet5_caffe (the papers' 431K LeNet-5), resnet20/32/56, vgg16/19, mobilenet_v1, spiking_cnn, "
                     "sew_resnet18/34, 'torchvision:NAME' "
                     "(e.g. torchvision:resnet18), 'timm:NAME' (e.g. timm:efficientnet_b0; needs timm), or 'package.module:factory' called as "
                     "factory(input_shape=..., num_classes=...).")

@@ -13,7 +13,7 @@ from ..structured.attention import prepare_attention
 from ..config.model import ModelConfig
 from .mobilenet import MobileNetV1
 from .resnet import CifarResNet
-from .small import MLP, LeNet5
+from .small import MLP, LeNet5, LeNet5Caffe
 from .spiking import sew_resnet, spiking_cnn
 from .vgg import VGG
 
@@ -21,6 +21,7 @@ from .vgg import VGG
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": lambda cfg, shape, classes: MLP(shape, classes, cfg.hidden),
     "lenet5": lambda cfg, shape, classes: LeNet5(shape, classes),
+    "lenet5_caffe": lambda cfg, shape, classes: LeNet5Caffe(shape, classes),
     "resnet20": lambda cfg, shape, classes: CifarResNet(20, shape[0], classes, cfg.width),
     "resnet32": lambda cfg, shape, classes: CifarResNet(32, shape[0], classes, cfg.width),
     "resnet56": lambda cfg, shape, classes: CifarResNet(56, shape[0], classes, cfg.width),

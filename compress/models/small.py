@@ -1,4 +1,4 @@
-"""Small models: an MLP and LeNet-5."""
+"""Small models: an MLP, LeNet-5 and the Caffe LeNet-5 of the pruning papers."""
 from __future__ import annotations
 
 import math
@@ -40,6 +40,28 @@ class LeNet5(nn.Module):
             flat = self.features(torch.zeros(1, *input_shape)).shape[1]
         self.classifier = nn.Sequential(
             nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class LeNet5Caffe(nn.Module):
+    """The Caffe LeNet-5 the pruning papers report on (conv 20 → conv 50 → fc 500 → classes, 431K
+    weights on MNIST; Han et al. 2015, sparse variational dropout): unpadded 5x5 convs, each followed
+    by ReLU and max-pooling. Small inputs (e.g. 8x8 digits) pad the convs so the shape still works."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int):
+        super().__init__()
+        channels, height = input_shape[0], input_shape[1]
+        pad = 0 if height >= 16 else 2
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 20, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(20, 50, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, *input_shape)).shape[1]
+        self.classifier = nn.Sequential(nn.Linear(flat, 500), nn.ReLU(), nn.Linear(500, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

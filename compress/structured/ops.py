@@ -173,11 +173,12 @@ def linear(w, node, m, name: str | None = None) -> None:
 @module_rule(*RECURRENT)
 def recurrent(w, node, m) -> None:
     """nn.RNN / LSTM / GRU: reads features on its input's last axis (columns of weight_ih_l0, both
-    directions). A one-layer layer without projection writes hidden_size channels per direction (see
-    recurrent.py; a bidirectional one [forward | backward], cut evenly) to its output (element 0 of its
-    result) and, one direction only, to its final state h_n (element 1; LSTM: (h_n, c_n)), channels last
-    in both. Multi-layer and projected layers, calls given an initial state (which has their width) and
-    a bidirectional layer's final state (directions stacked on its first axis) keep the units whole."""
+    directions). A layer without projection writes hidden_size channels per direction (see
+    recurrent.py; a bidirectional one [forward | backward], cut evenly; a stacked one cuts unit u in
+    every layer) to its output (element 0 of its result) and, one direction only, to its final state
+    h_n (element 1, [layers, batch, hidden]; LSTM: (h_n, c_n)), channels last in both. Projected layers,
+    calls given an initial state (which has their width) and a bidirectional layer's final state
+    (directions stacked on its first axis) keep the units whole."""
     name, x = node.target, w.first(node)
     kind = type(m).__name__
     if x in w.label:
@@ -187,8 +188,8 @@ def recurrent(w, node, m) -> None:
             w.join(name, w.label[x], "consumer", x)
     state = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
     why = None
-    if m.num_layers != 1 or getattr(m, "proj_size", 0):
-        why = f"{kind} {name}: hidden units of a multi-layer or projected layer (one width for every layer; not cut yet)"
+    if getattr(m, "proj_size", 0):
+        why = f"{kind} {name}: hidden units of a projected layer (proj_size; not cut yet)"
     elif state is not None:
         why = f"{kind} {name}: called with an initial state, whose width is the hidden size"
     elif not _only_indexed(node):
@@ -201,7 +202,8 @@ def recurrent(w, node, m) -> None:
     out = node.meta.get("tensor_meta")
     nd = len(out[0].shape) if isinstance(out, (tuple, list)) and hasattr(out[0], "shape") else 3
     directions = 2 if m.bidirectional else 1
-    w.start(node, m.hidden_size * directions, producer=None if why else name, blocker=why, axis=nd - 1)
+    width = getattr(m, "proj_size", 0) or m.hidden_size  # what its output and h_n carry
+    w.start(node, width * directions, producer=None if why else name, blocker=why, axis=nd - 1)
     seg = (w.label[node], nd - 1)
     if directions == 2:
         w.g.get(w.label[node][0][0]).blocks = 2

@@ -1,12 +1,16 @@
-"""Cutting nn.RNN / nn.LSTM / nn.GRU: hidden units of a one-layer layer (either direction), and input
-features of any.
+"""Cutting nn.RNN / nn.LSTM / nn.GRU: hidden units (any number of layers, either direction; no
+projection), and input features.
 
 A hidden unit u of direction d is channel d·hidden + u (the layer's output is [forward | backward]).
-It is row g·hidden + u of that direction's weight_ih_l0, weight_hh_l0 and both biases for each gate
-g, and column u of its weight_hh_l0 (the unit's state read back at the next step). With those rows
+It is row g·hidden + u of that direction's weight_ih_lk, weight_hh_lk and both biases for each gate
+g, and column u of its weight_hh_lk (the unit's state read back at the next step). With those rows
 zeroed the unit's pre-activations are 0 at every step, so from a zero initial state its output stays
 exactly 0 (LSTM: c ← σ(0)·c + σ(0)·tanh(0); GRU: h ← σ(0)·h + (1 − σ(0))·tanh(0); RNN: tanh(0) or
 relu(0)): removing it is exact.
+
+One nn.LSTM has one hidden size for all its layers, so a stacked layer's channel is unit u in every
+layer at once: its rows in each layer, and the columns of the next layer's weight_ih that read it
+(layer k + 1 reads layer k's output, [forward | backward] like the channels).
 """
 from __future__ import annotations
 
@@ -21,13 +25,14 @@ def _suffixes(m: nn.RNNBase) -> list[str]:
 
 
 def unit_rows(m: nn.RNNBase, biases: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Every tensor holding a one-layer recurrent layer's hidden units as rows, with the channel (unit of
-    its direction) of each row: its weights, then (with `biases`) its biases."""
+    """Every tensor holding a recurrent layer's hidden units as rows (every layer), with the channel
+    (unit of its direction) of each row: its weights, then (with `biases`) its biases."""
     h, out = m.hidden_size, []
-    names = ["weight_ih_l0", "weight_hh_l0"] + (["bias_ih_l0", "bias_hh_l0"] if biases and m.bias else [])
-    for name in names:
-        for d, sfx in enumerate(_suffixes(m)):
-            out.append((getattr(m, name + sfx), (d * h + torch.arange(h)).repeat(gates(m))))
+    kinds = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if biases and m.bias else [])
+    for kind in kinds:
+        for k in range(m.num_layers):
+            for d, sfx in enumerate(_suffixes(m)):
+                out.append((getattr(m, f"{kind}_l{k}{sfx}"), (d * h + torch.arange(h)).repeat(gates(m))))
     return out
 
 
@@ -41,22 +46,23 @@ def _set(m: nn.RNNBase, name: str, value: torch.Tensor) -> None:
 
 @torch.no_grad()
 def cut_recurrent_hidden(m: nn.RNNBase, keep: torch.Tensor) -> None:
-    """Keep channels `keep` (sorted; as many units of each direction) of a one-layer recurrent layer
-    without projection, in place."""
-    if m.num_layers != 1 or getattr(m, "proj_size", 0):
-        raise ValueError(f"{type(m).__name__}: only one-layer layers without projection have their hidden "
-                         "units cut")
+    """Keep channels `keep` (sorted; as many units of each direction) of a recurrent layer without
+    projection, in every layer, in place."""
+    if getattr(m, "proj_size", 0):
+        raise ValueError(f"{type(m).__name__}: the hidden units of a projected layer are not cut")
     h, keep = m.hidden_size, torch.as_tensor(keep, dtype=torch.long)
     units = [keep[(keep // h) == d] - d * h for d in range(len(_suffixes(m)))]
     if len({len(u) for u in units}) != 1:
         raise ValueError(f"{type(m).__name__}: both directions must keep as many units ({[len(u) for u in units]})")
-    for sfx, u in zip(_suffixes(m), units):
-        rows = torch.cat([g * h + u for g in range(gates(m))])
-        _set(m, "weight_ih_l0" + sfx, getattr(m, "weight_ih_l0" + sfx)[rows])
-        _set(m, "weight_hh_l0" + sfx, getattr(m, "weight_hh_l0" + sfx)[rows][:, u])
-        if m.bias:
-            _set(m, "bias_ih_l0" + sfx, getattr(m, "bias_ih_l0" + sfx)[rows])
-            _set(m, "bias_hh_l0" + sfx, getattr(m, "bias_hh_l0" + sfx)[rows])
+    for k in range(m.num_layers):
+        for sfx, u in zip(_suffixes(m), units):
+            rows = torch.cat([g * h + u for g in range(gates(m))])
+            w_ih = getattr(m, f"weight_ih_l{k}{sfx}")[rows]
+            _set(m, f"weight_ih_l{k}{sfx}", w_ih if k == 0 else w_ih[:, keep])  # k > 0 reads layer k − 1
+            _set(m, f"weight_hh_l{k}{sfx}", getattr(m, f"weight_hh_l{k}{sfx}")[rows][:, u])
+            if m.bias:
+                _set(m, f"bias_ih_l{k}{sfx}", getattr(m, f"bias_ih_l{k}{sfx}")[rows])
+                _set(m, f"bias_hh_l{k}{sfx}", getattr(m, f"bias_hh_l{k}{sfx}")[rows])
     m.hidden_size = len(units[0])
 
 
