@@ -1,11 +1,18 @@
 """Issue 25's user story, as a user runs it: a timm model on an image folder, `sparsepipe run` with
 `prune.filter.latency_target = 2` (configs/imagefolder-timm-latency2.toml), one run folder per model.
-Collects from each report.json: accuracy in onnxruntime (dense baseline trained with the same budget,
-and the pruned model), the exported latency ratio (p50, batch 1, 1 thread), MACs ratio, the stage
-times and the gate; writes results/timm-latency-story/results.json.
+Collects from each report.json: accuracy in onnxruntime (the dense baseline and the pruned model), the
+exported latency ratio (p50, batch 1, 1 thread), MACs ratio, the stage times and the gate; writes
+results/timm-latency-story/results.json.
+
+Two ways in. From random weights (`--checkpoint-epochs 0`): the dense baseline is trained with the
+same budget as the pruned model. From a checkpoint, as a user with a trained timm model would
+(`--checkpoint-epochs N`): the model is first trained dense for N epochs (`sparsepipe train` with
+`prune.method = "dense"`, once per model, kept in runs/ckpt-MODEL), then `sparsepipe run` starts from
+those weights (`model.weights`; the checkpoint itself is the dense baseline), cuts its channels at
+step 0 and fine-tunes for --epochs at --lr.
 
     .venv/bin/python tools/make_imagefolder.py ../shared/data/mnist data/mnist-folder --train 4000 --test 1000
-    .venv/bin/python tools/bench_timm_story.py --models efficientnet_b0,regnety_004 --epochs 3
+    .venv/bin/python tools/bench_timm_story.py --models efficientnet_b0,regnety_004 --checkpoint-epochs 6 --epochs 3
 """
 from __future__ import annotations
 
@@ -19,15 +26,35 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+CONFIG = ROOT / "configs" / "imagefolder-timm-latency2.toml"
 
 
-def story(model: str, epochs: int, runs: Path) -> dict:
-    """One `sparsepipe run` of the story config for timm model `model`; its figures from report.json."""
-    out = runs / f"story-{model}"
-    cmd = [sys.executable, "-m", "deploy", "run", str(ROOT / "configs" / "imagefolder-timm-latency2.toml"),
-           "--set", f'model.name="timm:{model}"', "--set", f"train.epochs={epochs}", "--out", str(out),
-           "--no-progress"]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+def sparsepipe(command: str, model: str, out: Path, settings: list[str]) -> subprocess.CompletedProcess:
+    sets = [f'model.name="timm:{model}"', *settings]
+    cmd = [sys.executable, "-m", "deploy", command, str(CONFIG), *[a for s in sets for a in ("--set", s)],
+           "--out", str(out), "--no-progress"]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+
+
+def checkpoint(model: str, epochs: int, runs: Path) -> tuple[Path | None, str]:
+    """The dense checkpoint of `model` after `epochs` epochs (trained once; later calls reuse it)."""
+    out = runs / f"ckpt-{model}-{epochs}"
+    res = sparsepipe("train", model, out, ['prune.method="dense"', f"train.epochs={epochs}"])
+    weights = out / "sparse" / "weights.safetensors"
+    return (weights, "") if res.returncode == 0 and weights.exists() else \
+        (None, (res.stderr.strip().splitlines() or ["?"])[-1][:300])
+
+
+def story(model: str, epochs: int, runs: Path, weights: Path | None = None, lr: float | None = None) -> dict:
+    """One `sparsepipe run` of the story config for timm model `model` (from `weights` when given); its
+    figures from report.json."""
+    out = runs / (f"story-{model}" if weights is None else f"story-{model}-from-{weights.parents[1].name}")
+    settings = [f"train.epochs={epochs}"]
+    if weights is not None:
+        settings += [f'model.weights="{weights}"', "prune.filter.prune_after=0.0"]
+    if lr is not None:
+        settings.append(f"train.lr={lr}")
+    res = sparsepipe("run", model, out, settings)
     stages = {m[1]: float(m[2]) for m in re.finditer(r"\] (\w+): done in ([\d.]+) s", res.stdout)}
     report = out / "report" / "report.json"
     if not report.exists():
@@ -36,6 +63,7 @@ def story(model: str, epochs: int, runs: Path) -> dict:
     r = json.loads(report.read_text())
     st = r.get("structure") or {}
     return {"model": model, "status": "ran", "exit": res.returncode, "epochs": epochs,
+            "from": "random weights" if weights is None else weights.parents[1].name,
             "dense_accuracy": r["dense"]["accuracy"], "sparse_accuracy": r["sparse"]["accuracy"],
             "latency_ratio": r["latency"]["sparse"]["ratio_vs_dense"],
             "dense_p50_ms": r["latency"]["dense"]["p50_ms"], "sparse_p50_ms": r["latency"]["sparse"]["p50_ms"],
@@ -47,7 +75,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="efficientnet_b0,mobilenetv3_large_100,regnety_004,densenet121,"
                                        "convnext_atto,deit_tiny_patch16_224")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="the pruned model's epochs (fine-tuning from a checkpoint)")
+    p.add_argument("--checkpoint-epochs", type=int, default=0,
+                   help="train each model dense for this many epochs first and start from it (0: random weights)")
+    p.add_argument("--lr", type=float, default=None, help="the run's learning rate (default: the config's)")
     p.add_argument("--runs", type=Path, default=ROOT / "runs")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "timm-latency-story")
     args = p.parse_args()
@@ -56,8 +87,12 @@ def main() -> None:
     path = args.out / "results.json"
     rows = json.loads(path.read_text())["rows"] if path.exists() else []
     for model in args.models.split(","):
-        row = story(model, args.epochs, args.runs)
-        rows = [r for r in rows if r["model"] != model] + [row]
+        weights, error = checkpoint(model, args.checkpoint_epochs, args.runs) if args.checkpoint_epochs else (None, "")
+        row = story(model, args.epochs, args.runs, weights, args.lr) if not error else \
+            {"model": model, "status": "failed", "error": f"dense checkpoint: {error}"}
+        row["checkpoint_epochs"] = args.checkpoint_epochs
+        rows = [r for r in rows if (r["model"], r.get("checkpoint_epochs", 0)) != (model, args.checkpoint_epochs)]
+        rows.append(row)
         print(json.dumps(row), flush=True)
         atomic.write_json(path, {"machine": platform.platform(), "config": "configs/imagefolder-timm-latency2.toml",
                                  "data": "MNIST as an image folder, 4,000 train / 1,000 test, 64x64", "rows": rows})

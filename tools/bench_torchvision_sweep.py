@@ -10,7 +10,8 @@ the model with those channels zeroed (relative difference < 1e-4).
 With --torch-pruning, Torch-Pruning (`pip install torch-pruning`) runs beside it on the same model,
 input and ratio, in its own child process: its generic call (MetaPruner, L1 magnitude importance,
 pruning_ratio 0.3 per layer, the classifier ignored, nothing model-specific), one step; "works"
-when the pruned model runs; MACs are counted by our counter on both, so the medians compare.
+when the pruned model runs; MACs are counted by our counter on both, so the medians compare; `channels_removed` (the share of
+conv and Linear output channels cut, each tool) shows where a tool cut more than the ratio asks.
 
     .venv/bin/python tools/bench_torchvision_sweep.py            # writes results/torchvision-sweep/
     .venv/bin/python tools/bench_torchvision_sweep.py --zoo timm --torch-pruning   # results/timm-sweep/
@@ -89,10 +90,20 @@ def child_torch_pruning(name: str) -> dict:
     ignored = [m for m in ignored if isinstance(m, torch.nn.Module)]
     pruner = tp.pruner.MetaPruner(model, x[:1], importance=tp.importance.MagnitudeImportance(p=1),
                                   pruning_ratio=0.3, ignored_layers=ignored)
+    widths = channel_widths(model)
     pruner.step()
     with torch.no_grad():
         model(x)
-    return {"status": "works", "mac_reduction": 1 - count_macs(model, x.shape[1:])["dense"] / before}
+    return {"status": "works", "mac_reduction": 1 - count_macs(model, x.shape[1:])["dense"] / before,
+            "channels_removed": 1 - channel_widths(model) / widths}
+
+
+def channel_widths(model) -> int:
+    """Output channels of every conv and Linear (what a ratio of 0.3 asks to cut 30% of, at most)."""
+    import torch
+
+    return sum(m.out_channels if isinstance(m, torch.nn.modules.conv._ConvNd) else m.out_features
+               for m in model.modules() if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)))
 
 
 def child(name: str) -> dict:
@@ -139,6 +150,7 @@ def child(name: str) -> dict:
     return {"model": name, "status": status, "groups": len(groups), "prunable_groups": len(prunable),
             "cut_groups": cut, "refused_groups": refused, "params": params,
             "prunable_param_share": in_groups / params, "mac_reduction": 1 - after / before,
+            "channels_removed": 1 - channel_widths(smaller) / channel_widths(model),
             "max_rel_diff": diff, "top_blockers": dict(blockers.most_common(3))}
 
 

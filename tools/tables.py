@@ -344,16 +344,27 @@ def timm_sweep(src: list[dict]) -> list[str]:
             row("wrong (output differs from the masked model)", str(ours["wrong"]), "not checked"),
             row(f"median MACs removed where both work ({tp.get('both_work', 0)} models)",
                 pct(both.get("sparsepipe") or 0, 1), pct(both.get("torch_pruning") or 0, 1)),
+            row("median share of conv / Linear output channels cut, same models",
+                pct(_median_where_both(rows, lambda r: r.get("channels_removed", 0.0)), 1),
+                pct(_median_where_both(rows, lambda r: _tp(r).get("channels_removed", 0.0)), 1)),
             row("median MACs removed over all models (0 where refused or crashed)",
                 pct(d["median_mac_reduction"], 1), pct(tp_all, 1))]
 
 
+def _median_where_both(rows: list[dict], value: Callable[[dict], float]) -> float:
+    both = sorted(value(r) for r in rows if r["status"] == "exact" and _tp(r).get("status") == "works")
+    return (both[len(both) // 2] + both[~(len(both) // 2)]) / 2 if both else 0.0
+
+
 def timm_sweep_models(src: list[dict]) -> list[str]:
-    out = header("timm model", "sparsepipe", "MACs removed", "Torch-Pruning", "MACs removed")
+    out = header("timm model", "sparsepipe", "MACs removed", "channels cut", "Torch-Pruning", "MACs removed",
+                 "channels cut")
     for r in sorted(src[0]["rows"], key=lambda r: r["model"]):
         t = _tp(r)
+        works = t.get("status") == "works"
         out.append(row(r["model"].removeprefix("timm:"), r["status"], pct(r.get("mac_reduction", 0), 1),
-                       t.get("status", "–"), pct(t["mac_reduction"], 1) if t.get("status") == "works" else "–"))
+                       pct(r.get("channels_removed", 0), 1), t.get("status", "–"),
+                       pct(t["mac_reduction"], 1) if works else "–", pct(t["channels_removed"], 1) if works else "–"))
     return out
 
 
