@@ -104,7 +104,7 @@ def load_config_data(cfg: DataConfig, seed: int = 0) -> "Data":
         data = load_factory_data(cfg.name, cfg.root, seed, cfg.train_limit, cfg.test_limit)
     elif cfg.name == "imagefolder":
         data = load_imagefolder_data(cfg.root, cfg.image_size, cfg.mean, cfg.std, cfg.train_limit, cfg.test_limit,
-                                     seed=seed)
+                                     seed=seed, random_crops=cfg.augment == "auto")
     else:
         data = load_data(cfg.name, cfg.root, seed=seed, test_fraction=cfg.test_fraction,
                          train_limit=cfg.train_limit, test_limit=cfg.test_limit)
@@ -166,8 +166,9 @@ def load_cifar(root: str | Path, name: str, split: str) -> tuple[np.ndarray, np.
 
 
 def load_imagefolder_data(root: str, size: int, mean: list[float], std: list[float], train_limit: int = 0,
-                          test_limit: int = 0, seed: int = 0) -> Data:
-    """An image folder, read lazily (see imagefolder.py)."""
+                          test_limit: int = 0, seed: int = 0, random_crops: bool = True) -> Data:
+    """An image folder, read lazily (see imagefolder.py). Training images get RandomResizedCrop + flip
+    with `random_crops`, else the test images' Resize + CenterCrop."""
     from .imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderSplit, channel_count, channel_stats, \
         list_images, split_folder, transforms
 
@@ -184,7 +185,7 @@ def load_imagefolder_data(root: str, size: int, mean: list[float], std: list[flo
     if not mean:
         mean, std = ((list(IMAGENET_MEAN), list(IMAGENET_STD)) if channels == 3
                      else channel_stats(train.items, channels, size))
-    train.transform, test.transform = transforms(True, size, mean, std), transforms(False, size, mean, std)
+    train.transform, test.transform = transforms(random_crops, size, mean, std), transforms(False, size, mean, std)
     return Data(train, test, len(classes), (channels, size, size),
                 preprocessing=_preprocessing(1 / 255, mean, std, f"{channels}x{size}x{size} after Resize({round(size * 8 / 7)}) + CenterCrop({size}) of the RGB/grey image"))
 

@@ -47,6 +47,19 @@ def test_lazy_split_shapes_and_preprocessing(folder):
     assert pre["scale"] == 1 / 255 and len(pre["mean"]) == 1 and pre["std"][0] > 0  # grey: measured
 
 
+def test_augment_none_trains_on_the_test_transform(folder):
+    """data.augment = "none" turns the random crops and flips off for image folders (digits, text): each
+    training image is then exactly its test-time view, the same in every epoch."""
+    from compress.imagefolder import open_image
+
+    plain, auto = load(folder, augment="none"), load(folder)
+    for index in (0, 5, 77):
+        test_view = plain.test.transform(open_image(plain.train.items[index][0], 1))
+        assert torch.equal(plain.train[(index, 123)][0], test_view)
+        assert torch.equal(plain.train[(index, 456)][0], test_view)
+        assert not torch.equal(auto.train[(index, 123)][0], test_view)  # auto: random crops and flips
+
+
 def test_training_batches_are_the_same_with_and_without_workers(folder):
     data = load(folder)
     plain = all_batches(data)

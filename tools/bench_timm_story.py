@@ -6,8 +6,8 @@ results/timm-latency-story/results.json.
 
 Two ways in. From random weights (`--checkpoint-epochs 0`): the dense baseline is trained with the
 same budget as the pruned model. From a checkpoint, as a user with a trained timm model would
-(`--checkpoint-epochs N`): the model is first trained dense for N epochs (`sparsepipe train` with
-`prune.method = "dense"`, once per model, kept in runs/ckpt-MODEL), then `sparsepipe run` starts from
+(`--checkpoint-epochs N`): the model is first trained dense for N epochs (`sparsepipe run` with
+`prune.method = "dense"`, once per model, kept in runs/ckpt-MODEL-N), then `sparsepipe run` starts from
 those weights (`model.weights`; the checkpoint itself is the dense baseline), cuts its channels at
 step 0 and fine-tunes for --epochs at --lr.
 
@@ -39,8 +39,8 @@ def sparsepipe(command: str, model: str, out: Path, settings: list[str]) -> subp
 def checkpoint(model: str, epochs: int, runs: Path) -> tuple[Path | None, str]:
     """The dense checkpoint of `model` after `epochs` epochs (trained once; later calls reuse it)."""
     out = runs / f"ckpt-{model}-{epochs}"
-    res = sparsepipe("train", model, out, ['prune.method="dense"', f"train.epochs={epochs}"])
-    weights = out / "sparse" / "weights.safetensors"
+    res = sparsepipe("run", model, out, ['prune.method="dense"', f"train.epochs={epochs}"])
+    weights = out / "frozen" / "dense.safetensors"  # the trained model's plain state_dict
     return (weights, "") if res.returncode == 0 and weights.exists() else \
         (None, (res.stderr.strip().splitlines() or ["?"])[-1][:300])
 

@@ -24,9 +24,10 @@ class DataConfig:
     test_limit: int = opt(0, "Use only the first N test samples (0 = all).", lo=0)
     augment: Literal["auto", "none", "crop-flip"] = opt(
         "auto", "Training augmentation: crop-flip (pad 4, random crop, horizontal flip), none, or auto "
-        "(crop-flip for cifar10/cifar100, none otherwise).")
+        "(crop-flip for cifar10/cifar100, RandomResizedCrop + flip for imagefolder, none otherwise). "
+        "Use none for images a flip or a crop changes the class of (digits, text).")
     image_size: int = opt(32, "imagefolder: the square size images are cropped to (train: RandomResizedCrop "
-                          "+ flip; test: Resize + CenterCrop).", lo=4, hi=1024)
+                          "+ flip with augment auto, else as test; test: Resize + CenterCrop).", lo=4, hi=1024)
     mean: list[float] = opt([], "imagefolder: per-channel mean for normalisation, in [0, 1] pixel units "
                             "(empty: ImageNet's for colour images, measured on the training images for grey).")
     std: list[float] = opt([], "imagefolder: per-channel std (empty: as for mean).", lo=0.0, lo_open=True)
