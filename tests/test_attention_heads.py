@@ -229,6 +229,40 @@ def test_torchvision_vit_heads_are_cut_exactly_and_export(tmp_path):
     assert info["max_abs_diff_vs_torch"] < 1e-4
 
 
+def test_torchvision_vit_residual_stream_is_cut_with_its_hidden_dim(tmp_path):
+    """torchvision's ViT reshapes the patch embedding to `self.hidden_dim`: the residual stream (patch
+    conv, class token, position embedding, every LayerNorm, out_proj and MLP output) is cut and that
+    attribute set to the channels kept. When another int attribute holds the same number (here
+    image_size = hidden_dim = 32) which one is the width is unknown: the stream stays whole."""
+    import torchvision
+    from compress.structured import zero_channels
+    from deploy.export import export_onnx
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                                                 hidden_dim=48, mlp_dim=64, num_classes=10).eval()
+    nn.init.normal_(model.heads.head.weight)  # torchvision starts it at zero: every output would be 0
+    x = torch.randn(2, 3, 32, 32)
+    stream = next(g for g in channel_groups(model, x) if "conv_proj" in g.producers)
+    assert stream.prunable and stream.size == 48 and ("", "hidden_dim", 1) in stream.counters
+    masked, smaller = copy.deepcopy(model), copy.deepcopy(model)
+    keep = torch.arange(0, 48, 2)
+    zero_channels(masked, next(g for g in channel_groups(masked, x) if "conv_proj" in g.producers),
+                  torch.arange(1, 48, 2))
+    remove_channels(smaller, next(g for g in channel_groups(smaller, x) if "conv_proj" in g.producers), keep)
+    assert smaller.hidden_dim == 24 and smaller.class_token.shape == (1, 1, 24)
+    assert smaller.encoder.pos_embedding.shape[-1] == 24 and smaller.conv_proj.out_channels == 24
+    with torch.no_grad():
+        want, got = masked(x), smaller(x)
+        assert not torch.allclose(want, model(x), atol=1e-3)  # the cut changes the model...
+        assert torch.allclose(got, want, atol=1e-5)           # ...exactly as zeroing those channels does
+    assert export_onnx(smaller, x, tmp_path / "vit.onnx")["max_abs_diff_vs_torch"] < 1e-4
+
+    same = _small_vit()  # hidden_dim 32 = image_size 32
+    stream = next(g for g in channel_groups(same, x) if "conv_proj" in g.producers)
+    assert not stream.prunable and "fixed 32 on the channel axis" in " ".join(stream.blockers)
+
+
 def test_a_dead_head_is_harvested_and_the_cut_rebuilds_from_the_record():
     """As the freeze stage does: harvest a model with a dead head, then cut a fresh model to the
     record and load the harvested weights (same keys as nn.MultiheadAttention's)."""

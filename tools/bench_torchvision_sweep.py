@@ -3,7 +3,7 @@ refused (naming the blocker), crash or WRONG, with the MAC reduction when every 
 loses 30% of its channels (block-balanced random keep sets, seeded).
 
 Each model runs in a child process with a time limit (random weights, BatchNorm statistics made
-non-trivial; 64x64 input, 96 for inception_v3, 224 for the vision transformers; timm models at
+non-trivial, layers initialised to zero given random weights; 64x64 input, 96 for inception_v3, 224 for the vision transformers; timm models at
 64x64, or their configured input size when they do not run at 64). "exact": the cut model's output equals
 the model with those channels zeroed (relative difference < 1e-4).
 
@@ -58,6 +58,11 @@ def model_and_input(name: str):
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
+        # a layer initialised to zero (torchvision's ViT head) would make every output 0 and the
+        # comparison with the masked model vacuous
+        weight = getattr(m, "weight", None)
+        if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)) and not weight.detach().any():
+            torch.nn.init.normal_(weight.data, std=0.02)
     return model, torch.randn(2, 3, size, size)
 
 
@@ -142,6 +147,8 @@ def child(name: str) -> dict:
         cut += 1
     with torch.no_grad():
         want, got = masked(x), smaller(x)
+    if not want.abs().max() > 0:
+        raise RuntimeError("the masked model's output is all zeros: the comparison would prove nothing")
     diff = float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
     before, after = count_macs(model, x.shape[1:])["dense"], count_macs(smaller, x.shape[1:])["dense"]
     blockers = Counter(b.split(" ")[0] + " " + b.split(" ")[1] if " " in b else b

@@ -574,10 +574,14 @@ def flatten(w, node, m) -> None:
     inner = _merged_after_channels(before, after, axis) if k is None else None
     out_axis = k if k is not None else 1 if axis == 1 and len(after) == 2 else axis if inner is not None else \
         (_merged_into_channels(before, after, axis) or (None,))[0]
-    if out_axis is not None and _fixed_size(node, out_axis) is not None:
-        w.block(node, f"reshape {node.name} to a fixed {_fixed_size(node, out_axis)} on the channel axis "
-                      f"(it would not fit once channels are cut)")
-        return
+    fixed = _fixed_size(node, out_axis) if out_axis is not None else None
+    if fixed is not None:
+        counter = _width_attribute(w, node, src, fixed)
+        if counter is None:
+            w.block(node, f"reshape {node.name} to a fixed {fixed} on the channel axis "
+                          f"(it would not fit once channels are cut)")
+            return
+        w.g.get(w.label[src][0][0]).counters.append(counter)
     if k is not None:
         w.follow(node, src)
         w.axis[node] = k
@@ -609,6 +613,21 @@ def _fixed_size(node: fx.Node, dim: int) -> int | None:
         sizes = sizes[0]
     size = sizes[dim] if -len(sizes) <= dim < len(sizes) else None
     return size if isinstance(size, int) and size != -1 else None
+
+
+def _width_attribute(w, node: fx.Node, src: fx.Node, size: int) -> tuple[str, str, int] | None:
+    """(module path, attribute, 1) when the module whose code reshapes to a channel count read from
+    `self` holds it in exactly one int attribute (torchvision's ViT: `x.reshape(n, self.hidden_dim,
+    -1)`): the cut then sets that attribute to the channels kept. None otherwise: a number written in
+    the code, or one that several attributes hold."""
+    label = w.label[src]
+    if len(label) != 1 or label[0][1] != 1 or w.g.get(label[0][0]).size != size:
+        return None
+    path = next(reversed(node.meta.get("nn_module_stack") or {}), "")
+    owner = w.modules.get(path)
+    names = [k for k, v in vars(owner).items() if type(v) is int and v == size and not k.startswith("_")] \
+        if owner is not None else []
+    return (path, names[0], 1) if len(names) == 1 else None
 
 
 def _merged_after_channels(before: tuple, after: tuple, axis: int) -> int | None:
