@@ -179,8 +179,10 @@ def _small_vit():
     import torchvision
 
     torch.manual_seed(0)
-    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
-                                                hidden_dim=32, mlp_dim=64, num_classes=10).eval()
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                                                 hidden_dim=32, mlp_dim=64, num_classes=10).eval()
+    nn.init.normal_(model.heads.head.weight)  # torchvision starts it at zero: every output would be 0
+    return model
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -241,7 +243,7 @@ def test_torchvision_vit_residual_stream_is_cut_with_its_hidden_dim(tmp_path):
     torch.manual_seed(0)
     model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
                                                  hidden_dim=48, mlp_dim=64, num_classes=10).eval()
-    nn.init.normal_(model.heads.head.weight)  # torchvision starts it at zero: every output would be 0
+    nn.init.normal_(model.heads.head.weight)  # as in _small_vit
     x = torch.randn(2, 3, 32, 32)
     stream = next(g for g in channel_groups(model, x) if "conv_proj" in g.producers)
     assert stream.prunable and stream.size == 48 and ("", "hidden_dim", 1) in stream.counters
