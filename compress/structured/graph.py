@@ -24,6 +24,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..modes import evaluating
 from . import ops  # noqa: F401  (registers the built-in rules)
+from . import width_attributes
 from .attention import prepare_attention
 from .norm import NormWithRemoved
 from .ops import CONV, FACTORIES, SHAPE_READS, shape_only
@@ -296,6 +297,8 @@ class Walk:
         self.members: dict[str, tuple[tuple[int, int], ...]] = {}  # module -> the segments of its input
         self.produced: dict[str, tuple[tuple[int, int], ...]] = {}  # producer -> the segments of its output
         self.parts: dict[fx.Node, list] = {}  # torch.split / chunk -> (segments, axis) of each part
+        # (group, reshape node name, (path, attribute, 1), channel count): attributes to prove (ops.py)
+        self.width_checks: list[tuple[int, str, tuple[str, str, int], int]] = []
 
     @staticmethod
     def first(node: fx.Node) -> fx.Node | None:
@@ -412,8 +415,8 @@ def _trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
         return _trace_eval(model, example)
 
 
-def _trace_eval(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
-    name = type(model).__name__
+def _concrete_args(model: nn.Module) -> dict:
+    """The forward's arguments besides the input, at their defaults."""
     try:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
@@ -423,8 +426,15 @@ def _trace_eval(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         if p.default is p.empty:
-            raise ValueError(f"cannot trace {name}: its forward needs argument {p.name!r} besides the input")
+            raise ValueError(f"cannot trace {type(model).__name__}: its forward needs argument {p.name!r} "
+                             "besides the input")
         concrete[p.name] = p.default
+    return concrete
+
+
+def _trace_eval(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
+    name = type(model).__name__
+    concrete = _concrete_args(model)
     try:
         traced, opaque = _fx_trace(model, concrete, example)
     except Exception as e:  # data-dependent control flow in the model's own forward and the like
@@ -456,6 +466,7 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
                          f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
     _block_shared(w, traced, model)
     _block_branch_reads(w, traced)
+    _prove_width_attributes(w, model, example)
     for name, segs in w.members.items():  # the same channels twice in one input
         roots = [w.g.find(gid) for gid, _ in segs]
         for r in {r for r in roots if roots.count(r) > 1}:
@@ -498,6 +509,19 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
         grp.repeats = {name: [[(w.g.get(gid), per) for gid, per in segs] for segs in reads]
                        for name, reads in grp.repeats.items()}
     return sorted(w.g.groups.values(), key=lambda grp: grp.id)
+
+
+def _prove_width_attributes(w: Walk, model: nn.Module, example: torch.Tensor) -> None:
+    """Keep a reshape's width attribute (ops._width_attribute) only where width_attributes proves it."""
+    concrete = _concrete_args(model)
+    for gid, node_name, counter, size in w.width_checks:
+        why = width_attributes.problem(model, lambda: _fx_trace(model, concrete, example)[0], node_name,
+                                       counter[0], counter[1], size)
+        if why is not None:
+            grp = w.g.get(gid)
+            if counter in grp.counters:
+                grp.counters.remove(counter)
+            grp.blockers.append(f"reshape {node_name} to a fixed {size} on the channel axis ({why})")
 
 
 def _walk(w: Walk, traced: fx.GraphModule) -> None:

@@ -582,6 +582,7 @@ def flatten(w, node, m) -> None:
                           f"(it would not fit once channels are cut)")
             return
         w.g.get(w.label[src][0][0]).counters.append(counter)
+        w.width_checks.append((w.label[src][0][0], node.name, counter, fixed))  # proved after the walk
     if k is not None:
         w.follow(node, src)
         w.axis[node] = k
@@ -616,10 +617,10 @@ def _fixed_size(node: fx.Node, dim: int) -> int | None:
 
 
 def _width_attribute(w, node: fx.Node, src: fx.Node, size: int) -> tuple[str, str, int] | None:
-    """(module path, attribute, 1) when the module whose code reshapes to a channel count read from
-    `self` holds it in exactly one int attribute (torchvision's ViT: `x.reshape(n, self.hidden_dim,
-    -1)`): the cut then sets that attribute to the channels kept. None otherwise: a number written in
-    the code, or one that several attributes hold."""
+    """(module path, attribute, 1) when the module whose code reshapes to a channel count holds it in
+    exactly one int attribute (torchvision's ViT: `x.reshape(n, self.hidden_dim, -1)`): the cut then sets
+    that attribute to the channels kept, once width_attributes.problem has proved that the attribute is
+    what fixes the reshape and nothing else. None otherwise (several attributes hold the number)."""
     label = w.label[src]
     if len(label) != 1 or label[0][1] != 1 or w.g.get(label[0][0]).size != size:
         return None
