@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from ..modes import evaluating
 from .outputs import output_tensors
+from .window_attention import WindowHeadsAttention
 
 _KEYS = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias"}
 
@@ -161,12 +162,23 @@ def convertible(m: nn.Module) -> bool:
 
 
 _TORCH_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+_TORCHVISION_SWIN = "torchvision.models.swin_transformer.ShiftedWindowAttention"  # V1 only (V2 adds more)
+
+
+def _swap_for(m: nn.Module, parent: nn.Module):
+    """The converter for `m` (a function making its cuttable twin), or None."""
+    if convertible(m) and not isinstance(parent, _TORCH_LAYERS):
+        return HeadsAttention.from_mha
+    if f"{type(m).__module__}.{type(m).__qualname__}" == _TORCHVISION_SWIN:
+        return WindowHeadsAttention.from_torchvision
+    return None
 
 
 def prepare_attention(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
     """Swap, in place, every convertible nn.MultiheadAttention for the `HeadsAttention` computing the
     same (same Parameters, same state_dict keys), except inside torch's own Transformer layers (whose
-    fast path reads nn.MultiheadAttention's internals). With an `example` input the model is run before
+    fast path reads nn.MultiheadAttention's internals), and torchvision's Swin window attention for a
+    `WindowHeadsAttention` (window_attention.py). With an `example` input the model is run before
     and after (eval mode, a seeded random batch shaped like it, else the example itself): if it fails
     or computes otherwise after the swap (code that reads what only nn.MultiheadAttention has), every
     swap is undone; a model that runs on neither is left as it is. Returns the paths swapped."""
@@ -174,8 +186,9 @@ def prepare_attention(model: nn.Module, example: torch.Tensor | None = None) -> 
     for path, m in model.named_modules():
         parent_path, _, attr = path.rpartition(".")
         parent = model.get_submodule(parent_path) if path else None
-        if parent is not None and convertible(m) and not isinstance(parent, _TORCH_LAYERS):
-            targets.append((parent, attr, m, path))
+        swap = _swap_for(m, parent) if parent is not None else None
+        if swap is not None:
+            targets.append((parent, attr, m, path, swap))
     if not targets:
         return []
     inputs = [] if example is None else \
@@ -187,16 +200,16 @@ def prepare_attention(model: nn.Module, example: torch.Tensor | None = None) -> 
             break
     if inputs and before is None:  # the model does not run on such inputs: nothing to check a swap against
         return []
-    for parent, attr, m, _ in targets:
-        setattr(parent, attr, HeadsAttention.from_mha(m))
+    for parent, attr, m, _, swap in targets:
+        setattr(parent, attr, swap(m))
     if before is not None:
         after = _outputs(model, x)
         if after is None or len(after) != len(before) or any(
                 a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(before, after)):
-            for parent, attr, m, _ in targets:
+            for parent, attr, m, _, _ in targets:
                 setattr(parent, attr, m)
             return []
-    return [path for *_, path in targets]
+    return [path for _, _, _, path, _ in targets]
 
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor] | None:

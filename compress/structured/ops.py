@@ -237,7 +237,8 @@ def _only_indexed(node: fx.Node) -> bool:
 # first two reshape the heads' output to `attn_dim` only in newer timm (older ones to the input's width,
 # which a cut breaks): without an int attn_dim they block. Swin's reshapes to -1.
 QKV_ATTENTION = {"timm.layers.attention.Attention": True, "timm.models.vision_transformer.Attention": True,
-                 "timm.models.swin_transformer.WindowAttention": False}
+                 "timm.models.swin_transformer.WindowAttention": False,
+                 "compress.structured.window_attention.WindowHeadsAttention": False}  # torchvision's Swin
 
 
 def qkv_attention(w, node, m) -> None:
@@ -907,6 +908,28 @@ def concat(w, node, m) -> None:
     for p in parts:
         for gid, _ in p or ():
             w.g.get(gid).blockers.append(f"concatenation {node.name} along dim {dim}, not the channel axis")
+
+
+def patch_merging_pad(w, node, m) -> None:
+    """torchvision's Swin patch merging (`_patch_merging_pad`, an fx leaf): pads H and W to even sizes
+    with zeros and lays the four 2x2 neighbours' channels side by side on the last axis, the input's
+    channels four times over."""
+    x = w.first(node)
+    if x not in w.label:
+        return
+    if w.axis[x] != w.ndim(x) - 1:
+        w.block(node, f"{node.name}: patch merging with channels on axis {w.axis[x]}, not the last")
+        return
+    w.follow(node, x)
+    w.label[node] = w.label[x] * 4
+
+
+try:  # a function torchvision wraps for fx, so traced as one call
+    from torchvision.models.swin_transformer import _patch_merging_pad
+except ImportError:  # pragma: no cover - torchvision is a dependency; older ones lack the function
+    _patch_merging_pad = None
+if _patch_merging_pad is not None:
+    register_function_rule(_patch_merging_pad, patch_merging_pad)
 
 
 @function_rule(torch.stack, "stack")
