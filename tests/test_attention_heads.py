@@ -396,24 +396,27 @@ def test_the_fused_projection_is_counted_as_a_layer():
 
 # --- torchvision's Swin (window attention whose head width followed the stream's) ------------------
 
-def _small_swin():
+def _small_swin(v2: bool = False):
     import torchvision
+    from torchvision.models import swin_transformer as tv
 
     torch.manual_seed(0)
+    extra = dict(block=tv.SwinTransformerBlockV2, downsample_layer=tv.PatchMergingV2) if v2 else {}
     return torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
-                                              window_size=[4, 4], num_classes=5).eval()
+                                              window_size=[4, 4], num_classes=5, **extra).eval()
 
 
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
 @pytest.mark.parametrize("shift", [[0, 0], [2, 2]])
 @pytest.mark.parametrize("size", [(8, 8), (5, 7), (4, 4), (3, 3)])
-def test_window_heads_attention_computes_what_torchvisions_does(shift, size):
-    from torchvision.models.swin_transformer import ShiftedWindowAttention
-    from compress.structured.window_attention import WindowHeadsAttention
+def test_window_heads_attention_computes_what_torchvisions_does(v2, shift, size):
+    from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
+    from compress.structured.window_attention import WindowHeadsAttention, WindowHeadsAttentionV2
 
     torch.manual_seed(0)
-    theirs = ShiftedWindowAttention(16, [4, 4], shift, 2).eval()
-    ours = WindowHeadsAttention.from_torchvision(theirs).eval()
-    assert ours.qkv is theirs.qkv and ours.relative_position_bias_table is theirs.relative_position_bias_table
+    theirs = (ShiftedWindowAttentionV2 if v2 else ShiftedWindowAttention)(16, [4, 4], shift, 2).eval()
+    ours = (WindowHeadsAttentionV2 if v2 else WindowHeadsAttention).from_torchvision(theirs).eval()
+    assert ours.qkv is theirs.qkv and ours.proj is theirs.proj
     x = torch.randn(2, *size, 16)
     with torch.no_grad():
         assert torch.equal(ours(x), theirs(x))
@@ -421,11 +424,12 @@ def test_window_heads_attention_computes_what_torchvisions_does(shift, size):
     theirs.load_state_dict(ours.state_dict())
 
 
-def test_torchvision_swin_heads_and_stream_are_cut_exactly_and_export(tmp_path):
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_torchvision_swin_heads_and_stream_are_cut_exactly_and_export(v2, tmp_path):
     from compress.structured.window_attention import WindowHeadsAttention
     from deploy.export import export_onnx
 
-    model, x = _small_swin(), torch.randn(2, 3, 32, 32)
+    model, x = _small_swin(v2), torch.randn(2, 3, 32, 32)
     keys = list(model.state_dict())
     groups = channel_groups(model, x)
     assert all(isinstance(model.features[i][j].attn, WindowHeadsAttention) for i in (1, 3) for j in (0, 1))
@@ -437,17 +441,9 @@ def test_torchvision_swin_heads_and_stream_are_cut_exactly_and_export(tmp_path):
     heads = next(g for g in channel_groups(smaller, x) if g.producers == ["features.1.0.attn.qkv"])
     remove_channels(smaller, heads, torch.tensor([1]))
     attn = smaller.features[1][0].attn
-    assert attn.num_heads == 1 and attn.relative_position_bias_table.shape[1] == 1 and attn.qkv.out_features == 24
+    assert attn.num_heads == 1 and attn.qkv.out_features == 24
+    if v2:  # one logit scale and one position-bias MLP output per head
+        assert attn.logit_scale.shape[0] == 1 and attn.cpb_mlp[2].weight.shape[0] == attn.cpb_mlp[2].out_features == 1
+    else:
+        assert attn.relative_position_bias_table.shape[1] == 1
     assert export_onnx(smaller, x, tmp_path / "swin.onnx")["max_abs_diff_vs_torch"] < 1e-4
-
-
-def test_swin_v2_window_attention_is_left_as_it_is():
-    import torchvision
-    from torchvision.models.swin_transformer import ShiftedWindowAttentionV2
-
-    torch.manual_seed(0)
-    model = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2], num_heads=[2],
-                                               window_size=[4, 4], num_classes=5,
-                                               block=torchvision.models.swin_transformer.SwinTransformerBlockV2).eval()
-    channel_groups(model, torch.randn(2, 3, 16, 16))
-    assert type(model.features[1][0].attn) is ShiftedWindowAttentionV2

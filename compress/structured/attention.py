@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from ..modes import evaluating
 from .outputs import output_tensors
-from .window_attention import WindowHeadsAttention
+from .window_attention import WindowHeadsAttention, WindowHeadsAttentionV2
 
 _KEYS = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias"}
 
@@ -162,16 +162,16 @@ def convertible(m: nn.Module) -> bool:
 
 
 _TORCH_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
-_TORCHVISION_SWIN = "torchvision.models.swin_transformer.ShiftedWindowAttention"  # V1 only (V2 adds more)
+_TORCHVISION_SWIN = {"torchvision.models.swin_transformer.ShiftedWindowAttention": WindowHeadsAttention,
+                     "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": WindowHeadsAttentionV2}
 
 
 def _swap_for(m: nn.Module, parent: nn.Module):
     """The converter for `m` (a function making its cuttable twin), or None."""
     if convertible(m) and not isinstance(parent, _TORCH_LAYERS):
         return HeadsAttention.from_mha
-    if f"{type(m).__module__}.{type(m).__qualname__}" == _TORCHVISION_SWIN:
-        return WindowHeadsAttention.from_torchvision
-    return None
+    twin = _TORCHVISION_SWIN.get(f"{type(m).__module__}.{type(m).__qualname__}")
+    return twin.from_torchvision if twin is not None else None
 
 
 def prepare_attention(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:

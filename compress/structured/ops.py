@@ -238,7 +238,8 @@ def _only_indexed(node: fx.Node) -> bool:
 # which a cut breaks): without an int attn_dim they block. Swin's reshapes to -1.
 QKV_ATTENTION = {"timm.layers.attention.Attention": True, "timm.models.vision_transformer.Attention": True,
                  "timm.models.swin_transformer.WindowAttention": False,
-                 "compress.structured.window_attention.WindowHeadsAttention": False}  # torchvision's Swin
+                 "compress.structured.window_attention.WindowHeadsAttention": False,  # torchvision's Swin
+                 "compress.structured.window_attention.WindowHeadsAttentionV2": False}
 
 
 def qkv_attention(w, node, m) -> None:
@@ -266,6 +267,11 @@ def qkv_attention(w, node, m) -> None:
     table = getattr(m, "relative_position_bias_table", None)
     if isinstance(table, nn.Parameter) and table.dim() == 2 and table.shape[1] == heads:
         grp.parameters.append((f"{name}.relative_position_bias_table", 1))
+    scale, mlp = getattr(m, "logit_scale", None), getattr(m, "cpb_mlp", None)  # Swin V2: one of each per head
+    if isinstance(scale, nn.Parameter) and scale.dim() >= 1 and scale.shape[0] == heads:
+        grp.parameters.append((f"{name}.logit_scale", 0))
+    if isinstance(mlp, nn.Sequential) and isinstance(mlp[-1], nn.Linear) and mlp[-1].out_features == heads:
+        grp.parameters.append((f"{name}.cpb_mlp.{len(mlp) - 1}.weight", 0))
     w.start(node, proj.out_features, producer=f"{name}.proj", axis=w.ndim(node) - 1)
 
 

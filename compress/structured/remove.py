@@ -144,8 +144,10 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
     for target, dim in group.parameters:
         owner, _, attr = target.rpartition(".")
         t = _get_parameter(model, target)
-        setattr(model.get_submodule(owner), attr,
-                _index(t, _span(t.shape[dim], group.offset(target), group.size, keep), dim))
+        module = model.get_submodule(owner)
+        setattr(module, attr, _index(t, _span(t.shape[dim], group.offset(target), group.size, keep), dim))
+        if isinstance(module, nn.Linear) and attr == "weight":  # e.g. Swin V2's position bias MLP: a row per head
+            module.out_features = module.weight.shape[0]
     for name, per_channel in group.consumers:
         m = model.get_submodule(name)
         if isinstance(m, CONV) and m.groups > 1:  # each block of rows reads its own block of inputs

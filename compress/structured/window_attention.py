@@ -1,4 +1,4 @@
-"""torchvision's Swin window attention with heads that can be cut.
+"""torchvision's Swin window attention (V1 and V2) with heads that can be cut.
 
 torchvision's `shifted_window_attention` derives the head width from the input's width
 (`C // num_heads`), so neither its heads nor the residual stream around it can change. `WindowHeadsAttention`
@@ -8,6 +8,8 @@ with the head width fixed at construction: the channel rules then read it as tim
 `prepare_attention` (attention.py) swaps it in and checks the model computes the same.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -46,10 +48,9 @@ class WindowHeadsAttention(nn.Module):
         windows = (ph // wh) * (pw // ww)
         x = x.view(b, ph // wh, wh, pw // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b * windows, wh * ww, c)
         n = x.shape[1]
-        qkv = self.qkv(x).reshape(x.shape[0], n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0] * self.head_dim ** -0.5, qkv[1], qkv[2]
-        bias = self.relative_position_bias_table[self.relative_position_index].view(n, n, -1)
-        attn = q.matmul(k.transpose(-2, -1)) + bias.permute(2, 0, 1).unsqueeze(0)
+        qkv = self._qkv(x).reshape(x.shape[0], n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        attn = self._logits(qkv[0], qkv[1]) + self._bias(n)
+        v = qkv[2]
         if sum(shift) > 0:
             attn = attn.view(b, windows, self.num_heads, n, n) + _shift_mask(x, ph, pw, wh, ww, shift)
             attn = attn.view(-1, self.num_heads, n, n)
@@ -61,6 +62,57 @@ class WindowHeadsAttention(nn.Module):
         if sum(shift) > 0:
             x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
         return x[:, :h, :w, :].contiguous()
+
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.qkv(x)
+
+    def _logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return (q * self.head_dim ** -0.5).matmul(k.transpose(-2, -1))
+
+    def _bias(self, n: int) -> torch.Tensor:
+        """[1, heads, N, N] relative position bias."""
+        return self.relative_position_bias_table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1) \
+            .contiguous().unsqueeze(0)
+
+
+class WindowHeadsAttentionV2(WindowHeadsAttention):
+    """torchvision's ShiftedWindowAttentionV2 (Swin V2: cosine attention with a per-head logit scale,
+    position bias from a small MLP, no key bias) for any number of heads of `head_dim` each."""
+
+    def __init__(self, qkv: nn.Linear, proj: nn.Linear, logit_scale: nn.Parameter, cpb_mlp: nn.Sequential,
+                 coords: torch.Tensor, index: torch.Tensor, window_size: list[int], shift_size: list[int],
+                 num_heads: int, head_dim: int, attention_dropout: float = 0.0, dropout: float = 0.0):
+        nn.Module.__init__(self)  # registered in torchvision's order, so the state_dict keys come in it
+        self.logit_scale = logit_scale
+        self.register_buffer("relative_coords_table", coords)
+        self.register_buffer("relative_position_index", index)
+        self.qkv, self.proj, self.cpb_mlp = qkv, proj, cpb_mlp
+        self.window_size, self.shift_size = list(window_size), list(shift_size)
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.attention_dropout, self.dropout = attention_dropout, dropout
+
+    @classmethod
+    def from_torchvision(cls, m: nn.Module) -> WindowHeadsAttentionV2:
+        new = cls(m.qkv, m.proj, m.logit_scale, m.cpb_mlp, m.relative_coords_table, m.relative_position_index,
+                  m.window_size, m.shift_size, m.num_heads, m.qkv.in_features // m.num_heads,
+                  m.attention_dropout, m.dropout)
+        return new.train(m.training)
+
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.qkv.bias
+        if bias is not None:  # the key's bias is held at zero
+            third = bias.numel() // 3
+            bias = torch.cat([bias[:third], torch.zeros_like(bias[third:2 * third]), bias[2 * third:]])
+        return F.linear(x, self.qkv.weight, bias)
+
+    def _logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        return attn * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+
+    def _bias(self, n: int) -> torch.Tensor:
+        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+        bias = table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1).contiguous().unsqueeze(0)
+        return 16 * torch.sigmoid(bias)
 
 
 def _shift_mask(x: torch.Tensor, ph: int, pw: int, wh: int, ww: int, shift: list[int]) -> torch.Tensor:
