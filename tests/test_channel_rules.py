@@ -634,3 +634,28 @@ def test_a_reshape_to_a_size_fixed_in_the_code_blocks_instead_of_breaking_after_
     groups = channel_groups(FixedSizes(), torch.randn(2, 3, 4, 4))
     assert any("reshaped to a fixed [8, 1, 1]" in b for b in blockers(groups, "c1"))
     assert any("to a fixed 6 on the channel axis" in b for b in blockers(groups, "c2"))
+
+
+class Swapped(nn.Module):
+    """Channels moved last by transpose, swapaxes or swapdims (torchvision's MaxViT uses swapaxes), then
+    read by a Linear."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.conv, self.fc, self.how = nn.Conv2d(3, 8, 1), nn.Linear(8, 4), how
+
+    def forward(self, x):
+        y = self.conv(x).flatten(2)  # [B, 8, HW]
+        y = {"transpose": lambda t: t.transpose(1, 2), "swapaxes": lambda t: torch.swapaxes(t, 1, 2),
+             "swapdims": lambda t: t.swapdims(2, 1)}[self.how](y)
+        return self.fc(y).mean(1)
+
+
+@pytest.mark.parametrize("how", ["transpose", "swapaxes", "swapdims"])
+def test_swapping_axes_moves_the_channel_axis(how):
+    torch.manual_seed(0)
+    model, x = Swapped(how).eval(), torch.randn(2, 3, 4, 4)
+    group = next(g for g in channel_groups(model, x) if g.producers == ["conv"])
+    assert group.prunable and group.consumers == [("fc", 1)]
+    cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
+    assert cut == 1 and diff < 1e-5

@@ -677,7 +677,7 @@ def _same_axis(before: tuple, after: tuple, axis: int) -> int | None:
     return None
 
 
-@function_rule(torch.transpose, "transpose")
+@function_rule(torch.transpose, "transpose", torch.swapaxes, "swapaxes", torch.swapdims, "swapdims")
 def transpose(w, node, m) -> None:
     x = w.first(node)
     if x not in w.label:
