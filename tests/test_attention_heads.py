@@ -447,3 +447,28 @@ def test_torchvision_swin_heads_and_stream_are_cut_exactly_and_export(v2, tmp_pa
     else:
         assert attn.relative_position_bias_table.shape[1] == 1
     assert export_onnx(smaller, x, tmp_path / "swin.onnx")["max_abs_diff_vs_torch"] < 1e-4
+
+
+def test_maxvit_heads_and_stream_are_cut_exactly():
+    """torchvision's MaxViT reshaped its heads' output to the input's width: swapped for
+    PartitionHeadsAttention (bit-identical, same keys), its heads and the stream around it are cut."""
+    import torchvision
+    from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+    from compress.structured.window_attention import PartitionHeadsAttention
+
+    torch.manual_seed(0)
+    theirs = RelativePositionalMultiHeadAttention(32, 8, 16).eval()
+    ours = PartitionHeadsAttention.from_torchvision(theirs).eval()
+    x = torch.randn(2, 3, 16, 32)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+
+    model = torchvision.models.MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16, 32],
+                                      block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0.0, num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    groups = channel_groups(model, x)
+    assert isinstance(model.blocks[0].layers[0].layers.window_attention.attn_layer[1], PartitionHeadsAttention)
+    assert all(g.prunable for g in groups if g.producers and not any("classifier" in p for p in g.producers))
+    cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
+    assert cut == sum(g.prunable for g in groups) and diff < 1e-5

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from ..modes import evaluating
 from .outputs import output_tensors
-from .window_attention import WindowHeadsAttention, WindowHeadsAttentionV2
+from .window_attention import PartitionHeadsAttention, WindowHeadsAttention, WindowHeadsAttentionV2
 
 _KEYS = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias"}
 
@@ -163,7 +163,8 @@ def convertible(m: nn.Module) -> bool:
 
 _TORCH_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 _TORCHVISION_SWIN = {"torchvision.models.swin_transformer.ShiftedWindowAttention": WindowHeadsAttention,
-                     "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": WindowHeadsAttentionV2}
+                     "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": WindowHeadsAttentionV2,
+                     "torchvision.models.maxvit.RelativePositionalMultiHeadAttention": PartitionHeadsAttention}
 
 
 def _swap_for(m: nn.Module, parent: nn.Module):
@@ -177,8 +178,8 @@ def _swap_for(m: nn.Module, parent: nn.Module):
 def prepare_attention(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
     """Swap, in place, every convertible nn.MultiheadAttention for the `HeadsAttention` computing the
     same (same Parameters, same state_dict keys), except inside torch's own Transformer layers (whose
-    fast path reads nn.MultiheadAttention's internals), and torchvision's Swin window attention for a
-    `WindowHeadsAttention` (window_attention.py). With an `example` input the model is run before
+    fast path reads nn.MultiheadAttention's internals), and torchvision's Swin (V1, V2) and MaxViT
+    attention for their twins in window_attention.py. With an `example` input the model is run before
     and after (eval mode, a seeded random batch shaped like it, else the example itself): if it fails
     or computes otherwise after the swap (code that reads what only nn.MultiheadAttention has), every
     swap is undone; a model that runs on neither is left as it is. Returns the paths swapped."""

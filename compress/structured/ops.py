@@ -239,7 +239,10 @@ def _only_indexed(node: fx.Node) -> bool:
 QKV_ATTENTION = {"timm.layers.attention.Attention": True, "timm.models.vision_transformer.Attention": True,
                  "timm.models.swin_transformer.WindowAttention": False,
                  "compress.structured.window_attention.WindowHeadsAttention": False,  # torchvision's Swin
-                 "compress.structured.window_attention.WindowHeadsAttentionV2": False}
+                 "compress.structured.window_attention.WindowHeadsAttentionV2": False,
+                 "compress.structured.window_attention.PartitionHeadsAttention": False}  # MaxViT's
+# the attributes holding (fused qkv Linear, output Linear, head count) where they are not qkv / proj / num_heads
+QKV_NAMES = {"compress.structured.window_attention.PartitionHeadsAttention": ("to_qkv", "merge", "n_heads")}
 
 
 def qkv_attention(w, node, m) -> None:
@@ -250,7 +253,8 @@ def qkv_attention(w, node, m) -> None:
     attention scale, stays). num_heads (and attn_dim) count the heads kept; Swin's relative position
     bias table loses the heads' columns."""
     name, x = node.target, w.first(node)
-    qkv, proj, heads = getattr(m, "qkv", None), getattr(m, "proj", None), getattr(m, "num_heads", None)
+    names = QKV_NAMES.get(_qualname(m), ("qkv", "proj", "num_heads"))
+    qkv, proj, heads = (getattr(m, a, None) for a in names)
     ok = isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(heads, int) and heads > 0 \
         and qkv.out_features % (3 * heads) == 0 and proj.in_features == qkv.out_features // 3 \
         and all(isinstance(getattr(m, a, None), (type(None), nn.Identity)) for a in ("norm", "gate")) \
@@ -260,7 +264,7 @@ def qkv_attention(w, node, m) -> None:
         w.block(node, why)
         w.start(node, proj.out_features if isinstance(proj, nn.Linear) else 1, blocker=why, axis=w.ndim(node) - 1)
         return
-    grp = _heads_group(w, name, "qkv", "proj", x, heads, qkv.out_features // (3 * heads))
+    grp = _heads_group(w, name, names[0], names[1], x, heads, qkv.out_features // (3 * heads), names[2])
     dim = qkv.out_features // (3 * heads)
     if isinstance(getattr(m, "attn_dim", None), int):
         grp.counters.append((name, "attn_dim", dim))
@@ -272,23 +276,23 @@ def qkv_attention(w, node, m) -> None:
         grp.parameters.append((f"{name}.logit_scale", 0))
     if isinstance(mlp, nn.Sequential) and isinstance(mlp[-1], nn.Linear) and mlp[-1].out_features == heads:
         grp.parameters.append((f"{name}.cpb_mlp.{len(mlp) - 1}.weight", 0))
-    w.start(node, proj.out_features, producer=f"{name}.proj", axis=w.ndim(node) - 1)
+    w.start(node, proj.out_features, producer=f"{name}.{names[1]}", axis=w.ndim(node) - 1)
 
 
 for _name in QKV_ATTENTION:
     register_module_rule_by_name(_name, qkv_attention)
 
 
-def _heads_group(w, name: str, qkv: str, proj: str, x: fx.Node, heads: int, dim: int):
+def _heads_group(w, name: str, qkv: str, proj: str, x: fx.Node, heads: int, dim: int, counter: str = "num_heads"):
     """The heads of attention `name` as a group of their own: `name.qkv` (rows [3, heads, dim]) reads
-    x's channels and produces the heads, `name.proj` reads dim inputs per head; `num_heads` counts them."""
+    x's channels and produces the heads, `name.proj` reads dim inputs per head; `counter` counts them."""
     if x in w.label:
         w.join(f"{name}.{qkv}", w.label[x], "consumer", x)
     grp = w.g.get(w.g.new(heads))
     grp.producers.append(f"{name}.{qkv}")
     grp.layout[f"{name}.{qkv}"] = (dim, 3)
     w.join(f"{name}.{proj}", ((grp.id, dim),), "consumer")
-    grp.counters.append((name, "num_heads", 1))
+    grp.counters.append((name, counter, 1))
     return grp
 
 

@@ -1,4 +1,5 @@
-"""torchvision's Swin window attention (V1 and V2) with heads that can be cut.
+"""torchvision's Swin window attention (V1 and V2) and MaxViT's partition attention with heads that
+can be cut.
 
 torchvision's `shifted_window_attention` derives the head width from the input's width
 (`C // num_heads`), so neither its heads nor the residual stream around it can change. `WindowHeadsAttention`
@@ -128,3 +129,33 @@ def _shift_mask(x: torch.Tensor, ph: int, pw: int, wh: int, ww: int, shift: list
     mask = regions.unsqueeze(1) - regions.unsqueeze(2)
     mask = mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
     return mask.unsqueeze(1).unsqueeze(0)
+
+
+class PartitionHeadsAttention(nn.Module):
+    """torchvision's MaxViT attention (RelativePositionalMultiHeadAttention, over [B, G, P, D] window or
+    grid partitions), whose output reshape to the input's width D tied heads to the stream; here to
+    n_heads × head_dim. Same Parameters, buffer and state_dict keys."""
+
+    def __init__(self, to_qkv: nn.Linear, merge: nn.Linear, table: nn.Parameter, index: torch.Tensor,
+                 n_heads: int, head_dim: int, max_seq_len: int, scale_factor: float):
+        super().__init__()
+        self.relative_position_bias_table = table
+        self.register_buffer("relative_position_index", index)
+        self.to_qkv, self.merge = to_qkv, merge
+        self.n_heads, self.head_dim, self.max_seq_len, self.scale_factor = n_heads, head_dim, max_seq_len, scale_factor
+
+    @classmethod
+    def from_torchvision(cls, m: nn.Module) -> PartitionHeadsAttention:
+        new = cls(m.to_qkv, m.merge, m.relative_position_bias_table, m.relative_position_index, m.n_heads,
+                  m.head_dim, m.max_seq_len, m.scale_factor)
+        return new.train(m.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, g, p, _ = x.shape
+        q, k, v = (t.reshape(b, g, p, self.n_heads, self.head_dim).permute(0, 1, 3, 2, 4)
+                   for t in torch.chunk(self.to_qkv(x), 3, dim=-1))
+        dot = torch.einsum("B G H I D, B G H J D -> B G H I J", q, k * self.scale_factor)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(self.max_seq_len, self.max_seq_len, -1).permute(2, 0, 1).contiguous().unsqueeze(0)
+        out = torch.einsum("B G H I J, B G H J D -> B G H I D", F.softmax(dot + bias, dim=-1), v)
+        return self.merge(out.permute(0, 1, 3, 2, 4).reshape(b, g, p, self.n_heads * self.head_dim))
