@@ -491,12 +491,10 @@ TABLES = [
     Table("Channel removal per timm model", ["results/timm-sweep/results.json"],
           ".venv/bin/python tools/bench_torchvision_sweep.py --zoo timm --torch-pruning", timm_sweep_models),
     Table("latency_target = 2 on timm models trained on an image folder", ["results/timm-latency-story/results.json"],
-          ".venv/bin/python tools/bench_timm_story.py --models efficientnet_b0,deit_tiny_patch16_224,regnety_004,"
-          "convnext_atto --epochs 3; .venv/bin/python tools/bench_timm_story.py --models regnety_004 "
-          "--checkpoint-epochs 5 --epochs 4 --lr 0.01", timm_story,
-          "The random-weight rows were measured before image folders honoured data.augment (their training "
-          "images had RandomResizedCrop + flip; the config now says none); 3 epochs from random weights leave "
-          "the dense baselines far from converged. The checkpoint row ran beside other jobs on both cores."),
+          ".venv/bin/python tools/bench_timm_story.py --epochs 3; .venv/bin/python tools/bench_timm_story.py "
+          "--models regnety_004 --checkpoint-epochs 5 --epochs 4 --lr 0.01", timm_story,
+          "2026-12-03, data.augment = none (the config's), one thread each, beside other jobs (the test suite "
+          "during the last rows); 3 epochs from random weights leave the dense baselines unconverged."),
     Table("The shipped LeNet-5 configs, run as they are", [f"results/pipeline-runs/lenet5-{m}.json"
                                                             for m in ("lats", "gmp", "magnitude")],
           "OMP_NUM_THREADS=1 .venv/bin/python tools/bench_runs.py lenet5-lats lenet5-gmp lenet5-magnitude",
