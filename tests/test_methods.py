@@ -11,6 +11,7 @@ from compress.config.prune import PruneConfig
 from compress.pruners import TrainPlan, build_pruner
 from compress.pruners.greg import GRegOptions, GRegPruner
 from compress.pruners.groups import per_row, pick_pruned
+from test_pruners import pruned_steps
 from compress.pruners.lats import LATSOptions, LATSPruner
 from compress.pruners.l1 import L1Options
 from compress.pruners.str_reparam import STROptions, STRPruner
@@ -494,12 +495,7 @@ def test_a_short_str_run_matches_the_official_loop():
     opt = torch.optim.SGD(optimizer_groups(model, pruner, 5e-4), lr=0.1, momentum=0.9)
     pruner.bind_optimizer(opt)
     latent, reparam = layer.parametrizations.weight.original, layer.parametrizations.weight[0]
-    for t, (x, y) in enumerate(batches):
-        opt.zero_grad()
-        ((layer(x) - y) ** 2).mean().backward()
-        pruner.after_backward(t)
-        opt.step()
-        pruner.after_step(t, 0.1)
+    for t in pruned_steps(layer, pruner, opt, batches):
         want_theta, want_s = official[t]
         assert (latent.detach() - want_theta).abs().max() <= 1e-6, f"step {t}"
         assert abs(float(reparam.s) - want_s) <= 1e-6, f"step {t}"

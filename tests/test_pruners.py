@@ -16,6 +16,18 @@ from compress.selection import LayerRule, get_module, select_layers
 from compress.sparsity import global_sparsity
 
 
+
+def pruned_steps(layer, pruner, opt, batches, lr: float = 0.1):
+    """One squared-error training step per batch with the pruner's hooks around the optimizer step,
+    as the pipeline calls them; yields each step's index after it."""
+    for t, (x, y) in enumerate(batches):
+        opt.zero_grad()
+        ((layer(x) - y) ** 2).mean().backward()
+        pruner.after_backward(t)
+        opt.step()
+        pruner.after_step(t, lr)
+        yield t
+
 def plan(epochs=4, steps=10, warmup=5, base=0.1):
     return TrainPlan(epochs, steps, lambda s: lr_at(s, epochs * steps, base, "cosine", warmup))
 
@@ -318,11 +330,6 @@ def test_a_short_s_lats_run_is_bit_identical_to_the_official_loop():
     latent = layer.parametrizations.weight.original
     opt = torch.optim.SGD([latent], lr=0.1, momentum=0.9, weight_decay=1e-3)
     pruner.begin_epoch(0)
-    for t, (x, y) in enumerate(batches):
-        opt.zero_grad()
-        ((layer(x) - y) ** 2).mean().backward()
-        pruner.after_backward(t)
-        opt.step()
-        pruner.after_step(t, 0.1)
+    for t in pruned_steps(layer, pruner, opt, batches):
         assert torch.equal(latent.detach(), official[t]), f"step {t}"
     assert 0 < float((layer.weight == 0).float().mean()) < 1  # the threshold did prune
