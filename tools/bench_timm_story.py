@@ -36,25 +36,27 @@ def sparsepipe(command: str, model: str, out: Path, settings: list[str]) -> subp
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
 
 
-def checkpoint(model: str, epochs: int, runs: Path) -> tuple[Path | None, str]:
-    """The dense checkpoint of `model` after `epochs` epochs (trained once; later calls reuse it)."""
+def checkpoint(model: str, epochs: int, runs: Path, extra: list[str]) -> tuple[Path | None, str]:
+    """The dense checkpoint of `model` after `epochs` epochs (trained once; later calls reuse it);
+    `extra` are further --set settings (an optimizer, a learning rate)."""
     out = runs / f"ckpt-{model}-{epochs}"
-    res = sparsepipe("run", model, out, ['prune.method="dense"', f"train.epochs={epochs}"])
+    res = sparsepipe("run", model, out, ['prune.method="dense"', f"train.epochs={epochs}", *extra])
     weights = out / "frozen" / "dense.safetensors"  # the trained model's plain state_dict
     return (weights, "") if res.returncode == 0 and weights.exists() else \
         (None, (res.stderr.strip().splitlines() or ["?"])[-1][:300])
 
 
-def story(model: str, epochs: int, runs: Path, weights: Path | None = None, lr: float | None = None) -> dict:
-    """One `sparsepipe run` of the story config for timm model `model` (from `weights` when given); its
-    figures from report.json."""
+def story(model: str, epochs: int, runs: Path, weights: Path | None = None, lr: float | None = None,
+          extra: list[str] = ()) -> dict:
+    """One `sparsepipe run` of the story config for timm model `model` (from `weights` when given, with
+    the further --set settings `extra`); its figures from report.json."""
     out = runs / (f"story-{model}" if weights is None else f"story-{model}-from-{weights.parents[1].name}")
     settings = [f"train.epochs={epochs}"]
     if weights is not None:
         settings += [f'model.weights="{weights}"', "prune.filter.prune_after=0.0"]
     if lr is not None:
         settings.append(f"train.lr={lr}")
-    res = sparsepipe("run", model, out, settings)
+    res = sparsepipe("run", model, out, [*extra, *settings])
     stages = {m[1]: float(m[2]) for m in re.finditer(r"\] (\w+): done in ([\d.]+) s", res.stdout)}
     report = out / "report" / "report.json"
     if not report.exists():
@@ -79,6 +81,8 @@ def main() -> None:
     p.add_argument("--checkpoint-epochs", type=int, default=0,
                    help="train each model dense for this many epochs first and start from it (0: random weights)")
     p.add_argument("--lr", type=float, default=None, help="the run's learning rate (default: the config's)")
+    p.add_argument("--set", action="append", default=[], dest="extra", metavar="KEY=VALUE",
+                   help="a further config setting for every run (dense checkpoint and story), as sparsepipe's --set")
     p.add_argument("--runs", type=Path, default=ROOT / "runs")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "timm-latency-story")
     args = p.parse_args()
@@ -87,10 +91,11 @@ def main() -> None:
     path = args.out / "results.json"
     rows = json.loads(path.read_text())["rows"] if path.exists() else []
     for model in args.models.split(","):
-        weights, error = checkpoint(model, args.checkpoint_epochs, args.runs) if args.checkpoint_epochs else (None, "")
-        row = story(model, args.epochs, args.runs, weights, args.lr) if not error else \
+        weights, error = checkpoint(model, args.checkpoint_epochs, args.runs, args.extra) if args.checkpoint_epochs else (None, "")
+        row = story(model, args.epochs, args.runs, weights, args.lr, args.extra) if not error else \
             {"model": model, "status": "failed", "error": f"dense checkpoint: {error}"}
         row["checkpoint_epochs"] = args.checkpoint_epochs
+        row["settings"] = args.extra
         rows = [r for r in rows if (r["model"], r.get("checkpoint_epochs", 0)) != (model, args.checkpoint_epochs)]
         rows.append(row)
         print(json.dumps(row), flush=True)
