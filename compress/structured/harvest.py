@@ -18,6 +18,7 @@ from .budget import unit_round
 from .graph import CONV, ChannelGroup
 from .remove import remove_channels
 from .recurrent import unit_rows
+from .std_conv import effective_weight
 from .weights import RECURRENT, TRANSPOSED, rows_first
 
 
@@ -66,7 +67,7 @@ def _fold_terms(m: nn.Module, inp: torch.Tensor, idx: torch.Tensor, per_channel:
         cols = offset + idx[:, None] * per_channel + torch.arange(per_channel)[None, :]  # [k, per_channel]
         zero = (inp.flatten(0, -2)[:, cols] == 0).flatten(2).all(2).all(0)
         return zero, torch.zeros(len(idx), 1)
-    w = m.weight.detach()
+    w = effective_weight(m).detach()  # a weight-standardised conv multiplies with its standardised weight
     if isinstance(m, TRANSPOSED):  # a constant input is no constant output at the borders: only zeros go
         zero = (inp[0, idx + offset].flatten(1) == 0).all(1)
         return zero, torch.zeros(len(idx), m.out_channels)

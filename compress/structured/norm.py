@@ -91,6 +91,9 @@ class GroupNormWithRemoved(nn.Module):
         self.bias = None if gn.bias is None else nn.Parameter(gn.bias.detach().clone())
         self.register_buffer("kept", torch.arange(gn.num_channels))
         self.register_buffer("inverse", torch.arange(gn.num_channels))
+        # timm's GroupNormAct applies its dropout and activation after the norm, in its own forward
+        after = [getattr(gn, a) for a in ("drop", "act") if isinstance(getattr(gn, a, None), nn.Module)]
+        self.after = nn.Sequential(*after) if after else None
 
     @property
     def num_features(self) -> int:
@@ -103,7 +106,8 @@ class GroupNormWithRemoved(nn.Module):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         if self.weight is not None:
             y = y * self.weight.view(shape)
-        return y if self.bias is None else y + self.bias.view(shape)
+        y = y if self.bias is None else y + self.bias.view(shape)
+        return y if self.after is None else self.after(y)
 
 
 @torch.no_grad()

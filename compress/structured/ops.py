@@ -22,7 +22,8 @@ from torch import fx, nn
 from .attention import HeadsAttention
 from .norm import GRN, GroupNormWithRemoved, NormWithRemoved, ResponseNormWithRemoved, norm_axis
 from .rules import (elementwise_rule, function_rule, module_rule, register_function_rule, register_module_rule,
-                    register_module_rule_by_name)
+                    register_module_rule_by_name, rule_for_module)
+from .std_conv import TIMM_STD_CONVS, StandardizedConv2d
 from .weights import RECURRENT, TRANSPOSED
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -32,6 +33,8 @@ POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPo
                 nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
                 nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
                 nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)  # each channel on its own
+PAD_MODULES = tuple(getattr(nn, f"{kind}Pad{d}d") for kind in ("Constant", "Zero", "Reflection", "Replication", "Circular")
+                    for d in (1, 2, 3) if hasattr(nn, f"{kind}Pad{d}d"))
 F = nn.functional
 
 
@@ -142,6 +145,13 @@ def conv(w, node, m, name: str | None = None) -> None:
         why = f"grouped conv {name} ({m.groups} groups) after a concatenation or reshape"
         w.block(node, why)
         w.start(node, m.out_channels, blocker=why)
+
+
+# weight-standardised convs (timm's, and ours once cut: std_conv.py) are convs for channel flow; kept
+# whole by the tracer, whose look inside would meet a conv with a computed weight
+register_module_rule(StandardizedConv2d, conv)
+for _name in TIMM_STD_CONVS:
+    register_module_rule_by_name(_name, conv)
 
 
 @module_rule(*TRANSPOSED)
@@ -428,6 +438,8 @@ def groupnorm(w, node, m, name: str | None = None) -> None:
         w.block(node, f"{name} (GroupNorm without affine) turns a removed channel into −mean/std")
     elif w.shifted.get(x):  # the statistics would see the constant, not a zero
         w.block(node, f"{name} normalises channels that carry {w.shifted[x]}")
+    elif any(rule_for_module(a) is not elementwise_rule for a in getattr(m, "after", None) or []):
+        w.block(node, f"{name}: a GroupNorm whose activation ({m.after}) is not known to keep zeros")
     else:
         w.join(name, w.label[x], "passthrough")
         w.follow(node, x, reset=True)
@@ -443,8 +455,11 @@ def functional_group_norm(w, node, m) -> None:
     gn = w.modules.get(owner) if owner is not None else None
     stack = node.meta.get("nn_module_stack") or {}
     inside_owner = next(reversed(stack), None) == owner  # called in its own forward, not by a parent
-    plain = type(gn).forward is nn.GroupNorm.forward or \
-        f"{type(gn).__module__}.{type(gn).__qualname__}" in ("timm.layers.norm.GroupNorm", "timm.layers.norm.GroupNorm1")
+    # its forward is F.group_norm with its own parameters (and then, for timm's norm-act layers, an
+    # activation the trace records as a node of its own)
+    plain = type(gn).forward is nn.GroupNorm.forward or f"{type(gn).__module__}.{type(gn).__qualname__}" in (
+        "timm.layers.norm.GroupNorm", "timm.layers.norm.GroupNorm1", "timm.layers.norm_act.GroupNormAct",
+        "timm.layers.norm_act.GroupNorm1Act")
     if isinstance(gn, nn.GroupNorm) and groups == gn.num_groups and inside_owner and plain:
         groupnorm(w, node, gn, name=owner)
     elif w.first(node) in w.label:
@@ -545,12 +560,22 @@ for _fn in (F.adaptive_avg_pool2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_po
 def pad(w, node, m) -> None:
     """F.pad over the spatial dims (timm's same-padding convs): each channel padded on its own. A pad
     value other than 0 (constant mode) is what a removed channel then carries."""
-    x = w.first(node)
-    if x not in w.label:
-        return
     widths = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad", ())
     mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
     value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
+    _pad(w, node, widths, value if mode == "constant" else None)
+
+
+@module_rule(*PAD_MODULES)
+def pad_module(w, node, m) -> None:
+    """nn.ZeroPad2d, ConstantPad2d, ReflectionPad2d, …: as F.pad with the module's widths and value."""
+    _pad(w, node, tuple(m.padding), getattr(m, "value", None))
+
+
+def _pad(w, node, widths, value) -> None:
+    x = w.first(node)
+    if x not in w.label:
+        return
     nd = w.ndim(x)
     if not isinstance(widths, (tuple, list)) or nd is None or \
             any(not (isinstance(v, int) or isinstance(v, fx.Node) and shape_only(v)) for v in widths):
@@ -559,8 +584,7 @@ def pad(w, node, m) -> None:
             list(widths[2 * (nd - 1 - w.axis[x]):2 * (nd - w.axis[x])]) != [0, 0]:
         w.block(node, f"pad {node.name} of the channel axis {w.axis[x]}")
     else:
-        shift = f"{node.name} (padded with {value})" if mode == "constant" and value not in (None, 0, 0.0) else None
-        w.follow(node, x, shift=shift)
+        w.follow(node, x, shift=f"{node.name} (padded with {value})" if value not in (None, 0, 0.0) else None)
 
 
 # --- reshapes ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from .graph import CONV, ChannelGroup
 from .norm import (GroupNormWithRemoved, is_response_norm, keep_group_norm_channels, keep_norm_channels,
                    keep_response_norm_channels, norm_axis)
 from .undo import snapshot
+from .std_conv import is_std_conv, keep_std_conv_columns, keep_std_conv_rows
 from .recurrent import cut_recurrent_hidden, cut_recurrent_inputs, unit_rows
 from .weights import RECURRENT, TRANSPOSED, in_dim, out_dim, rows_first
 
@@ -118,6 +119,8 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
             m.out_channels = len(rows)
         else:
             m.out_features = len(rows)
+        if is_std_conv(m):
+            keep_std_conv_rows(m, rows)
     for name in group.passthrough:
         m = model.get_submodule(name)
         per = group.passthrough_per.get(name, 1)
@@ -127,6 +130,8 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
             if m.bias is not None:
                 m.bias = _index(m.bias, rows, 0)
             m.in_channels = m.out_channels = m.groups = len(rows)
+            if is_std_conv(m):
+                keep_std_conv_rows(m, rows)
         elif norm_axis(m) is not None:  # removed channels stay in its statistics as zeros
             model.set_submodule(name, keep_norm_channels(m, rows))
         elif isinstance(m, (nn.GroupNorm, GroupNormWithRemoved)):  # the same, at their places in its groups
@@ -150,6 +155,12 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
             module.out_features = module.weight.shape[0]
     for name, per_channel in group.consumers:
         m = model.get_submodule(name)
+        if is_std_conv(m):  # each row's statistics still count its removed columns
+            columns = _grouped_columns(m, keep) if m.groups > 1 else \
+                _span(m.weight.shape[1], group.offsets(name), group.size * per_channel,
+                      _consumer_columns(keep, per_channel)).expand(m.out_channels, -1)
+            model.set_submodule(name, keep_std_conv_columns(m, columns))
+            continue
         if isinstance(m, CONV) and m.groups > 1:  # each block of rows reads its own block of inputs
             _cut_grouped_inputs(m, keep)
             continue
@@ -178,12 +189,18 @@ def _width(m: nn.Module) -> int:
     return m.weight.shape[0]
 
 
-def _cut_grouped_inputs(m: nn.Module, keep: torch.Tensor) -> None:
-    """Keep input channels `keep` of a grouped conv: rows of conv-group k keep the kept channels of
-    input block k (the same number in every block)."""
+def _grouped_columns(m: nn.Module, keep: torch.Tensor) -> torch.Tensor:
+    """For each row of a grouped conv, the columns of its weight that read input channels `keep`:
+    rows of conv-group k read input block k (the same number kept in every block)."""
     blocks, width = m.groups, m.in_channels // m.groups
-    rows = m.weight.shape[0] // blocks
-    parts = [m.weight.detach()[k * rows:(k + 1) * rows].index_select(1, keep[(keep // width) == k] - k * width)
-             for k in range(blocks)]
-    m.weight = nn.Parameter(torch.cat(parts).clone(), requires_grad=m.weight.requires_grad)
+    per_block = [keep[(keep // width) == k] - k * width for k in range(blocks)]
+    return torch.stack(per_block).repeat_interleave(m.out_channels // blocks, 0)
+
+
+def _cut_grouped_inputs(m: nn.Module, keep: torch.Tensor) -> None:
+    """Keep input channels `keep` of a grouped conv."""
+    columns = _grouped_columns(m, keep)
+    w = m.weight.detach()
+    kept = w.gather(1, columns.view(*columns.shape, *[1] * (w.dim() - 2)).expand(-1, -1, *w.shape[2:]))
+    m.weight = nn.Parameter(kept.clone(), requires_grad=m.weight.requires_grad)
     m.in_channels = len(keep)

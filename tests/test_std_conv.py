@@ -1,0 +1,145 @@
+"""Weight-standardised convs (timm's StdConv2d / ScaledStdConv2d, NFNet and BiT ResNet-V2) and the
+layers around them (timm's GroupNormAct, padding modules): cut exactly against the masked model."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compress.structured import channel_groups, harvest_channels, remove_channels, zero_channels
+from compress.structured.std_conv import StandardizedConv2d
+
+from test_channel_rules import cut_vs_masked
+
+import timm.layers as timm_layers  # the [test] extra installs timm
+
+
+class NFNet(nn.Module):
+    """NF-ResNet's shape: scaled weight-standardised convs (one grouped, one with dynamic SAME
+    padding), a residual, a GroupNorm + activation layer and a padding module on the way."""
+
+    def __init__(self):
+        super().__init__()
+        L = timm_layers
+        self.stem = L.ScaledStdConv2d(3, 16, 3, gamma=1.7)
+        self.pad = nn.ZeroPad2d((1, 0, 1, 0))
+        self.a = L.ScaledStdConv2dSame(16, 24, 3, stride=2, padding="SAME")
+        self.norm = L.GroupNormAct(24, num_groups=4, act_layer=nn.ReLU)
+        self.b = L.ScaledStdConv2d(24, 24, 3, groups=4)
+        self.c = L.StdConv2d(24, 16, 1)
+        self.d = L.StdConv2dSame(16, 16, 3, stride=2, padding="SAME")
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.pad(self.stem(x)))
+        y = self.norm(self.a(x))
+        y = torch.relu(self.b(y))
+        x = self.d(torch.relu(self.c(y) + nn.functional.avg_pool2d(x, 2)))
+        return self.head(x.mean((2, 3)))
+
+
+def _randomise(model):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.GroupNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+            if hasattr(m, "gain"):
+                m.gain.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_std_convs_cut_exactly_and_keep_the_removed_weights_in_their_statistics():
+    model, x = _randomise(NFNet()), torch.randn(2, 3, 15, 17)
+    groups = channel_groups(model, x)
+    assert {p for g in groups if g.prunable for p in g.producers} == {"stem", "a", "b", "c", "d"}
+    cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
+    assert cut >= 3 and diff < 1e-5
+
+
+def test_a_cut_of_a_cut_matches_the_masked_model_and_onnxruntime(tmp_path):
+    import onnxruntime as ort
+
+    from deploy.export import export_onnx
+
+    model, x = _randomise(NFNet()), torch.randn(2, 3, 15, 17)
+    masked = copy.deepcopy(model)
+    group = next(g for g in channel_groups(model, x) if "a" in g.producers)  # a → norm → b (grouped)
+    assert group.blocks == 4 and group.passthrough == ["norm"]
+    remove_channels(model, group, torch.tensor([0, 2, 3, 4, 6, 7, 9, 10, 12, 13, 15, 17, 18, 20, 21, 23]))
+    group = next(g for g in channel_groups(model, x) if "a" in g.producers)
+    remove_channels(model, group, torch.tensor([1, 2, 5, 6, 9, 10, 13, 14]))  # 2 of 4 in each block
+    zero_channels(masked, next(g for g in channel_groups(masked, x) if "a" in g.producers),
+                  torch.tensor([0, 1, 4, 5, 6, 8, 10, 11, 12, 14, 16, 17, 18, 19, 22, 23]))
+    assert isinstance(model.b, StandardizedConv2d) and model.b.weight.shape[1] == 2 and \
+        model.b.removed.shape[1] == 4  # 2 of each block's 6 inputs read, 4 kept for the statistics
+    assert model.a.gain.shape[0] == model.a.out_channels == 8
+    with torch.no_grad():
+        want, got = masked(x), model(x)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+    export_onnx(model, x[:1], tmp_path / "nf.onnx")
+    session = ort.InferenceSession(str(tmp_path / "nf.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})[0]
+    assert np.abs(out - got[:1].numpy()).max() < 1e-4
+
+
+def test_cutting_inputs_without_the_removed_weights_would_be_wrong():
+    """The reason StandardizedConv2d exists: a plain column cut changes every row's statistics."""
+    torch.manual_seed(0)
+    conv = timm_layers.ScaledStdConv2d(8, 4, 3)
+    x = torch.randn(1, 8, 6, 6)
+    x[:, 5:] = 0
+    plain = copy.deepcopy(conv)
+    plain.weight = nn.Parameter(plain.weight[:, :5].clone())
+    with torch.no_grad():
+        assert (plain(x[:, :5]) - conv(x)).abs().max() > 1e-2
+    from compress.structured.std_conv import keep_std_conv_columns
+
+    kept = keep_std_conv_columns(conv, torch.arange(5).expand(4, -1))
+    with torch.no_grad():
+        assert (kept(x[:, :5]) - conv(x)).abs().max() < 1e-5
+
+
+def test_harvest_folds_constants_through_the_standardised_weight():
+    """Dead channels after a sigmoid carry 0.5; the harvest folds 0.5 × the standardised weight
+    (not the raw one) into the next conv's bias."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Sigmoid(), timm_layers.ScaledStdConv2d(8, 6, 1), nn.ReLU(),
+                          nn.Conv2d(6, 4, 1)).eval()
+    with torch.no_grad():
+        model[0].weight[[1, 4, 6]] = 0
+        model[0].bias[[1, 4, 6]] = 0
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        want = model(x)
+    result = harvest_channels(model, channel_groups(model, x[:1]), (3, 9, 9))
+    assert result.keep["0"] == [0, 2, 3, 5, 7] and isinstance(model[2], StandardizedConv2d)
+    with torch.no_grad():
+        assert float((model(x) - want).abs().max()) < 1e-5
+
+
+def test_a_group_norm_act_whose_activation_does_not_keep_zeros_is_refused_after_a_cut():
+    """Cut once, the GroupNormAct becomes our GroupNormWithRemoved with the activation inside; a
+    sigmoid there would turn removed channels into 0.5, so a second look blocks it by name."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), timm_layers.GroupNormAct(8, num_groups=2, act_layer=nn.ReLU),
+                          nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 4, 4)
+    remove_channels(model, next(g for g in channel_groups(model, x) if "0" in g.producers), torch.tensor([0, 1, 4, 5]))
+    assert next(g for g in channel_groups(model, x) if "0" in g.producers).prunable
+    model[1].after[1] = nn.Sigmoid()
+    blockers = next(g for g in channel_groups(model, x) if "0" in g.producers).blockers
+    assert any("not known to keep zeros" in b for b in blockers)
+
+
+@pytest.mark.parametrize("pad,whole", [(nn.ZeroPad2d((1, 2, 0, 1)), False), (nn.ReflectionPad2d(1), False),
+                                       (nn.ReplicationPad2d(1), False), (nn.ConstantPad2d(1, 0.5), True)])
+def test_padding_modules_pass_channels_through(pad, whole):
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), pad, nn.Conv2d(8, 4, 3)).eval(), torch.randn(2, 3, 12, 12)
+    group = next(g for g in channel_groups(model, x) if "0" in g.producers)
+    assert bool(group.shifts) == whole  # a constant pad value is what a removed channel would carry
+    if not whole:
+        cut, diff, _ = cut_vs_masked(model, x)
+        assert cut == 1 and diff < 1e-6
