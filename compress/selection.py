@@ -4,6 +4,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .errors import UserError
@@ -56,3 +57,11 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
         if clean_name(n) == name:
             return m
     raise UserError(f"model has no layer named {name!r}")
+
+
+def layer_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """The weight layer `name` computes with: its `weight`, standardised for a weight-standardised
+    conv (timm's StdConv2d / ScaledStdConv2d), where a zero in the raw weight is no zero at all."""
+    from .structured.std_conv import effective_weight  # here, not at import: structured loads torch.fx
+
+    return effective_weight(get_module(model, name))

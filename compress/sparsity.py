@@ -6,7 +6,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .selection import get_module
+from .selection import layer_weight
 
 
 @torch.no_grad()
@@ -23,14 +23,14 @@ def layer_sparsity(model: nn.Module, layers: list[str]) -> dict[str, float]:
     """Fraction of exact zeros in each named layer's (effective) weight."""
     out = {}
     for name in layers:
-        zeros, total = count_zeros([get_module(model, name).weight])
+        zeros, total = count_zeros([layer_weight(model, name)])
         out[name] = zeros / total
     return out
 
 
 def global_sparsity(model: nn.Module, layers: list[str]) -> float:
     """Fraction of exact zeros over all named layers' weights together."""
-    zeros, total = count_zeros(get_module(model, n).weight for n in layers)
+    zeros, total = count_zeros(layer_weight(model, n) for n in layers)
     return zeros / max(total, 1)
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from compress import atomic
 from compress.models.hooks import export_form
+from compress.structured.std_conv import fold_weight_standardization
 from .sections import ExportConfig
 
 __all__ = ["ExportConfig", "export_onnx", "initializer_sparsity", "set_metadata", "stamp_metadata"]  # the section dataclass is re-exported for callers
@@ -60,6 +61,7 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path, opset:
     model = model.eval().cpu()
     reference = model
     model, optimize = export_form(model)  # e.g. spiking models: a copy that keeps no state between calls
+    model = fold_weight_standardization(model)  # NFNet, BiT: constants in inference, not standardised per call
     with atomic.atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress log
         torch.onnx.export(model, (sample[:2],), str(tmp), dynamo=True, opset_version=opset,
                           input_names=[INPUT], output_names=[OUTPUT], external_data=False,

@@ -143,3 +143,40 @@ def test_padding_modules_pass_channels_through(pad, whole):
     if not whole:
         cut, diff, _ = cut_vs_masked(model, x)
         assert cut == 1 and diff < 1e-6
+
+
+def test_export_folds_the_standardisation_into_plain_conv_weights(tmp_path):
+    """What ships runs plain convs with the standardised weights (constants in inference), not the
+    standardisation at every call; a cut model's removed weights do not ship."""
+    import onnx
+
+    from compress.structured.std_conv import fold_weight_standardization, is_std_conv
+    from deploy.export import export_onnx
+
+    model, x = _randomise(NFNet()), torch.randn(2, 3, 15, 17)
+    remove_channels(model, next(g for g in channel_groups(model, x) if "a" in g.producers),
+                    torch.tensor([0, 1, 6, 7, 12, 13, 18, 19]))
+    folded = fold_weight_standardization(model)
+    assert not any(is_std_conv(m) for m in folded.modules()) and any(is_std_conv(m) for m in model.modules())
+    assert sum(p.numel() for p in folded.parameters()) == sum(p.numel() for n, p in model.named_parameters()
+                                                               if not n.endswith(("removed", "gain")))
+    with torch.no_grad():
+        assert float((folded(x) - model(x)).abs().max()) < 1e-5
+    # wide enough that the exporter's own constant folding leaves the standardisation in the graph
+    wide = nn.Sequential(timm_layers.ScaledStdConv2d(3, 64, 3), nn.ReLU(),
+                         timm_layers.StdConv2dSame(64, 64, 3, stride=2, padding="SAME")).eval()
+    info = export_onnx(wide, x, tmp_path / "m.onnx")
+    assert info["max_abs_diff_vs_torch"] < 1e-4
+    assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+
+
+def test_sparsity_is_counted_on_the_weights_a_std_conv_computes_with():
+    """A zero in a standardised conv's raw weight is -mean/std after standardisation: no zero ships."""
+    from compress.sparsity import global_sparsity
+
+    conv_model = nn.Sequential(timm_layers.ScaledStdConv2d(3, 4, 3), nn.Conv2d(4, 2, 1))
+    with torch.no_grad():
+        conv_model[0].weight[:, :2] = 0  # 2/3 of each row
+        conv_model[1].weight[:, :2] = 0
+    assert global_sparsity(conv_model, ["1"]) == 0.5
+    assert global_sparsity(conv_model, ["0"]) == 0.0

@@ -9,6 +9,7 @@ are zeros but their weights still count in those statistics. `StandardizedConv2d
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -97,3 +98,35 @@ def keep_std_conv_columns(m: nn.Module, columns: torch.Tensor) -> StandardizedCo
     if getattr(m, "removed", None) is not None:
         removed = torch.cat([m.removed.detach(), removed], 1)
     return StandardizedConv2d(m, take(columns).clone(), removed.clone())
+
+
+class SamePad2d(nn.Module):
+    """TensorFlow's SAME padding for a conv's kernel, stride and dilation, at the input's size."""
+
+    def __init__(self, kernel: tuple, stride: tuple, dilation: tuple):
+        super().__init__()
+        self.kernel, self.stride, self.dilation = tuple(kernel), tuple(stride), tuple(dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _pad_same(x, self.kernel, self.stride, self.dilation)
+
+
+@torch.no_grad()
+def fold_weight_standardization(model: nn.Module) -> nn.Module:
+    """`model` with every weight-standardised conv replaced by a plain conv holding its standardised
+    weight (exact in inference: the weights are constants there), a copy; `model` itself when it has
+    none. What an exported NFNet or BiT model runs, instead of standardising at every call."""
+    if not any(is_std_conv(m) for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for name, m in list(model.named_modules()):
+        if not is_std_conv(m):
+            continue
+        conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                         bias=m.bias is not None, device=m.weight.device, dtype=m.weight.dtype)
+        conv.weight.copy_(effective_weight(m))
+        if m.bias is not None:
+            conv.bias.copy_(m.bias)
+        same = getattr(m, "same_pad", False)
+        model.set_submodule(name, nn.Sequential(SamePad2d(m.kernel_size, m.stride, m.dilation), conv) if same else conv)
+    return model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from compress import atomic
-from compress.selection import get_module
+from compress.selection import layer_weight
 
 from .. import formats
 from .run import Run
@@ -13,7 +13,7 @@ from .run import Run
 
 def convert_stage(run: Run) -> list[str]:
     model = run.frozen_model("sparse")
-    weights = {n: get_module(model, n).weight.detach() for n in run.layers}
+    weights = {n: layer_weight(model, n).detach() for n in run.layers}  # what each layer computes with
     folder = run.stage_dir
     c = run.cfg.convert
     manifest = formats.save_sparse(folder, weights, model_id=run.cfg.model.name, choice=c.format,

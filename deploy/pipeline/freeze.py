@@ -14,7 +14,7 @@ from compress import atomic
 from compress.errors import UserError
 from compress.limits import load_json
 from compress.frozen import write_spec
-from compress.selection import clean_name, get_module
+from compress.selection import clean_name, get_module, layer_weight
 from compress.sparsity import global_sparsity, layer_sparsity
 from compress.loader import first
 from compress.structured import harvest
@@ -133,7 +133,7 @@ def write_frozen(run: Run, models: dict[str, nn.Module], summary: dict) -> list[
     variants.setdefault("sparse", variants["dense"])  # method 'dense': the baseline is also the "pruned" model
     write_spec(folder, run.cfg.model, shape, run.data.num_classes, variants)
     # masks describe the weights as stored (after the cut): same shapes, 1 where a weight is nonzero
-    masks = {n: (get_module(sparse, n).weight != 0).to(torch.uint8) for n in run.layers}
+    masks = {n: (layer_weight(sparse, n) != 0).to(torch.uint8) for n in run.layers}
     with atomic.atomic_path(folder / "masks.safetensors") as tmp:
         save_file(masks, str(tmp))
     atomic.write_json(folder / "sparsity.json", {

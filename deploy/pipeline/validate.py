@@ -15,7 +15,8 @@ from compress.errors import UserError
 from compress.limits import JSON_BYTES, load_json, read_text
 from compress.loader import batches, first
 from compress.models.hooks import report_summary
-from compress.selection import get_module
+from compress.selection import get_module, layer_weight
+from compress.structured.std_conv import fold_weight_standardization
 from compress.structured.structure import model_sizes
 
 from ..gate import check
@@ -83,18 +84,20 @@ def validate_stage(run: Run) -> list[str]:
         _read(run, "onnx/export.json")
     structure = _read(run, "frozen/structure.json") if (d / "frozen" / "structure.json").exists() else None
     histories = {v: _metrics(d / "train" / v / "metrics.jsonl") for v in run.variants}
-    dense_bytes = param_bytes(models["dense"])
+    # sizes of what ships: weight-standardised convs folded to plain ones, as export writes them
+    shipping = {v: fold_weight_standardization(models[v]) for v in ("dense", "sparse")}
+    dense_bytes = param_bytes(shipping["dense"])
     if not isinstance(sparsity, dict) or not isinstance(sparsity.get("per_layer"), dict) \
             or not isinstance(sparsity.get("pruner"), dict):
         raise UserError(f"{d / 'frozen' / 'sparsity.json'}: not as sparsepipe writes it (per_layer and pruner "
                         f"tables expected); re-run freeze")
-    weights = {n: get_module(models["sparse"], n).weight.detach().cpu().numpy() for n in run.layers}
+    weights = {n: layer_weight(models["sparse"], n).detach().cpu().numpy() for n in run.layers}
     shipped = shipped_sparsity(d, {n: list(w.shape) for n, w in weights.items()},
                                {n: get_module(models["dense"], n).weight.numel() for n in run.layers},
                                sparsity["per_layer"], frozen=weights)
     if structure is not None:  # the counts the report shows, measured on the models that ship
-        structure = {**structure, **model_sizes(models["dense"], run.data.input_shape, "before"),
-                     **model_sizes(models["sparse"], run.data.input_shape, "after")}
+        structure = {**structure, **model_sizes(shipping["dense"], run.data.input_shape, "before"),
+                     **model_sizes(shipping["sparse"], run.data.input_shape, "after")}
     layer_bytes = {n: w.size * w.itemsize for n, w in weights.items()}
     report = Report(
         run=cfg.name, method=cfg.prune.method, model=cfg.model.name, data=cfg.data.name,
@@ -103,7 +106,7 @@ def validate_stage(run: Run) -> list[str]:
         sparsity=Sparsity(shipped["global"], shipped["per_layer"], len(run.layers), shipped["counted_from"]),
         pruner=sparsity["pruner"], structure=structure, latency=result["latency"],
         size={"dense_bytes": dense_bytes,
-              "sparse_bytes": param_bytes(models["sparse"]) - sum(layer_bytes.values())
+              "sparse_bytes": param_bytes(shipping["sparse"]) - sum(layer_bytes.values())
               + sum(shipped["stored_bytes"].values()),
               "per_layer": {n: {"format": (csr["layers"].get(n) or {}).get("format"), "dense_bytes": layer_bytes[n],
                                 "stored_bytes": shipped["stored_bytes"][n]} for n in run.layers},
