@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .distill import distillation_loss
 from .loader import epoch_generator
 from .pruners import Pruner, TrainPlan, registered_pruners
 from .schema import parse
@@ -33,7 +34,7 @@ from .selection import LayerRule, select_layers
 from .train import optimizer_groups
 
 __all__ = ["attach_pruner", "optimizer_groups", "Pruner", "LayerRule", "select_layers", "registered_pruners",
-           "epoch_order", "learning_rates"]
+           "epoch_order", "learning_rates", "distillation_loss"]
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

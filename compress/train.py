@@ -20,6 +20,7 @@ from .distributed import World
 from .loader import batches
 from .errors import UserError
 from .pruners import Pruner, TrainPlan
+from .distill import distillation_loss
 from .schedules import lr_at
 from .config.train import TrainConfig
 from .sparsity import global_sparsity, layer_sparsity
@@ -120,14 +121,16 @@ def _tensorboard(out_dir: Path | None):
 
 def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers: list[str], *,
           seed: int = 0, out_dir: Path | None = None, desc: str = "train", progress: bool = True,
-          log_start: bool = False, latency_ratio: Callable[[nn.Module, nn.Module], float] | None = None) -> list[dict]:
+          log_start: bool = False, latency_ratio: Callable[[nn.Module, nn.Module], float] | None = None,
+          teacher: nn.Module | None = None) -> list[dict]:
     """Train `model` with `pruner` attached; returns one metrics dict per epoch.
 
     With `out_dir`, writes metrics.jsonl, checkpoint.pt (and TensorBoard events when tensorboard is
     installed) after every epoch and resumes from an existing checkpoint (weights, optimizer,
     pruner state, epoch). With `log_start`, the first row (epoch 0) is the model as it starts
     (e.g. given weights), evaluated with the pruner attached, before any step. `latency_ratio`
-    (see TrainPlan) lets a pruner aim at measured latency.
+    (see TrainPlan) lets a pruner aim at measured latency. With `teacher` (the dense model) and
+    `cfg.distill` > 0, the loss also distills its outputs (compress/distill.py).
     """
     device = resolve_device(cfg.device)
     world = distributed.current()
@@ -141,6 +144,10 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if teacher is not None and cfg.distill > 0:
+        teacher = teacher.to(device).eval()
+    else:
+        teacher = None
     net = model
     if world.size > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_amp else None)
@@ -184,7 +191,12 @@ def train(model: nn.Module, pruner: Pruner, data: Data, cfg: TrainConfig, layers
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, enabled=use_amp):
-                loss = loss_fn(net(x), y)
+                out = net(x)
+                loss = loss_fn(out, y)
+                if teacher is not None:
+                    with torch.no_grad():
+                        target = teacher(x)
+                    loss = distillation_loss(out, target, loss, cfg.distill, cfg.distill_temperature)
             if not torch.isfinite(loss):
                 where = f"; last good checkpoint kept at {ckpt}" if ckpt and ckpt.exists() else ""
                 raise UserError(f"training diverged at epoch {epoch} step {step} (loss={loss.item()}); "

@@ -134,3 +134,28 @@ def test_weight_decay_on_1d_parameters_follows_each_papers_setting(method, decay
         p.grad = torch.zeros_like(p)
     optimizer.step()
     assert layer.weight.item() == pytest.approx(1.9) and layer.bias.item() == pytest.approx(bias_after)
+
+
+def test_distillation_teaches_what_the_labels_do_not(digits):
+    """Train labels shifted by one class: from them alone a model learns the shift; with the dense
+    model's outputs as the whole loss (distill = 1) it learns the true classes."""
+    import dataclasses
+
+    from compress.data import Data
+    from compress.dataset import Split
+    from compress.pruners import Pruner
+
+    def mlp():
+        torch.manual_seed(0)
+        return build_model(ModelConfig(name="mlp", hidden=[64]), digits.input_shape, digits.num_classes)
+
+    cfg = TrainConfig(epochs=6, batch_size=32, lr=0.05)
+    teacher = mlp()
+    train(teacher, Pruner(), digits, cfg, [], progress=False)
+    wrong = Data(Split(digits.train.x, (digits.train.y + 1) % digits.num_classes), digits.test,
+                 digits.num_classes, digits.input_shape)
+    alone, taught = mlp(), mlp()
+    labels_only = train(alone, Pruner(), wrong, cfg, [], progress=False, teacher=teacher)  # distill 0: unused
+    distilled = train(taught, Pruner(), wrong, dataclasses.replace(cfg, distill=1.0), [], progress=False,
+                      teacher=teacher)
+    assert labels_only[-1]["test_accuracy"] < 0.2 < 0.85 < distilled[-1]["test_accuracy"]

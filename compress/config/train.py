@@ -29,6 +29,10 @@ class TrainConfig:
                               "method's decay_1d is on (lats, str, greg by default, as their official code).",
                               lo=0.0, hi=1.0)
     label_smoothing: float = opt(0.0, "Cross-entropy label smoothing.", lo=0.0, hi=1.0, hi_open=True)
+    distill: float = opt(0.0, "Weight of knowledge distillation from the run's dense model in the pruned model's "
+                         "loss: (1 − distill) · cross-entropy + distill · T² · KL(dense ‖ pruned); 0: labels only.",
+                         lo=0.0, hi=1.0)
+    distill_temperature: float = opt(4.0, "Softmax temperature T of distillation.", lo=0.0, lo_open=True, hi=100.0)
     device: str = opt("cpu", "Training device: cpu, cuda, cuda:N, or auto (CUDA when present).")
 
     def check(self, where: str) -> None:

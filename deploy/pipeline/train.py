@@ -67,6 +67,7 @@ def train_stage(run: Run) -> list[str]:
     # chosen afresh: the train/layers.json in place may be from an earlier run with other inputs
     run.set_layers(select_layers(run.new_model(), run.cfg.prune.layers))
     weights = load_weights(run.cfg.model.weights, weights_limit(run.new_model())) if run.cfg.model.weights else None
+    trained: dict[str, nn.Module] = {}
     for variant in run.variants:
         model, pruner = run.new_model(), run.new_pruner(variant)
         folder = run.stage_dir / variant
@@ -78,13 +79,15 @@ def train_stage(run: Run) -> list[str]:
         else:
             train(model, pruner, run.data, run.cfg.train, run.layers, seed=run.cfg.seed, out_dir=folder,
                   desc=f"train {variant}", progress=run.progress, log_start=weights is not None,
-                  latency_ratio=_latency_measure(run))
+                  latency_ratio=_latency_measure(run),
+                  teacher=trained.get("dense") if variant == "sparse" else None)  # train.distill
             squashed, summary = pruner.freeze(), pruner.summary()
             if not isinstance(squashed, nn.Module) or not isinstance(summary, dict):
                 raise UserError(f"prune.method: {run.cfg.prune.method!r}: freeze() must return the model (an "
                                 f"nn.Module) and summary() a dict; got {type(squashed).__name__} and "
                                 f"{type(summary).__name__}")
         save_squashed(squashed, summary, folder)
+        trained[variant] = squashed
         out += [f"{variant}/{f}" for f in ("checkpoint.pt", "metrics.jsonl", SQUASHED, SUMMARY)]
     if distributed.current().main:
         atomic.write_json(run.stage_dir / "layers.json", run.layers)
