@@ -51,6 +51,8 @@ def story(model: str, epochs: int, runs: Path, weights: Path | None = None, lr: 
     """One `sparsepipe run` of the story config for timm model `model` (from `weights` when given, with
     the further --set settings `extra`); its figures from report.json."""
     out = runs / (f"story-{model}" if weights is None else f"story-{model}-from-{weights.parents[1].name}")
+    if extra:  # a run folder per setting, so that rows with and without (say) distillation stand side by side
+        out = out.with_name(out.name + "-" + "-".join(re.sub(r"[^\w.]+", "_", e) for e in extra))
     settings = [f"train.epochs={epochs}"]
     if weights is not None:
         settings += [f'model.weights="{weights}"', "prune.filter.prune_after=0.0"]
@@ -96,7 +98,8 @@ def main() -> None:
             {"model": model, "status": "failed", "error": f"dense checkpoint: {error}"}
         row["checkpoint_epochs"] = args.checkpoint_epochs
         row["settings"] = args.extra
-        rows = [r for r in rows if (r["model"], r.get("checkpoint_epochs", 0)) != (model, args.checkpoint_epochs)]
+        key = (model, args.checkpoint_epochs, args.extra)
+        rows = [r for r in rows if (r["model"], r.get("checkpoint_epochs", 0), r.get("settings", [])) != key]
         rows.append(row)
         print(json.dumps(row), flush=True)
         atomic.write_json(path, {"machine": platform.platform(), "config": "configs/imagefolder-timm-latency2.toml",
