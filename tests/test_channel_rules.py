@@ -620,20 +620,35 @@ def test_a_difference_of_two_channel_tensors_merges_them_like_a_sum():
     assert group.prunable and group.shifts and not group.blockers
 
 
-def test_a_reshape_to_a_size_fixed_in_the_code_blocks_instead_of_breaking_after_the_cut():
-    class FixedSizes(nn.Module):
-        """timm's metaformer Scale (`scale.view(self.shape)`) and a hand-written `view(b, 8, -1)`."""
-        def __init__(self):
-            super().__init__()
-            self.c1, self.c2, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 6, 1), nn.Linear(6 * 16, 2)
-            self.scale, self.shape = nn.Parameter(torch.ones(8)), (8, 1, 1)
+class FixedSizes(nn.Module):
+    """timm's metaformer Scale (`scale.view(self.shape)`, shape = (dim, 1, 1)) and a hand-written
+    `view(b, 6, -1)`; `twice` reads the shape attribute for a second parameter too."""
 
-        def forward(self, x):
-            h = self.c2(self.c1(x) * self.scale.view(self.shape))
-            return self.head(h.view(x.shape[0], 6, -1).flatten(1))
-    groups = channel_groups(FixedSizes(), torch.randn(2, 3, 4, 4))
-    assert any("reshaped to a fixed [8, 1, 1]" in b for b in blockers(groups, "c1"))
+    def __init__(self, twice=False):
+        super().__init__()
+        self.c1, self.c2, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 6, 1), nn.Linear(6 * 16, 2)
+        self.scale, self.shape, self.twice = nn.Parameter(torch.rand(8) + 0.5), (8, 1, 1), twice
+        self.other = nn.Parameter(torch.rand(8))
+
+    def forward(self, x):
+        y = self.c1(x) * self.scale.view(self.shape)
+        if self.twice:
+            y = y + self.other.view(self.shape)
+        return self.head(self.c2(y).view(x.shape[0], 6, -1).flatten(1))
+
+
+def test_a_shape_attribute_is_set_by_the_cut_and_a_size_written_in_the_code_blocks():
+    x = torch.randn(2, 3, 4, 4)
+    groups = channel_groups(FixedSizes(), x)
+    assert ("", "shape[0]", 1) in next(g for g in groups if "c1" in g.producers).counters
     assert any("to a fixed 6 on the channel axis" in b for b in blockers(groups, "c2"))
+    model = FixedSizes().eval()
+    cut, diff, _ = cut_vs_masked(model, x)
+    assert cut == 1 and diff < 1e-6
+    remove_channels(model, next(g for g in channel_groups(model, x) if "c1" in g.producers), torch.tensor([0, 3, 5]))
+    assert model.shape == (3, 1, 1) and model(x).shape == (2, 2)
+    # read twice (a second parameter viewed with it): the proof sees two places change, and blocks
+    assert any("shape[0] is read elsewhere too" in b for b in blockers(channel_groups(FixedSizes(True), x), "c1"))
 
 
 class Swapped(nn.Module):
@@ -658,4 +673,68 @@ def test_swapping_axes_moves_the_channel_axis(how):
     group = next(g for g in channel_groups(model, x) if g.producers == ["conv"])
     assert group.prunable and group.consumers == [("fc", 1)]
     cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
+    assert cut == 1 and diff < 1e-5
+
+
+def test_metaformer_pieces_starrelu_and_layer_norm_without_bias():
+    """timm's ConvFormer: StarReLU (s · relu(x)² + b, scalars: a square keeps zeros, + b is a constant
+    the harvest folds) and LayerNorm2dNoBias (a channels-first LayerNorm with no β)."""
+    from timm.models.metaformer import LayerNorm2dNoBias, StarReLU  # the [test] extra installs timm
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), LayerNorm2dNoBias(8), nn.Conv2d(8, 6, 1), nn.Conv2d(6, 4, 1)).eval()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 5, 5)
+    cut, diff, groups = cut_vs_masked(model, x)
+    assert cut == 2 and diff < 1e-5 and next(g for g in groups if "0" in g.producers).passthrough == ["1"]
+    starred = nn.Sequential(nn.Conv2d(3, 8, 1), StarReLU(), nn.Conv2d(8, 4, 1))
+    group = next(g for g in channel_groups(starred, x) if "0" in g.producers)
+    assert group.prunable and group.shifts  # relu(0)² = 0, then + b
+
+    class Powers(nn.Module):
+        def __init__(self, exponent):
+            super().__init__()
+            self.conv, self.head, self.exponent = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1), exponent
+
+        def forward(self, t):
+            return self.head(torch.relu(self.conv(t)) ** self.exponent)
+    assert next(g for g in channel_groups(Powers(2), x) if "conv" in g.producers).prunable
+    assert any("0 ** e is not 0" in b for b in blockers(channel_groups(Powers(0), x), "conv"))
+
+
+class HeadsSizedByInput(nn.Module):
+    """timm's metaformer Attention reshapes its heads' output to `C` of its input (`B, N, C = x.shape`)."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.models.metaformer import Attention  # the [test] extra installs timm
+
+        self.embed, self.attn, self.head = nn.Linear(5, 32), Attention(32, head_dim=8), nn.Linear(32, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        return self.head(x + self.attn(x))
+
+
+class WindowsSizedByInput(nn.Module):
+    """Swin's window merge: `attn(x).view(-1, 2, C)` with C of x, as wide as x by construction."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.fc, self.head = nn.Linear(5, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x):                      # x [B, 4, 5]
+        x = torch.relu(self.embed(x))
+        B, N, C = x.shape
+        y = self.fc(x).view(B, N // 2, 2, C).flatten(1, 2)
+        return self.head(y)
+
+
+def test_a_reshape_sized_by_another_tensors_channels_couples_or_blocks_them():
+    x = torch.randn(2, 4, 5)
+    stream = next(g for g in channel_groups(HeadsSizedByInput(), x) if "embed" in g.producers)
+    assert not stream.prunable and any("to the channel count of" in b for b in stream.blockers)
+    groups = channel_groups(WindowsSizedByInput(), x)
+    assert {"embed", "fc"} <= set(next(g for g in groups if "fc" in g.producers).producers)
+    cut, diff, _ = cut_vs_masked(WindowsSizedByInput(), x)
     assert cut == 1 and diff < 1e-5

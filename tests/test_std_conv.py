@@ -120,17 +120,17 @@ def test_harvest_folds_constants_through_the_standardised_weight():
         assert float((model(x) - want).abs().max()) < 1e-5
 
 
-def test_a_group_norm_act_whose_activation_does_not_keep_zeros_is_refused_after_a_cut():
-    """Cut once, the GroupNormAct becomes our GroupNormWithRemoved with the activation inside; a
-    sigmoid there would turn removed channels into 0.5, so a second look blocks it by name."""
+def test_a_cut_group_norm_act_keeps_its_activation_in_view():
+    """Cut once, the GroupNormAct becomes a NormActWithRemoved whose activation the next trace still
+    follows: a sigmoid there is seen as what it is (removed channels would carry 0.5)."""
     model = nn.Sequential(nn.Conv2d(3, 8, 1), timm_layers.GroupNormAct(8, num_groups=2, act_layer=nn.ReLU),
                           nn.Conv2d(8, 4, 1)).eval()
     x = torch.randn(1, 3, 4, 4)
     remove_channels(model, next(g for g in channel_groups(model, x) if "0" in g.producers), torch.tensor([0, 1, 4, 5]))
-    assert next(g for g in channel_groups(model, x) if "0" in g.producers).prunable
-    model[1].after[1] = nn.Sigmoid()
-    blockers = next(g for g in channel_groups(model, x) if "0" in g.producers).blockers
-    assert any("not known to keep zeros" in b for b in blockers)
+    group = next(g for g in channel_groups(model, x) if "0" in g.producers)
+    assert group.prunable and not group.shifts and group.passthrough == ["1.norm"]
+    model[1].act = nn.Sigmoid()
+    assert next(g for g in channel_groups(model, x) if "0" in g.producers).shifts
 
 
 @pytest.mark.parametrize("pad,whole", [(nn.ZeroPad2d((1, 2, 0, 1)), False), (nn.ReflectionPad2d(1), False),
@@ -180,3 +180,62 @@ def test_sparsity_is_counted_on_the_weights_a_std_conv_computes_with():
         conv_model[1].weight[:, :2] = 0
     assert global_sparsity(conv_model, ["1"]) == 0.5
     assert global_sparsity(conv_model, ["0"]) == 0.0
+
+
+def _harvest_keeps_output(model, x, dead):
+    """Zero producer 0's rows `dead`, harvest, and return (channels kept, max relative change)."""
+    with torch.no_grad():
+        model[0].weight[dead] = 0
+        model[0].bias[dead] = 0
+        want = model(x)
+    result = harvest_channels(model, channel_groups(model, x[:1]), tuple(x.shape[1:]))
+    with torch.no_grad():
+        return result.keep.get("0"), float((model(x) - want).abs().max() / want.abs().max())
+
+
+@pytest.mark.parametrize("conv", [lambda: timm_layers.ScaledStdConv2dSame(8, 6, 3, stride=2, padding="SAME"),
+                                  lambda: timm_layers.Conv2dSame(8, 6, 3, stride=2)])
+def test_harvest_does_not_fold_a_constant_into_a_conv_that_pads_at_run_time(conv):
+    """0.5 (a sigmoid of a dead channel) is no constant at a SAME-padded border: not foldable."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Sigmoid(), conv(), nn.ReLU(), nn.Conv2d(6, 4, 1)).eval()
+    kept, diff = _harvest_keeps_output(model, torch.randn(2, 3, 11, 11), [1, 4, 6])
+    assert kept is None and diff == 0
+
+
+@pytest.mark.parametrize("gamma_zero", [False, True])
+def test_harvest_through_a_group_norm_removes_only_channels_it_silences(gamma_zero):
+    """A dead channel leaves a GroupNorm as −mean/std·γ + β: input-dependent unless its γ is 0."""
+    torch.manual_seed(0)
+    model = _randomise(nn.Sequential(nn.Conv2d(3, 8, 3), timm_layers.GroupNormAct(8, num_groups=2), nn.Conv2d(8, 4, 1)))
+    if gamma_zero:
+        with torch.no_grad():
+            model[1].weight[[1, 4, 6]] = 0
+    kept, diff = _harvest_keeps_output(model, torch.randn(2, 3, 9, 9), [1, 4, 6])
+    assert kept == ([0, 2, 3, 5, 7] if gamma_zero else None) and diff < 1e-5
+
+
+def test_zeroing_channels_of_a_cut_std_conv_silences_them():
+    model, x = _randomise(NFNet()), torch.randn(2, 3, 15, 17)
+    remove_channels(model, next(g for g in channel_groups(model, x) if "a" in g.producers),
+                    torch.tensor([0, 1, 6, 7, 12, 13, 18, 19]))
+    group = next(g for g in channel_groups(model, x) if "b" in g.producers)
+    zero_channels(model, group, torch.tensor([1, 2, 5]))
+    with torch.no_grad():
+        assert float(model.b(torch.randn(2, 8, 6, 6))[:, [1, 2, 5]].abs().max()) == 0
+
+
+def test_a_per_channel_activation_inside_group_norm_act_is_cut_with_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), timm_layers.GroupNormAct(8, num_groups=2, act_layer=nn.PReLU,
+                                                                       act_kwargs={"num_parameters": 8}),
+                          nn.Conv2d(8, 4, 1))
+    with torch.no_grad():
+        model[1].act.weight.uniform_(0.1, 0.9)
+    x = torch.randn(2, 3, 9, 9)
+    for _ in range(2):  # a cut of a cut: the GroupNormAct is a NormActWithRemoved the second time
+        cut, diff, _ = cut_vs_masked(_randomise(model), x)
+        assert cut == 1 and diff < 1e-5
+        remove_channels(model, next(g for g in channel_groups(model, x) if "0" in g.producers),
+                        torch.arange(0, model[0].out_channels, 2))
+    assert model[1].act.num_parameters == 2

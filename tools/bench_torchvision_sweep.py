@@ -38,7 +38,7 @@ ghostnet_100 mixnet_s rexnet_100 tinynet_a lcnet_050 fbnetc_100 mnasnet_100 dens
 repvgg_a0 mobileone_s0 cspresnet50 cspdarknet53 dpn68 gernet_s regnetx_002 regnety_004 convnext_atto
 convnextv2_atto vit_tiny_patch16_224 deit_tiny_patch16_224 swin_tiny_patch4_window7_224 levit_128s
 mixer_s16_224 nf_resnet26 dm_nfnet_f0 mobilevit_xxs efficientvit_b0 hrnet_w18_small res2net50_14w_8s
-selecsls42b dla34 vgg11 poolformer_s12 resmlp_12_224 resnetv2_50x1_bit""".split()
+selecsls42b dla34 vgg11 poolformer_s12 resmlp_12_224 resnetv2_50x1_bit convformer_s18 caformer_s18""".split()
 
 
 def model_and_input(name: str):

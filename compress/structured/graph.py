@@ -310,15 +310,16 @@ class Walk:
         meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
         return len(meta.shape) if isinstance(meta, TensorMetadata) else None
 
-    def block(self, node: fx.Node, why: str) -> None:
-        """Every group carried by the node's inputs must stay whole, for reason `why` (to which the path
-        of the module the op sits in is added, when the op is not a module call naming itself)."""
+    def block(self, node: fx.Node, why: str, also: tuple[fx.Node, ...] = ()) -> None:
+        """Every group carried by the node's inputs (and by the nodes `also`) must stay whole, for reason
+        `why` (to which the path of the module the op sits in is added, when the op is not a module call
+        naming itself)."""
         stack = node.meta.get("nn_module_stack") or {}
         where = next(reversed(stack), None) if node.op != "call_module" else None
         if where and where not in why:
             why = f"{why} (in {where}: {stack[where][1].__name__})" if isinstance(stack[where], tuple) and \
                 isinstance(stack[where][1], type) else f"{why} (in {where})"
-        for a in node.all_input_nodes:
+        for a in (*node.all_input_nodes, *also):
             for gid, _ in self.label.get(a, ()):
                 self.g.get(gid).blockers.append(why)
 

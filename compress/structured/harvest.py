@@ -18,7 +18,8 @@ from .budget import unit_round
 from .graph import CONV, ChannelGroup
 from .remove import remove_channels
 from .recurrent import unit_rows
-from .std_conv import effective_weight
+from .norm import GroupNormWithRemoved, is_response_norm, norm_axis
+from .std_conv import effective_weight, is_std_conv
 from .weights import RECURRENT, TRANSPOSED, rows_first
 
 
@@ -51,11 +52,34 @@ def _dead(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
             for t, channel in unit_rows(m):
                 dead[channel[(t.detach().reshape(len(channel), -1) != 0).any(1).cpu()]] = False
             continue
-        dead &= (group.per_channel_rows(name, rows_first(m.weight.detach(), m)) == 0).all(1).cpu()
+        dead &= (group.per_channel_rows(name, rows_first(effective_weight(m).detach(), m)) == 0).all(1).cpu()
+        mixing = [n for n in group.passthrough if _mixes_channels(model.get_submodule(n))]
+        if mixing and m.bias is not None:  # a norm over channels must see an exact zero where one was removed
+            dead &= (group.per_channel_rows(name, m.bias.detach()[:, None]) == 0).all(1).cpu()
+    for name in group.passthrough:
+        m = model.get_submodule(name)
+        # a dead channel leaves a norm over channels as −mean/std·γ + β of the other channels, not a
+        # constant, unless its γ is 0 (a response norm gives a zero channel β: a constant)
+        if not _mixes_channels(m) or is_response_norm(m):
+            continue
+        if group.passthrough_per.get(name, 1) == 1 and len(group.offsets(name)) == 1 and m.weight is not None:
+            dead &= (m.weight.detach()[group.offset(name): group.offset(name) + group.size] == 0).cpu()
+        else:
+            dead[:] = False
     return dead
 
 
+def _mixes_channels(m: nn.Module) -> bool:
+    """A norm whose statistics span channels (GroupNorm, LayerNorm over channels, response norm)."""
+    return isinstance(m, (nn.GroupNorm, GroupNormWithRemoved)) or norm_axis(m) is not None or is_response_norm(m)
+
+
 def _no_padding(conv: nn.Module) -> bool:
+    """Whether `conv` pads nothing, so a constant input is a constant output (foldable into its bias).
+    A conv with a forward of its own (timm's Conv2dSame) may pad at run time: not known, so no."""
+    if getattr(conv, "same_pad", False) or \
+            (type(conv).forward not in (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward) and not is_std_conv(conv)):
+        return False
     if isinstance(conv.padding, str):
         return conv.padding == "valid" or all(k == 1 for k in conv.kernel_size)
     return all(p == 0 for p in conv.padding)

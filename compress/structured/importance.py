@@ -1,4 +1,5 @@
-"""How important each channel of a coupled group is: the norms of the filters that produce it."""
+"""How important each channel of a coupled group is: the norms of the filters that produce it (for a
+weight-standardised conv, of its standardised filters: the scale of its raw weights means nothing)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -8,6 +9,7 @@ from torch import nn
 
 from .graph import ChannelGroup
 from .recurrent import unit_rows
+from .std_conv import effective_weight
 from .weights import RECURRENT, rows_first
 
 Norm = Literal["l1", "l2"]
@@ -30,7 +32,7 @@ def channel_importance(model: nn.Module, group: ChannelGroup, norm: Norm = "l1")
                 acc.index_add_(0, channel, t.abs().sum(1) if norm == "l1" else t.pow(2).sum(1))
             total += acc if norm == "l1" else acc.sqrt()
             continue
-        rows = group.per_channel_rows(name, rows_first(m.weight.detach(), m)).float().cpu()
+        rows = group.per_channel_rows(name, rows_first(effective_weight(m).detach(), m)).float().cpu()
         total += rows.abs().sum(1) if norm == "l1" else rows.pow(2).sum(1).sqrt()
     return total
 

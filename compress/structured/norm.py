@@ -25,9 +25,9 @@ def norm_axis(m: nn.Module) -> int | None:
         # channels-first LayerNorms of the libraries we know (their forward permutes, normalises the last
         # axis, permutes back), and timm's plain subclass
         known = type(m).__module__.startswith(("torchvision.", "timm."))
-        if known and type(m).__name__ == "LayerNorm2d":
+        if known and type(m).__name__ in ("LayerNorm2d", "LayerNorm2dNoBias"):  # NoBias: timm's metaformers
             return 1
-        if known and type(m).__name__ == "LayerNorm":
+        if known and type(m).__name__ in ("LayerNorm", "LayerNormNoBias"):
             return -1
     return None
 
@@ -91,9 +91,6 @@ class GroupNormWithRemoved(nn.Module):
         self.bias = None if gn.bias is None else nn.Parameter(gn.bias.detach().clone())
         self.register_buffer("kept", torch.arange(gn.num_channels))
         self.register_buffer("inverse", torch.arange(gn.num_channels))
-        # timm's GroupNormAct applies its dropout and activation after the norm, in its own forward
-        after = [getattr(gn, a) for a in ("drop", "act") if isinstance(getattr(gn, a, None), nn.Module)]
-        self.after = nn.Sequential(*after) if after else None
 
     @property
     def num_features(self) -> int:
@@ -106,13 +103,35 @@ class GroupNormWithRemoved(nn.Module):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         if self.weight is not None:
             y = y * self.weight.view(shape)
-        y = y if self.bias is None else y + self.bias.view(shape)
-        return y if self.after is None else self.after(y)
+        return y if self.bias is None else y + self.bias.view(shape)
+
+
+class NormActWithRemoved(nn.Module):
+    """timm's GroupNormAct (norm, then its dropout and activation in its own forward) once cut: the
+    norm as a GroupNormWithRemoved and the rest as they were, as children the tracer follows (the
+    activation keeps its own channel rule: PReLU's slopes are cut, a sigmoid is a shift)."""
+
+    def __init__(self, norm: GroupNormWithRemoved, drop: nn.Module, act: nn.Module):
+        super().__init__()
+        self.norm, self.drop, self.act = norm, drop, act
+
+    @property
+    def num_features(self) -> int:
+        return self.norm.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(self.norm(x)))
 
 
 @torch.no_grad()
-def keep_group_norm_channels(m: nn.Module, rows: torch.Tensor) -> GroupNormWithRemoved:
-    """`m` (a GroupNorm or a GroupNormWithRemoved) keeping only channels `rows` of its current ones."""
+def keep_group_norm_channels(m: nn.Module, rows: torch.Tensor) -> GroupNormWithRemoved | NormActWithRemoved:
+    """`m` (a GroupNorm, GroupNormWithRemoved, timm GroupNormAct or NormActWithRemoved) keeping only
+    channels `rows` of its current ones."""
+    if isinstance(m, NormActWithRemoved):
+        m.norm = keep_group_norm_channels(m.norm, rows)
+        return m
+    if isinstance(m, nn.GroupNorm) and isinstance(getattr(m, "act", None), nn.Module):  # timm's GroupNormAct
+        return NormActWithRemoved(keep_group_norm_channels(GroupNormWithRemoved(m), rows), m.drop, m.act)
     wrapper = m if isinstance(m, GroupNormWithRemoved) else GroupNormWithRemoved(m)
     rows = rows.to(torch.long)
     kept = wrapper.kept[rows]

@@ -22,7 +22,7 @@ from torch import fx, nn
 from .attention import HeadsAttention
 from .norm import GRN, GroupNormWithRemoved, NormWithRemoved, ResponseNormWithRemoved, norm_axis
 from .rules import (elementwise_rule, function_rule, module_rule, register_function_rule, register_module_rule,
-                    register_module_rule_by_name, rule_for_module)
+                    register_module_rule_by_name)
 from .std_conv import TIMM_STD_CONVS, StandardizedConv2d
 from .weights import RECURRENT, TRANSPOSED
 
@@ -438,8 +438,6 @@ def groupnorm(w, node, m, name: str | None = None) -> None:
         w.block(node, f"{name} (GroupNorm without affine) turns a removed channel into −mean/std")
     elif w.shifted.get(x):  # the statistics would see the constant, not a zero
         w.block(node, f"{name} normalises channels that carry {w.shifted[x]}")
-    elif any(rule_for_module(a) is not elementwise_rule for a in getattr(m, "after", None) or []):
-        w.block(node, f"{name}: a GroupNorm whose activation ({m.after}) is not known to keep zeros")
     else:
         w.join(name, w.label[x], "passthrough")
         w.follow(node, x, reset=True)
@@ -537,6 +535,21 @@ def shift_module(w, node, m) -> None:
     w.follow(node, w.first(node), shift=f"{node.target} ({type(m).__name__}: f(0) != 0)")
 
 
+@function_rule(torch.pow, operator.pow, "pow")
+def power(w, node, m) -> None:
+    """x ** e with a number e > 0 (timm's StarReLU squares): 0 ** e = 0, so a removed channel stays zero."""
+    x, e = (node.args + (None, None))[:2]
+    e = node.kwargs.get("exponent", e)
+    if not isinstance(x, fx.Node) or x not in w.label:
+        if any(a in w.label for a in node.all_input_nodes):
+            w.block(node, f"pow {node.name} with a channel tensor as the exponent")
+        return
+    if isinstance(e, (int, float)) and not isinstance(e, bool) and e > 0:
+        w.follow(node, x)
+    else:
+        w.block(node, f"pow {node.name} with exponent {e!r}: 0 ** e is not 0")
+
+
 @function_rule(torch.sigmoid, F.sigmoid, F.hardsigmoid, "sigmoid")
 def shift_function(w, node, m) -> None:
     w.follow(node, w.first(node), shift=f"{node.name} (sigmoid: f(0) != 0)")
@@ -601,6 +614,17 @@ def flatten(w, node, m) -> None:
     carries the channels on; flatten of a channel-major [B, C, ...] to [B, C·k]: C channels, each now k
     inputs wide. Any other reshape of a channel-carrying tensor blocks (it would interleave them)."""
     src = w.first(node)
+    other = _sized_by_another(w, node, src)
+    if other is not None and src in w.label and len(w.label[src]) == len(w.label[other]) == 1 and \
+            w.label[src][0][1] == w.label[other][0][1] == 1 and \
+            w.g.get(w.label[src][0][0]).size == w.g.get(w.label[other][0][0]).size:
+        # Swin's `attn_windows.view(-1, ws, ws, C)` with C of its input: as wide as it by construction,
+        # so cut as one (as the residual add after it does anyway)
+        _merge(w, node, w.label[src], w.label[other])
+    elif other is not None:
+        w.block(node, f"reshape {node.name} to the channel count of {other.name}, which is not its own (a cut "
+                      f"would change one and not the other)", also=(other,))
+        return
     if src not in w.label:
         return
     before, after = tuple(src.meta["tensor_meta"].shape), tuple(node.meta["tensor_meta"].shape)
@@ -635,6 +659,46 @@ def flatten(w, node, m) -> None:
         w.block(node, f"reshape {node.name} of {list(before)} with channels on axis {axis}")
 
 
+def _reshape_sizes(node: fx.Node) -> tuple | None:
+    """The sizes a view / reshape asks for, as written (ints and nodes), or None."""
+    if node.op == "call_method" and node.target in ("view", "reshape"):
+        sizes = node.args[1:]
+    elif node.op == "call_function" and node.target is torch.reshape:
+        sizes = node.args[1:2]
+    else:
+        return None
+    return tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else tuple(sizes)
+
+
+def _shape_read(a) -> tuple[fx.Node, int] | None:
+    """(tensor, dim) when `a` is tensor.shape[dim], tensor.size()[dim] or tensor.size(dim)."""
+    if not isinstance(a, fx.Node):
+        return None
+    if a.op == "call_method" and a.target == "size" and len(a.args) == 2 and isinstance(a.args[1], int):
+        return a.args[0], a.args[1]
+    if a.op == "call_function" and a.target is operator.getitem and isinstance(a.args[1], int) and \
+            isinstance(a.args[0], fx.Node):
+        b = a.args[0]
+        if (b.op == "call_function" and b.target is getattr and b.args[1] == "shape") or \
+                (b.op == "call_method" and b.target == "size" and len(b.args) == 1):
+            return b.args[0], a.args[1]
+    return None
+
+
+def _sized_by_another(w, node: fx.Node, src: fx.Node) -> fx.Node | None:
+    """The channel-carrying tensor whose channel count a reshape of `src` takes as one of its sizes
+    (metaformer's attention reshapes the heads' output with `C` of its input, `B, N, C = x.shape`) when
+    `src` does not carry those same channels: a cut would change the one and not the other."""
+    for size in _reshape_sizes(node) or ():
+        read = _shape_read(size)
+        if read is None or read[0] not in w.label or w.ndim(read[0]) is None:
+            continue
+        t, d = read
+        if d % w.ndim(t) == w.axis[t] and (src not in w.label or w.label[src] != w.label[t]):
+            return t
+    return None
+
+
 def _fixed_size(node: fx.Node, dim: int) -> int | None:
     """The size a view / reshape fixes for output dim `dim` when it is a literal in the code
     (`x.view(b, 64, -1)`, timm's `scale.view(self.shape)`): a cut would no longer fit it. None when
@@ -659,10 +723,22 @@ def _width_attribute(w, node: fx.Node, src: fx.Node, size: int) -> tuple[str, st
     label = w.label[src]
     if len(label) != 1 or label[0][1] != 1 or w.g.get(label[0][0]).size != size:
         return None
+    return _count_attribute(w, node, size)
+
+
+def _count_attribute(w, node: fx.Node, size: int) -> tuple[str, str, int] | None:
+    """(module path, attribute, 1): the one attribute of the module whose code runs `node` that holds
+    `size`, an int or one entry of a tuple of ints ("shape[0]"); None when none or several do."""
     path = next(reversed(node.meta.get("nn_module_stack") or {}), "")
     owner = w.modules.get(path)
-    names = [k for k, v in vars(owner).items() if type(v) is int and v == size and not k.startswith("_")] \
-        if owner is not None else []
+    names = []
+    for k, v in (vars(owner).items() if owner is not None else ()):
+        if k.startswith("_"):
+            continue
+        if type(v) is int and v == size:
+            names.append(k)
+        elif type(v) in (tuple, list) and all(type(e) is int for e in v):
+            names += [f"{k}[{i}]" for i, e in enumerate(v) if e == size]
     return (path, names[0], 1) if len(names) == 1 else None
 
 
@@ -1048,9 +1124,15 @@ def _parameter(w, node: fx.Node, x: fx.Node, p: fx.Node, kind: str) -> None:
         w.block(node, f"{kind} {node.name} of a channel tensor and parameter {src.target} of shape {list(shape)}")
         return
     if src is not p and _fixed_size(p, dim - len(shape)) is not None:
-        w.block(node, f"{kind} {node.name}: parameter {src.target} reshaped to a fixed {list(shape)} "
-                      f"(it would not fit once channels are cut)")
-        return
+        counter = _count_attribute(w, p, shape[dim]) if len(segs) == 1 else None
+        if counter is None:
+            w.block(node, f"{kind} {node.name}: parameter {src.target} reshaped to a fixed {list(shape)} "
+                          f"(it would not fit once channels are cut)")
+            return
+        # the size comes from an attribute (timm's metaformer Scale: view(self.shape)): proved after
+        # the walk, set by the cut
+        w.g.get(segs[0][0]).counters.append(counter)
+        w.width_checks.append((segs[0][0], p.name, counter, shape[dim]))
     if src is not p:  # a reshape: the parameter's own dim holding the channels, all others of size 1
         own = list(src.meta["tensor_meta"].shape)
         if sorted(own) != [1] * (len(own) - 1) + [shape[dim]] or shape[dim] == 1:

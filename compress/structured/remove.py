@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from .graph import CONV, ChannelGroup
-from .norm import (GroupNormWithRemoved, is_response_norm, keep_group_norm_channels, keep_norm_channels,
-                   keep_response_norm_channels, norm_axis)
+from .norm import (GroupNormWithRemoved, NormActWithRemoved, is_response_norm, keep_group_norm_channels,
+                   keep_norm_channels, keep_response_norm_channels, norm_axis)
 from .undo import snapshot
+from .width_attributes import set_count
 from .std_conv import is_std_conv, keep_std_conv_columns, keep_std_conv_rows
 from .recurrent import cut_recurrent_hidden, cut_recurrent_inputs, unit_rows
 from .weights import RECURRENT, TRANSPOSED, in_dim, out_dim, rows_first
@@ -51,6 +52,9 @@ def zero_channels(model: nn.Module, group: ChannelGroup, drop: torch.Tensor) -> 
         rows_first(m.weight, m)[rows] = 0
         if m.bias is not None:
             m.bias[rows] = 0
+        for extra in (getattr(m, "removed", None), getattr(m, "gain", None)) if is_std_conv(m) else ():
+            if extra is not None:  # a cut std conv's removed weights would still give the row a spread
+                extra[rows] = 0
     for name in group.passthrough:
         m = model.get_submodule(name)
         cols = _consumer_columns(torch.as_tensor(drop, dtype=torch.long), group.passthrough_per.get(name, 1))
@@ -134,7 +138,7 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
                 keep_std_conv_rows(m, rows)
         elif norm_axis(m) is not None:  # removed channels stay in its statistics as zeros
             model.set_submodule(name, keep_norm_channels(m, rows))
-        elif isinstance(m, (nn.GroupNorm, GroupNormWithRemoved)):  # the same, at their places in its groups
+        elif isinstance(m, (nn.GroupNorm, GroupNormWithRemoved, NormActWithRemoved)):  # the same, in its groups
             model.set_submodule(name, keep_group_norm_channels(m, rows))
         elif is_response_norm(m):  # its mean over channels still counts the removed ones
             model.set_submodule(name, keep_response_norm_channels(m, rows))
@@ -176,7 +180,7 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
         else:
             m.in_features = len(cols)
     for path, attr, per in group.counters:  # e.g. an attention module's num_heads
-        setattr(model.get_submodule(path), attr, len(keep) * per)
+        set_count(model.get_submodule(path), attr, len(keep) * per)
 
 
 def _width(m: nn.Module) -> int:

@@ -100,15 +100,12 @@ def keep_std_conv_columns(m: nn.Module, columns: torch.Tensor) -> StandardizedCo
     return StandardizedConv2d(m, take(columns).clone(), removed.clone())
 
 
-class SamePad2d(nn.Module):
-    """TensorFlow's SAME padding for a conv's kernel, stride and dilation, at the input's size."""
-
-    def __init__(self, kernel: tuple, stride: tuple, dilation: tuple):
-        super().__init__()
-        self.kernel, self.stride, self.dilation = tuple(kernel), tuple(stride), tuple(dilation)
+class SamePadConv2d(nn.Conv2d):
+    """A plain conv with TensorFlow's SAME padding at the input's size (what a folded dynamic-SAME
+    std conv runs; its weight keeps the layer's name)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _pad_same(x, self.kernel, self.stride, self.dilation)
+        return super().forward(_pad_same(x, self.kernel_size, self.stride, self.dilation))
 
 
 @torch.no_grad()
@@ -122,11 +119,11 @@ def fold_weight_standardization(model: nn.Module) -> nn.Module:
     for name, m in list(model.named_modules()):
         if not is_std_conv(m):
             continue
-        conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-                         bias=m.bias is not None, device=m.weight.device, dtype=m.weight.dtype)
+        kind = SamePadConv2d if getattr(m, "same_pad", False) else nn.Conv2d
+        conv = kind(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                    bias=m.bias is not None, device=m.weight.device, dtype=m.weight.dtype)
         conv.weight.copy_(effective_weight(m))
         if m.bias is not None:
             conv.bias.copy_(m.bias)
-        same = getattr(m, "same_pad", False)
-        model.set_submodule(name, nn.Sequential(SamePad2d(m.kernel_size, m.stride, m.dilation), conv) if same else conv)
+        model.set_submodule(name, conv)
     return model

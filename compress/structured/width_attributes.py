@@ -31,14 +31,28 @@ def _mode(model: nn.Module, training: bool) -> Iterator[None]:
             m.training = flag
 
 
+def set_count(owner: nn.Module, attr: str, value: int) -> None:
+    """Set `owner`.`attr` to `value`; "shape[0]" sets entry 0 of a tuple or list attribute (timm's
+    metaformer Scale: `self.scale.view(self.shape)` with shape = (dim, 1, 1))."""
+    name, _, index = attr.partition("[")
+    if not index:
+        setattr(owner, attr, value)
+        return
+    old = getattr(owner, name)
+    new = list(old)
+    new[int(index.rstrip("]"))] = value
+    setattr(owner, name, type(old)(new))
+
+
 @contextmanager
 def _attribute(owner: nn.Module, attr: str, value) -> Iterator[None]:
-    old = getattr(owner, attr)
-    setattr(owner, attr, value)
+    name = attr.partition("[")[0]
+    old = getattr(owner, name)
+    set_count(owner, attr, value)
     try:
         yield
     finally:
-        setattr(owner, attr, old)
+        setattr(owner, name, old)
 
 
 def _leaf(a):
