@@ -703,14 +703,9 @@ def _fixed_size(node: fx.Node, dim: int) -> int | None:
     """The size a view / reshape fixes for output dim `dim` when it is a literal in the code
     (`x.view(b, 64, -1)`, timm's `scale.view(self.shape)`): a cut would no longer fit it. None when
     that size is computed (`x.shape[1]`, -1) or the op is not a reshape with sizes."""
-    if node.op == "call_method" and node.target in ("view", "reshape"):
-        sizes = node.args[1:]
-    elif node.op == "call_function" and node.target is torch.reshape:
-        sizes = node.args[1:2]
-    else:
+    sizes = _reshape_sizes(node)
+    if sizes is None:
         return None
-    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
-        sizes = sizes[0]
     size = sizes[dim] if -len(sizes) <= dim < len(sizes) else None
     return size if isinstance(size, int) and size != -1 else None
 
