@@ -386,6 +386,7 @@ def timm_story(src: list[dict]) -> list[str]:
         ckpt = r.get("checkpoint_epochs", 0)
         start = f"checkpoint ({ckpt} epochs), {r.get('epochs', '?')} fine-tuning" if ckpt else \
             f"random weights, {r.get('epochs', '?')} epochs"
+        start += "".join(f", `{s}`" for s in r.get("settings") or [])
         if r["status"] != "ran":
             out.append(row(r["model"], start, "–", "–", "–", "–", f"run failed: {r.get('error', '')[:60]}"))
             continue
@@ -492,9 +493,12 @@ TABLES = [
           ".venv/bin/python tools/bench_torchvision_sweep.py --zoo timm --torch-pruning", timm_sweep_models),
     Table("latency_target = 2 on timm models trained on an image folder", ["results/timm-latency-story/results.json"],
           ".venv/bin/python tools/bench_timm_story.py --epochs 3; .venv/bin/python tools/bench_timm_story.py "
-          "--models regnety_004 --checkpoint-epochs 5 --epochs 4 --lr 0.01", timm_story,
-          "2026-12-03, data.augment = none (the config's), one thread each, beside other jobs (the test suite "
-          "during the last rows); 3 epochs from random weights leave the dense baselines unconverged."),
+          "--models regnety_004 --checkpoint-epochs 5 --epochs 4 --lr 0.01; .venv/bin/python tools/bench_timm_story.py "
+          "--models mobilenetv3_large_100,efficientnet_b0,regnety_004 --checkpoint-epochs 12 --epochs 6 --lr 0.01 "
+          "[--set train.distill=0.7]", timm_story,
+          "2026-12-03, data.augment = none (the config's), one thread each, beside other jobs (2–3 at once: "
+          "the latency search times its candidates under that load, so some rows stop short of x0.55); "
+          "3 epochs from random weights leave the dense baselines unconverged."),
     Table("The shipped LeNet-5 configs, run as they are", [f"results/pipeline-runs/lenet5-{m}.json"
                                                             for m in ("lats", "gmp", "magnitude")],
           "OMP_NUM_THREADS=1 .venv/bin/python tools/bench_runs.py lenet5-lats lenet5-gmp lenet5-magnitude",
