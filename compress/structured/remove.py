@@ -17,7 +17,7 @@ from .undo import snapshot
 from .width_attributes import set_count
 from .std_conv import is_std_conv, keep_std_conv_columns, keep_std_conv_rows
 from .recurrent import cut_recurrent_hidden, cut_recurrent_inputs, unit_rows
-from .weights import RECURRENT, TRANSPOSED, in_dim, out_dim, rows_first
+from .weights import RECURRENT, TRANSPOSED, in_dim, out_dim, rows_first, take_columns
 
 
 def _index(t: torch.Tensor, keep: torch.Tensor, dim: int) -> nn.Parameter | torch.Tensor:
@@ -203,8 +203,6 @@ def _grouped_columns(m: nn.Module, keep: torch.Tensor) -> torch.Tensor:
 
 def _cut_grouped_inputs(m: nn.Module, keep: torch.Tensor) -> None:
     """Keep input channels `keep` of a grouped conv."""
-    columns = _grouped_columns(m, keep)
-    w = m.weight.detach()
-    kept = w.gather(1, columns.view(*columns.shape, *[1] * (w.dim() - 2)).expand(-1, -1, *w.shape[2:]))
+    kept = take_columns(m.weight.detach(), _grouped_columns(m, keep))
     m.weight = nn.Parameter(kept.clone(), requires_grad=m.weight.requires_grad)
     m.in_channels = len(keep)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .weights import take_columns
+
 TIMM_STD_CONVS = tuple(f"timm.layers.std_conv.{n}" for n in
                        ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"))
 
@@ -93,11 +95,10 @@ def keep_std_conv_columns(m: nn.Module, columns: torch.Tensor) -> StandardizedCo
     kept = torch.zeros(out, width, dtype=torch.bool)
     kept.scatter_(1, columns, True)
     dropped = torch.nonzero(~kept)[:, 1].view(out, width - columns.shape[1])
-    take = lambda idx: w.gather(1, idx.view(*idx.shape, *[1] * (w.dim() - 2)).expand(-1, -1, *w.shape[2:]))
-    removed = take(dropped)
+    removed = take_columns(w, dropped)
     if getattr(m, "removed", None) is not None:
         removed = torch.cat([m.removed.detach(), removed], 1)
-    return StandardizedConv2d(m, take(columns).clone(), removed.clone())
+    return StandardizedConv2d(m, take_columns(w, columns).clone(), removed.clone())
 
 
 class SamePadConv2d(nn.Conv2d):

@@ -31,3 +31,8 @@ def gates(m: nn.Module) -> int:
     """Rows per hidden unit in each of a recurrent layer's weights: 4 (LSTM), 3 (GRU), 1 (RNN)."""
     return {nn.LSTM: 4, nn.GRU: 3}.get(type(m), 1) if isinstance(m, RECURRENT) else 1
 
+
+
+def take_columns(weight: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """`weight` [out, in, k…] with row r keeping only its input columns `columns[r]` ([out, kept])."""
+    return weight.gather(1, columns.view(*columns.shape, *[1] * (weight.dim() - 2)).expand(-1, -1, *weight.shape[2:]))
