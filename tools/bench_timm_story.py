@@ -38,8 +38,10 @@ def sparsepipe(command: str, model: str, out: Path, settings: list[str]) -> subp
 
 def checkpoint(model: str, epochs: int, runs: Path, extra: list[str]) -> tuple[Path | None, str]:
     """The dense checkpoint of `model` after `epochs` epochs (trained once; later calls reuse it);
-    `extra` are further --set settings (an optimizer, a learning rate)."""
+    `extra` are further --set settings (an optimizer, a learning rate; not distillation's)."""
     out = runs / f"ckpt-{model}-{epochs}"
+    # distillation shapes the pruned model's training only: the checkpoint (a dense run) is the same without it
+    extra = [e for e in extra if not e.startswith("train.distill")]
     res = sparsepipe("run", model, out, ['prune.method="dense"', f"train.epochs={epochs}", *extra])
     weights = out / "frozen" / "dense.safetensors"  # the trained model's plain state_dict
     return (weights, "") if res.returncode == 0 and weights.exists() else \
