@@ -46,6 +46,7 @@ def _consumer_inputs(model: nn.Module, names: list[str], example: torch.Tensor) 
 
 def _dead(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     dead = torch.ones(group.size, dtype=torch.bool)
+    mixing = any(_mixes_channels(model.get_submodule(n)) for n in group.passthrough)
     for name in group.producers:
         m = model.get_submodule(name)
         if isinstance(m, RECURRENT):  # a unit with only its biases left is no constant: its state moves
@@ -53,7 +54,6 @@ def _dead(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
                 dead[channel[(t.detach().reshape(len(channel), -1) != 0).any(1).cpu()]] = False
             continue
         dead &= (group.per_channel_rows(name, rows_first(effective_weight(m).detach(), m)) == 0).all(1).cpu()
-        mixing = [n for n in group.passthrough if _mixes_channels(model.get_submodule(n))]
         if mixing and m.bias is not None:  # a norm over channels must see an exact zero where one was removed
             dead &= (group.per_channel_rows(name, m.bias.detach()[:, None]) == 0).all(1).cpu()
     for name in group.passthrough:
