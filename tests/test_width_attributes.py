@@ -91,3 +91,53 @@ def test_shared_or_foreign_attributes_keep_the_channels(model):
     groups = [g for g in channel_groups(model.eval(), X) if g.producers and g.producers[0] in ("a", "b", "conv")]
     assert groups and all(not g.prunable and not g.counters for g in groups)
     assert all("on the channel axis" in " ".join(g.blockers) for g in groups)
+
+
+class ManyTokens(nn.Module):
+    """Several Tokens side by side in one model: their attributes are proved in one batch."""
+
+    def __init__(self, hows):
+        super().__init__()
+        self.parts = nn.ModuleList(Tokens(h) for h in hows)
+
+    def forward(self, x):
+        return sum(p(x) for p in self.parts)
+
+
+def test_attributes_proved_together_get_the_verdicts_they_get_alone():
+    """The batch (every attribute probed at once) settles each one as a proof of it alone would."""
+    hows = ["attribute", "literal", "also a scale", "attribute", "train only"]
+    model = ManyTokens(hows).eval()
+    groups = {g.producers[0]: g for g in channel_groups(model, X) if g.producers and g.producers[0].endswith("conv")}
+    for i, how in enumerate(hows):
+        alone = _conv_group(Tokens(how).eval(), X)
+        together = groups[f"parts.{i}.conv"]
+        assert together.prunable == alone.prunable, how
+        assert [c[1:] for c in together.counters] == [c[1:] for c in alone.counters], how
+    cut, diff, _ = cut_vs_masked(model, X, ratio=0.5)
+    assert cut == 2 and diff < 1e-5
+
+
+class Entangled(nn.Module):
+    """A scale computed from two attributes at once (`self.w - self.other.dim + 1`, 1 here): the batch
+    cannot pin its change on one attribute, so each is proved alone (and fails: each is read twice)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.w = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16, 5), 16
+        self.other = Tokens("attribute")
+
+    def forward(self, x):
+        y = self.conv(x).reshape(x.shape[0], self.w, -1) * (self.w - self.other.dim + 1)
+        return self.fc(y.mean(-1)) + self.other(x)
+
+
+def test_a_value_computed_from_two_attributes_sends_the_batch_to_proofs_one_by_one(monkeypatch):
+    from compress.structured import width_attributes
+
+    alone = []
+    real = width_attributes.problem
+    monkeypatch.setattr(width_attributes, "problem", lambda *a, **k: alone.append(a[3:5]) or real(*a, **k))
+    groups = {g.producers[0]: g for g in channel_groups(Entangled().eval(), X) if g.producers}
+    assert sorted(alone) == [("", "w"), ("other", "dim")]
+    assert not groups["conv"].prunable and not groups["other.conv"].prunable

@@ -50,8 +50,8 @@ def first_kept(group: ChannelGroup, count: int) -> torch.Tensor:
 
 
 def group_key(group: ChannelGroup) -> str:
-    """A group's stable name: its first producer."""
-    return group.producers[0]
+    """A group's stable name: its first producer (with the rows it writes there, for the parts of a split)."""
+    return group.key or group.producers[0]
 
 
 def cut_copy(model: nn.Module, groups: list[ChannelGroup], keep: dict[str, int]) -> nn.Module:

@@ -23,7 +23,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..modes import evaluating
-from . import ops  # noqa: F401  (registers the built-in rules)
+from . import ops, split  # noqa: F401  (registers the built-in rules)
 from . import width_attributes
 from .attention import prepare_attention
 from .norm import NormWithRemoved
@@ -60,6 +60,9 @@ class ChannelGroup:
     # producer -> what comes before each place it writes these channels, when not only at row 0 (a
     # group split by torch.split / chunk, or written twice after the split halves merged again)
     out_before: dict[str, list] = field(default_factory=dict)
+    # the group's name in keep counts and structure records: its first producer, with the rows it
+    # writes there when that producer writes several groups (the parts of a split)
+    key: str = ""
 
     @property
     def prunable(self) -> bool:
@@ -297,8 +300,9 @@ class Walk:
         self.members: dict[str, tuple[tuple[int, int], ...]] = {}  # module -> the segments of its input
         self.produced: dict[str, tuple[tuple[int, int], ...]] = {}  # producer -> the segments of its output
         self.parts: dict[fx.Node, list] = {}  # torch.split / chunk -> (segments, axis) of each part
-        # (group, reshape node name, (path, attribute, 1), channel count): attributes to prove (ops.py)
-        self.width_checks: list[tuple[int, str, tuple[str, str, int], int]] = []
+        # (groups, node name, candidate (path, attribute, per channel) counters, channel count): attributes
+        # that may fix what a reshape or split reads (ops.py, split.py), to prove after the walk
+        self.width_checks: list[tuple[list[int], str, list[tuple[str, str, int]], int]] = []
 
     @staticmethod
     def first(node: fx.Node) -> fx.Node | None:
@@ -357,12 +361,13 @@ class Walk:
         parts before it. Every label, input and output that carried the whole carries the parts."""
         root = self.g.find(gid)
         whole = self.g.groups[root]
-        if whole.blocks > 1 or whole.layout or whole.counters or sum(sizes) != whole.size:
+        if whole.blocks > 1 or whole.layout or sum(sizes) != whole.size:
             raise ValueError(f"cannot split a group of {whole.size} channels into {sizes}")
         parts = [self.g.new(n) for n in sizes]
         for i, pid in enumerate(parts):
             part = self.g.groups[pid]
-            for attr in ("producers", "passthrough", "consumers", "parameters", "blockers", "shifts"):
+            # an attribute counting the whole counts the sum of the parts (remove.py subtracts what each loses)
+            for attr in ("producers", "passthrough", "consumers", "parameters", "blockers", "shifts", "counters"):
                 setattr(part, attr, list(getattr(whole, attr)))
             part.passthrough_per = dict(whole.passthrough_per)
             readers = [*(n for n, _ in whole.consumers), *whole.passthrough, *(t for t, _ in whole.parameters)]
@@ -498,8 +503,10 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
             grp.producers = list(dict.fromkeys(grp.producers))
     firsts = [g.producers[0] for g in w.g.groups.values() if g.producers]
     for grp in w.g.groups.values():
-        if grp.producers and firsts.count(grp.producers[0]) > 1:  # parts of a split group left apart
-            grp.blockers.append(f"{grp.producers[0]} writes parts of one group that stay apart (not cut yet)")
+        if grp.producers:
+            first = grp.producers[0]
+            start = sum(w.g.get(gid).size * per for gid, per in (grp.out_before.get(first) or [[]])[0])
+            grp.key = first if firsts.count(first) == 1 else f"{first}[{start}:{start + grp.size}]"
         targets = [t for t, _ in grp.parameters]
         if len(set(targets)) < len(targets):  # a parameter over the same channels twice: one offset each
             grp.blockers.append(f"parameter {targets[0]} reads these channels more than once (not cut yet)")
@@ -513,16 +520,23 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
 
 
 def _prove_width_attributes(w: Walk, model: nn.Module, example: torch.Tensor) -> None:
-    """Keep a reshape's width attribute (ops._width_attribute) only where width_attributes proves it."""
+    """Of the attributes that may fix a reshape's or a split's channel count (ops._width_attribute,
+    split._size_attribute), the first that width_attributes proves counts the groups; none: they block."""
     concrete = _concrete_args(model)
-    for gid, node_name, counter, size in w.width_checks:
-        why = width_attributes.problem(model, lambda: _fx_trace(model, concrete, example)[0], node_name,
-                                       counter[0], counter[1], size)
-        if why is not None:
-            grp = w.g.get(gid)
-            if counter in grp.counters:
-                grp.counters.remove(counter)
-            grp.blockers.append(f"reshape {node_name} to a fixed {size} on the channel axis ({why})")
+    checks = list(dict.fromkeys((name, *counter[:2], size, counter[2])
+                                for _, name, candidates, size in w.width_checks for counter in candidates))
+    verdict = dict(zip(checks, width_attributes.problems(model, lambda: _fx_trace(model, concrete, example)[0],
+                                                         checks)))
+    for gids, node_name, candidates, size in w.width_checks:
+        whys = [verdict[(node_name, *c[:2], size, c[2])] for c in candidates]
+        proved = next((c for c, why in zip(candidates, whys) if why is None), None)
+        why = f"{node_name} sized by a fixed {size} on the channel axis ({whys[0] if whys else 'no attribute'})"
+        # a group split since counts in all its parts, one merged since as the group it joined
+        for gid, _ in w.resolve([(gid, 1) for gid in gids]):
+            if proved:
+                w.g.get(gid).counters.append(proved)
+            else:
+                w.g.get(gid).blockers.append(why)
 
 
 def _walk(w: Walk, traced: fx.GraphModule) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .budget import unit_round
+from .budget import group_key, unit_round
 from .graph import CONV, ChannelGroup
 from .remove import remove_channels
 from .recurrent import unit_rows
@@ -175,5 +175,5 @@ def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: 
         result.folded += int(carried.sum())
         keep = torch.nonzero(keep_mask).flatten()
         remove_channels(model, group, keep, constants_folded=True)
-        result.keep[group.producers[0]] = keep.tolist()
+        result.keep[group_key(group)] = keep.tolist()
     return result

@@ -13,6 +13,7 @@ carries a constant, folded by the harvest).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 
@@ -640,8 +641,7 @@ def flatten(w, node, m) -> None:
             w.block(node, f"reshape {node.name} to a fixed {fixed} on the channel axis "
                           f"(it would not fit once channels are cut)")
             return
-        w.g.get(w.label[src][0][0]).counters.append(counter)
-        w.width_checks.append((w.label[src][0][0], node.name, counter, fixed))  # proved after the walk
+        w.width_checks.append(([w.label[src][0][0]], node.name, [counter], fixed))  # proved after the walk
     if k is not None:
         w.follow(node, src)
         w.axis[node] = k
@@ -655,6 +655,8 @@ def flatten(w, node, m) -> None:
         k, copies = merged  # Swin's patch merging: [.., 2, 2, C] → [.., 4·C], the channels four times over
         w.follow(node, src)
         w.label[node], w.axis[node] = w.label[src] * copies, k
+    elif (parts := _split_channel_axis(before, after, axis)) is not None and not _fixed_size(node, axis + 1):
+        _tie_parts(w, node, src, parts)
     else:
         w.block(node, f"reshape {node.name} of {list(before)} with channels on axis {axis}")
 
@@ -785,6 +787,20 @@ def transpose(w, node, m) -> None:
     a, b = (d % nd for d in node.args[1:3])
     w.follow(node, x)
     w.axis[node] = b if w.axis[x] == a else a if w.axis[x] == b else w.axis[x]
+
+
+@function_rule(torch.softmax, "softmax", F.softmax, torch.log_softmax, "log_softmax", F.log_softmax)
+def softmax(w, node, m) -> None:
+    """A softmax over another dim than the channels' (SKNet's weights over its paths) treats each channel
+    apart; a removed channel's zeros give a constant (1/n) there. Over the channel axis it mixes them."""
+    x = w.first(node)
+    if x not in w.label:
+        return
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if not isinstance(dim, int) or dim % w.ndim(x) == w.axis[x]:
+        w.block(node, f"softmax {node.name} over the channel axis")
+    else:
+        w.follow(node, x, shift=f"{node.name} (a softmax: zeros become 1/n)")
 
 
 @function_rule(torch.roll, "roll")
@@ -933,7 +949,8 @@ def _cut_at(w, segs, bounds: set[int]) -> tuple:
         gid, per = rest.pop(0)
         size = w.g.get(gid).size
         inside = sorted(b - at for b in bounds if at < b < at + size * per)
-        if inside and per == 1:
+        if inside and all(b % per == 0 for b in inside):  # on channel boundaries (a channel is `per` entries)
+            inside = [b // per for b in inside]
             out += [(q, per) for q in w.split(gid, [b - a for a, b in zip([0, *inside], [*inside, size])])]
         else:
             out.append((gid, per))
@@ -971,27 +988,28 @@ def _merge(w, node, a, b):
     return tuple((g.merge(x, y), p) for (x, p), (y, _) in zip(a, b))
 
 
-@function_rule(torch.split, "split", torch.chunk, "chunk", torch.tensor_split, "tensor_split", torch.unbind,
-               "unbind")
-def split(w, node, m) -> None:
-    """torch.split / chunk / unbind along another axis than the channels' (q, k, v apart): each part
-    carries all the channels. Along the channel axis it blocks: the sizes it splits at are written in
-    the model's code (MixNet's `self.splits`) or equal by construction (chunk), so a cut of the
-    parts would no longer match them."""
-    x = w.first(node)
-    if x not in w.label:
-        return
-    metas = node.meta.get("tensor_meta")
-    dim = node.args[1] if node.target in (torch.unbind, "unbind") else node.args[2] if len(node.args) > 2 else None
-    dim = node.kwargs.get("dim", 0 if dim is None else dim)
-    by_index = all(u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)
-                   for u in node.users)  # the tuple itself handed on would escape the walk
-    if by_index and isinstance(metas, (tuple, list)) and isinstance(dim, int) and dim % w.ndim(x) != w.axis[x]:
-        axis = w.axis[x] - (node.target in (torch.unbind, "unbind") and dim % w.ndim(x) < w.axis[x])
-        w.parts[node] = [(w.label[x], axis)] * len(metas)
-        w.shifted[node] = w.shifted.get(x)
-    else:
-        w.block(node, f"split {node.name} along the channel axis")
+def tie(w, node: fx.Node, segs, sizes: list[int]) -> tuple:
+    """Cut `segs` into equal consecutive parts of `sizes` entries and tie them, channel i of every part
+    one channel of one group (merged as in a residual add); returns the tied parts' segments."""
+    parts = cut_into_parts(w, segs, sizes)
+    for part in parts[1:]:
+        _merge(w, node, parts[0], part)
+    return w.resolve(parts[0])
+
+
+def cut_into_parts(w, segs, sizes: list[int]) -> list[tuple]:
+    """`segs` cut at the bounds of consecutive parts of `sizes` entries, grouped by part."""
+    out, rest = [], list(_cut_at(w, segs, set(itertools.accumulate(sizes))))
+    for size in sizes:
+        part, n = [], 0
+        while n < size:
+            gid, per = rest.pop(0)
+            part.append((gid, per))
+            n += w.g.get(gid).size * per
+        if n != size:
+            raise ValueError(f"a part of {size} entries would cut a channel of {per} entries apart")
+        out.append(tuple(part))
+    return out
 
 
 @function_rule(torch.cat, torch.concat, torch.concatenate, "cat")
@@ -1098,6 +1116,27 @@ def _parameter_of(t: fx.Node) -> fx.Node | None:
     return src if src is not None and src.op == "get_attr" else None
 
 
+def _split_channel_axis(before: tuple, after: tuple, axis: int) -> int | None:
+    """n when the channel axis C becomes two dims [n, C/n] (the rest unchanged), else None."""
+    if len(after) != len(before) + 1 or tuple(after[:axis]) != tuple(before[:axis]) or \
+            tuple(after[axis + 2:]) != tuple(before[axis + 1:]) or after[axis] * after[axis + 1] != before[axis]:
+        return None
+    return after[axis] if after[axis] > 1 else None
+
+
+def _tie_parts(w, node: fx.Node, src: fx.Node, n: int) -> None:
+    """[.., C, ..] → [.., n, C/n, ..] with C/n computed from the tensor's shape (SKNet's attention over
+    its paths: `x.view(B, self.num_paths, C // self.num_paths, H, W)`): the n parts are tied channel by
+    channel, as a chunk ties them (split.py), and the channel axis is the C/n dim."""
+    try:
+        label = tie(w, node, w.label[src], [src.meta["tensor_meta"].shape[w.axis[src]] // n] * n)
+    except ValueError as e:
+        w.block(node, f"reshape {node.name} of the channel axis into {n} parts: {e}")
+        return
+    w.follow(node, src)
+    w.label[node], w.axis[node] = label, w.axis[src] + 1
+
+
 def _parameter(w, node: fx.Node, x: fx.Node, p: fx.Node, kind: str) -> None:
     """x + p or x * p with p a parameter (get_attr) or a reshape of one. Broadcast along the channel
     axis (size 1 there, or too few dims to reach it) p is a constant: a product keeps removed channels
@@ -1126,8 +1165,7 @@ def _parameter(w, node: fx.Node, x: fx.Node, p: fx.Node, kind: str) -> None:
             return
         # the size comes from an attribute (timm's metaformer Scale: view(self.shape)): proved after
         # the walk, set by the cut
-        w.g.get(segs[0][0]).counters.append(counter)
-        w.width_checks.append((segs[0][0], p.name, counter, shape[dim]))
+        w.width_checks.append(([segs[0][0]], p.name, [counter], shape[dim]))
     if src is not p:  # a reshape: the parameter's own dim holding the channels, all others of size 1
         own = list(src.meta["tensor_meta"].shape)
         if sorted(own) != [1] * (len(own) - 1) + [shape[dim]] or shape[dim] == 1:

@@ -14,7 +14,7 @@ from .graph import CONV, ChannelGroup
 from .norm import (GroupNormWithRemoved, NormActWithRemoved, is_response_norm, keep_group_norm_channels,
                    keep_norm_channels, keep_response_norm_channels, norm_axis)
 from .undo import snapshot
-from .width_attributes import set_count
+from .width_attributes import get_count, set_count
 from .std_conv import is_std_conv, keep_std_conv_columns, keep_std_conv_rows
 from .recurrent import cut_recurrent_hidden, cut_recurrent_inputs, unit_rows
 from .weights import RECURRENT, TRANSPOSED, in_dim, out_dim, rows_first, take_columns
@@ -179,8 +179,9 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
             m.in_channels = len(cols)
         else:
             m.in_features = len(cols)
-    for path, attr, per in group.counters:  # e.g. an attention module's num_heads
-        set_count(model.get_submodule(path), attr, len(keep) * per)
+    for path, attr, per in group.counters:  # e.g. an attention module's num_heads; several groups may add up
+        owner = model.get_submodule(path)
+        set_count(owner, attr, get_count(owner, attr) - (group.size - len(keep)) * per)
 
 
 def _width(m: nn.Module) -> int:

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..flops import count_macs
 from ..modes import evaluating
+from .budget import group_key
 from .graph import channel_groups
 from .harvest import harvest_channels
 from .remove import remove_channels
@@ -38,8 +39,8 @@ def _harvest(model: nn.Module, input_shape: tuple[int, ...], round_to: int) -> d
         groups = channel_groups(model, torch.zeros(2, *input_shape))
     except ValueError as e:  # e.g. a model torch.fx cannot trace: nothing removed, and the report says why
         return {"keep": {}, "skipped": str(e), **before, **model_sizes(model, input_shape, "after")}
-    widths = {g.producers[0]: g.size for g in groups if g.producers}
-    whole = {g.producers[0]: g.blockers[0] for g in groups if g.producers and not g.prunable and g.blockers}
+    widths = {group_key(g): g.size for g in groups if g.producers}
+    whole = {group_key(g): g.blockers[0] for g in groups if g.producers and not g.prunable and g.blockers}
     try:  # before the cut: no uncut copy kept beside it
         reference: tuple | str = reference_outputs(model, input_shape)
     except Exception as e:  # e.g. a model that reads token ids: a random batch is no input for it
@@ -105,7 +106,7 @@ def apply_structure(model: nn.Module, structure: dict, input_shape: tuple[int, .
     for name in structure.get("biased", []):
         m = model.get_submodule(name)
         m.bias = nn.Parameter(torch.zeros(m.weight.shape[out_dim(m)], dtype=m.weight.dtype))
-    groups = {g.producers[0]: g for g in channel_groups(model, torch.zeros(2, *input_shape)) if g.producers}
+    groups = {group_key(g): g for g in channel_groups(model, torch.zeros(2, *input_shape)) if g.producers}
     for producer, indices in structure["keep"].items():
         group = groups.get(producer)
         if group is None or not group.prunable:

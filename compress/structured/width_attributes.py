@@ -5,13 +5,14 @@ records only the number. The reshape rule (ops.py) proposes the one int attribut
 that holds it, and `verify` proves it: the model is traced again, in eval and in train mode, with that
 attribute set to a number it cannot otherwise hold. The attribute is accepted only when exactly one
 node's arguments change, and only there, from the channel count to that number: then the cut may set
-the attribute to the channels kept. A literal that merely equals the attribute, an attribute also read
+the attribute to the channels kept (split.py proposes the attributes a split
+reads the same way). A literal that merely equals the attribute, an attribute also read
 for something else (a scale), by two reshapes or by a module called twice, all change nothing or more
 than that one place, and the reshape blocks.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 import torch
@@ -29,6 +30,13 @@ def _mode(model: nn.Module, training: bool) -> Iterator[None]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+def get_count(owner: nn.Module, attr: str) -> int:
+    """`owner`.`attr`, or entry i of a tuple or list attribute for "name[i]"."""
+    name, _, index = attr.partition("[")
+    value = getattr(owner, name)
+    return value[int(index.rstrip("]"))] if index else value
 
 
 def set_count(owner: nn.Module, attr: str, value: int) -> None:
@@ -76,15 +84,16 @@ def _signature(trace: Callable[[], fx.GraphModule]) -> list[tuple] | None:
 
 
 def problem(model: nn.Module, trace: Callable[[], fx.GraphModule], node_name: str, path: str, attr: str,
-            size: int) -> str | None:
-    """None when `path`.`attr` of `model` gives reshape `node_name` its channel count `size` and nothing
-    else in the traced model (eval and train mode); otherwise why not, in a few words."""
+            size: int, per: int = 1) -> str | None:
+    """None when `path`.`attr` of `model` gives node `node_name` (a reshape, a split) its channel count
+    `size` and nothing else in the traced model (eval and train mode); otherwise why not, in a few words.
+    With `per` > 1 the attribute holds `per` times the count (CSPNet's split at `self.expand_chs // 2`)."""
     owner = model.get_submodule(path)
     where = f"{path}.{attr}" if path else attr
     for training in (False, True):
         with _mode(model, training):
             base = _signature(trace)
-            with _attribute(owner, attr, _PROBE):
+            with _attribute(owner, attr, _PROBE * per):
                 moved = _signature(trace)
         if base is None or moved is None or [s[:3] for s in base] != [s[:3] for s in moved]:
             return f"{where} changes how the model traces"
@@ -97,3 +106,47 @@ def problem(model: nn.Module, trace: Callable[[], fx.GraphModule], node_name: st
                 or (not training and name != node_name):
             return f"{where} is not what fixes it"
     return None
+
+
+Check = tuple[str, str, str, int, int]  # (node name, module path, attribute, channel count, per)
+
+
+def problems(model: nn.Module, trace: Callable[[], fx.GraphModule], checks: list[Check]) -> list[str | None]:
+    """`problem` for many checks at the cost of one: every attribute is set at once to its own probe
+    value, and each check is settled by where its value shows up. A check whose value shows up nowhere,
+    in two places or in the wrong node fails as it would alone; anything the batch cannot attribute (a
+    value computed from two attributes, a changed trace) sends every check to `problem` one by one."""
+    one_by_one = [problem(model, trace, *c) for c in checks] if len(checks) < 2 else None
+    attrs = [(path, attr) for _, path, attr, _, _ in checks]
+    if one_by_one is not None or len(set(attrs)) < len(attrs):  # one attribute probed twice: alone
+        return one_by_one or [problem(model, trace, *c) for c in checks]
+    probe_of = {_PROBE + i: i for i in range(len(checks))}
+    found: list[list] = [[] for _ in checks]  # per check and mode: (node name, value before) of its probe
+    for training in (False, True):
+        with _mode(model, training):
+            base = _signature(trace)
+            with ExitStack() as stack:
+                for i, (_, path, attr, _, per) in enumerate(checks):
+                    stack.enter_context(_attribute(model.get_submodule(path), attr, (_PROBE + i) * per))
+                moved = _signature(trace)
+        if base is None or moved is None or [s[:3] for s in base] != [s[:3] for s in moved]:
+            return [problem(model, trace, *c) for c in checks]
+        for (name, *_, before), (_, *_, after) in zip(base, moved):
+            if len(before) != len(after):
+                return [problem(model, trace, *c) for c in checks]
+            for x, y in zip(before, after):
+                if x != y and y not in probe_of:  # a value the batch cannot pin on one attribute
+                    return [problem(model, trace, *c) for c in checks]
+                if x != y:
+                    found[probe_of[y]].append((training, name, x))
+    out = []
+    for (node_name, path, attr, size, _), spots in zip(checks, found):
+        where = f"{path}.{attr}" if path else attr
+        modes = [[s for s in spots if s[0] is t] for t in (False, True)]
+        if any(len(m) != 1 for m in modes):
+            out.append(f"{where} is read {'nowhere in it' if not all(modes) else 'elsewhere too'}")
+        elif any(m[0][2] != size for m in modes) or modes[0][0][1] != node_name:
+            out.append(f"{where} is not what fixes it")
+        else:
+            out.append(None)
+    return out
