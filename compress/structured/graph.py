@@ -520,23 +520,37 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
 
 
 def _prove_width_attributes(w: Walk, model: nn.Module, example: torch.Tensor) -> None:
-    """Of the attributes that may fix a reshape's or a split's channel count (ops._width_attribute,
-    split._size_attribute), the first that width_attributes proves counts the groups; none: they block."""
+    """Of the attributes that may fix a reshape's, split's or slice's channel count (ops._width_attribute,
+    split._size_attribute, ops._slice_channels), the first that width_attributes proves counts the groups;
+    none: they block. An attribute read by several nodes (DPN's `x[:, :self.num_1x1_c]` of two tensors)
+    must fix all of them, and count the same groups in each."""
     concrete = _concrete_args(model)
-    checks = list(dict.fromkeys((name, *counter[:2], size, counter[2])
-                                for _, name, candidates, size in w.width_checks for counter in candidates))
-    verdict = dict(zip(checks, width_attributes.problems(model, lambda: _fx_trace(model, concrete, example)[0],
-                                                         checks)))
+    readers: dict[tuple, list[str]] = {}  # (counter, size) -> the nodes it may fix
+    for _, node_name, candidates, size in w.width_checks:
+        for counter in candidates:
+            readers.setdefault((counter, size), []).append(node_name)
+    keys = list(readers)
+    checks = [(tuple(dict.fromkeys(readers[k])), *k[0][:2], k[1], k[0][2]) for k in keys]
+    trace = lambda: _fx_trace(model, concrete, example)[0]  # noqa: E731
+    verdict = dict(zip(keys, width_attributes.problems(model, trace, checks)))
+    counted: dict[tuple, list[int]] = {}  # a proved counter -> the groups (roots) it counts
     for gids, node_name, candidates, size in w.width_checks:
-        whys = [verdict[(node_name, *c[:2], size, c[2])] for c in candidates]
+        whys = [verdict[(c, size)] for c in candidates]
         proved = next((c for c, why in zip(candidates, whys) if why is None), None)
-        why = f"{node_name} sized by a fixed {size} on the channel axis ({whys[0] if whys else 'no attribute'})"
         # a group split since counts in all its parts, one merged since as the group it joined
-        for gid, _ in w.resolve([(gid, 1) for gid in gids]):
-            if proved:
-                w.g.get(gid).counters.append(proved)
-            else:
-                w.g.get(gid).blockers.append(why)
+        roots = [w.g.find(gid) for gid, _ in w.resolve([(gid, 1) for gid in gids])]
+        why = f"{node_name} sized by a fixed {size} on the channel axis ({whys[0] if whys else 'no attribute'})"
+        if proved is not None and counted.setdefault(proved, roots) != roots:
+            why = f"{node_name} sized on the channel axis by {proved[0] or 'the model'}.{proved[1]}, which " \
+                  "sizes other channels too"
+            roots, proved = roots + counted[proved], None
+        if proved is None:
+            for root in roots:
+                w.g.groups[root].blockers.append(why)
+    for counter, roots in counted.items():
+        for root in roots:
+            if not w.g.groups[root].blockers:
+                w.g.groups[root].counters.append(counter)
 
 
 def _walk(w: Walk, traced: fx.GraphModule) -> None:

@@ -871,8 +871,74 @@ def indexing(w, node, m) -> None:
             w.follow(node, x)
             w.axis[node] = k
             return
+        why = _slice_channels(w, node, x)
+        if why is None:
+            return
+        w.block(node, f"indexing {node.name}: {why}")
+        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        at = _channel_position(index, w.ndim(x), w.axis[x])
+        k = _index_axis(index[:at] + (slice(None),) + index[at + 1:], w.ndim(x), w.axis[x]) \
+            if at is not None and isinstance(index[at], slice) else None
+        if k is not None:  # a new group that stays whole: what meets it stays whole too, the rest is free
+            w.start(node, node.meta["tensor_meta"].shape[k], blocker=f"a slice {node.name} of channels", axis=k)
+        return
     if w.ndim(node) is not None and any(a in w.label for a in node.all_input_nodes):
         w.block(node, f"indexing {node.name}")  # a tensor cut out of a channel-carrying one
+
+
+def _slice_channels(w, node: fx.Node, x: fx.Node) -> str | None:
+    """x[:, a:b] on the channel axis (RexNet's `x[:, 0:self.in_channels] + shortcut`, DPN's residual and
+    dense paths `x[:, :self.num_1x1_c]`, `x[:, self.num_1x1_c:]`): the channels in [a, b) carry on, cut
+    apart from the rest at a and b. A bound inside the tensor must come from an int attribute of the
+    module whose code slices (proved after the walk, set by the cut to the channels kept before it).
+    None when done, else why not."""
+    index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+    at = _channel_position(index, w.ndim(x), w.axis[x])
+    if at is None or not isinstance(index[at], slice):
+        return "not a slice of the channel axis"
+    entry, size = index[at], x.meta["tensor_meta"].shape[w.axis[x]]
+    start, stop = entry.start or 0, size if entry.stop is None else entry.stop
+    if entry.step not in (None, 1) or not all(isinstance(b, int) and 0 <= b for b in (start, stop)) or start >= stop:
+        return f"a slice {entry} of the channel axis"
+    stop = min(stop, size)  # a stop past the end stays past the end after a cut
+    sizes = [n for n in (start, stop - start, size - stop) if n]
+    path = next(reversed(node.meta.get("nn_module_stack") or {}), "")
+    owner = w.modules.get(path)
+    ints = {k: v for k, v in vars(owner).items() if not k.startswith("_") and type(v) is int} if owner else {}
+    bounds = [b for b in (start, stop) if 0 < b < size]
+    candidates = {b: [(path, k, 1) for k, v in ints.items() if v == b] for b in bounds}
+    missing = [b for b in bounds if not candidates[b]]
+    if missing:
+        return f"at channel {missing[0]}, which no int attribute of {path or 'the model'} holds"
+    parts = cut_into_parts(w, w.label[x], sizes)
+    ends = list(itertools.accumulate(sizes))
+    for b in bounds:  # the groups before the bound: what its attribute counts
+        w.width_checks.append(([gid for part in parts[:ends.index(b) + 1] for gid, _ in part], node.name,
+                               candidates[b], b))
+    w.follow(node, x)
+    w.label[node] = parts[1 if start else 0]
+    w.axis[node] = _index_axis(index[:at] + (slice(None),) + index[at + 1:], w.ndim(x), w.axis[x])
+    return None
+
+
+def _channel_position(index: tuple, ndim: int, axis: int) -> int | None:
+    """Which entry of a basic index (ints, slices, None, one Ellipsis) indexes the channel axis."""
+    if sum(i is Ellipsis for i in index) > 1 or \
+            not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index):
+        return None
+    dim = 0
+    for pos, i in enumerate(index):
+        if i is Ellipsis:
+            dim += ndim - sum(j is not None for j in index if j is not Ellipsis)
+            if dim > axis:
+                return None
+            continue
+        if i is None:
+            continue
+        if dim == axis:
+            return pos
+        dim += 1
+    return None
 
 
 def _index_axis(index, ndim: int, axis: int, size: int | None = None) -> int | None:

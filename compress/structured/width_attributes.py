@@ -83,11 +83,12 @@ def _signature(trace: Callable[[], fx.GraphModule]) -> list[tuple] | None:
     return out
 
 
-def problem(model: nn.Module, trace: Callable[[], fx.GraphModule], node_name: str, path: str, attr: str,
+def problem(model: nn.Module, trace: Callable[[], fx.GraphModule], nodes: tuple[str, ...], path: str, attr: str,
             size: int, per: int = 1) -> str | None:
-    """None when `path`.`attr` of `model` gives node `node_name` (a reshape, a split) its channel count
-    `size` and nothing else in the traced model (eval and train mode); otherwise why not, in a few words.
-    With `per` > 1 the attribute holds `per` times the count (CSPNet's split at `self.expand_chs // 2`)."""
+    """None when `path`.`attr` of `model` gives each of `nodes` (reshapes, splits, slices) its channel
+    count `size` (in one argument) and nothing else in the traced model (eval and train mode); otherwise
+    why not, in a few words. With `per` > 1 the attribute holds `per` times the count (CSPNet's split
+    at `self.expand_chs // 2`)."""
     owner = model.get_submodule(path)
     where = f"{path}.{attr}" if path else attr
     for training in (False, True):
@@ -98,30 +99,29 @@ def problem(model: nn.Module, trace: Callable[[], fx.GraphModule], node_name: st
         if base is None or moved is None or [s[:3] for s in base] != [s[:3] for s in moved]:
             return f"{where} changes how the model traces"
         changed = [(a, b) for a, b in zip(base, moved) if a != b]
-        if len(changed) != 1:
+        if len(changed) != len(nodes):
             return f"{where} is read {'nowhere in it' if not changed else 'elsewhere too'}"
-        (name, *_, before), (_, *_, after) = changed[0]
-        spots = [i for i, (x, y) in enumerate(zip(before, after)) if x != y]
-        if len(before) != len(after) or len(spots) != 1 or (before[spots[0]], after[spots[0]]) != (size, _PROBE) \
-                or (not training and name != node_name):
-            return f"{where} is not what fixes it"
+        for (name, *_, before), (_, *_, after) in changed:
+            spots = [i for i, (x, y) in enumerate(zip(before, after)) if x != y]
+            if len(before) != len(after) or len(spots) != 1 or (before[spots[0]], after[spots[0]]) != (size, _PROBE) \
+                    or (not training and name not in nodes):
+                return f"{where} is not what fixes it"
     return None
 
 
-Check = tuple[str, str, str, int, int]  # (node name, module path, attribute, channel count, per)
+Check = tuple[tuple[str, ...], str, str, int, int]  # (node names, module path, attribute, channel count, per)
 
 
 def problems(model: nn.Module, trace: Callable[[], fx.GraphModule], checks: list[Check]) -> list[str | None]:
     """`problem` for many checks at the cost of one: every attribute is set at once to its own probe
     value, and each check is settled by where its value shows up. A check whose value shows up nowhere,
-    in two places or in the wrong node fails as it would alone; anything the batch cannot attribute (a
-    value computed from two attributes, a changed trace) sends every check to `problem` one by one."""
-    one_by_one = [problem(model, trace, *c) for c in checks] if len(checks) < 2 else None
+    in other nodes or more than once in one fails as it would alone; anything the batch cannot attribute
+    (a value computed from two attributes, a changed trace) sends every check to `problem` one by one."""
     attrs = [(path, attr) for _, path, attr, _, _ in checks]
-    if one_by_one is not None or len(set(attrs)) < len(attrs):  # one attribute probed twice: alone
-        return one_by_one or [problem(model, trace, *c) for c in checks]
+    if len(checks) < 2 or len(set(attrs)) < len(attrs):  # one attribute probed twice: alone
+        return [problem(model, trace, *c) for c in checks]
     probe_of = {_PROBE + i: i for i in range(len(checks))}
-    found: list[list] = [[] for _ in checks]  # per check and mode: (node name, value before) of its probe
+    found: list[list] = [[] for _ in checks]  # per check: (training, node name, value before) of its probe
     for training in (False, True):
         with _mode(model, training):
             base = _signature(trace)
@@ -140,12 +140,12 @@ def problems(model: nn.Module, trace: Callable[[], fx.GraphModule], checks: list
                 if x != y:
                     found[probe_of[y]].append((training, name, x))
     out = []
-    for (node_name, path, attr, size, _), spots in zip(checks, found):
+    for (nodes, path, attr, size, _), spots in zip(checks, found):
         where = f"{path}.{attr}" if path else attr
         modes = [[s for s in spots if s[0] is t] for t in (False, True)]
-        if any(len(m) != 1 for m in modes):
+        if any(len(m) != len(nodes) or len({s[1] for s in m}) != len(m) for m in modes):
             out.append(f"{where} is read {'nowhere in it' if not all(modes) else 'elsewhere too'}")
-        elif any(m[0][2] != size for m in modes) or modes[0][0][1] != node_name:
+        elif any(s[2] != size for m in modes for s in m) or {s[1] for s in modes[0]} != set(nodes):
             out.append(f"{where} is not what fixes it")
         else:
             out.append(None)
