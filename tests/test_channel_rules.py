@@ -741,3 +741,30 @@ def test_a_reshape_sized_by_another_tensors_channels_couples_or_blocks_them():
     assert {"embed", "fc"} <= set(next(g for g in groups if "fc" in g.producers).producers)
     cut, diff, _ = cut_vs_masked(WindowsSizedByInput(), x)
     assert cut == 1 and diff < 1e-5
+
+
+class LinearNorm(nn.Module):
+    """LeViT's Linear + BatchNorm1d over tokens: `bn(x.flatten(0, 1)).reshape_as(x)`, then a square
+    (timm's SquaredReLU); with `other`, a tensor reshaped to the shape of one of other channels."""
+
+    def __init__(self, other=False):
+        super().__init__()
+        self.l1, self.bn, self.l2, self.head, self.other = nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 8), \
+            nn.Linear(8, 3), other
+
+    def forward(self, x):
+        y = self.l1(x)
+        y = torch.square(torch.relu(self.bn(y.flatten(0, 1)).reshape_as(y)))
+        z = self.l2(y)
+        return self.head(y.reshape_as(z) if self.other else z).mean(1)
+
+
+def test_reshape_as_a_tensor_is_cut_exactly_with_that_tensors_channels():
+    """Reshaped to the shape of another group's tensor, the two groups are cut as one (as wide by
+    construction), so the shape still fits after the cut."""
+    x = torch.randn(2, 5, 6)
+    for other, cuts in ((False, 2), (True, 1)):
+        model = _randomise_norms(LinearNorm(other)).eval()
+        cut, diff, groups = cut_vs_masked(model, x)
+        assert cut == cuts and diff < 1e-5
+        assert (set(next(g for g in groups if "l1" in g.producers).producers) == {"l1", "l2"}) == other

@@ -513,7 +513,7 @@ for _cls in (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU, nn.Tanh, nn.Leak
     register_module_rule(_cls, elementwise_rule)
 for _fn in (torch.relu, F.relu, F.relu6, F.hardswish, F.silu, F.gelu, F.dropout, torch.tanh, F.leaky_relu, F.elu,
             F.mish, F.hardtanh, F.dropout2d, torch.nn.functional.relu_, "relu", "relu_", "tanh", "contiguous",
-            "clone", "detach", "float"):
+            "clone", "detach", "float", torch.square, "square"):
     register_function_rule(_fn, elementwise_rule)
 
 
@@ -1201,6 +1201,21 @@ def _tie_parts(w, node: fx.Node, src: fx.Node, n: int) -> None:
         return
     w.follow(node, src)
     w.label[node], w.axis[node] = label, w.axis[src] + 1
+
+
+@function_rule("reshape_as", "view_as")
+def reshape_as(w, node, m) -> None:
+    """x.reshape_as(y) (LeViT's `bn(x.flatten(0, 1)).reshape_as(x)`): a reshape to y's shape, which
+    after a cut is still right when y carries the same channels on the output's channel axis."""
+    src, other = node.args[0], node.args[1]
+    flatten(w, node, m)
+    if node not in w.label or not isinstance(other, fx.Node):
+        return
+    if other not in w.label or w.axis[other] != w.axis[node]:
+        w.block(node, f"{node.name}: reshaped to the shape of {getattr(other, 'name', other)}, which does not "
+                      "carry these channels there", also=(node,))
+        return
+    w.label[node] = _merge(w, node, w.label[node], w.label[other])
 
 
 def _parameter(w, node: fx.Node, x: fx.Node, p: fx.Node, kind: str) -> None:
