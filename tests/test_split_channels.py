@@ -223,3 +223,107 @@ def test_timm_models_that_split_channels_are_cut_exactly_and_lose_a_third_of_the
     smaller = cut_copy(model, prunable, keep_counts(prunable, 0.3))
     ratio = count_macs(smaller, (3, 64, 64))["dense"] / count_macs(model, (3, 64, 64))["dense"]
     assert ratio < 2 / 3
+
+
+# --- a hostile pass: each model below was cut wrongly, crashed after the cut, or refused whole --------
+
+class _Probe(nn.Module):
+    """conv a (3 -> 8) → how(self, y) → conv b → mean → Linear; `how` is the construct under test."""
+    def __init__(self, how, b_in=4, **attrs):
+        super().__init__()
+        self.how, self.a, self.b, self.head = how, nn.Conv2d(3, 8, 1), nn.Conv2d(b_in, 5, 1), nn.Linear(5, 2)
+        for k, v in attrs.items():
+            setattr(self, k, v)
+
+    def forward(self, x):
+        return self.head(self.b(self.how(self, self.a(x))).mean((2, 3)))
+
+
+def _split_if(m, y):  # the attribute also decides a branch: after a cut it could go the other way
+    u, v = y.split(m.width, 1)
+    return torch.relu(u * v) if m.width > 2 else u * v
+
+
+def _loop(m, y):  # the attribute also counts a loop: its proof must not trace it a million times
+    u, v = y.split(m.width, 1)
+    y = u * v
+    for _ in range(m.width):
+        y = torch.relu(y)
+    return y
+
+
+def _collision(step):
+    def how(m, y):  # wa + step would be the other attribute's probe in a batch of evenly spaced values
+        a, b = y.split(m.wa, 1), y.split(m.wb, 1)
+        return a[0] * a[1] * (m.wa + step) + b[0] * b[1]
+    return how
+
+
+def _max(m, y):
+    a = y.split(max(m.w, 3), 1)
+    return a[0] * a[1]
+
+
+def _chunk_count(m, y):
+    a = y.chunk(y.shape[1] // 4, 1)
+    return a[0] * a[1]
+
+
+def _tie_through_cat(m, y):
+    a = torch.cat([y[:, :4] * 1, y[:, 4:6], y[:, 6:], y[:, :4]], 1).chunk(3, 1)
+    return a[0] * a[1] + a[2]
+
+
+PROBES = {
+    "attribute in a branch": (_split_if, 4, {"width": 4}),
+    "attribute through max()": (_max, 4, {"w": 4}),
+    "attribute counting a loop": (_loop, 4, {"width": 4}),
+    "probe values colliding (+1)": (_collision(1), 4, {"wa": 4, "wb": 4}),
+    "probe values colliding (+step)": (_collision(7919), 4, {"wa": 4, "wb": 4}),
+    "one-entry list": (lambda m, y: y.split(m.splits, 1)[0], 8, {"splits": [8]}),
+    "one-entry literal list": (lambda m, y: y.split([8], 1)[0], 8, {}),
+    "chunk count from the width": (_chunk_count, 4, {}),
+    "view count from the width": (lambda m, y: y.view(y.shape[0], y.shape[1] // 4, -1, y.shape[2], y.shape[3]).sum(1),
+                                  4, {}),
+    "tie through a concatenation": (_tie_through_cat, 4, {}),
+}
+
+
+@pytest.mark.parametrize("name", PROBES)
+def test_hostile_splits_are_exact_or_refused(name):
+    how, b_in, attrs = PROBES[name]
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = _Probe(how, b_in, **attrs)
+        cut, diff, groups = cut_vs_masked(model, torch.randn(2, 3, 8, 8), seed=seed, ratio=0.6)
+        assert diff < 1e-5, (name, [(g.key, g.counters) for g in groups if g.prunable])
+
+
+def test_a_slice_of_a_flattened_tensor_or_beside_a_grouped_conv_is_refused_not_crashed():
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.k, self.a, self.b, self.c = 16, nn.Conv2d(3, 8, 1), nn.Linear(16, 3), nn.Linear(16, 3)
+
+        def forward(self, x):  # x: [B, 3, 2, 2]: each channel is 4 entries of the flattened tensor
+            y = self.a(x).flatten(1)
+            return self.b(y[:, :self.k]) + self.c(y[:, self.k:])
+
+    class Grouped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.k, self.a, self.g = 4, nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=2)
+            self.b, self.c, self.free, self.f2 = nn.Conv2d(4, 5, 1), nn.Conv2d(4, 5, 1), nn.Conv2d(3, 6, 1), \
+                nn.Conv2d(6, 5, 1)
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, x):
+            y = self.a(x)
+            z = self.g(y)
+            return self.head((self.b(y[:, :self.k]) + self.c(z[:, self.k:]) + self.f2(self.free(x))).mean((2, 3)))
+
+    flat = channel_groups(Flat().eval(), torch.randn(2, 3, 2, 2))
+    assert not any(g.prunable for g in flat if "a" in g.producers)
+    groups = channel_groups(Grouped().eval(), torch.randn(2, 3, 8, 8))
+    assert next(g for g in groups if "free" in g.producers).prunable  # the rest of the model stays open
+    assert not next(g for g in groups if "a" in g.producers).prunable

@@ -164,8 +164,10 @@ class _Tracer(fx.Tracer):
     follow (`opaque`: their types, or their paths for torch's own containers). It remembers which
     modules it is inside, so a failure can be pinned on the innermost one."""
 
-    def __init__(self, opaque_types: set[type], opaque_paths: set[str], example: torch.Tensor | None = None):
+    def __init__(self, opaque_types: set[type], opaque_paths: set[str], example: torch.Tensor | None = None,
+                 max_nodes: int | None = None):
         super().__init__()
+        self.max_nodes = max_nodes  # a trace growing past it fails (a loop over a probed attribute)
         self.opaque_types, self.opaque_paths = opaque_types, opaque_paths
         self.inside: list[nn.Module] = []
         self.example, self.evaluating = example, False
@@ -198,6 +200,11 @@ class _Tracer(fx.Tracer):
                 return bool(fx.GraphModule(self.root, g)(self.example))
         finally:
             self.evaluating = False
+
+    def create_node(self, *args, **kwargs):
+        if self.max_nodes is not None and len(self.graph.nodes) >= self.max_nodes:
+            raise RuntimeError(f"the trace grew past {self.max_nodes} nodes")
+        return super().create_node(*args, **kwargs)
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
         return attr_val if self.evaluating else super().getattr(attr, attr_val, parameter_proxy_cache)
@@ -255,7 +262,8 @@ def _dims_read(nodes: set[fx.Node]) -> list[tuple[fx.Node, tuple[int | slice, ..
 _MAX_OPAQUE = 32  # modules made opaque before a model counts as untraceable
 
 
-def _fx_trace(model: nn.Module, concrete: dict, example: torch.Tensor) -> tuple[fx.GraphModule, dict]:
+def _fx_trace(model: nn.Module, concrete: dict, example: torch.Tensor,
+              max_nodes: int | None = None) -> tuple[fx.GraphModule, dict]:
     """fx-trace `model`; each module whose forward fx cannot follow (control flow on a traced value,
     untraceable Python) is kept whole instead and retried, so the rest of the model stays open to the
     walk. Returns the traced module and {path or type: why} for the modules kept whole that way (the walk
@@ -266,7 +274,7 @@ def _fx_trace(model: nn.Module, concrete: dict, example: torch.Tensor) -> tuple[
     why: dict = {}
     paths = {id(m): n for n, m in model.named_modules()}
     while True:
-        tracer = _Tracer(opaque_types, opaque_paths, example)
+        tracer = _Tracer(opaque_types, opaque_paths, example, max_nodes)
         try:
             traced = fx.GraphModule(model, tracer.trace(model, concrete_args=concrete or None))
             traced.meta["branch_reads"] = tracer.branch_reads
@@ -303,6 +311,7 @@ class Walk:
         # (groups, node name, candidate (path, attribute, per channel) counters, channel count): attributes
         # that may fix what a reshape or split reads (ops.py, split.py), to prove after the walk
         self.width_checks: list[tuple[list[int], str, list[tuple[str, str, int]], int]] = []
+        self.nodes = len(traced.graph.nodes)
 
     @staticmethod
     def first(node: fx.Node) -> fx.Node | None:
@@ -531,7 +540,8 @@ def _prove_width_attributes(w: Walk, model: nn.Module, example: torch.Tensor) ->
             readers.setdefault((counter, size), []).append(node_name)
     keys = list(readers)
     checks = [(tuple(dict.fromkeys(readers[k])), *k[0][:2], k[1], k[0][2]) for k in keys]
-    trace = lambda: _fx_trace(model, concrete, example)[0]  # noqa: E731
+    limit = 10 * w.nodes + 1000  # a loop over a probed attribute would trace a million times
+    trace = lambda: _fx_trace(model, concrete, example, limit)[0]  # noqa: E731
     verdict = dict(zip(keys, width_attributes.problems(model, trace, checks)))
     counted: dict[tuple, list[int]] = {}  # a proved counter -> the groups (roots) it counts
     for gids, node_name, candidates, size in w.width_checks:

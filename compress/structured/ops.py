@@ -655,7 +655,8 @@ def flatten(w, node, m) -> None:
         k, copies = merged  # Swin's patch merging: [.., 2, 2, C] → [.., 4·C], the channels four times over
         w.follow(node, src)
         w.label[node], w.axis[node] = w.label[src] * copies, k
-    elif (parts := _split_channel_axis(before, after, axis)) is not None and not _fixed_size(node, axis + 1):
+    elif (parts := _split_channel_axis(before, after, axis)) is not None and _fixed_size(node, axis) == parts \
+            and not _fixed_size(node, axis + 1):  # n written in the code (an attribute), C/n computed
         _tie_parts(w, node, src, parts)
     else:
         w.block(node, f"reshape {node.name} of {list(before)} with channels on axis {axis}")
@@ -900,6 +901,8 @@ def _slice_channels(w, node: fx.Node, x: fx.Node) -> str | None:
     start, stop = entry.start or 0, size if entry.stop is None else entry.stop
     if entry.step not in (None, 1) or not all(isinstance(b, int) and 0 <= b for b in (start, stop)) or start >= stop:
         return f"a slice {entry} of the channel axis"
+    if any(per != 1 for _, per in w.label[x]):
+        return "a slice of channels several entries wide"
     stop = min(stop, size)  # a stop past the end stays past the end after a cut
     sizes = [n for n in (start, stop - start, size - stop) if n]
     path = next(reversed(node.meta.get("nn_module_stack") or {}), "")
@@ -910,7 +913,10 @@ def _slice_channels(w, node: fx.Node, x: fx.Node) -> str | None:
     missing = [b for b in bounds if not candidates[b]]
     if missing:
         return f"at channel {missing[0]}, which no int attribute of {path or 'the model'} holds"
-    parts = cut_into_parts(w, w.label[x], sizes)
+    try:
+        parts = cut_into_parts(w, w.label[x], sizes)
+    except ValueError as e:  # a group the bounds fall inside cannot be split (a grouped conv's)
+        return str(e)
     ends = list(itertools.accumulate(sizes))
     for b in bounds:  # the groups before the bound: what its attribute counts
         w.width_checks.append(([gid for part in parts[:ends.index(b) + 1] for gid, _ in part], node.name,
@@ -1058,8 +1064,8 @@ def tie(w, node: fx.Node, segs, sizes: list[int]) -> tuple:
     """Cut `segs` into equal consecutive parts of `sizes` entries and tie them, channel i of every part
     one channel of one group (merged as in a residual add); returns the tied parts' segments."""
     parts = cut_into_parts(w, segs, sizes)
-    for part in parts[1:]:
-        _merge(w, node, parts[0], part)
+    for part in parts[1:]:  # a merge may split groups of the parts: resolve them each time
+        _merge(w, node, w.resolve(parts[0]), w.resolve(part))
     return w.resolve(parts[0])
 
 

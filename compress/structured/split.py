@@ -66,15 +66,16 @@ def split(w, node, m) -> None:
 def _split_channels(w, node: fx.Node, x: fx.Node, sizes: list[int]) -> str | None:
     """Label each part of a split along the channel axis; None when done, else why it cannot be."""
     segs = w.label[x]
-    if len(sizes) == 1:  # the whole tensor (a split size at least as wide as it): still one part after a cut
-        w.parts[node] = [(segs, w.axis[x])]
-        w.shifted[node] = w.shifted.get(x)
-        return None
     arg = node.args[1] if len(node.args) > 1 else next(
         (node.kwargs[k] for k in ("split_size_or_sections", "split_size", "chunks", "indices_or_sections", "sections",
                                   "indices") if k in node.kwargs), None)
-    chunked = node.target in (torch.chunk, "chunk") or node.target in (torch.tensor_split, "tensor_split") and \
-        isinstance(arg, int)
+    if not isinstance(arg, (int, list, tuple)):
+        return "at sizes computed at run time"
+    if len(sizes) == 1 and isinstance(arg, int):  # the whole tensor (chunk(1), a split size at least as wide
+        w.parts[node] = [(segs, w.axis[x])]  # as it): still one part after a cut
+        w.shifted[node] = w.shifted.get(x)
+        return None
+    chunked = node.target in (torch.chunk, "chunk", torch.tensor_split, "tensor_split") and isinstance(arg, int)
     equal = len(set(sizes)) == 1
     if chunked and not equal:
         return f"{sum(sizes)} channels into unequal parts {sizes}"

@@ -83,70 +83,85 @@ def _signature(trace: Callable[[], fx.GraphModule]) -> list[tuple] | None:
     return out
 
 
+Check = tuple[tuple[str, ...], str, str, int, int]  # (node names, module path, attribute, channel count, per)
+_STEP = 7919  # between the probe values of a batch: a value derived from one (+1, -1) is none of the others
+
+
+def _large(i: int) -> int:
+    return _PROBE + _STEP * i
+
+
+def _small(size: int) -> int:
+    """A second probe, below any threshold a branch could test (`if self.width > 2`, `max(self.w, 3)`)."""
+    return 1 if size != 1 else 2
+
+
 def problem(model: nn.Module, trace: Callable[[], fx.GraphModule], nodes: tuple[str, ...], path: str, attr: str,
             size: int, per: int = 1) -> str | None:
     """None when `path`.`attr` of `model` gives each of `nodes` (reshapes, splits, slices) its channel
     count `size` (in one argument) and nothing else in the traced model (eval and train mode); otherwise
     why not, in a few words. With `per` > 1 the attribute holds `per` times the count (CSPNet's split
-    at `self.expand_chs // 2`)."""
-    owner = model.get_submodule(path)
-    where = f"{path}.{attr}" if path else attr
-    for training in (False, True):
-        with _mode(model, training):
-            base = _signature(trace)
-            with _attribute(owner, attr, _PROBE * per):
-                moved = _signature(trace)
-        if base is None or moved is None or [s[:3] for s in base] != [s[:3] for s in moved]:
-            return f"{where} changes how the model traces"
-        changed = [(a, b) for a, b in zip(base, moved) if a != b]
-        if len(changed) != len(nodes):
-            return f"{where} is read {'nowhere in it' if not changed else 'elsewhere too'}"
-        for (name, *_, before), (_, *_, after) in changed:
-            spots = [i for i, (x, y) in enumerate(zip(before, after)) if x != y]
-            if len(before) != len(after) or len(spots) != 1 or (before[spots[0]], after[spots[0]]) != (size, _PROBE) \
-                    or (not training and name not in nodes):
-                return f"{where} is not what fixes it"
-    return None
-
-
-Check = tuple[tuple[str, ...], str, str, int, int]  # (node names, module path, attribute, channel count, per)
+    at `self.expand_chs // 2`). It is set to a huge and to a tiny count in turn: the trace must not
+    change but for those arguments, which must follow."""
+    return _verdicts(model, trace, [(nodes, path, attr, size, per)], alone=True)[0]
 
 
 def problems(model: nn.Module, trace: Callable[[], fx.GraphModule], checks: list[Check]) -> list[str | None]:
     """`problem` for many checks at the cost of one: every attribute is set at once to its own probe
-    value, and each check is settled by where its value shows up. A check whose value shows up nowhere,
-    in other nodes or more than once in one fails as it would alone; anything the batch cannot attribute
-    (a value computed from two attributes, a changed trace) sends every check to `problem` one by one."""
+    value, and each check is settled by where its value shows up. A check whose value shows up nowhere
+    or twice in one node fails as it would alone; anything the batch cannot pin on one check (a value
+    computed from two attributes, a probe value in a node the check does not name, a changed trace)
+    sends every check to `problem` one by one."""
     attrs = [(path, attr) for _, path, attr, _, _ in checks]
-    if len(checks) < 2 or len(set(attrs)) < len(attrs):  # one attribute probed twice: alone
-        return [problem(model, trace, *c) for c in checks]
-    probe_of = {_PROBE + i: i for i in range(len(checks))}
-    found: list[list] = [[] for _ in checks]  # per check: (training, node name, value before) of its probe
+    if len(checks) >= 2 and len(set(attrs)) == len(attrs):  # one attribute probed twice: alone
+        out = _verdicts(model, trace, checks, alone=False)
+        if out is not None:
+            return out
+    return [problem(model, trace, *c) for c in checks]
+
+
+def _verdicts(model: nn.Module, trace: Callable[[], fx.GraphModule], checks: list[Check],
+              alone: bool) -> list[str | None] | None:
+    """Each check's verdict (None: proved), or None when a batch (`alone` False) cannot tell."""
+    out: list[str | None] = [None] * len(checks)
+    where = [f"{path}.{attr}" if path else attr for _, path, attr, _, _ in checks]
     for training in (False, True):
         with _mode(model, training):
             base = _signature(trace)
-            with ExitStack() as stack:
-                for i, (_, path, attr, _, per) in enumerate(checks):
-                    stack.enter_context(_attribute(model.get_submodule(path), attr, (_PROBE + i) * per))
-                moved = _signature(trace)
-        if base is None or moved is None or [s[:3] for s in base] != [s[:3] for s in moved]:
-            return [problem(model, trace, *c) for c in checks]
-        for (name, *_, before), (_, *_, after) in zip(base, moved):
-            if len(before) != len(after):
-                return [problem(model, trace, *c) for c in checks]
-            for x, y in zip(before, after):
-                if x != y and y not in probe_of:  # a value the batch cannot pin on one attribute
-                    return [problem(model, trace, *c) for c in checks]
-                if x != y:
-                    found[probe_of[y]].append((training, name, x))
-    out = []
-    for (nodes, path, attr, size, _), spots in zip(checks, found):
-        where = f"{path}.{attr}" if path else attr
-        modes = [[s for s in spots if s[0] is t] for t in (False, True)]
-        if any(len(m) != len(nodes) or len({s[1] for s in m}) != len(m) for m in modes):
-            out.append(f"{where} is read {'nowhere in it' if not all(modes) else 'elsewhere too'}")
-        elif any(s[2] != size for m in modes for s in m) or {s[1] for s in modes[0]} != set(nodes):
-            out.append(f"{where} is not what fixes it")
-        else:
-            out.append(None)
+            moved = []
+            for value in (lambda i, size: _large(i), lambda i, size: _small(size)):
+                with ExitStack() as stack:
+                    for i, (_, path, attr, size, per) in enumerate(checks):
+                        stack.enter_context(_attribute(model.get_submodule(path), attr, value(i, size) * per))
+                    moved.append(_signature(trace))
+        if base is None or any(m is None or [s[:3] for s in base] != [s[:3] for s in m] or
+                               any(len(a[3]) != len(b[3]) for a, b in zip(base, m)) for m in moved):
+            return [f"{where[0]} changes how the model traces"] if alone else None
+        large_of = {_large(i): i for i in range(len(checks))}
+        changes = [(name, leaf, x, y) for (name, *_, before), (_, *_, after) in zip(base, moved[0])
+                   for leaf, (x, y) in enumerate(zip(before, after)) if x != y]
+        spots: dict[tuple[str, int], int] = {}  # (node, argument leaf) -> the check whose probe shows there
+        wrong = set()
+        for name, leaf, x, y in changes:
+            i = 0 if alone else large_of.get(y)
+            fits = i is not None and y == _large(i) and x == checks[i][3] and (training or name in checks[i][0])
+            if not fits and not alone:
+                return None  # a derived value, or another check's probe where that check reads nothing
+            if not fits:
+                wrong.add(i)
+            spots[(name, leaf)] = i
+        for i, (nodes, _, _, _, _) in enumerate(checks):
+            names = [name for (name, _), j in spots.items() if j == i]
+            if len(names) != len(nodes) or len(set(names)) != len(names):
+                out[i] = out[i] or f"{where[i]} is read {'nowhere in it' if not names else 'elsewhere too'}"
+            elif i in wrong:
+                out[i] = out[i] or f"{where[i]} is not what fixes it"
+        for (name, *_, before), (_, *_, after) in zip(base, moved[1]):
+            for leaf, (x, y) in enumerate(zip(before, after)):
+                i = spots.get((name, leaf))
+                if i is None and x != y and not alone:
+                    return None
+                if (i is None and x != y) or (i is not None and y != _small(checks[i][3])):
+                    i = 0 if i is None else i
+                    out[i] = out[i] or f"{where[i]} is not what fixes it (at a small count)"
     return out
