@@ -562,3 +562,33 @@ def test_a_model_that_cannot_read_a_random_batch_is_not_cut_unchecked():
     record = harvest(model, (6,))
     assert record["keep"] == {} and record["skipped"].startswith("cannot check the channel cut: the model fails")
     assert model.fc1.out_features == 6
+
+
+class Caches(nn.Module):
+    """LeViT's attention-bias cache (`cache[str(device)] = ...` in eval mode) and a forward that sets an
+    attribute: tracing runs this code with traced values, which must not stay in the model."""
+    def __init__(self):
+        super().__init__()
+        self.a, self.head, self.cache, self.seen = nn.Conv2d(3, 8, 1), nn.Linear(8, 2), {}, []
+        self.scale = nn.Parameter(torch.ones(8))
+
+    def forward(self, x):
+        key = str(x.device)
+        if key not in self.cache:
+            self.cache[key] = self.scale * 2
+        self.seen.append(key)
+        self.last = key
+        return self.head((self.a(x) * self.cache[key][:, None, None]).mean((2, 3)))
+
+
+def test_tracing_leaves_the_models_python_state_as_it_was():
+    model = Caches().eval()
+    model(torch.randn(1, 3, 4, 4))
+    cache, seen = dict(model.cache), list(model.seen)
+    groups = channel_groups(model, torch.randn(2, 3, 4, 4))
+    assert model.cache == cache and model.seen == seen and model.last == "cpu"  # no traced proxy left
+    assert all(isinstance(v, torch.Tensor) for v in model.cache.values())
+    fresh = Caches().eval()
+    channel_groups(fresh, torch.randn(2, 3, 4, 4))
+    assert fresh.cache == {} and fresh.seen == [] and not hasattr(fresh, "last")
+    assert groups and fresh(torch.randn(1, 3, 4, 4)).shape == (1, 2)

@@ -27,6 +27,7 @@ from . import ops, split  # noqa: F401  (registers the built-in rules)
 from . import width_attributes
 from .attention import prepare_attention
 from .norm import NormWithRemoved
+from .undo import python_state_kept
 from .ops import CONV, FACTORIES, SHAPE_READS, shape_only
 from .rules import FUNCTION_RULES, has_own_rule, rule_for_module
 
@@ -268,7 +269,14 @@ def _fx_trace(model: nn.Module, concrete: dict, example: torch.Tensor,
     untraceable Python) is kept whole instead and retried, so the rest of the model stays open to the
     walk. Returns the traced module and {path or type: why} for the modules kept whole that way (the walk
     blocks their channels, never guessing what their forward does). Raises the last error when the
-    failure is in the model's own forward or too many modules fail."""
+    failure is in the model's own forward or too many modules fail. The model's Python state is left as
+    it was (undo.python_state_kept)."""
+    with python_state_kept(model):
+        return _fx_trace_kept(model, concrete, example, max_nodes)
+
+
+def _fx_trace_kept(model: nn.Module, concrete: dict, example: torch.Tensor,
+                   max_nodes: int | None) -> tuple[fx.GraphModule, dict]:
     opaque_types: set[type] = set()
     opaque_paths: set[str] = set()
     why: dict = {}

@@ -2,7 +2,8 @@
 (an optimizer, a hook, a user's handle on a layer) still point into the model after the undo."""
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -28,3 +29,33 @@ def snapshot(modules: Iterable[nn.Module]) -> Callable[[], None]:
                 for t, data in tensors:
                     t.data = data
     return restore
+
+
+@contextmanager
+def python_state_kept(model: nn.Module) -> Iterator[None]:
+    """Every module's Python attributes as they were before the block: tracing runs the model's code
+    with traced values, and code that caches (LeViT's `attention_bias_cache[str(device)] = ...`) or
+    sets attributes would leave traced proxies inside the user's model. Attributes added in the block
+    are removed, replaced ones put back, and dicts, lists and sets refilled in place (the same objects)."""
+    saved = []
+    for m in model.modules():
+        state = dict(m.__dict__)
+        contents = {k: (v.copy() if not isinstance(v, list) else list(v)) for k, v in state.items()
+                    if type(v) in (dict, list, set) and k not in _DICTS}
+        saved.append((m, state, contents))
+    try:
+        yield
+    finally:
+        for m, state, contents in saved:
+            for k in [k for k in m.__dict__ if k not in state]:
+                del m.__dict__[k]
+            for k, v in state.items():
+                if m.__dict__.get(k) is not v:
+                    m.__dict__[k] = v
+            for k, old in contents.items():
+                v = state[k]
+                if isinstance(v, list):
+                    v[:] = old
+                else:
+                    v.clear()
+                    v.update(old)
