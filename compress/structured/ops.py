@@ -724,15 +724,20 @@ def _width_attribute(w, node: fx.Node, src: fx.Node, size: int) -> tuple[str, st
     return _count_attribute(w, node, size)
 
 
+def caller_attributes(w, node: fx.Node) -> tuple[str, dict]:
+    """(path, public attributes) of the module whose code runs `node`: where a size written as
+    `self.width` in that code may come from."""
+    path = next(reversed(node.meta.get("nn_module_stack") or {}), "")
+    owner = w.modules.get(path)
+    return path, {k: v for k, v in vars(owner).items() if not k.startswith("_")} if owner is not None else {}
+
+
 def _count_attribute(w, node: fx.Node, size: int) -> tuple[str, str, int] | None:
     """(module path, attribute, 1): the one attribute of the module whose code runs `node` that holds
     `size`, an int or one entry of a tuple of ints ("shape[0]"); None when none or several do."""
-    path = next(reversed(node.meta.get("nn_module_stack") or {}), "")
-    owner = w.modules.get(path)
+    path, attrs = caller_attributes(w, node)
     names = []
-    for k, v in (vars(owner).items() if owner is not None else ()):
-        if k.startswith("_"):
-            continue
+    for k, v in attrs.items():
         if type(v) is int and v == size:
             names.append(k)
         elif type(v) in (tuple, list) and all(type(e) is int for e in v):
@@ -905,9 +910,8 @@ def _slice_channels(w, node: fx.Node, x: fx.Node) -> str | None:
         return "a slice of channels several entries wide"
     stop = min(stop, size)  # a stop past the end stays past the end after a cut
     sizes = [n for n in (start, stop - start, size - stop) if n]
-    path = next(reversed(node.meta.get("nn_module_stack") or {}), "")
-    owner = w.modules.get(path)
-    ints = {k: v for k, v in vars(owner).items() if not k.startswith("_") and type(v) is int} if owner else {}
+    path, attrs = caller_attributes(w, node)
+    ints = {k: v for k, v in attrs.items() if type(v) is int}
     bounds = [b for b in (start, stop) if 0 < b < size]
     candidates = {b: [(path, k, 1) for k, v in ints.items() if v == b] for b in bounds}
     missing = [b for b in bounds if not candidates[b]]

@@ -22,7 +22,7 @@ import operator
 import torch
 from torch import fx
 
-from .ops import cut_into_parts, tie
+from .ops import caller_attributes, cut_into_parts, tie
 from .rules import function_rule
 
 
@@ -47,12 +47,10 @@ def split(w, node, m) -> None:
         w.shifted[node] = w.shifted.get(x)
         return
     sizes = [meta.shape[w.axis[x]] for meta in metas]
-    why = None if not unbind else "one channel per part"
-    if why is None:
-        try:
-            why = _split_channels(w, node, x, sizes)
-        except ValueError as e:  # a group the parts would cut through cannot be split (a grouped conv's)
-            why = str(e)
+    try:
+        why = "one channel per part" if unbind else _split_channels(w, node, x, sizes)
+    except ValueError as e:  # a group the parts would cut through cannot be split (a grouped conv's)
+        why = str(e)
     if why is not None:
         w.block(node, f"split {node.name} along the channel axis: {why}")
         # each part a new group that stays whole: what meets it downstream stays whole too, the rest is free
@@ -105,9 +103,7 @@ def _size_attribute(w, node: fx.Node, arg, sizes: list[int]) -> list[list[tuple[
     unit), for the proof to pick from: int attributes holding the equal parts' size, or the whole width
     (SKNet's `self.in_channels // self.num_paths`), or entry i of a list attribute holding the sizes.
     Else why not."""
-    path = next(reversed(node.meta.get("nn_module_stack") or {}), "")
-    owner = w.modules.get(path)
-    attrs = {k: v for k, v in vars(owner).items() if not k.startswith("_")} if owner is not None else {}
+    path, attrs = caller_attributes(w, node)
     if isinstance(arg, int):
         size, n = sizes[0], len(sizes)
         found = [(path, k, per) for per in dict.fromkeys((1, n)) for k, v in attrs.items()
