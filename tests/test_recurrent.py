@@ -1,6 +1,8 @@
 """nn.RNN / nn.LSTM / nn.GRU: hidden units are cut exactly (one or more layers, either direction; the
 output and, one direction, the final state), any recurrent layer's input features are cut; what is not cut yet is refused with
 the reason, never cut wrongly."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -93,13 +95,67 @@ def test_a_bidirectional_layer_keeps_as_many_units_in_each_direction(kind, use_s
                             torch.tensor([0, 1, 3]))
 
 
-def test_a_projected_layer_keeps_its_units_but_its_inputs_are_cut():
+class CellState(nn.Module):
+    """A projected LSTM whose final states feed heads: h_n carries its projections, c_n its cells."""
+
+    def __init__(self, **lstm):
+        super().__init__()
+        self.embed, self.rnn = nn.Linear(6, 10), nn.LSTM(10, 12, proj_size=5, **lstm)
+        self.head, self.h_head = nn.Linear(12, 3), nn.Linear(5, 3)
+
+    def forward(self, x):                                   # x: [T, N, 6]
+        out, (h, c) = self.rnn(torch.relu(self.embed(x)))
+        return self.head(c[-1]) + self.h_head(h[-1])
+
+
+@pytest.mark.parametrize("layers, bidirectional", [(1, False), (3, False), (2, True)])
+def test_a_projected_lstm_cuts_its_cells_and_its_projections_exactly(layers, bidirectional):
+    """Two groups: its projections (its output and h_n) and its cells (c_n only); both cut exactly, in
+    every layer and direction, and the cut layer is a plain smaller projected LSTM."""
     torch.manual_seed(0)
-    model = _randomise_norms(ConvRecurrent(nn.LSTM, proj_size=4))
-    model.head = nn.Linear(4, 5)
+    model = _randomise_norms(ConvRecurrent(nn.LSTM, proj_size=4, num_layers=layers, bidirectional=bidirectional))
+    directions = 2 if bidirectional else 1
+    model.head = nn.Linear(4 * directions, 5)
+    keys = {g.key: g for g in channel_groups(model, X)}
     cut, diff, groups = cut_vs_masked(model, X, ratio=0.5)
-    assert diff < 1e-5 and cut == 2
-    assert any("projected" in b for b in next(g.blockers for g in groups if not g.producers and g.size == 4))
+    assert diff < 1e-5 and cut == 4  # conv, embed, the projections and the cells
+    assert keys["rnn"].size == 4 * directions and keys["rnn:cells"].size == 12 * directions
+    assert keys["rnn:cells"].consumers == [] and keys["rnn"].consumers == [("head", 1)]
+    smaller = copy.deepcopy(model).eval()
+    fresh = {g.key: g for g in channel_groups(smaller, X)}
+    remove_channels(smaller, fresh["rnn:cells"], torch.cat([d * 12 + torch.arange(7) for d in range(directions)]))
+    remove_channels(smaller, fresh["rnn"], torch.tensor([0, 2] if directions == 1 else [0, 2, 5, 6]))
+    rnn = smaller.rnn
+    assert (rnn.hidden_size, rnn.proj_size) == (7, 2)
+    plain = nn.LSTM(10, 7, proj_size=2, num_layers=layers, bidirectional=bidirectional)
+    plain.load_state_dict(rnn.state_dict())  # a plain layer of that size
+    assert [p.shape for p in rnn._flat_weights] == [p.shape for p in rnn.parameters()]
+    assert smaller(X).shape[-1] == 5
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_a_projected_lstms_cells_reach_a_consumer_of_its_cell_state(layers):
+    torch.manual_seed(0)
+    model = CellState(num_layers=layers)
+    x = torch.randn(7, 3, 6)
+    cells = next(g for g in channel_groups(model, x) if g.key == "rnn:cells")
+    cut, diff, groups = cut_vs_masked(model, x, ratio=0.5)
+    assert diff < 1e-5 and cut == 3
+    assert cells.consumers == [("head", 1)] and cells.size == 12
+    assert next(g for g in groups if g.key == "rnn").consumers == [("h_head", 1)]
+
+
+def test_a_projected_lstm_given_an_initial_state_stays_whole():
+    class Stateful(CellState):
+        def forward(self, x):
+            h0, c0 = torch.zeros(1, x.shape[1], 5), torch.zeros(1, x.shape[1], 12)
+            out, _ = self.rnn(torch.relu(self.embed(x)), (h0, c0))
+            return out
+
+    groups = channel_groups(Stateful().eval(), torch.randn(7, 3, 6))
+    for key in ("rnn", "rnn:cells"):
+        grp = next(g for g in groups if g.key == key or (not g.producers and g.size == (5 if key == "rnn" else 12)))
+        assert not grp.prunable and any("initial state" in b for b in grp.blockers)
 
 
 @pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
@@ -201,6 +257,23 @@ def test_importance_greg_and_harvest_see_every_gate_of_a_unit():
         record = harvest(model, (1, 4, 7))
         assert model.rnn.hidden_size == 10 and record["keep"]["rnn"] == [0, 2, 3, 4, 6, 7, 8, 9, 10, 11]
         assert model.rnn.bias_ih_l0.view(4, 10)[:, 2].abs().sum() > 0
+        assert torch.allclose(model(X), want, atol=1e-5)
+
+
+def test_importance_and_harvest_of_a_projected_lstm_tell_cells_from_projections():
+    torch.manual_seed(0)
+    model = _randomise_norms(ConvRecurrent(nn.LSTM, proj_size=4)).eval()
+    model.head = nn.Linear(4, 5)
+    groups = {g.key: g for g in channel_groups(model, X)}
+    assert len(channel_importance(model, groups["rnn"])) == 4 and len(channel_importance(model, groups["rnn:cells"])) == 12
+    with torch.no_grad():
+        for t in (model.rnn.weight_ih_l0, model.rnn.weight_hh_l0, model.rnn.bias_ih_l0, model.rnn.bias_hh_l0):
+            t.view(4, 12, -1)[:, [1, 5]] = 0  # cells 1 and 5
+        model.rnn.weight_hr_l0[2] = 0  # projection 2
+        want = model(X)
+        record = harvest(model, (1, 4, 7))
+        assert record["keep"]["rnn:cells"] == [0, 2, 3, 4, 6, 7, 8, 9, 10, 11] and record["keep"]["rnn"] == [0, 1, 3]
+        assert (model.rnn.hidden_size, model.rnn.proj_size) == (10, 3)
         assert torch.allclose(model(X), want, atol=1e-5)
 
 
@@ -421,9 +494,18 @@ def test_an_lstm_state_tuple_handed_on_whole_keeps_the_units():
     assert next(g for g in groups if g.producers == ["embed"]).prunable
 
 
-@pytest.mark.parametrize("layer", [nn.LSTM(4, 6, proj_size=3), nn.LSTM(4, 6, num_layers=2, proj_size=3)])
-def test_cutting_units_of_a_layer_not_supported_is_refused_when_called_directly(layer):
+@pytest.mark.parametrize("layers", [1, 2])
+def test_a_projected_layer_keeps_the_rows_and_columns_of_the_kept_cells_and_projections(layers):
     from compress.structured.recurrent import cut_recurrent_hidden
-    with pytest.raises(ValueError, match="projected layer"):
-        cut_recurrent_hidden(layer, torch.tensor([0, 2]))
-    assert layer.hidden_size == 6
+    layer = nn.LSTM(4, 6, num_layers=layers, proj_size=3)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    cut_recurrent_hidden(layer, torch.tensor([0, 2]))
+    cut_recurrent_hidden(layer, torch.tensor([1, 3, 5]), cells=True)
+    assert (layer.hidden_size, layer.proj_size) == (3, 2)
+    rows = torch.cat([g * 6 + torch.tensor([1, 3, 5]) for g in range(4)])
+    for k in range(layers):
+        assert torch.equal(layer.state_dict()[f"weight_hr_l{k}"], before[f"weight_hr_l{k}"][[0, 2]][:, [1, 3, 5]])
+        assert torch.equal(layer.state_dict()[f"weight_hh_l{k}"], before[f"weight_hh_l{k}"][rows][:, [0, 2]])
+        assert torch.equal(layer.state_dict()[f"bias_ih_l{k}"], before[f"bias_ih_l{k}"][rows])
+    if layers == 2:  # the second layer reads the first one's kept projections
+        assert torch.equal(layer.state_dict()["weight_ih_l1"], before["weight_ih_l1"][rows][:, [0, 2]])

@@ -209,7 +209,7 @@ class GRegPruner(MaskPruner):
             out = []
             for p in g.producers:
                 m = self.producers[p]
-                out += [(t, channel, m) for t, channel in unit_rows(m, biases=False)] if isinstance(m, RECURRENT) \
+                out += [(t, channel, m) for t, channel in unit_rows(m, biases=False, cells=g.cells)] if isinstance(m, RECURRENT) \
                     else [(m.weight, g.channel_of_rows(p, rows_first(m.weight, m).shape[0]), m)]
             return out
         return [(self._weight(unit), None, None)]

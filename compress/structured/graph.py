@@ -64,6 +64,8 @@ class ChannelGroup:
     # the group's name in keep counts and structure records: its first producer, with the rows it
     # writes there when that producer writes several groups (the parts of a split)
     key: str = ""
+    # the producers (a projected LSTM) write these channels inside themselves, not to their output: its cells
+    cells: bool = False
 
     @property
     def prunable(self) -> bool:
@@ -149,6 +151,8 @@ class _Groups:
         gb.repeats.update(ga.repeats)
         gb.layout.update(ga.layout)
         gb.counters.extend(ga.counters)
+        if ga.cells != gb.cells:
+            gb.blockers.append("a projected LSTM's cells meet other channels")
         if ga.size != gb.size:
             gb.blockers.append(f"residual add of {ga.size} and {gb.size} channels")
         gb.blocks = math.lcm(ga.blocks, gb.blocks)
@@ -386,7 +390,7 @@ class Walk:
             # an attribute counting the whole counts the sum of the parts (remove.py subtracts what each loses)
             for attr in ("producers", "passthrough", "consumers", "parameters", "blockers", "shifts", "counters"):
                 setattr(part, attr, list(getattr(whole, attr)))
-            part.passthrough_per = dict(whole.passthrough_per)
+            part.passthrough_per, part.cells = dict(whole.passthrough_per), whole.cells
             readers = [*(n for n, _ in whole.consumers), *whole.passthrough, *(t for t, _ in whole.parameters)]
             for member in dict.fromkeys(readers):
                 per = dict(whole.consumers).get(member) or whole.passthrough_per.get(member, 1)
@@ -518,9 +522,11 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
                 grp.blockers.append(f"{name} writes the same channels twice")
             grp.out_before[name] = [list(segs[:i]) for i in at]
             grp.producers = list(dict.fromkeys(grp.producers))
-    firsts = [g.producers[0] for g in w.g.groups.values() if g.producers]
+    firsts = [g.producers[0] for g in w.g.groups.values() if g.producers and not g.cells]
     for grp in w.g.groups.values():
-        if grp.producers:
+        if grp.cells and grp.producers:
+            grp.key = f"{grp.producers[0]}:cells"
+        elif grp.producers:
             first = grp.producers[0]
             start = sum(w.g.get(gid).size * per for gid, per in (grp.out_before.get(first) or [[]])[0])
             grp.key = first if firsts.count(first) == 1 else f"{first}[{start}:{start + grp.size}]"

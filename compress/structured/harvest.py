@@ -50,7 +50,7 @@ def _dead(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     for name in group.producers:
         m = model.get_submodule(name)
         if isinstance(m, RECURRENT):  # a unit with only its biases left is no constant: its state moves
-            for t, channel in unit_rows(m):
+            for t, channel in unit_rows(m, cells=group.cells):
                 dead[channel[(t.detach().reshape(len(channel), -1) != 0).any(1).cpu()]] = False
             continue
         dead &= (group.per_channel_rows(name, rows_first(effective_weight(m).detach(), m)) == 0).all(1).cpu()

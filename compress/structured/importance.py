@@ -27,7 +27,7 @@ def channel_importance(model: nn.Module, group: ChannelGroup, norm: Norm = "l1")
         m = model.get_submodule(name)
         if isinstance(m, RECURRENT):  # a unit's rows in every gate of both weights
             acc = torch.zeros(group.size)
-            for t, channel in unit_rows(m, biases=False):
+            for t, channel in unit_rows(m, biases=False, cells=group.cells):
                 t = t.detach().float().cpu()
                 acc.index_add_(0, channel, t.abs().sum(1) if norm == "l1" else t.pow(2).sum(1))
             total += acc if norm == "l1" else acc.sqrt()

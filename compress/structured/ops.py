@@ -184,12 +184,13 @@ def linear(w, node, m, name: str | None = None) -> None:
 @module_rule(*RECURRENT)
 def recurrent(w, node, m) -> None:
     """nn.RNN / LSTM / GRU: reads features on its input's last axis (columns of weight_ih_l0, both
-    directions). A layer without projection writes hidden_size channels per direction (see
-    recurrent.py; a bidirectional one [forward | backward], cut evenly; a stacked one cuts unit u in
-    every layer) to its output (element 0 of its result) and, one direction only, to its final state
-    h_n (element 1, [layers, batch, hidden]; LSTM: (h_n, c_n)), channels last in both. Projected layers,
-    calls given an initial state (which has their width) and a bidirectional layer's final state
-    (directions stacked on its first axis) keep the units whole."""
+    directions). It writes hidden_size channels per direction (see recurrent.py; a bidirectional one
+    [forward | backward], cut evenly; a stacked one cuts unit u in every layer) to its output (element 0
+    of its result) and, one direction only, to its final state h_n (element 1, [layers, batch, hidden];
+    LSTM: (h_n, c_n)), channels last in both. A projected LSTM writes proj_size channels there and to
+    h_n, and its cells (a second group, `cells`) to c_n only. Calls given an initial state (which has
+    their width) and a bidirectional layer's final state (directions stacked on its first axis) keep the
+    units whole."""
     name, x = node.target, w.first(node)
     kind = type(m).__name__
     if x in w.label:
@@ -199,9 +200,7 @@ def recurrent(w, node, m) -> None:
             w.join(name, w.label[x], "consumer", x)
     state = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
     why = None
-    if getattr(m, "proj_size", 0):
-        why = f"{kind} {name}: hidden units of a projected layer (proj_size; not cut yet)"
-    elif state is not None:
+    if state is not None:
         why = f"{kind} {name}: called with an initial state, whose width is the hidden size"
     elif not _only_indexed(node):
         why = f"{kind} {name}: its result is used as a whole tuple"
@@ -213,13 +212,24 @@ def recurrent(w, node, m) -> None:
     out = node.meta.get("tensor_meta")
     nd = len(out[0].shape) if isinstance(out, (tuple, list)) and hasattr(out[0], "shape") else 3
     directions = 2 if m.bidirectional else 1
-    width = getattr(m, "proj_size", 0) or m.hidden_size  # what its output and h_n carry
-    w.start(node, width * directions, producer=None if why else name, blocker=why, axis=nd - 1)
-    seg = (w.label[node], nd - 1)
-    if directions == 2:
-        w.g.get(w.label[node][0][0]).blocks = 2
-        seg = {"segments": w.label[node], "why": f"{kind} {name}: the final state of a bidirectional layer is used"}
-    w.parts[node] = [(w.label[node], nd - 1), [seg, seg] if isinstance(m, nn.LSTM) else seg]
+
+    def written(width: int, cells: bool = False):
+        """A new group of `width` channels per direction, and how the final state carries it."""
+        gid = w.g.new(width * directions)
+        grp = w.g.get(gid)
+        grp.producers, grp.blocks, grp.cells = ([] if why else [name]), directions, cells
+        if why:
+            grp.blockers.append(why)
+        seg = (((gid, 1),), nd - 1)
+        if directions == 2:
+            seg = {"segments": seg[0], "why": f"{kind} {name}: the final state of a bidirectional layer is used"}
+        return gid, seg
+
+    gid, h_n = written(getattr(m, "proj_size", 0) or m.hidden_size)  # what its output and h_n carry
+    w.produced[name] = ((gid, 1),)
+    w.label[node], w.shifted[node], w.axis[node] = ((gid, 1),), None, nd - 1
+    c_n = written(m.hidden_size, cells=True)[1] if getattr(m, "proj_size", 0) else h_n
+    w.parts[node] = [(w.label[node], nd - 1), [h_n, c_n] if isinstance(m, nn.LSTM) else h_n]
 
 
 def _groups_in(w, node: fx.Node) -> list[int]:

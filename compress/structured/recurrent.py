@@ -1,5 +1,5 @@
-"""Cutting nn.RNN / nn.LSTM / nn.GRU: hidden units (any number of layers, either direction; no
-projection), and input features.
+"""Cutting nn.RNN / nn.LSTM / nn.GRU: hidden units (any number of layers, either direction), a projected
+LSTM's cells and projections, and input features.
 
 A hidden unit u of direction d is channel d·hidden + u (the layer's output is [forward | backward]).
 It is row g·hidden + u of that direction's weight_ih_lk, weight_hh_lk and both biases for each gate
@@ -11,6 +11,11 @@ relu(0)): removing it is exact.
 One nn.LSTM has one hidden size for all its layers, so a stacked layer's channel is unit u in every
 layer at once: its rows in each layer, and the columns of the next layer's weight_ih that read it
 (layer k + 1 reads layer k's output, [forward | backward] like the channels).
+
+A projected LSTM (`proj_size` P) outputs h = W_hr·(o ⊙ tanh(c)): two kinds of channels. Its cells are
+the hidden units above, except that what reads them back is column u of weight_hr (the projection),
+not of weight_hh. Its projections are what it outputs: row p of weight_hr, read back by column p of
+weight_hh and of the next layer's weight_ih; with row p zeroed, h_p is 0 at every step.
 """
 from __future__ import annotations
 
@@ -24,9 +29,19 @@ def _suffixes(m: nn.RNNBase) -> list[str]:
     return ["", "_reverse"] if m.bidirectional else [""]
 
 
-def unit_rows(m: nn.RNNBase, biases: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def projected(m: nn.Module) -> bool:
+    """Whether `m` is an LSTM with a projection (its output narrower than its cells)."""
+    return bool(getattr(m, "proj_size", 0))
+
+
+def unit_rows(m: nn.RNNBase, biases: bool = True, cells: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Every tensor holding a recurrent layer's hidden units as rows (every layer), with the channel
-    (unit of its direction) of each row: its weights, then (with `biases`) its biases."""
+    (unit of its direction) of each row: its weights, then (with `biases`) its biases. For a projected
+    LSTM: its projections (rows of weight_hr), or with `cells` its cells (the gate rows)."""
+    if projected(m) and not cells:
+        p = m.proj_size
+        return [(getattr(m, f"weight_hr_l{k}{sfx}"), d * p + torch.arange(p))
+                for k in range(m.num_layers) for d, sfx in enumerate(_suffixes(m))]
     h, out = m.hidden_size, []
     kinds = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if biases and m.bias else [])
     for kind in kinds:
@@ -45,25 +60,32 @@ def _set(m: nn.RNNBase, name: str, value: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def cut_recurrent_hidden(m: nn.RNNBase, keep: torch.Tensor) -> None:
-    """Keep channels `keep` (sorted; as many units of each direction) of a recurrent layer without
-    projection, in every layer, in place."""
-    if getattr(m, "proj_size", 0):
-        raise ValueError(f"{type(m).__name__}: the hidden units of a projected layer are not cut")
+def cut_recurrent_hidden(m: nn.RNNBase, keep: torch.Tensor, cells: bool = False) -> None:
+    """Keep channels `keep` (sorted; as many units of each direction) of a recurrent layer, in every
+    layer, in place: its hidden units, or a projected LSTM's projections (with `cells`, its cells)."""
+    proj = projected(m)
+    width = m.proj_size if proj and not cells else m.hidden_size
     h, keep = m.hidden_size, torch.as_tensor(keep, dtype=torch.long)
-    units = [keep[(keep // h) == d] - d * h for d in range(len(_suffixes(m)))]
+    units = [keep[(keep // width) == d] - d * width for d in range(len(_suffixes(m)))]
     if len({len(u) for u in units}) != 1:
         raise ValueError(f"{type(m).__name__}: both directions must keep as many units ({[len(u) for u in units]})")
+    hidden = len(units[0]) if cells or not proj else h
+    proj_size = len(units[0]) if proj and not cells else m.proj_size
     for k in range(m.num_layers):
         for sfx, u in zip(_suffixes(m), units):
-            rows = torch.cat([g * h + u for g in range(gates(m))])
-            w_ih = getattr(m, f"weight_ih_l{k}{sfx}")[rows]
-            _set(m, f"weight_ih_l{k}{sfx}", w_ih if k == 0 else w_ih[:, keep])  # k > 0 reads layer k − 1
-            _set(m, f"weight_hh_l{k}{sfx}", getattr(m, f"weight_hh_l{k}{sfx}")[rows][:, u])
-            if m.bias:
-                _set(m, f"bias_ih_l{k}{sfx}", getattr(m, f"bias_ih_l{k}{sfx}")[rows])
-                _set(m, f"bias_hh_l{k}{sfx}", getattr(m, f"bias_hh_l{k}{sfx}")[rows])
-    m.hidden_size = len(units[0])
+            if cells or not proj:  # the units' rows in every gate
+                rows = torch.cat([g * h + u for g in range(gates(m))])
+                for kind in ("weight_ih", "weight_hh", *(("bias_ih", "bias_hh") if m.bias else ())):
+                    _set(m, f"{kind}_l{k}{sfx}", getattr(m, f"{kind}_l{k}{sfx}")[rows])
+                if proj:  # read back by the projection
+                    _set(m, f"weight_hr_l{k}{sfx}", getattr(m, f"weight_hr_l{k}{sfx}")[:, u])
+            if not cells:  # what the layer outputs: read back at the next step and by the next layer
+                if proj:
+                    _set(m, f"weight_hr_l{k}{sfx}", getattr(m, f"weight_hr_l{k}{sfx}")[u])
+                _set(m, f"weight_hh_l{k}{sfx}", getattr(m, f"weight_hh_l{k}{sfx}")[:, u])
+                if k:
+                    _set(m, f"weight_ih_l{k}{sfx}", getattr(m, f"weight_ih_l{k}{sfx}")[:, keep])
+    m.hidden_size, m.proj_size = hidden, proj_size
 
 
 @torch.no_grad()

@@ -45,7 +45,7 @@ def zero_channels(model: nn.Module, group: ChannelGroup, drop: torch.Tensor) -> 
     for name in group.producers:
         m = model.get_submodule(name)
         if isinstance(m, RECURRENT):
-            for t, channel in unit_rows(m):
+            for t, channel in unit_rows(m, cells=group.cells):
                 t[torch.isin(channel, torch.as_tensor(drop, dtype=torch.long)).to(t.device)] = 0
             continue
         rows = group.rows(name, drop)
@@ -112,7 +112,7 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
     for name in group.producers:
         m = model.get_submodule(name)
         if isinstance(m, RECURRENT):
-            cut_recurrent_hidden(m, keep)
+            cut_recurrent_hidden(m, keep, cells=group.cells)
             continue
         rows = group.rows(name, keep) if name in group.layout else \
             _span(m.weight.shape[out_dim(m)], group.out_offsets(name), group.size, keep)  # other groups' rows stay
