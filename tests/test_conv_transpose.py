@@ -1,8 +1,9 @@
 """Transposed convolutions (weight [in, out, k…]: output channels in dimension 1) are cut exactly as
-producers and as consumers, in the harvest, the importance scores and GReg's penalty; grouped ones
-stay whole."""
+producers and as consumers, in the harvest, the importance scores and GReg's penalty; a grouped one has
+its inputs cut evenly per block and keeps its outputs whole; a depthwise one passes channels through."""
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -95,13 +96,51 @@ def test_a_constant_channel_read_by_a_transposed_conv_is_not_folded():
     assert model.up1.out_channels == 6 and torch.allclose(model(x), want, atol=1e-6)
 
 
-def test_grouped_transposed_convs_stay_whole():
+def test_a_grouped_transposed_conv_has_its_inputs_cut_evenly_and_its_outputs_kept():
     torch.manual_seed(0)
-    model, x = Decoder(groups=2), torch.randn(2, 3, 5, 5)
-    cut, diff, groups = cut_vs_masked(model, x)
-    assert any("up1: grouped (2 groups)" in b for b in blockers(groups, "c1"))  # its input and output
-    assert not any(g.prunable for g in groups if g.size == 6)
-    assert cut == 1 and diff < 1e-5  # up2's output still cut
+    model, x = _randomise_norms(Decoder(groups=2)), torch.randn(2, 3, 5, 5)
+    fresh = {g.producers[0]: g for g in channel_groups(model, x) if g.producers}
+    assert fresh["c1"].blocks == 2 and ("up1", 1) in fresh["c1"].consumers
+    assert any("output channels of a grouped transposed conv (2 groups" in b
+               for b in next(g for g in channel_groups(model, x) if g.size == 6 and not g.producers).blockers)
+    cut, diff, groups = cut_vs_masked(model, x, ratio=0.5)
+    assert cut == 2 and diff < 1e-5  # c1's output (two per block of up1's input) and up2's output
+    smaller = copy.deepcopy(model).eval()
+    from compress.structured import remove_channels
+    group = next(g for g in channel_groups(smaller, x) if g.producers == ["c1"])
+    remove_channels(smaller, group, torch.tensor([1, 2, 4, 7]))
+    assert tuple(smaller.up1.weight.shape) == (4, 3, 2, 2) and smaller.up1.in_channels == 4
+    assert torch.equal(smaller.up1.weight, model.up1.weight[[1, 2, 4, 7]])
+    with pytest.raises(ValueError, match="same number of channels kept in each of its 2 blocks"):
+        remove_channels(copy.deepcopy(model), group, torch.tensor([0, 1, 2, 4]))
+
+
+class DepthwiseUp(nn.Module):
+    """conv → BN → depthwise ConvTranspose (a learnt upsampling per channel) → BN → ReLU → 1x1 conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.up, self.n2 = nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1, groups=8), nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.n2(self.up(self.n1(self.c1(x))))))
+
+
+def test_a_depthwise_transposed_conv_passes_its_channels_through():
+    torch.manual_seed(0)
+    model, x = _randomise_norms(DepthwiseUp()), torch.randn(2, 3, 5, 5)
+    group = next(g for g in channel_groups(model, x) if g.producers == ["c1"])
+    assert "up" in group.passthrough and group.consumers == [("head", 1)]
+    cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
+    assert cut == 1 and diff < 1e-5
+    from compress.structured import remove_channels
+    smaller = copy.deepcopy(model).eval()
+    remove_channels(smaller, next(g for g in channel_groups(smaller, x) if g.producers == ["c1"]), torch.tensor([0, 3, 6]))
+    up = smaller.up
+    assert (up.in_channels, up.out_channels, up.groups) == (3, 3, 3) and tuple(up.weight.shape) == (3, 1, 4, 4)
+    assert smaller(x).shape == (2, 2, 10, 10)
 
 
 def test_greg_penalises_the_output_channels_of_a_transposed_weight():

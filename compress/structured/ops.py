@@ -158,16 +158,32 @@ for _name in TIMM_STD_CONVS:
 @module_rule(*TRANSPOSED)
 def conv_transpose(w, node, m) -> None:
     """A transposed conv reads channels and writes new ones as a conv does; its weight holds them the other
-    way round ([in, out, k…], see weights.py). Grouped ones stay whole."""
+    way round ([in, out / groups, k…], see weights.py). A depthwise one (groups = in = out) passes its
+    channels through. A grouped one reads its input in `groups` blocks, cut evenly (its weight's rows);
+    its output channels, a column per block of rows, stay whole."""
     name, x = node.target, w.first(node)
-    if m.groups != 1 or (x in w.label and (w.axis[x] != 1 or any(per != 1 for _, per in w.label[x]))):
-        why = f"{type(m).__name__} {name}: grouped ({m.groups} groups) or after an unsupported reshape"
+    if x in w.label and (w.axis[x] != 1 or any(per != 1 for _, per in w.label[x])):
+        why = f"{type(m).__name__} {name} after an unsupported reshape"
         w.block(node, why)
         w.start(node, m.out_channels, blocker=why)
-        return
-    if x in w.label:
-        w.join(name, w.label[x], "consumer", x)
-    w.start(node, m.out_channels, producer=name)
+    elif m.groups == 1:
+        if x in w.label:
+            w.join(name, w.label[x], "consumer", x)
+        w.start(node, m.out_channels, producer=name)
+    elif m.groups == m.in_channels == m.out_channels and x in w.label:
+        w.join(name, w.label[x], "passthrough")
+        w.follow(node, x, reset=True)
+    else:
+        if x in w.label and len(w.label[x]) == 1:
+            w.join(name, w.label[x], "consumer", x)
+            grp = w.g.get(w.label[x][0][0])
+            grp.blocks = math.lcm(grp.blocks, m.groups)
+            if grp.size % grp.blocks:
+                grp.blockers.append(f"{grp.size} channels do not split into {grp.blocks} equal blocks")
+        elif x in w.label:
+            w.block(node, f"{type(m).__name__} {name} ({m.groups} groups) after a concatenation")
+        w.start(node, m.out_channels, blocker=f"{type(m).__name__} {name}: the output channels of a grouped "
+                                              f"transposed conv ({m.groups} groups; not cut yet)")
 
 
 @module_rule(nn.Linear)

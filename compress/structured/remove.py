@@ -129,7 +129,7 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
         m = model.get_submodule(name)
         per = group.passthrough_per.get(name, 1)
         rows = _span(_width(m), group.offsets(name), group.size * per, _consumer_columns(keep, per))
-        if isinstance(m, CONV):
+        if isinstance(m, (*CONV, *TRANSPOSED)):  # depthwise: a filter per channel
             m.weight = _index(m.weight, rows, 0)
             if m.bias is not None:
                 m.bias = _index(m.bias, rows, 0)
