@@ -9,17 +9,14 @@ import torch
 from torch import nn
 
 from compress.structured import channel_groups, remove_channels, zero_channels
-from compress.structured.budget import keep_count
+from compress.structured.budget import keep_count, random_kept
 from compress.structured.rules import (MODULE_RULES, register_channelwise, register_elementwise,
                                       register_module_rule)
 
 
 def random_keep(group, ratio, gen):
-    """A seeded random keep set with the same count in every block of a grouped conv."""
-    count = keep_count(group.size, ratio, blocks=group.blocks)
-    width, per = group.size // group.blocks, count // group.blocks
-    return torch.cat([b * width + torch.randperm(width, generator=gen)[:per].sort().values
-                      for b in range(group.blocks)])
+    """A seeded random keep set with the same count in every block of a grouped conv (one run where needed)."""
+    return random_kept(group, keep_count(group.size, ratio, blocks=group.blocks), gen)
 
 
 def cut_vs_masked(model, x, ratio=0.4, seed=0):

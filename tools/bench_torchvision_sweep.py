@@ -119,7 +119,7 @@ def child(name: str) -> dict:
 
     from compress.flops import count_macs
     from compress.structured import channel_groups, remove_channels, zero_channels
-    from compress.structured.budget import keep_count
+    from compress.structured.budget import keep_count, random_kept
 
     model, x = model_and_input(name)
     try:
@@ -134,10 +134,7 @@ def child(name: str) -> dict:
     masked, smaller = copy.deepcopy(model), copy.deepcopy(model)
     cut = refused = 0
     for group, same in zip(prunable, copy.deepcopy(prunable)):
-        count = keep_count(group.size, 0.3, blocks=group.blocks)
-        width, per = group.size // group.blocks, count // group.blocks
-        keep = torch.cat([b * width + torch.randperm(width, generator=gen)[:per].sort().values
-                          for b in range(group.blocks)])
+        keep = random_kept(group, keep_count(group.size, 0.3, blocks=group.blocks), gen)
         try:
             remove_channels(smaller, group, keep)
         except ValueError:

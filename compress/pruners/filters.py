@@ -151,7 +151,8 @@ class FilterPruner(Pruner):
         progress = cubic_ramp((epoch - start + 1) / (end - start + 1))  # 1 at the last cut
         for key, g in self.groups.items():
             drop = round((g.size - self.final_keep[key]) * progress / g.blocks) * g.blocks  # even per block
-            self.dropped[key] = lowest(channel_importance(self.model, g, self.options.importance), drop, g.blocks)
+            self.dropped[key] = lowest(channel_importance(self.model, g, self.options.importance), drop, g.blocks,
+                                       g.contiguous)
         self._apply()
 
     def _apply(self) -> None:

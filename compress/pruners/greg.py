@@ -163,8 +163,9 @@ class GRegPruner(MaskPruner):
 
     def _pick_unit(self, unit: str, scores: torch.Tensor) -> torch.Tensor:
         """The unit's pruned groups (bool per group) by `scores`: its latency-target width, else the L1 rule."""
-        blocks = self.groups[unit].blocks if self.groups else 1
-        return lowest_mask(scores, self._count(unit, scores.numel()), blocks)
+        group = self.groups.get(unit) if self.groups else None
+        return lowest_mask(scores, self._count(unit, scores.numel()), group.blocks if group else 1,
+                           group is not None and group.contiguous)
 
     def _count(self, unit: str, n: int) -> int:
         """How many of the unit's n groups are pruned: its latency-target width, else GReg's count."""

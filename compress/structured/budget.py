@@ -49,6 +49,17 @@ def first_kept(group: ChannelGroup, count: int) -> torch.Tensor:
     return torch.cat([b * width + torch.arange(per) for b in range(group.blocks)])
 
 
+def random_kept(group: ChannelGroup, count: int, generator: torch.Generator) -> torch.Tensor:
+    """Seeded random channel indices keeping `count` of `group` (as many in each block; one run where
+    the group needs it): keep sets that no scoring rule would pick, for checking a cut."""
+    if group.contiguous:
+        start = int(torch.randint(group.size - count + 1, (1,), generator=generator))
+        return torch.arange(start, start + count)
+    width, per = group.size // group.blocks, count // group.blocks
+    return torch.cat([b * width + torch.randperm(width, generator=generator)[:per].sort().values
+                      for b in range(group.blocks)])
+
+
 def group_key(group: ChannelGroup) -> str:
     """A group's stable name: its first producer (with the rows it writes there, for the parts of a split)."""
     return group.key or group.producers[0]

@@ -66,6 +66,8 @@ class ChannelGroup:
     key: str = ""
     # the producers (a projected LSTM) write these channels inside themselves, not to their output: its cells
     cells: bool = False
+    # the channels kept must be one contiguous run (a conv along the channels: ECA)
+    contiguous: bool = False
 
     @property
     def prunable(self) -> bool:
@@ -156,6 +158,9 @@ class _Groups:
         if ga.size != gb.size:
             gb.blockers.append(f"residual add of {ga.size} and {gb.size} channels")
         gb.blocks = math.lcm(ga.blocks, gb.blocks)
+        gb.contiguous = ga.contiguous or gb.contiguous
+        if gb.contiguous and gb.blocks > 1:
+            gb.blockers.append("channels cut in equal blocks (a grouped conv) and as one run (a conv along them)")
         if gb.size % gb.blocks:
             gb.blockers.append(f"{gb.size} channels do not split into {gb.blocks} equal blocks")
         self.parent[rb] = ra
@@ -382,7 +387,7 @@ class Walk:
         parts before it. Every label, input and output that carried the whole carries the parts."""
         root = self.g.find(gid)
         whole = self.g.groups[root]
-        if whole.blocks > 1 or whole.layout or sum(sizes) != whole.size:
+        if whole.blocks > 1 or whole.layout or whole.contiguous or sum(sizes) != whole.size:
             raise ValueError(f"cannot split a group of {whole.size} channels into {sizes}")
         parts = [self.g.new(n) for n in sizes]
         for i, pid in enumerate(parts):

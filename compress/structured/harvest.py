@@ -124,6 +124,20 @@ def _fill_blocks(keep_mask: torch.Tensor, blocks: int, round_to: int = 1) -> tor
     return rows.flatten()
 
 
+def _fill_run(keep_mask: torch.Tensor, round_to: int = 1) -> torch.Tensor:
+    """The kept channels made one run (a conv along the channels needs it): every channel between the
+    first and the last kept one, then more at the ends up to a multiple of `round_to`. Channels taken
+    back stay as they are, so the model still computes the same."""
+    kept = torch.nonzero(keep_mask).flatten()
+    lo, hi = int(kept[0]), int(kept[-1]) + 1
+    need = min(-(-(hi - lo) // round_to) * round_to, len(keep_mask))
+    hi = min(lo + need, len(keep_mask))
+    lo = hi - need
+    out = torch.zeros_like(keep_mask)
+    out[lo:hi] = True
+    return out
+
+
 @torch.no_grad()
 def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: tuple[int, ...],
                      round_to: int = 1) -> Harvest:
@@ -158,6 +172,8 @@ def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: 
         keep_mask = torch.ones(group.size, dtype=torch.bool)
         keep_mask[idx[ok]] = False
         keep_mask = _fill_blocks(keep_mask, group.blocks, unit_round(round_to, group.unit))
+        if group.contiguous:
+            keep_mask = _fill_run(keep_mask, unit_round(round_to, group.unit))
         ok &= ~keep_mask[idx]  # only what is really removed gets its constant folded
         if not ok.any():
             continue

@@ -120,7 +120,9 @@ def conv(w, node, m, name: str | None = None) -> None:
     name = name or node.target
     x = w.first(node)
     on_axis1 = x in w.label and w.axis[x] == 1
-    if x in w.label and (not on_axis1 or any(per != 1 for _, per in w.label[x])):
+    if x in w.label and isinstance(m, nn.Conv1d) and w.ndim(x) == 3 and w.axis[x] == 2:
+        _conv_along_channels(w, node, x, m, name)
+    elif x in w.label and (not on_axis1 or any(per != 1 for _, per in w.label[x])):
         why = f"conv {name} after an unsupported reshape"
         w.block(node, why)
         w.start(node, m.out_channels, blocker=why)
@@ -146,6 +148,29 @@ def conv(w, node, m, name: str | None = None) -> None:
         why = f"grouped conv {name} ({m.groups} groups) after a concatenation or reshape"
         w.block(node, why)
         w.start(node, m.out_channels, blocker=why)
+
+
+def _conv_along_channels(w, node: fx.Node, x: fx.Node, m: nn.Conv1d, name: str) -> None:
+    """A Conv1d sliding along the channels ([B, k, C]: ECA's gate, `conv(x.mean((2, 3)).view(B, 1, -1))`).
+    With zero padding that keeps the length, stride 1, a channel's neighbours past the ends of a kept
+    run are zeros in both models; inside the run, a removed neighbour would be zero in the masked model
+    and another channel once cut. So the channels kept must be one contiguous run (group.contiguous), and
+    the output at a removed channel mixes kept ones: it is marked shifted (a product with the channels'
+    own zeros, as ECA's `x * gate`, clears it)."""
+    k, d = m.kernel_size[0], m.dilation[0]
+    same = m.padding == "same" or (not isinstance(m.padding, str) and 2 * m.padding[0] == d * (k - 1))
+    segs = w.label[x]
+    if m.stride[0] != 1 or m.padding_mode != "zeros" or not same or len(segs) != 1 or segs[0][1] != 1:
+        why = f"conv {name} along the channels: not a zero-padded stride-1 conv keeping the length of one group"
+        w.block(node, why)
+        w.start(node, m.out_channels, blocker=why)
+        return
+    grp = w.g.get(segs[0][0])
+    grp.contiguous = True
+    if grp.blocks > 1:
+        grp.blockers.append(f"conv {name} along the channels of a grouped conv's channels")
+    w.follow(node, x, shift=f"{name} (a conv along the channels)")
+    w.shifted[node] = f"{name} (a conv along the channels)"
 
 
 # weight-standardised convs (timm's, and ours once cut: std_conv.py) are convs for channel flow; kept
@@ -1252,6 +1277,24 @@ def reshape_as(w, node, m) -> None:
                       "carry these channels there", also=(node,))
         return
     w.label[node] = _merge(w, node, w.label[node], w.label[other])
+
+
+@function_rule("expand_as")
+def expand_as(w, node, m) -> None:
+    """y.expand_as(x) (ECA's gate `y.expand_as(x)` before `x * y`): y broadcast to x's shape, its
+    channels on the same axis, which after a cut still fits when x carries the same channels there."""
+    src, other = node.args[0], node.args[1]
+    if src not in w.label:
+        if other in w.label:
+            w.block(node, f"{node.name}: an untracked tensor expanded to the shape of {other.name}", also=(other,))
+        return
+    axis = w.axis[src] + w.ndim(node) - w.ndim(src)
+    if other not in w.label or w.axis[other] != axis:
+        w.block(node, f"{node.name}: expanded to the shape of {getattr(other, 'name', other)}, which does not "
+                      "carry these channels there", also=(other,) if other in w.label else ())
+        return
+    w.follow(node, src)
+    w.label[node], w.axis[node] = _merge(w, node, w.label[src], w.label[other]), axis
 
 
 def _parameter(w, node: fx.Node, x: fx.Node, p: fx.Node, kind: str) -> None:

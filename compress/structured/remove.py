@@ -93,6 +93,9 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor, c
         if len(set(counts.tolist())) != 1:
             raise ValueError(f"group of {group.producers}: a grouped conv needs the same number of channels kept "
                              f"in each of its {group.blocks} blocks, got {counts.tolist()}")
+    if group.contiguous and len(keep) and int(keep[-1] - keep[0]) + 1 != len(keep):
+        raise ValueError(f"group of {group.producers}: a conv along the channels needs the kept channels to be one "
+                         f"run, got {keep.tolist()[:8]}...")
     if group.shifts and not constants_folded and len(keep) < group.size:
         raise ValueError(f"group of {group.producers}: removed channels would carry a constant through "
                          f"{group.shifts[0]}; cut it with the harvest (which folds constants) or not at all")
