@@ -592,3 +592,24 @@ def test_tracing_leaves_the_models_python_state_as_it_was():
     channel_groups(fresh, torch.randn(2, 3, 4, 4))
     assert fresh.cache == {} and fresh.seen == [] and not hasattr(fresh, "last")
     assert groups and fresh(torch.randn(1, 3, 4, 4)).shape == (1, 2)
+
+
+class AsksItsDevice(nn.Module):
+    """EfficientViT's linear attention: `if v.device.type != 'meta'` and
+    `torch.autocast(device_type=v.device.type, enabled=False)` around part of its forward."""
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 6, 3, padding=1), nn.Linear(6, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        if y.device.type != "meta":
+            with torch.autocast(device_type=y.device.type, enabled=False):
+                y = self.b(y.float())
+        return self.head(y.mean((2, 3)))
+
+
+def test_code_that_asks_where_a_tensor_runs_traces_on_the_examples_device():
+    model = AsksItsDevice().eval()
+    cut, diff, groups = cut_vs_masked(model, torch.randn(2, 3, 8, 8))
+    assert cut == 2 and diff < 1e-5, [g.blockers for g in groups]

@@ -168,6 +168,17 @@ class _Groups:
 
 
 
+class _Proxy(fx.Proxy):
+    """A traced tensor whose `.device` is the example's (a concrete torch.device, not a traced
+    attribute): code that asks where it runs (`torch.autocast(device_type=x.device.type)`, EfficientViT's
+    attention) traces, taking the way it takes on that device, as the deployed model runs there."""
+
+    def __getattr__(self, k):
+        if k == "device" and getattr(self.tracer, "device", None) is not None:
+            return self.tracer.device
+        return super().__getattr__(k)
+
+
 class _Tracer(fx.Tracer):
     """torch.fx's tracer, keeping whole every module whose exact type has a channel rule and
     LayerNorm-like modules (their axis is known as a module), and the modules whose Python fx cannot
@@ -178,6 +189,7 @@ class _Tracer(fx.Tracer):
                  max_nodes: int | None = None):
         super().__init__()
         self.max_nodes = max_nodes  # a trace growing past it fails (a loop over a probed attribute)
+        self.device = example.device if example is not None else None
         self.opaque_types, self.opaque_paths = opaque_types, opaque_paths
         self.inside: list[nn.Module] = []
         self.example, self.evaluating = example, False
@@ -210,6 +222,9 @@ class _Tracer(fx.Tracer):
                 return bool(fx.GraphModule(self.root, g)(self.example))
         finally:
             self.evaluating = False
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Proxy(node, self)
 
     def create_node(self, *args, **kwargs):
         if self.max_nodes is not None and len(self.graph.nodes) >= self.max_nodes:
