@@ -509,3 +509,13 @@ def test_a_projected_layer_keeps_the_rows_and_columns_of_the_kept_cells_and_proj
         assert torch.equal(layer.state_dict()[f"bias_ih_l{k}"], before[f"bias_ih_l{k}"][rows])
     if layers == 2:  # the second layer reads the first one's kept projections
         assert torch.equal(layer.state_dict()["weight_ih_l1"], before["weight_ih_l1"][rows][:, [0, 2]])
+
+
+def test_a_projected_lstm_is_not_cut_to_as_many_cells_as_projections():
+    """torch's kernel reads such a layer as one without projection and fails when it runs."""
+    torch.manual_seed(0)
+    model, x = CellState().eval(), torch.randn(7, 3, 6)
+    cells = next(g for g in channel_groups(model, x) if g.key == "rnn:cells")
+    with pytest.raises(ValueError, match="as many projections as cells"):
+        remove_channels(model, cells, torch.arange(5))
+    assert model.rnn.hidden_size == 12 and model(x).shape == (3, 3)

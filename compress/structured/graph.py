@@ -66,8 +66,13 @@ class ChannelGroup:
     key: str = ""
     # the producers (a projected LSTM) write these channels inside themselves, not to their output: its cells
     cells: bool = False
-    # the channels kept must be one contiguous run (a conv along the channels: ECA)
-    contiguous: bool = False
+    # convs sliding along these channels (ECA's gate): the channels kept must be one contiguous run
+    along: list[str] = field(default_factory=list)
+
+    @property
+    def contiguous(self) -> bool:
+        """Whether the channels kept must be one run (a conv slides along them)."""
+        return bool(self.along)
 
     @property
     def prunable(self) -> bool:
@@ -158,9 +163,7 @@ class _Groups:
         if ga.size != gb.size:
             gb.blockers.append(f"residual add of {ga.size} and {gb.size} channels")
         gb.blocks = math.lcm(ga.blocks, gb.blocks)
-        gb.contiguous = ga.contiguous or gb.contiguous
-        if gb.contiguous and gb.blocks > 1:
-            gb.blockers.append("channels cut in equal blocks (a grouped conv) and as one run (a conv along them)")
+        gb.along.extend(ga.along)
         if gb.size % gb.blocks:
             gb.blockers.append(f"{gb.size} channels do not split into {gb.blocks} equal blocks")
         self.parent[rb] = ra
@@ -550,6 +553,9 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
             first = grp.producers[0]
             start = sum(w.g.get(gid).size * per for gid, per in (grp.out_before.get(first) or [[]])[0])
             grp.key = first if firsts.count(first) == 1 else f"{first}[{start}:{start + grp.size}]"
+        if grp.along and grp.blocks > 1:
+            grp.blockers.append(f"channels cut in equal blocks (a grouped conv) and as one run ({grp.along[0]} "
+                                "slides along them)")
         targets = [t for t, _ in grp.parameters]
         if len(set(targets)) < len(targets):  # a parameter over the same channels twice: one offset each
             grp.blockers.append(f"parameter {targets[0]} reads these channels more than once (not cut yet)")

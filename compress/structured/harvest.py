@@ -167,13 +167,17 @@ def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: 
                 ok &= foldable
                 t = t + part
             terms.append((name, m, t))
+        for name, inp in _consumer_inputs(model, group.along, example).items():
+            # a conv along the channels reads them too (ECA): only channels that are exact zeros there go
+            ok &= torch.zeros_like(ok) if inp is None else (inp.float().cpu()[..., idx] == 0).flatten(0, -2).all(0)
         if ok.all() and len(idx) == group.size:
             ok[0] = False  # never to zero width
         keep_mask = torch.ones(group.size, dtype=torch.bool)
         keep_mask[idx[ok]] = False
-        keep_mask = _fill_blocks(keep_mask, group.blocks, unit_round(round_to, group.unit))
         if group.contiguous:
             keep_mask = _fill_run(keep_mask, unit_round(round_to, group.unit))
+        else:
+            keep_mask = _fill_blocks(keep_mask, group.blocks, unit_round(round_to, group.unit))
         ok &= ~keep_mask[idx]  # only what is really removed gets its constant folded
         if not ok.any():
             continue

@@ -152,24 +152,26 @@ def conv(w, node, m, name: str | None = None) -> None:
 
 def _conv_along_channels(w, node: fx.Node, x: fx.Node, m: nn.Conv1d, name: str) -> None:
     """A Conv1d sliding along the channels ([B, k, C]: ECA's gate, `conv(x.mean((2, 3)).view(B, 1, -1))`).
-    With zero padding that keeps the length, stride 1, a channel's neighbours past the ends of a kept
-    run are zeros in both models; inside the run, a removed neighbour would be zero in the masked model
-    and another channel once cut. So the channels kept must be one contiguous run (group.contiguous), and
-    the output at a removed channel mixes kept ones: it is marked shifted (a product with the channels'
-    own zeros, as ECA's `x * gate`, clears it)."""
+    With zero padding that keeps the length, stride 1, and removed channels exact zeros in its input, a
+    channel's neighbours past the ends of a kept run are zeros in both models; inside the run, a removed
+    neighbour would be zero in the masked model and another channel once cut. So the channels kept must
+    be one contiguous run (group.along names the conv), and its output at a removed channel mixes kept
+    ones: it is marked shifted (a product with the channels' own zeros, as ECA's `x * gate`, clears it;
+    a second conv along them reads it shifted and blocks)."""
     k, d = m.kernel_size[0], m.dilation[0]
     same = m.padding == "same" or (not isinstance(m.padding, str) and 2 * m.padding[0] == d * (k - 1))
     segs = w.label[x]
+    why = None
     if m.stride[0] != 1 or m.padding_mode != "zeros" or not same or len(segs) != 1 or segs[0][1] != 1:
         why = f"conv {name} along the channels: not a zero-padded stride-1 conv keeping the length of one group"
+    elif w.shifted.get(x):
+        why = f"conv {name} along the channels reads removed channels that are not zero ({w.shifted[x]})"
+    if why:
         w.block(node, why)
         w.start(node, m.out_channels, blocker=why)
         return
-    grp = w.g.get(segs[0][0])
-    grp.contiguous = True
-    if grp.blocks > 1:
-        grp.blockers.append(f"conv {name} along the channels of a grouped conv's channels")
-    w.follow(node, x, shift=f"{name} (a conv along the channels)")
+    w.g.get(segs[0][0]).along.append(name)
+    w.follow(node, x)
     w.shifted[node] = f"{name} (a conv along the channels)"
 
 

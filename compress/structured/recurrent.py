@@ -71,6 +71,8 @@ def cut_recurrent_hidden(m: nn.RNNBase, keep: torch.Tensor, cells: bool = False)
         raise ValueError(f"{type(m).__name__}: both directions must keep as many units ({[len(u) for u in units]})")
     hidden = len(units[0]) if cells or not proj else h
     proj_size = len(units[0]) if proj and not cells else m.proj_size
+    if proj and proj_size == hidden:  # torch's kernel would take the layer for one without projection
+        raise ValueError(f"{type(m).__name__}: a projected layer cannot keep as many projections as cells ({hidden})")
     for k in range(m.num_layers):
         for sfx, u in zip(_suffixes(m), units):
             if cells or not proj:  # the units' rows in every gate
