@@ -472,3 +472,51 @@ def test_maxvit_heads_and_stream_are_cut_exactly():
     assert all(g.prunable for g in groups if g.producers and not any("classifier" in p for p in g.producers))
     cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
     assert cut == sum(g.prunable for g in groups) and diff < 1e-5
+
+
+class MetaFormerTokens(nn.Module):
+    """Tokens → Linear → timm's metaformer Attention (residual) → Linear (residual) → head."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.models.metaformer import Attention  # the [test] extra installs timm
+        self.embed, self.attn = nn.Linear(6, 32), Attention(32, head_dim=8)
+        self.mlp, self.head = nn.Linear(32, 32), nn.Linear(32, 3)
+
+    def forward(self, x):                                   # x: [B, N, 6]
+        x = self.embed(x)
+        x = x + self.attn(x)
+        return self.head(x + self.mlp(x)).mean(1)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_metaformer_attention_is_swapped_for_a_twin_and_its_heads_and_stream_are_cut(fused):
+    """timm's metaformer Attention (CAFormer) reshaped its heads' output to the input's width: both
+    stayed whole (caformer_s18 lost 11% of its MACs). Its twin computes the same bit for bit, under the
+    same keys; then heads and stream are cut exactly."""
+    from timm.models.metaformer import Attention
+    from compress.structured.metaformer_attention import MetaFormerHeadsAttention
+
+    torch.manual_seed(0)
+    theirs = Attention(32, head_dim=8).eval()
+    theirs.fused_attn = fused
+    ours = MetaFormerHeadsAttention.from_timm(theirs).eval()
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+
+    model, x = MetaFormerTokens().eval(), torch.randn(2, 5, 6)
+    model.attn.fused_attn = fused
+    keys = list(model.state_dict())
+    groups = channel_groups(model, x)
+    assert isinstance(model.attn, MetaFormerHeadsAttention) and list(model.state_dict()) == keys
+    stream = next(g for g in groups if "embed" in g.producers)
+    heads = next(g for g in groups if g.producers == ["attn.qkv"])
+    assert stream.prunable and heads.prunable and heads.size == 4
+    cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
+    assert cut == 2 and diff < 1e-5  # the stream and the heads
+    smaller = copy.deepcopy(model)
+    remove_channels(smaller, next(g for g in channel_groups(smaller, x) if g.producers == ["attn.qkv"]),
+                    torch.tensor([0, 3]))
+    assert (smaller.attn.num_heads, smaller.attn.attn_dim, smaller.attn.proj.in_features) == (2, 16, 16)

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from ..modes import evaluating
 from .outputs import output_tensors
+from .metaformer_attention import MetaFormerHeadsAttention
 from .window_attention import PartitionHeadsAttention, WindowHeadsAttention, WindowHeadsAttentionV2
 
 _KEYS = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias"}
@@ -162,24 +163,25 @@ def convertible(m: nn.Module) -> bool:
 
 
 _TORCH_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
-_TORCHVISION_SWIN = {"torchvision.models.swin_transformer.ShiftedWindowAttention": WindowHeadsAttention,
-                     "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": WindowHeadsAttentionV2,
-                     "torchvision.models.maxvit.RelativePositionalMultiHeadAttention": PartitionHeadsAttention}
+# attention whose heads (and the width around them) its own code fixes -> the converter to its twin
+_TWINS = {"torchvision.models.swin_transformer.ShiftedWindowAttention": WindowHeadsAttention.from_torchvision,
+          "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": WindowHeadsAttentionV2.from_torchvision,
+          "torchvision.models.maxvit.RelativePositionalMultiHeadAttention": PartitionHeadsAttention.from_torchvision,
+          "timm.models.metaformer.Attention": MetaFormerHeadsAttention.from_timm}
 
 
 def _swap_for(m: nn.Module, parent: nn.Module):
     """The converter for `m` (a function making its cuttable twin), or None."""
     if convertible(m) and not isinstance(parent, _TORCH_LAYERS):
         return HeadsAttention.from_mha
-    twin = _TORCHVISION_SWIN.get(f"{type(m).__module__}.{type(m).__qualname__}")
-    return twin.from_torchvision if twin is not None else None
+    return _TWINS.get(f"{type(m).__module__}.{type(m).__qualname__}")
 
 
 def prepare_attention(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
     """Swap, in place, every convertible nn.MultiheadAttention for the `HeadsAttention` computing the
     same (same Parameters, same state_dict keys), except inside torch's own Transformer layers (whose
     fast path reads nn.MultiheadAttention's internals), and torchvision's Swin (V1, V2) and MaxViT
-    attention for their twins in window_attention.py. With an `example` input the model is run before
+    attention and timm's MetaFormer attention for their twins (window_attention.py, metaformer_attention.py). With an `example` input the model is run before
     and after (eval mode, a seeded random batch shaped like it, else the example itself): if it fails
     or computes otherwise after the swap (code that reads what only nn.MultiheadAttention has), every
     swap is undone; a model that runs on neither is left as it is. Returns the paths swapped."""

@@ -304,7 +304,8 @@ QKV_ATTENTION = {"timm.layers.attention.Attention": True, "timm.models.vision_tr
                  "timm.models.swin_transformer.WindowAttention": False,
                  "compress.structured.window_attention.WindowHeadsAttention": False,  # torchvision's Swin
                  "compress.structured.window_attention.WindowHeadsAttentionV2": False,
-                 "compress.structured.window_attention.PartitionHeadsAttention": False}  # MaxViT's
+                 "compress.structured.window_attention.PartitionHeadsAttention": False,  # MaxViT's
+                 "compress.structured.metaformer_attention.MetaFormerHeadsAttention": True}  # timm's CAFormer
 # the attributes holding (fused qkv Linear, output Linear, head count) where they are not qkv / proj / num_heads
 QKV_NAMES = {"compress.structured.window_attention.PartitionHeadsAttention": ("to_qkv", "merge", "n_heads")}
 
