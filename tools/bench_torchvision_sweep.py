@@ -5,7 +5,10 @@ loses 30% of its channels (block-balanced random keep sets, seeded).
 Each model runs in a child process with a time limit (random weights, BatchNorm statistics made
 non-trivial, layers initialised to zero given random weights; 64x64 input, 96 for inception_v3, 224 for the vision transformers; timm models at
 64x64, or their configured input size when they do not run at 64). "exact": the cut model's output equals
-the model with those channels zeroed (relative difference < 1e-4).
+the model with those channels zeroed (relative difference < 1e-4). A group whose removed channels
+would carry a constant to the next layers (StarReLU's bias), which a plain cut refuses, is zeroed and
+then cut by the harvest, folding the constants into those layers' biases, as the pipeline's freeze
+stage does ("harvested_groups").
 
 With --torch-pruning, Torch-Pruning (`pip install torch-pruning`) runs beside it on the same model,
 input and ratio, in its own child process: its generic call (MetaPruner, L1 magnitude importance,
@@ -118,7 +121,7 @@ def child(name: str) -> dict:
     import torch
 
     from compress.flops import count_macs
-    from compress.structured import channel_groups, remove_channels, zero_channels
+    from compress.structured import channel_groups, harvest_channels, remove_channels, zero_channels
     from compress.structured.budget import keep_count, random_kept
 
     model, x = model_and_input(name)
@@ -132,16 +135,24 @@ def child(name: str) -> dict:
     in_groups = sum(p.numel() for g in prunable for n in g.producers
                     for k, p in model.get_submodule(n).named_parameters() if k.startswith("weight"))
     masked, smaller = copy.deepcopy(model), copy.deepcopy(model)
-    cut = refused = 0
+    cut = refused = harvested = 0
     for group, same in zip(prunable, copy.deepcopy(prunable)):
         keep = random_kept(group, keep_count(group.size, 0.3, blocks=group.blocks), gen)
+        drop = torch.tensor(sorted(set(range(same.size)) - set(keep.tolist())), dtype=torch.long)
         try:
             remove_channels(smaller, group, keep)
-        except ValueError:
-            refused += 1
-            continue
-        zero_channels(masked, same, torch.tensor(sorted(set(range(same.size)) - set(keep.tolist())), dtype=torch.long))
+        except ValueError as e:
+            if "constant" not in str(e):
+                refused += 1
+                continue
+            # removed channels would carry a constant (StarReLU's bias): zeroed here, cut below by the
+            # harvest, which folds the constants into the next layers' biases (as the pipeline's freeze)
+            zero_channels(smaller, copy.deepcopy(same), drop)
+            harvested += 1
+        zero_channels(masked, same, drop)
         cut += 1
+    if harvested:
+        harvest_channels(smaller, channel_groups(smaller, x), tuple(x.shape[1:]))
     with torch.no_grad():
         want, got = masked(x), smaller(x)
     if not want.abs().max() > 0:
@@ -152,7 +163,7 @@ def child(name: str) -> dict:
                        for g in groups if g.producers and not g.prunable for b in g.blockers[:1])
     status = "wrong" if diff >= 1e-4 else "exact" if cut else "refused"
     return {"model": name, "status": status, "groups": len(groups), "prunable_groups": len(prunable),
-            "cut_groups": cut, "refused_groups": refused, "params": params,
+            "cut_groups": cut, "refused_groups": refused, "harvested_groups": harvested, "params": params,
             "prunable_param_share": in_groups / params, "mac_reduction": 1 - after / before,
             "channels_removed": 1 - channel_widths(smaller) / channel_widths(model),
             "max_rel_diff": diff, "top_blockers": dict(blockers.most_common(3))}
