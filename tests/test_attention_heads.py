@@ -558,3 +558,38 @@ def test_levit_attention_is_swapped_for_a_twin_without_its_cache_and_its_heads_a
     assert attn.qkv.bn.num_features == attn.qkv.linear.out_features == 3 * (2 * attn.key_dim + attn.val_dim)
     with torch.no_grad():
         model(x), model(x)  # eval mode twice: nothing cached from before the cut
+
+
+@pytest.mark.parametrize("kind", ["timm", "metaformer", "levit"])
+def test_heads_stay_whole_when_code_outside_the_attention_reads_its_head_count(kind):
+    """A cut sets num_heads; a forward outside the attention that reads it was traced with the old
+    number and would compute otherwise (0.5 off the masked model before the check)."""
+    from timm.layers.attention import Attention
+    from timm.models.levit import Attention as LevitAttention
+    from timm.models.metaformer import Attention as MetaFormerAttention
+
+    class ReadsHeads(nn.Module):
+        def __init__(self, attn):
+            super().__init__()
+            self.embed, self.attn, self.head = nn.Linear(6, 32), attn, nn.Linear(32, 3)
+
+        def forward(self, x):
+            x = self.embed(x)
+            return self.head(x + self.attn(x)).mean(1) * self.attn.num_heads
+
+    torch.manual_seed(0)
+    attn, tokens = {"timm": (lambda: Attention(32, num_heads=4), 5), "metaformer": (lambda: MetaFormerAttention(32, 8), 5),
+                    "levit": (lambda: LevitAttention(32, key_dim=8, num_heads=4, attn_ratio=2, resolution=3), 9)}[kind]
+    model, x = ReadsHeads(attn()).eval(), torch.randn(2, tokens, 6)
+    heads = next(g for g in channel_groups(model, x) if any(c[1] == "num_heads" for c in g.counters))
+    assert not heads.prunable and any("num_heads, which a cut sets, is read outside" in b for b in heads.blockers)
+    cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
+    assert diff < 1e-5
+
+    class Plain(ReadsHeads):
+        def forward(self, x):
+            x = self.embed(x)
+            return self.head(x + self.attn(x)).mean(1)
+
+    plain = Plain(attn()).eval()  # without the read, the same heads are cut
+    assert next(g for g in channel_groups(plain, x) if g.key == heads.key).prunable

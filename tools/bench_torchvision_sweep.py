@@ -147,7 +147,7 @@ def child(name: str) -> dict:
                 continue
             # removed channels would carry a constant (StarReLU's bias): zeroed here, cut below by the
             # harvest, which folds the constants into the next layers' biases (as the pipeline's freeze)
-            zero_channels(smaller, copy.deepcopy(same), drop)
+            zero_channels(smaller, group, drop)  # the live group: its offsets follow the cuts before
             harvested += 1
         zero_channels(masked, same, drop)
         cut += 1

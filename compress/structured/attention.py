@@ -183,7 +183,8 @@ def prepare_attention(model: nn.Module, example: torch.Tensor | None = None) -> 
     """Swap, in place, every convertible nn.MultiheadAttention for the `HeadsAttention` computing the
     same (same Parameters, same state_dict keys), except inside torch's own Transformer layers (whose
     fast path reads nn.MultiheadAttention's internals), and torchvision's Swin (V1, V2) and MaxViT
-    attention and timm's MetaFormer attention for their twins (window_attention.py, metaformer_attention.py). With an `example` input the model is run before
+    attention and timm's MetaFormer and LeViT attention for their twins (window_attention.py,
+    metaformer_attention.py, levit_attention.py). With an `example` input the model is run before
     and after (eval mode, a seeded random batch shaped like it, else the example itself): if it fails
     or computes otherwise after the swap (code that reads what only nn.MultiheadAttention has), every
     swap is undone; a model that runs on neither is left as it is. Returns the paths swapped."""
@@ -192,8 +193,9 @@ def prepare_attention(model: nn.Module, example: torch.Tensor | None = None) -> 
         parent_path, _, attr = path.rpartition(".")
         parent = model.get_submodule(parent_path) if path else None
         swap = _swap_for(m, parent) if parent is not None else None
-        if swap is not None:
-            targets.append((parent, attr, m, path, swap))
+        twin = swap(m) if swap is not None else None  # a converter may find no twin for this one
+        if twin is not None:
+            targets.append((parent, attr, m, path, twin))
     if not targets:
         return []
     inputs = [] if example is None else \
@@ -205,8 +207,8 @@ def prepare_attention(model: nn.Module, example: torch.Tensor | None = None) -> 
             break
     if inputs and before is None:  # the model does not run on such inputs: nothing to check a swap against
         return []
-    for parent, attr, m, _, swap in targets:
-        setattr(parent, attr, swap(m))
+    for parent, attr, _, _, twin in targets:
+        setattr(parent, attr, twin)
     if before is not None:
         after = _outputs(model, x)
         if after is None or len(after) != len(before) or any(

@@ -25,6 +25,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from ..modes import evaluating
 from . import ops, split  # noqa: F401  (registers the built-in rules)
 from . import width_attributes
+from .width_attributes import get_count
 from .attention import prepare_attention
 from .norm import NormWithRemoved
 from .undo import python_state_kept
@@ -572,17 +573,31 @@ def _prove_width_attributes(w: Walk, model: nn.Module, example: torch.Tensor) ->
     """Of the attributes that may fix a reshape's, split's or slice's channel count (ops._width_attribute,
     split._size_attribute, ops._slice_channels), the first that width_attributes proves counts the groups;
     none: they block. An attribute read by several nodes (DPN's `x[:, :self.num_1x1_c]` of two tensors)
-    must fix all of them, and count the same groups in each."""
+    must fix all of them, and count the same groups in each. The counters module rules set (num_heads)
+    must show nowhere in the trace: the module is one node of it, and a read elsewhere blocks."""
     concrete = _concrete_args(model)
     readers: dict[tuple, list[str]] = {}  # (counter, size) -> the nodes it may fix
     for _, node_name, candidates, size in w.width_checks:
         for counter in candidates:
             readers.setdefault((counter, size), []).append(node_name)
-    keys = list(readers)
-    checks = [(tuple(dict.fromkeys(readers[k])), *k[0][:2], k[1], k[0][2]) for k in keys]
+    # counters a rule set (an attention's num_heads): their module is one node of the trace, so the
+    # attribute must show nowhere in it; code outside reading `attn.num_heads` would keep the old count
+    inside: dict[tuple, list[int]] = {}  # (counter, size) -> the groups (roots) it counts
+    for root, grp in w.g.groups.items():
+        for path, attr, per in grp.counters:
+            size = get_count(model.get_submodule(path), attr) // per
+            if ((path, attr, per), size) not in readers:
+                inside.setdefault(((path, attr, per), size), []).append(root)
+    keys = list(readers) + list(inside)
+    checks = [(tuple(dict.fromkeys(readers.get(k, ()))), *k[0][:2], k[1], k[0][2]) for k in keys]
     limit = 10 * w.nodes + 1000  # a loop over a probed attribute would trace a million times
     trace = lambda: _fx_trace(model, concrete, example, limit)[0]  # noqa: E731
-    verdict = dict(zip(keys, width_attributes.problems(model, trace, checks)))
+    verdict = dict(zip(keys, width_attributes.problems(model, trace, checks))) if checks else {}
+    for (counter, _), roots in inside.items():
+        why = verdict[(counter, _)]
+        for root in roots if why is not None else ():
+            w.g.groups[root].blockers.append(f"{counter[0]}.{counter[1]}, which a cut sets, is read outside "
+                                             f"{counter[0]} too ({why})")
     counted: dict[tuple, list[int]] = {}  # a proved counter -> the groups (roots) it counts
     for gids, node_name, candidates, size in w.width_checks:
         whys = [verdict[(c, size)] for c in candidates]

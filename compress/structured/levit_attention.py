@@ -33,11 +33,11 @@ class LevitHeadsAttention(nn.Module):
         self.val_attn_dim = val_dim * num_heads
 
     @classmethod
-    def from_timm(cls, m: nn.Module) -> nn.Module:
-        """The same attention as timm's levit.Attention `m`, sharing its modules and Parameters (`m` itself
-        when it runs on [B, C, H, W] maps: use_conv)."""
+    def from_timm(cls, m: nn.Module) -> LevitHeadsAttention | None:
+        """The same attention as timm's levit.Attention `m`, sharing its modules and Parameters (None when
+        it runs on [B, C, H, W] maps: use_conv)."""
         if m.use_conv:
-            return m
+            return None
         new = cls(m.qkv, m.proj, m.attention_biases, m.attention_bias_idxs, m.num_heads, m.key_dim, m.val_dim,
                   m.scale)
         return new.train(m.training)
