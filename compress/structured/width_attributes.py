@@ -53,14 +53,34 @@ def set_count(owner: nn.Module, attr: str, value: int) -> None:
 
 
 @contextmanager
-def _attribute(owner: nn.Module, attr: str, value) -> Iterator[None]:
+def _attribute(owner: nn.Module, attr: str, value, outside_only: bool = False) -> Iterator[None]:
+    """`owner`.`attr` set to `value`; with `outside_only`, `owner` itself still runs with its own value
+    (a module the trace keeps whole, run when a branch's condition is evaluated), so that only code
+    outside it sees the probe."""
     name = attr.partition("[")[0]
     old = getattr(owner, name)
     set_count(owner, attr, value)
+    own_forward = owner.__dict__.get("forward")
+    if outside_only:
+        forward = owner.forward
+
+        def run(*args, **kwargs):
+            probe = getattr(owner, name)
+            setattr(owner, name, old)
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                setattr(owner, name, probe)
+        owner.forward = run
     try:
         yield
     finally:
         setattr(owner, name, old)
+        if outside_only:
+            if own_forward is None:
+                del owner.forward
+            else:
+                owner.forward = own_forward
 
 
 def _leaf(a):
@@ -131,8 +151,10 @@ def _verdicts(model: nn.Module, trace: Callable[[], fx.GraphModule], checks: lis
             moved = []
             for value in (lambda i, size: _large(i), lambda i, size: _small(size)):
                 with ExitStack() as stack:
-                    for i, (_, path, attr, size, per) in enumerate(checks):
-                        stack.enter_context(_attribute(model.get_submodule(path), attr, value(i, size) * per))
+                    for i, (nodes, path, attr, size, per) in enumerate(checks):
+                        # no node named: the attribute of a module the trace keeps whole (num_heads)
+                        stack.enter_context(_attribute(model.get_submodule(path), attr, value(i, size) * per,
+                                                       outside_only=not nodes))
                     moved.append(_signature(trace))
         if base is None or any(m is None or [s[:3] for s in base] != [s[:3] for s in m] or
                                any(len(a[3]) != len(b[3]) for a, b in zip(base, m)) for m in moved):
