@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from compress import atomic
+from compress.errors import UserError
 from compress.models.hooks import export_form
 from compress.structured.std_conv import fold_weight_standardization
 from .sections import ExportConfig
@@ -59,6 +60,10 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path, opset:
     """
     path = Path(path)
     model = model.eval().cpu()
+    projected = next((n for n, m in model.named_modules() if isinstance(m, nn.LSTM) and m.proj_size), None)
+    if projected is not None:  # torch exports it as an ONNX LSTM, which has no projection: onnxruntime refuses it
+        raise UserError(f"export: {projected} is an nn.LSTM with proj_size, which has no ONNX form "
+                        "(the ONNX LSTM op has no projection); give it proj_size=0 to export the model")
     reference = model
     model, optimize = export_form(model)  # e.g. spiking models: a copy that keeps no state between calls
     model = fold_weight_standardization(model)  # NFNet, BiT: constants in inference, not standardised per call

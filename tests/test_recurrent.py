@@ -519,3 +519,14 @@ def test_a_projected_lstm_is_not_cut_to_as_many_cells_as_projections():
     with pytest.raises(ValueError, match="as many projections as cells"):
         remove_channels(model, cells, torch.arange(5))
     assert model.rnn.hidden_size == 12 and model(x).shape == (3, 3)
+
+
+def test_exporting_a_projected_lstm_is_a_clear_error_not_a_broken_file(tmp_path):
+    """torch's exporter writes it as an ONNX LSTM, which has no projection: onnxruntime then fails
+    on the cell state's shape. Refused up front with the layer's name, nothing written."""
+    from compress.errors import UserError
+    from deploy.export import export_onnx
+
+    with pytest.raises(UserError, match="rnn is an nn.LSTM with proj_size"):
+        export_onnx(CellState().eval(), torch.randn(7, 3, 6), tmp_path / "m.onnx")
+    assert not any(tmp_path.iterdir())
