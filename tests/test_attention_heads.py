@@ -560,6 +560,39 @@ def test_levit_attention_is_swapped_for_a_twin_without_its_cache_and_its_heads_a
         model(x), model(x)  # eval mode twice: nothing cached from before the cut
 
 
+@pytest.mark.parametrize("pool", [False, True])
+def test_levits_downsampling_attention_has_a_twin_too_and_its_heads_are_cut(pool):
+    """Between stages LeViT attends from every stride-th token to all of them (k and v from all, q
+    from the subsampled ones), into a wider stream: twin bit for bit, heads cut exactly
+    (levit_128s 47.7 -> 52.3% with it)."""
+    import timm
+    from timm.models.levit import AttentionDownsample
+    from compress.structured.levit_attention import LevitDownsampleHeadsAttention
+
+    torch.manual_seed(0)
+    theirs = AttentionDownsample(32, 48, key_dim=8, num_heads=4, attn_ratio=2, stride=2, resolution=4, use_pool=pool)
+    _randomise_norms(theirs)
+    theirs.eval()
+    with torch.no_grad():
+        theirs.attention_biases.normal_()
+    ours = LevitDownsampleHeadsAttention.from_timm(theirs).eval()
+    x = torch.randn(2, 16, 32)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+
+    model = _randomise_norms(timm.create_model("levit_128s", num_classes=10, img_size=64)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    heads = next(g for g in channel_groups(model, x) if "stages.1.downsample.attn_downsample.q.ln.linear" in g.producers)
+    attn = model.stages[1].downsample.attn_downsample
+    assert isinstance(attn, LevitDownsampleHeadsAttention) and heads.prunable
+    cut, diff, _ = cut_vs_masked(model, x, ratio=0.3, seed=1)
+    assert diff < 1e-4
+    remove_channels(model, next(g for g in channel_groups(model, x) if g.key == heads.key), torch.tensor([1, 5]))
+    assert (attn.num_heads, attn.q.ln.linear.out_features, attn.kv.bn.num_features) == (2, 2 * attn.key_dim,
+                                                                                      2 * (attn.key_dim + attn.val_dim))
+
+
 @pytest.mark.parametrize("kind", ["timm", "metaformer", "levit"])
 def test_heads_stay_whole_when_code_outside_the_attention_reads_its_head_count(kind):
     """A cut sets num_heads; a forward outside the attention that reads it was traced with the old

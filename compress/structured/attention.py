@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from ..modes import evaluating
 from .outputs import output_tensors
-from .levit_attention import LevitHeadsAttention
+from .levit_attention import LevitDownsampleHeadsAttention, LevitHeadsAttention
 from .metaformer_attention import MetaFormerHeadsAttention
 from .window_attention import PartitionHeadsAttention, WindowHeadsAttention, WindowHeadsAttentionV2
 
@@ -169,7 +169,8 @@ _TWINS = {"torchvision.models.swin_transformer.ShiftedWindowAttention": WindowHe
           "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": WindowHeadsAttentionV2.from_torchvision,
           "torchvision.models.maxvit.RelativePositionalMultiHeadAttention": PartitionHeadsAttention.from_torchvision,
           "timm.models.metaformer.Attention": MetaFormerHeadsAttention.from_timm,
-          "timm.models.levit.Attention": LevitHeadsAttention.from_timm}
+          "timm.models.levit.Attention": LevitHeadsAttention.from_timm,
+          "timm.models.levit.AttentionDownsample": LevitDownsampleHeadsAttention.from_timm}
 
 
 def _swap_for(m: nn.Module, parent: nn.Module):
