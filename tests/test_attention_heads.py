@@ -522,6 +522,15 @@ def test_metaformer_attention_is_swapped_for_a_twin_and_its_heads_and_stream_are
     assert (smaller.attn.num_heads, smaller.attn.attn_dim, smaller.attn.proj.in_features) == (2, 16, 16)
 
 
+def _levit_attention(m: nn.Module) -> nn.Module:
+    """A timm LeViT attention in eval mode with non-trivial BatchNorms and biases."""
+    _randomise_norms(m)
+    m.eval()  # timm's LeViT attention's train() returns None: no chaining
+    with torch.no_grad():
+        m.attention_biases.normal_()
+    return m
+
+
 def test_levit_attention_is_swapped_for_a_twin_without_its_cache_and_its_heads_are_cut():
     """timm's LeViT attention splits each head's q, k, v rows at [key_dim, key_dim, val_dim] and caches
     its biases in eval mode: its twin computes the same bit for bit, same keys, no cache; heads are cut
@@ -531,11 +540,7 @@ def test_levit_attention_is_swapped_for_a_twin_without_its_cache_and_its_heads_a
     from compress.structured.levit_attention import LevitHeadsAttention
 
     torch.manual_seed(0)
-    theirs = Attention(32, key_dim=8, num_heads=4, attn_ratio=2, resolution=3)
-    _randomise_norms(theirs)
-    theirs.eval()  # timm's Attention.train returns None: no chaining
-    with torch.no_grad():
-        theirs.attention_biases.normal_()
+    theirs = _levit_attention(Attention(32, key_dim=8, num_heads=4, attn_ratio=2, resolution=3))
     ours = LevitHeadsAttention.from_timm(theirs).eval()
     x = torch.randn(2, 9, 32)
     with torch.no_grad():
@@ -570,11 +575,8 @@ def test_levits_downsampling_attention_has_a_twin_too_and_its_heads_are_cut(pool
     from compress.structured.levit_attention import LevitDownsampleHeadsAttention
 
     torch.manual_seed(0)
-    theirs = AttentionDownsample(32, 48, key_dim=8, num_heads=4, attn_ratio=2, stride=2, resolution=4, use_pool=pool)
-    _randomise_norms(theirs)
-    theirs.eval()
-    with torch.no_grad():
-        theirs.attention_biases.normal_()
+    theirs = _levit_attention(AttentionDownsample(32, 48, key_dim=8, num_heads=4, attn_ratio=2, stride=2, resolution=4,
+                                                  use_pool=pool))
     ours = LevitDownsampleHeadsAttention.from_timm(theirs).eval()
     x = torch.randn(2, 16, 32)
     with torch.no_grad():
