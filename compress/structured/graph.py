@@ -584,7 +584,7 @@ def _prove_width_attributes(w: Walk, model: nn.Module, example: torch.Tensor) ->
     # attribute must show nowhere in it; code outside reading `attn.num_heads` would keep the old count
     inside: dict[tuple, list[int]] = {}  # (counter, size) -> the groups (roots) it counts
     for root, grp in w.g.groups.items():
-        for path, attr, per in grp.counters:
+        for path, attr, per in grp.counters if not grp.blockers else ():
             size = get_count(model.get_submodule(path), attr) // per
             if ((path, attr, per), size) not in readers:
                 inside.setdefault(((path, attr, per), size), []).append(root)
@@ -593,8 +593,8 @@ def _prove_width_attributes(w: Walk, model: nn.Module, example: torch.Tensor) ->
     limit = 10 * w.nodes + 1000  # a loop over a probed attribute would trace a million times
     trace = lambda: _fx_trace(model, concrete, example, limit)[0]  # noqa: E731
     verdict = dict(zip(keys, width_attributes.problems(model, trace, checks))) if checks else {}
-    for (counter, _), roots in inside.items():
-        why = verdict[(counter, _)]
+    for (counter, size), roots in inside.items():
+        why = verdict[(counter, size)]
         for root in roots if why is not None else ():
             w.g.groups[root].blockers.append(f"{counter[0]}.{counter[1]}, which a cut sets, is read outside "
                                              f"{counter[0]} too ({why})")
