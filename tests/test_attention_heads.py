@@ -654,3 +654,42 @@ def test_a_shape_branch_after_the_attention_does_not_count_as_reading_its_head_c
     assert heads.prunable, heads.blockers
     cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
     assert cut == 2 and diff < 1e-5
+
+
+class LiteTokens(nn.Module):
+    """conv → BN → x + timm's LiteMLA(x) (EfficientViT's linear attention) → pooled head."""
+
+    def __init__(self, **mla):
+        super().__init__()
+        from timm.models.efficientvit_mit import LiteMLA
+        self.stem, self.bn = nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.mla, self.head = LiteMLA(32, 32, dim=8, **mla), nn.Linear(32, 3)
+
+    def forward(self, x):
+        x = self.bn(self.stem(x))
+        return self.head((x + self.mla(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("scales", [(5,), (3, 5)])
+def test_efficientvits_linear_attention_loses_whole_heads_exactly(scales):
+    """A zeroed head of LiteMLA has q = k = 0: its output is 0 / eps = 0. Its heads are cut from qkv,
+    both aggregation convs (the grouped one losing whole groups) and every scale's columns of proj
+    (efficientvit_b0 42.5 -> 48.8% with it)."""
+    torch.manual_seed(0)
+    model, x = _randomise_norms(LiteTokens(scales=scales)).eval(), torch.randn(2, 3, 8, 8)
+    heads = next(g for g in channel_groups(model, x) if g.producers == ["mla.qkv.conv"])
+    assert heads.prunable and heads.size == 4
+    for seed in (0, 1):
+        cut, diff, _ = cut_vs_masked(model, x, ratio=0.5, seed=seed)
+        assert cut == 2 and diff < 1e-5
+    smaller = copy.deepcopy(model)
+    remove_channels(smaller, next(g for g in channel_groups(smaller, x) if g.key == heads.key), torch.tensor([0, 3]))
+    mla = smaller.mla
+    assert mla.qkv.conv.out_channels == 48 and mla.proj.conv.in_channels == 16 * (1 + len(scales))
+    assert all((op[0].groups, op[1].groups, op[1].out_channels) == (48, 6, 48) for op in mla.aggreg)
+
+
+def test_a_linear_attention_whose_kernel_keeps_no_zero_stays_whole():
+    model = LiteTokens(kernel_func=nn.Hardsigmoid).eval()  # hardsigmoid(0) = 0.5
+    group = next(g for g in channel_groups(model, torch.randn(2, 3, 8, 8)) if "stem" in g.producers)
+    assert not group.prunable and any("linear attention layout" in b for b in group.blockers)

@@ -23,7 +23,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..modes import evaluating
-from . import ops, split  # noqa: F401  (registers the built-in rules)
+from . import lite_attention, ops, split  # noqa: F401  (registers the built-in rules)
 from . import width_attributes
 from .width_attributes import get_count
 from .attention import prepare_attention

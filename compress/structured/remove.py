@@ -132,11 +132,13 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
         m = model.get_submodule(name)
         per = group.passthrough_per.get(name, 1)
         rows = _span(_width(m), group.offsets(name), group.size * per, _consumer_columns(keep, per))
-        if isinstance(m, (*CONV, *TRANSPOSED)):  # depthwise: a filter per channel
+        if isinstance(m, (*CONV, *TRANSPOSED)):  # depthwise (a filter per channel), or losing whole groups
+            per_group = m.in_channels // m.groups
             m.weight = _index(m.weight, rows, 0)
             if m.bias is not None:
                 m.bias = _index(m.bias, rows, 0)
-            m.in_channels = m.out_channels = m.groups = len(rows)
+            m.in_channels = m.out_channels = len(rows)
+            m.groups = len(rows) // per_group
             if is_std_conv(m):
                 keep_std_conv_rows(m, rows)
         elif norm_axis(m) is not None:  # removed channels stay in its statistics as zeros
