@@ -767,3 +767,37 @@ def test_reshape_as_a_tensor_is_cut_exactly_with_that_tensors_channels():
         cut, diff, groups = cut_vs_masked(model, x)
         assert cut == cuts and diff < 1e-5
         assert (set(next(g for g in groups if "l1" in g.producers).producers) == {"l1", "l2"}) == other
+
+
+class Squeezes(nn.Module):
+    """Linear → unsqueeze twice → 1x1 conv → pooled → squeeze (all, or given dims) → Linear."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.a, self.conv, self.head = how, nn.Linear(6, 8), nn.Conv2d(8, 10, 1), nn.Linear(10, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x)).unsqueeze(-1).unsqueeze(2)                     # [B, 8, 1, 1]
+        y = torch.relu(self.conv(y)).mean((2, 3), keepdim=True)                  # [B, 10, 1, 1]
+        y = {"all": lambda: y.squeeze(), "dims": lambda: torch.squeeze(y, (2, 3)), "one": lambda: y.squeeze(-1).squeeze(-1)}[self.how]()
+        return self.head(y)
+
+
+@pytest.mark.parametrize("how", ["all", "dims", "one"])
+def test_unsqueeze_and_squeeze_move_the_channel_axis(how):
+    torch.manual_seed(0)
+    cut, diff, groups = cut_vs_masked(Squeezes(how), torch.randn(4, 6), ratio=0.5)
+    assert cut == 2 and diff < 1e-5
+
+
+def test_squeezing_the_channel_axis_blocks():
+    class One(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.head = nn.Conv2d(3, 1, 1), nn.Linear(4, 2)
+
+        def forward(self, x):                 # [B, 3, 2, 2] → one channel → squeezed away
+            return self.head(self.a(x).squeeze(1).flatten(1))
+
+    group = next(g for g in channel_groups(One().eval(), torch.randn(2, 3, 2, 2)) if g.producers == ["a"])
+    assert not group.prunable and any("squeeze" in b for b in group.blockers)

@@ -838,6 +838,35 @@ def _same_axis(before: tuple, after: tuple, axis: int) -> int | None:
     return None
 
 
+@function_rule(torch.unsqueeze, "unsqueeze")
+def unsqueeze(w, node, m) -> None:
+    """A new dim of size 1: the channels move one dim on when it comes before them."""
+    x = w.first(node)
+    if x not in w.label:
+        return
+    d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    w.follow(node, x)
+    w.axis[node] = w.axis[x] + (d % (w.ndim(x) + 1) <= w.axis[x])
+
+
+@function_rule(torch.squeeze, "squeeze")
+def squeeze(w, node, m) -> None:
+    """Dims of size 1 dropped (the given ones, or all): the channels move back past those before them;
+    squeezing the channel axis itself (one channel) blocks."""
+    x = w.first(node)
+    if x not in w.label:
+        return
+    shape, nd = x.meta["tensor_meta"].shape, w.ndim(x)
+    d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    given = range(nd) if d is None else [d] if isinstance(d, int) else d
+    dims = {g % nd for g in given if shape[g % nd] == 1}
+    if w.axis[x] in dims:
+        w.block(node, f"squeeze {node.name} of the channel axis")
+        return
+    w.follow(node, x)
+    w.axis[node] = w.axis[x] - sum(g < w.axis[x] for g in dims)
+
+
 @function_rule(torch.transpose, "transpose", torch.swapaxes, "swapaxes", torch.swapdims, "swapdims")
 def transpose(w, node, m) -> None:
     x = w.first(node)
