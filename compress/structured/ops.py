@@ -113,6 +113,11 @@ def _makes_value_shape(n: fx.Node, memo: dict) -> bool:
     return False
 
 
+def argument(node: fx.Node, i: int, name: str, default=None):
+    """The call's argument given at position `i` or as keyword `name`, else `default`."""
+    return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
+
+
 # --- producers ---------------------------------------------------------------------------------
 
 @module_rule(*CONV)
@@ -241,7 +246,7 @@ def recurrent(w, node, m) -> None:
             w.block(node, f"{kind} {name} reads axis {w.ndim(x) - 1}, not the channel axis {w.axis[x]}")
         else:
             w.join(name, w.label[x], "consumer", x)
-    state = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
+    state = argument(node, 1, "hx")
     why = None
     if state is not None:
         why = f"{kind} {name}: called with an initial state, whose width is the hidden size"
@@ -399,7 +404,7 @@ def functional_layer(w, node, m) -> None:
     kind = nn.Linear if node.target is F.linear else CONV
     args = [*node.args[1:3], node.kwargs.get("weight"), node.kwargs.get("bias")]
     owners = {a.target.rpartition(".")[0] for a in args if isinstance(a, fx.Node) and a.op == "get_attr"}
-    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    weight = argument(node, 1, "weight")
     owner = next(iter(owners)) if len(owners) == 1 else None
     ok = owner is not None and isinstance(weight, fx.Node) and weight.op == "get_attr" and \
         weight.target == f"{owner}.weight" and isinstance(w.modules.get(owner), kind)
@@ -504,7 +509,7 @@ def functional_group_norm(w, node, m) -> None:
     (timm's GroupNorm1 in PoolFormer): that GroupNorm, as if called itself."""
     owners = {a.target.rpartition(".")[0] for a in node.all_input_nodes if a.op == "get_attr"}
     owner = next(iter(owners)) if len(owners) == 1 else None
-    groups = node.args[1] if len(node.args) > 1 else node.kwargs.get("num_groups")
+    groups = argument(node, 1, "num_groups")
     gn = w.modules.get(owner) if owner is not None else None
     stack = node.meta.get("nn_module_stack") or {}
     inside_owner = next(reversed(stack), None) == owner  # called in its own forward, not by a parent
@@ -628,9 +633,9 @@ for _fn in (F.adaptive_avg_pool2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_po
 def pad(w, node, m) -> None:
     """F.pad over the spatial dims (timm's same-padding convs): each channel padded on its own. A pad
     value other than 0 (constant mode) is what a removed channel then carries."""
-    widths = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad", ())
-    mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
-    value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
+    widths = argument(node, 1, "pad", ())
+    mode = argument(node, 2, "mode", "constant")
+    value = argument(node, 3, "value", None)
     _pad(w, node, widths, value if mode == "constant" else None)
 
 
@@ -844,7 +849,7 @@ def unsqueeze(w, node, m) -> None:
     x = w.first(node)
     if x not in w.label:
         return
-    d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    d = argument(node, 1, "dim")
     w.follow(node, x)
     w.axis[node] = w.axis[x] + (d % (w.ndim(x) + 1) <= w.axis[x])
 
@@ -857,7 +862,7 @@ def squeeze(w, node, m) -> None:
     if x not in w.label:
         return
     shape, nd = x.meta["tensor_meta"].shape, w.ndim(x)
-    d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    d = argument(node, 1, "dim")
     given = range(nd) if d is None else [d] if isinstance(d, int) else d
     dims = {g % nd for g in given if shape[g % nd] == 1}
     if w.axis[x] in dims:
@@ -885,7 +890,7 @@ def softmax(w, node, m) -> None:
     x = w.first(node)
     if x not in w.label:
         return
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dim = argument(node, 1, "dim")
     if not isinstance(dim, int) or dim % w.ndim(x) == w.axis[x]:
         w.block(node, f"softmax {node.name} over the channel axis")
     else:
@@ -898,7 +903,7 @@ def roll(w, node, m) -> None:
     x = w.first(node)
     if x not in w.label:
         return
-    dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dims")
+    dims = argument(node, 2, "dims")
     dims = [dims] if isinstance(dims, int) else list(dims or [])
     if not dims or w.axis[x] in [d % w.ndim(x) for d in dims]:
         w.block(node, f"roll {node.name} along the channel axis")
@@ -923,8 +928,8 @@ def mean(w, node, m) -> None:
     src = w.first(node)
     if src not in w.label:
         return
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    dims = argument(node, 1, "dim")
+    keep = argument(node, 2, "keepdim", False)
     ndim = w.ndim(src)
     dims = [d % ndim for d in ([dims] if isinstance(dims, int) else dims or [])]
     if not dims or w.axis[src] in dims:
@@ -1177,7 +1182,7 @@ def concat(w, node, m) -> None:
     class token before the patch tokens) the inputs' channels are the same channels: their groups
     merge, and a parameter among them (expanded or not) joins them along its channel dim."""
     tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    dim = argument(node, 1, "dim", 0)
     ndim = w.ndim(node)
     parts = [w.label.get(t) if isinstance(t, fx.Node) else None for t in tensors]
     axes = {w.axis.get(t) for t in tensors if isinstance(t, fx.Node) and t in w.label}
@@ -1219,7 +1224,7 @@ def stack(w, node, m) -> None:
     """torch.stack of tensors carrying channels on the same axis, along a new dim: the same channels
     side by side (their groups merge, as in a sum); the channel axis moves past the new dim."""
     tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    dim = argument(node, 1, "dim", 0)
     labelled = [t for t in tensors if isinstance(t, fx.Node) and t in w.label]
     if not labelled:
         return

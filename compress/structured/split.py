@@ -22,7 +22,7 @@ import operator
 import torch
 from torch import fx
 
-from .ops import caller_attributes, cut_into_parts, tie
+from .ops import argument, caller_attributes, cut_into_parts, tie
 from .rules import function_rule
 
 
@@ -35,7 +35,7 @@ def split(w, node, m) -> None:
     metas = node.meta.get("tensor_meta")
     unbind = node.target in (torch.unbind, "unbind")
     at = 1 if unbind else 2
-    dim = node.args[at] if len(node.args) > at else node.kwargs.get("dim", 0)
+    dim = argument(node, at, "dim", 0)
     by_index = all(u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)
                    for u in node.users)  # the tuple itself handed on would escape the walk
     if not (by_index and isinstance(metas, (tuple, list)) and isinstance(dim, int)):
