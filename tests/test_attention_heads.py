@@ -693,3 +693,20 @@ def test_a_linear_attention_whose_kernel_keeps_no_zero_stays_whole():
     model = LiteTokens(kernel_func=nn.Hardsigmoid).eval()  # hardsigmoid(0) = 0.5
     group = next(g for g in channel_groups(model, torch.randn(2, 3, 8, 8)) if "stem" in g.producers)
     assert not group.prunable and any("linear attention layout" in b for b in group.blockers)
+
+
+def test_the_harvest_removes_zeroed_heads_of_a_linear_attention():
+    """proj reads dim inputs per head and scale: the harvest looks at all of them (it read one input
+    per channel of a conv before, found the heads alive, and froze efficientvit_b0 at x0.55 of its MACs
+    where the pruner planned x0.48)."""
+    from compress.structured import harvest, zero_channels
+
+    torch.manual_seed(0)
+    model, x = _randomise_norms(LiteTokens(scales=(3, 5))).eval(), torch.randn(2, 3, 8, 8)
+    heads = next(g for g in channel_groups(model, x) if g.producers == ["mla.qkv.conv"])
+    zero_channels(model, heads, torch.tensor([1, 2]))
+    with torch.no_grad():
+        want = model(x)
+        record = harvest(model, (3, 8, 8))
+        assert record["keep"]["mla.qkv.conv"] == [0, 3] and model.mla.qkv.conv.out_channels == 48
+        assert torch.allclose(model(x), want, atol=1e-5)

@@ -95,17 +95,16 @@ def _fold_terms(m: nn.Module, inp: torch.Tensor, idx: torch.Tensor, per_channel:
     if isinstance(m, TRANSPOSED):  # a constant input is no constant output at the borders: only zeros go
         zero = (inp[0, idx + offset].flatten(1) == 0).all(1)
         return zero, torch.zeros(len(idx), m.out_channels)
-    if isinstance(m, CONV):
-        idx = idx + offset
-        v = inp[0, idx].flatten(1)                        # [k, positions]
-        zero = (v == 0).all(1)
+    cols = offset + idx[:, None] * per_channel + torch.arange(per_channel)[None, :]  # [k, per_channel]
+    if isinstance(m, CONV):  # a channel is per_channel inputs (a head's, read by EfficientViT's proj)
+        v = inp[0, cols].flatten(2)                       # [k, per_channel, positions]
+        zero = (v == 0).flatten(1).all(1)
         if m.groups > 1:  # a grouped conv: only channels that carry exact zeros go (nothing to fold)
             return zero, torch.zeros(len(idx), w.shape[0])
-        constant = (v == v[:, :1]).all(1)
+        constant = (v == v[..., :1]).flatten(1).all(1)
         foldable = zero | (constant & _no_padding(m))
-        terms = w[:, idx].sum(tuple(range(2, w.ndim))).T * v[:, 0:1]  # [k, out]
+        terms = torch.einsum("okp,kp->ko", w[:, cols].sum(tuple(range(3, w.ndim + 1))), v[..., 0])  # [k, out]
         return foldable, torch.where(zero[:, None], torch.zeros_like(terms), terms)
-    cols = offset + idx[:, None] * per_channel + torch.arange(per_channel)[None, :]  # [k, per_channel]
     v = inp.reshape(inp.shape[0], -1)[0, cols]            # [k, per_channel]
     terms = torch.einsum("okp,kp->ko", w[:, cols], v)
     return torch.ones(len(idx), dtype=torch.bool), terms
