@@ -244,3 +244,9 @@ def test_a_conv_along_channels_a_grouped_conv_reads_in_blocks_keeps_them_whole()
 def test_the_harvest_rounds_a_run_from_its_own_ends():
     mask = torch.tensor([False, False, False, True, True, False, True, True, True, True, True, False])
     assert _fill_run(mask, round_to=4).nonzero().flatten().tolist() == list(range(3, 11))
+
+
+def test_a_structure_record_keeping_no_run_is_refused_naming_the_group():
+    from compress.structured.structure import apply_structure
+    with pytest.raises(ValueError, match=r"keep\.b: .*one run"):
+        apply_structure(EcaNet().eval(), {"keep": {"b": [0, 1, 2, 5, 6, 7]}}, (3, 8, 8))

@@ -115,4 +115,7 @@ def apply_structure(model: nn.Module, structure: dict, input_shape: tuple[int, .
                 indices != sorted(set(indices)) or indices[0] < 0 or indices[-1] >= group.size:
             raise ValueError(f"keep.{producer}: expected increasing channel indices in [0, {group.size}), "
                              f"without repeats")
-        remove_channels(model, group, torch.tensor(indices, dtype=torch.long), constants_folded=True)
+        try:  # the keep set breaks a rule of the group (as many per block, one run)
+            remove_channels(model, group, torch.tensor(indices, dtype=torch.long), constants_folded=True)
+        except ValueError as e:
+            raise ValueError(f"keep.{producer}: {e}") from None
