@@ -710,3 +710,17 @@ def test_the_harvest_removes_zeroed_heads_of_a_linear_attention():
         record = harvest(model, (3, 8, 8))
         assert record["keep"]["mla.qkv.conv"] == [0, 3] and model.mla.qkv.conv.out_channels == 48
         assert torch.allclose(model(x), want, atol=1e-5)
+
+
+def test_a_linear_attention_whose_output_norm_holds_an_activation_stays_whole():
+    """timm's BatchNormAct2d is a BatchNorm2d holding an activation: with hardsigmoid (f(0) = 0.5) a
+    removed output channel would carry 0.5 on (0.47 off the masked model before the exact-type check)."""
+    from functools import partial
+
+    from timm.layers import BatchNormAct2d
+    from timm.models.efficientvit_mit import LiteMLA
+
+    model = LiteTokens().eval()
+    model.mla = LiteMLA(32, 32, dim=8, norm_layer=(None, partial(BatchNormAct2d, act_layer=nn.Hardsigmoid))).eval()
+    group = next(g for g in channel_groups(model, torch.randn(2, 3, 8, 8)) if "stem" in g.producers)
+    assert not group.prunable and any("linear attention layout" in b for b in group.blockers)

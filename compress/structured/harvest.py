@@ -145,7 +145,7 @@ def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: 
     multiple of that many channels (widths a runtime runs fast), taking back some removable ones.
     The model must be in eval mode (BatchNorm uses its running statistics)."""
     result = Harvest()
-    example = torch.zeros(1, *input_shape)
+    example = torch.zeros(2, *input_shape)  # the batch the groups were traced with: shapes as the graph saw them
     for group in groups:
         if not group.prunable:
             continue

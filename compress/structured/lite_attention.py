@@ -15,11 +15,9 @@ from torch import nn
 
 from .rules import register_module_rule_by_name
 
-_ZERO_KEEPING = (nn.ReLU, nn.Identity)
-
-
 def _plain(m) -> bool:
-    """timm's ConvNormAct without a norm or activation in the way (or a norm after `proj`: see below)."""
+    """timm's ConvNormAct without an activation (a norm, if any, is checked by its exact type: timm's
+    BatchNormAct2d is a BatchNorm2d holding an activation)."""
     return isinstance(getattr(m, "conv", None), nn.Conv2d) and isinstance(getattr(m, "act", None), nn.Identity)
 
 
@@ -32,7 +30,7 @@ def lite_mla(w, node, m) -> None:
     ok = _plain(qkv) and isinstance(qkv.norm, nn.Identity) and qkv.conv.groups == 1 and heads > 0 \
         and qkv.conv.out_channels == heads * rows and isinstance(m.kernel_func, nn.ReLU) \
         and _plain(proj) and proj.conv.groups == 1 and proj.conv.in_channels == scales * heads * dim \
-        and isinstance(proj.norm, (nn.Identity, nn.BatchNorm2d)) \
+        and type(proj.norm) in (nn.Identity, nn.BatchNorm2d) \
         and all(isinstance(op, nn.Sequential) and len(op) == 2 and all(isinstance(c, nn.Conv2d) for c in op)
                 and op[0].groups == op[0].in_channels == op[0].out_channels == heads * rows
                 and op[1].in_channels == op[1].out_channels == heads * rows and op[1].groups == 3 * heads

@@ -856,15 +856,19 @@ def unsqueeze(w, node, m) -> None:
 
 @function_rule(torch.squeeze, "squeeze")
 def squeeze(w, node, m) -> None:
-    """Dims of size 1 dropped (the given ones, or all): the channels move back past those before them;
-    squeezing the channel axis itself (one channel) blocks."""
+    """Given dims of size 1 dropped: the channels move back past those before them. Squeezing the
+    channel axis itself (one channel), the batch dim or every dim of size 1 (`x.squeeze()`, which after
+    a cut to one channel, or on a batch of one, drops other dims) blocks."""
     x = w.first(node)
     if x not in w.label:
         return
     shape, nd = x.meta["tensor_meta"].shape, w.ndim(x)
     d = argument(node, 1, "dim")
-    given = range(nd) if d is None else [d] if isinstance(d, int) else d
-    dims = {g % nd for g in given if shape[g % nd] == 1}
+    if d is None or 0 in [g % nd for g in ([d] if isinstance(d, int) else d)]:
+        # which dims go depends on the sizes at run time: a channel axis cut to one channel, a batch of one
+        w.block(node, f"squeeze {node.name} of {'every dim of size 1' if d is None else 'the batch dim'}")
+        return
+    dims = {g % nd for g in ([d] if isinstance(d, int) else d) if shape[g % nd] == 1}
     if w.axis[x] in dims:
         w.block(node, f"squeeze {node.name} of the channel axis")
         return
