@@ -152,7 +152,8 @@ def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: 
         idx = torch.nonzero(_dead(model, group)).flatten()
         if len(idx) == 0:
             continue
-        inputs = _consumer_inputs(model, [n for n, _ in group.consumers], example)
+        # one forward: what each consumer reads, and what a conv along the channels (ECA) reads
+        inputs = _consumer_inputs(model, [n for n, _ in group.consumers] + group.along, example)
         ok = torch.ones(len(idx), dtype=torch.bool)
         terms = []
         for name, per_channel in group.consumers:
@@ -166,8 +167,7 @@ def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: 
                 ok &= foldable
                 t = t + part
             terms.append((name, m, t))
-        for name, inp in _consumer_inputs(model, group.along, example).items():
-            # a conv along the channels reads them too (ECA): only channels that are exact zeros there go
+        for inp in (inputs[name] for name in group.along):  # only channels that are exact zeros there go
             ok &= torch.zeros_like(ok) if inp is None else (inp.float().cpu()[..., idx] == 0).flatten(0, -2).all(0)
         if ok.all() and len(idx) == group.size:
             ok[0] = False  # never to zero width
