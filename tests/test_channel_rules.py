@@ -281,12 +281,12 @@ def test_unknown_module_blocks_naming_module_path_and_type():
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.c, self.shuffle, self.d = nn.Conv1d(4, 8, 1), nn.ChannelShuffle(2), nn.Conv1d(8, 3, 1)
+            self.c, self.unshuffle, self.d = nn.Conv2d(4, 8, 1), nn.PixelUnshuffle(2), nn.Conv2d(32, 3, 1)
 
         def forward(self, x):
-            return self.d(self.shuffle(self.c(x).transpose(1, 2).transpose(1, 2)))
-    groups = channel_groups(Net(), torch.randn(2, 4, 5))  # the transposes are understood; the shuffle is not
-    assert blockers(groups, "c") == ["unsupported module shuffle (ChannelShuffle)"]
+            return self.d(self.unshuffle(self.c(x).transpose(1, 2).transpose(1, 2)))
+    groups = channel_groups(Net(), torch.randn(2, 4, 6, 6))  # the transposes are understood; the unshuffle is not
+    assert blockers(groups, "c") == ["unsupported module unshuffle (PixelUnshuffle)"]
 
 
 class GroupNormNet(nn.Module):

@@ -129,7 +129,7 @@ def child(name: str) -> dict:
 
     from compress.flops import count_macs
     from compress.structured import channel_groups, harvest_channels, remove_channels, zero_channels
-    from compress.structured.budget import keep_count, random_kept
+    from compress.structured.budget import group_keep_count, random_kept
 
     model, x = model_and_input(name)
     try:
@@ -144,7 +144,7 @@ def child(name: str) -> dict:
     masked, smaller = copy.deepcopy(model), copy.deepcopy(model)
     cut = refused = harvested = 0
     for group, same in zip(prunable, copy.deepcopy(prunable)):
-        keep = random_kept(group, keep_count(group.size, 0.3, blocks=group.blocks), gen)
+        keep = random_kept(group, group_keep_count(group, 0.3), gen)
         drop = torch.tensor(sorted(set(range(same.size)) - set(keep.tolist())), dtype=torch.long)
         try:
             remove_channels(smaller, group, keep)

@@ -21,9 +21,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..ranking import lowest
 from ..schema import opt
-from ..structured import channel_importance, keep_counts, macs_with_widths, ratio_for_macs, widths_for_latency
+from ..structured import channel_importance, drop_lowest, keep_counts, macs_with_widths, ratio_for_macs, widths_for_latency
 from ..schedules import cubic_ramp
 from ..structured import ChannelGroup
 from .base import Pruner
@@ -151,8 +150,7 @@ class FilterPruner(Pruner):
         progress = cubic_ramp((epoch - start + 1) / (end - start + 1))  # 1 at the last cut
         for key, g in self.groups.items():
             drop = round((g.size - self.final_keep[key]) * progress / g.blocks) * g.blocks  # even per block
-            self.dropped[key] = lowest(channel_importance(self.model, g, self.options.importance), drop, g.blocks,
-                                       g.contiguous)
+            self.dropped[key] = drop_lowest(g, channel_importance(self.model, g, self.options.importance), drop)
         self._apply()
 
     def _apply(self) -> None:

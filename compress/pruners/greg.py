@@ -35,7 +35,7 @@ from torch import nn
 from ..errors import UserError
 from ..schema import opt
 from ..selection import get_module
-from ..structured import ChannelGroup, channel_importance, widths_for_latency
+from ..structured import ChannelGroup, channel_importance, drop_lowest, widths_for_latency
 from ..structured.recurrent import unit_rows
 from ..structured.weights import RECURRENT, rows_first
 from .base import MaskPruner
@@ -164,8 +164,11 @@ class GRegPruner(MaskPruner):
     def _pick_unit(self, unit: str, scores: torch.Tensor) -> torch.Tensor:
         """The unit's pruned groups (bool per group) by `scores`: its latency-target width, else the L1 rule."""
         group = self.groups.get(unit) if self.groups else None
-        return lowest_mask(scores, self._count(unit, scores.numel()), group.blocks if group else 1,
-                           group is not None and group.contiguous)
+        if group is None:
+            return lowest_mask(scores, self._count(unit, scores.numel()))
+        mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+        mask[drop_lowest(group, scores, self._count(unit, scores.numel())).to(scores.device)] = True
+        return mask.view_as(scores)
 
     def _count(self, unit: str, n: int) -> int:
         """How many of the unit's n groups are pruned: its latency-target width, else GReg's count."""

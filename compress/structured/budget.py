@@ -16,6 +16,7 @@ from torch import nn
 
 from .. import distributed
 from ..flops import count_macs
+from ..ranking import lowest
 from .graph import ChannelGroup
 from .remove import remove_channels
 
@@ -43,8 +44,32 @@ def unit_round(round_to: int, unit: int) -> int:
     return round_to // math.gcd(round_to, unit) if round_to > 1 else round_to
 
 
+def group_keep_count(group: ChannelGroup, ratio: float, round_to: int = 1, pow2: bool = False) -> int:
+    """`keep_count` for a group: per block for a grouped conv's; for a shuffled stream the same width
+    in every producer, the nearest its shuffles can run at (shuffle.py), all its producers' channels."""
+    if group.shuffle is not None:
+        s = group.shuffle
+        return len(s.producers) * s.at_least(keep_count(s.width, ratio, round_to, pow2), round_to)
+    return keep_count(group.size, ratio, unit_round(round_to, group.unit), pow2, group.blocks)
+
+
+def drop_lowest(group: ChannelGroup, scores: torch.Tensor, count: int) -> torch.Tensor:
+    """The channels of `group` to drop, about `count` of the lowest `scores` (`ranking.lowest`, as the group
+    allows: per block, from the ends of a run; for a shuffled stream as many as its widths allow, at most
+    `count`, the lowest within what each producer sends each reader). Ascending."""
+    if group.shuffle is None:
+        return lowest(scores, count, group.blocks, group.contiguous)
+    s, producers = group.shuffle, len(group.shuffle.producers)
+    kept = s.keep(s.at_least(-(-(group.size - int(count)) // producers)), scores.flatten().cpu())
+    mask = torch.ones(group.size, dtype=torch.bool)
+    mask[kept] = False
+    return torch.nonzero(mask).flatten()
+
+
 def first_kept(group: ChannelGroup, count: int) -> torch.Tensor:
     """Channel indices keeping `count` of `group`: the first ones of each block (for counting MACs)."""
+    if group.shuffle is not None:
+        return group.shuffle.keep(group.shuffle.at_least(count // len(group.shuffle.producers)))
     width, per = group.size // group.blocks, count // group.blocks
     return torch.cat([b * width + torch.arange(per) for b in range(group.blocks)])
 
@@ -52,6 +77,9 @@ def first_kept(group: ChannelGroup, count: int) -> torch.Tensor:
 def random_kept(group: ChannelGroup, count: int, generator: torch.Generator) -> torch.Tensor:
     """Seeded random channel indices keeping `count` of `group` (as many in each block; one run where
     the group needs it): keep sets that no scoring rule would pick, for checking a cut."""
+    if group.shuffle is not None:
+        s = group.shuffle
+        return s.keep(s.at_least(count // len(s.producers)), torch.rand(group.size, generator=generator))
     if group.contiguous:
         start = int(torch.randint(group.size - count + 1, (1,), generator=generator))
         return torch.arange(start, start + count)
@@ -86,9 +114,7 @@ def keep_counts(groups: list[ChannelGroup], ratio: float, round_to: int = 1, pow
                 fixed: dict[str, float] | None = None) -> dict[str, int]:
     """Channels kept per group key when `ratio` is cut from every group not in `fixed`."""
     fixed = fixed or {}
-    return {group_key(g): keep_count(g.size, fixed.get(group_key(g), ratio), unit_round(round_to, g.unit), pow2,
-                                     g.blocks)
-            for g in groups}
+    return {group_key(g): group_keep_count(g, fixed.get(group_key(g), ratio), round_to, pow2) for g in groups}
 
 
 ROUNDINGS = ((1, False), (8, False), (16, False), (1, True))  # (round_to, pow2) tried by default

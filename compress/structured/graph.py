@@ -24,6 +24,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..modes import evaluating
 from . import lite_attention, ops, split  # noqa: F401  (registers the built-in rules)
+from . import shuffle as shuffled
 from . import width_attributes
 from .width_attributes import get_count
 from .attention import prepare_attention
@@ -69,6 +70,9 @@ class ChannelGroup:
     cells: bool = False
     # convs sliding along these channels (ECA's gate): the channels kept must be one contiguous run
     along: list[str] = field(default_factory=list)
+    # a shuffled stream (ShuffleNet): its channels are its producers' rows side by side, each member
+    # reading them in its own order (shuffle.py)
+    shuffle: shuffled.Shuffle | None = None
 
     @property
     def contiguous(self) -> bool:
@@ -91,6 +95,8 @@ class ChannelGroup:
         """The output rows of `producer` that carry `channels` (sorted channels give sorted rows)."""
         per, repeat = self.layout.get(producer, (1, 1))
         channels = torch.as_tensor(channels, dtype=torch.long)
+        if self.shuffle is not None:
+            return self.shuffle.places(producer, channels.sort().values)
         if per == 1 and repeat == 1:
             return torch.cat([offset + channels for offset in self.out_offsets(producer)])
         one = (channels[:, None] * per + torch.arange(per)[None, :]).flatten()
@@ -100,6 +106,10 @@ class ChannelGroup:
         """`weight` (out rows first) as [channels, everything that produces one channel]."""
         flat = weight.flatten(1)
         per, repeat = self.layout.get(producer, (1, 1))
+        if self.shuffle is not None:  # the producer's channels in their places, zeros elsewhere
+            out = flat.new_zeros(self.size, flat.shape[1])
+            out[self.shuffle.index[producer].to(flat.device)] = flat
+            return out
         if per == 1 and repeat == 1:
             return torch.cat([flat[o:o + self.size] for o in self.out_offsets(producer)], 1)
         return flat.view(repeat, self.size, per, -1).transpose(0, 1).reshape(self.size, -1)
@@ -108,6 +118,8 @@ class ChannelGroup:
         """For each of `producer`'s `total` output rows, the channel it carries; `size` for rows of
         other groups (a split group's other parts)."""
         per, repeat = self.layout.get(producer, (1, 1))
+        if self.shuffle is not None:
+            return self.shuffle.index[producer].clone()
         if per != 1 or repeat != 1:
             return (torch.arange(self.size * per) // per).repeat(repeat)
         out = torch.full((total,), self.size, dtype=torch.long)
@@ -510,8 +522,10 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
     prepare_attention(model, example)
     traced = _trace(model, example)
     w = Walk(traced, model)
+    regions = shuffled.find_regions(traced)
     try:
-        _walk(w, traced)
+        _walk(w, traced, regions)
+        shuffled.assemble(w, regions)
     except Exception as e:  # a rule met a case it does not know: refuse the model, never crash
         raise ValueError(f"channel graph of {type(model).__name__}: {type(e).__name__}: "
                          f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
@@ -618,10 +632,13 @@ def _prove_width_attributes(w: Walk, model: nn.Module, example: torch.Tensor) ->
                 w.g.groups[root].counters.append(counter)
 
 
-def _walk(w: Walk, traced: fx.GraphModule) -> None:
+def _walk(w: Walk, traced: fx.GraphModule, regions: list[shuffled.Region] = ()) -> None:
     protected: list[int] = []
+    region_of = {n: r for r in regions for n in r.nodes}
     for node in traced.graph.nodes:
-        if node.op == "placeholder":
+        if node in region_of:  # a shuffled stream: its ops are replayed on channel ids (shuffle.py)
+            shuffled.visit(w, region_of[node], node)
+        elif node.op == "placeholder":
             meta = node.meta.get("tensor_meta")
             if isinstance(meta, TensorMetadata) and len(meta.shape) >= 2:
                 w.start(node, meta.shape[1], blocker="model input")

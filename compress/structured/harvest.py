@@ -137,6 +137,30 @@ def _fill_run(keep_mask: torch.Tensor, round_to: int = 1) -> torch.Tensor:
     return out
 
 
+def _stream_keep(model: nn.Module, group: ChannelGroup, idx: torch.Tensor, example: torch.Tensor,
+                 round_to: int) -> torch.Tensor | None:
+    """The channels of a shuffled stream to keep when `idx` are dead: those that are exact zeros where
+    every reader reads them go (nothing to fold), the widths its shuffles allow taken back; None when
+    nothing goes."""
+    s = group.shuffle
+    readers = [n for n in [*group.passthrough, *(c for c, _ in group.consumers)] if n in s.exit_of]
+    inputs = _consumer_inputs(model, readers, example)
+    gone = torch.zeros(group.size, dtype=torch.bool)
+    gone[idx] = True
+    for name in readers:
+        inp, at = inputs[name], s.index[name]
+        here = gone[at]  # dead channels this reader holds, by position
+        if inp is None:
+            gone[at[here]] = False
+            continue
+        zero = (inp.float().cpu().transpose(0, 1).flatten(1) == 0).all(1)
+        gone[at[here & ~zero]] = False
+    if not gone.any():
+        return None
+    keep_mask = s.fill(~gone, round_to)
+    return None if keep_mask.all() else torch.nonzero(keep_mask).flatten()
+
+
 @torch.no_grad()
 def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: tuple[int, ...],
                      round_to: int = 1) -> Harvest:
@@ -151,6 +175,12 @@ def harvest_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: 
             continue
         idx = torch.nonzero(_dead(model, group)).flatten()
         if len(idx) == 0:
+            continue
+        if group.shuffle is not None:
+            keep = _stream_keep(model, group, idx, example, round_to)
+            if keep is not None:
+                remove_channels(model, group, keep, constants_folded=True)
+                result.keep[group_key(group)] = keep.tolist()
             continue
         # one forward: what each consumer reads, and what a conv along the channels (ECA) reads
         inputs = _consumer_inputs(model, [n for n, _ in group.consumers] + group.along, example)

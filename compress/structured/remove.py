@@ -58,7 +58,8 @@ def zero_channels(model: nn.Module, group: ChannelGroup, drop: torch.Tensor) -> 
     for name in group.passthrough:
         m = model.get_submodule(name)
         cols = _consumer_columns(torch.as_tensor(drop, dtype=torch.long), group.passthrough_per.get(name, 1))
-        at = torch.cat([offset + cols for offset in group.offsets(name)])
+        at = group.shuffle.places(name, cols) if group.shuffle is not None else \
+            torch.cat([offset + cols for offset in group.offsets(name)])
         # depthwise conv: its filter for the channel; BatchNorm: γ = β = 0 gives exact zeros whatever the
         # statistics; a norm without affine parameters already maps a zero channel to zero
         for t in (getattr(m, "weight", None), getattr(m, "bias", None)):
@@ -67,6 +68,11 @@ def zero_channels(model: nn.Module, group: ChannelGroup, drop: torch.Tensor) -> 
     for target, dim in group.parameters:
         at = group.offset(target) + torch.as_tensor(drop, dtype=torch.long)
         _get_parameter(model, target).index_fill_(dim, at, 0)
+
+
+def _positions(group: ChannelGroup, name: str, channels: torch.Tensor) -> torch.Tensor:
+    """Where member `name` holds `channels` of a shuffled stream, in the order a cut model has them."""
+    return group.shuffle.positions(name, torch.as_tensor(channels, dtype=torch.long).sort().values)
 
 
 def _get_parameter(model: nn.Module, target: str) -> torch.Tensor:
@@ -96,6 +102,8 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor, c
     if group.contiguous and len(keep) and int(keep[-1] - keep[0]) + 1 != len(keep):
         raise ValueError(f"group of {group.producers}: a conv along the channels needs the kept channels to be one "
                          f"run, got {keep.tolist()[:8]}...")
+    if group.shuffle is not None and (why := group.shuffle.check(keep)) is not None:
+        raise ValueError(f"group of {group.producers[0]}: {why}")
     if group.shifts and not constants_folded and len(keep) < group.size:
         raise ValueError(f"group of {group.producers}: removed channels would carry a constant through "
                          f"{group.shifts[0]}; cut it with the harvest (which folds constants) or not at all")
@@ -109,6 +117,8 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor, c
         restore()  # never leave a half-cut model behind
         raise
     group.size = len(keep)
+    if group.shuffle is not None:  # its places were the uncut model's: trace the cut one to cut again
+        group.blockers.append("cut already (a shuffled stream: trace the cut model to cut it again)")
 
 
 def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
@@ -117,7 +127,7 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
         if isinstance(m, RECURRENT):
             cut_recurrent_hidden(m, keep, cells=group.cells)
             continue
-        rows = group.rows(name, keep) if name in group.layout else \
+        rows = group.rows(name, keep) if name in group.layout or group.shuffle is not None else \
             _span(m.weight.shape[out_dim(m)], group.out_offsets(name), group.size, keep)  # other groups' rows stay
         m.weight = _index(m.weight, rows, out_dim(m))
         if m.bias is not None:
@@ -131,7 +141,8 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
     for name in group.passthrough:
         m = model.get_submodule(name)
         per = group.passthrough_per.get(name, 1)
-        rows = _span(_width(m), group.offsets(name), group.size * per, _consumer_columns(keep, per))
+        rows = _positions(group, name, keep) if group.shuffle is not None else \
+            _span(_width(m), group.offsets(name), group.size * per, _consumer_columns(keep, per))
         if isinstance(m, (*CONV, *TRANSPOSED)):  # depthwise (a filter per channel), or losing whole groups
             per_group = m.in_channels // m.groups
             m.weight = _index(m.weight, rows, 0)
@@ -177,8 +188,9 @@ def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
             cut_recurrent_inputs(m, _span(m.input_size, group.offsets(name), group.size * per_channel,
                                           _consumer_columns(keep, per_channel)))
             continue
-        cols = _span(m.weight.shape[in_dim(m)], group.offsets(name), group.size * per_channel,
-                     _consumer_columns(keep, per_channel))
+        cols = _positions(group, name, keep) if group.shuffle is not None else \
+            _span(m.weight.shape[in_dim(m)], group.offsets(name), group.size * per_channel,
+                  _consumer_columns(keep, per_channel))
         m.weight = _index(m.weight, cols, in_dim(m))
         if isinstance(m, (*CONV, *TRANSPOSED)):
             m.in_channels = len(cols)

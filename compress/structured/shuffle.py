@@ -1,0 +1,444 @@
+"""Channel shuffle (ShuffleNet): a stream of channels that concatenations, chunks and shuffles reorder.
+
+A shuffle (`x.view(B, g, C // g, ...).transpose(1, 2).reshape(B, C, ...)`, or nn.ChannelShuffle) interleaves the g blocks
+of its input; the next block's `chunk(2)` then hands half of the stream to a branch and passes the
+other half on. Through a stage, the channels of every producer (the branches' last convs) are spread
+over the stream, and each reaches one reader (an "exit": the chunk a branch reads, or the stage's
+output) in its own place. Tying them channel by channel, as a chunk alone is tied (split.py), would
+tie the whole stage together: every shuffle interleaves two more producers.
+
+So a stream is one group of its own kind (`Shuffle`, on `ChannelGroup.shuffle`): its channels are
+every producer's output channels side by side, and the model's code is replayed on channel ids. A cut
+keeps the same number m of channels in every producer; replayed at that width, the stream delivers a
+fixed number of each producer's channels to each exit, which fixes how many the cut keeps of each
+producer's channels that reach that exit in the model as it is (which ones: by importance). Every exit
+then reads exactly the channels it read before, removed ones aside, in the order the smaller model's
+shuffles give, so each reader's columns (and a depthwise conv's or BatchNorm's per-channel entries)
+are taken in that order. The width m is one of those the replay allows (a shuffle needs a multiple
+of g, a chunk equal halves where the stream is read apart).
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+_CAT = {torch.cat, torch.concat, "cat"}
+_CHUNK = {torch.chunk, "chunk"}
+_RESHAPE = {"view", "reshape", torch.reshape}
+_TRANSPOSE = {torch.transpose, "transpose"}
+
+
+def _shape(node) -> tuple | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if hasattr(meta, "shape") else None
+
+
+def _dim(node: fx.Node, at: int, default=0):
+    return node.args[at] if len(node.args) > at else node.kwargs.get("dim", default)
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _shuffle_at(v2: fx.Node) -> tuple[fx.Node, int, tuple[fx.Node, ...]] | None:
+    """(input, g, inner nodes) when `v2` ends a channel shuffle of its input x [B, C, ...]:
+    view(B, g, C//g, ...) → transpose(1, 2) → (contiguous) → view(B, C, ...), with g written in the code
+    and C // g and C taken from the tensor (nodes, or -1), so that the smaller model shuffles its own width."""
+    if v2.op != "call_method" or v2.target not in _RESHAPE or not v2.args:
+        return None
+    t = v2.args[0]
+    inner = []
+    if isinstance(t, fx.Node) and t.op == "call_method" and t.target == "contiguous":
+        inner.append(t)
+        t = t.args[0]
+    if not (isinstance(t, fx.Node) and t.target in _TRANSPOSE and sorted(a % 5 for a in t.args[1:3]) == [1, 2]):
+        return None
+    v1 = t.args[0]
+    if not (isinstance(v1, fx.Node) and v1.target in _RESHAPE and v1.args and isinstance(v1.args[0], fx.Node)):
+        return None
+    x = v1.args[0]
+    before, mid, after = _shape(x), _shape(v1), _shape(v2)
+    if before is None or mid is None or after != before or len(before) < 2 or len(mid) != len(before) + 1 or \
+            mid[0] != before[0] or mid[1] * mid[2] != before[1] or mid[3:] != before[2:] or mid[1] < 2:
+        return None
+    sizes = v1.args[1:] if len(v1.args) > 2 else (v1.args[1] if len(v1.args) > 1 else ())
+    outs = v2.args[1:] if len(v2.args) > 2 else (v2.args[1] if len(v2.args) > 1 else ())
+    if len(sizes) != len(mid) or len(outs) != len(before) or sizes[1] != mid[1] or \
+            not (isinstance(sizes[2], fx.Node) or sizes[2] == -1) or not (isinstance(outs[1], fx.Node) or outs[1] == -1):
+        return None
+    if any(_only_user(n) is None for n in (v1, t, *inner)):
+        return None
+    return x, mid[1], (v1, t, *inner)
+
+
+def _stream_op(node: fx.Node, traced: fx.GraphModule):
+    """(kind, tensor inputs, argument) for a cat / chunk / chunk item along dim 1 or a shuffle, or None."""
+    if node.op == "call_module" and type(traced.get_submodule(node.target)) is nn.ChannelShuffle and \
+            len(node.args) == 1 and isinstance(node.args[0], fx.Node):
+        shape = _shape(node)
+        return ("shuffle", (node.args[0],), traced.get_submodule(node.target).groups) \
+            if shape is not None and len(shape) >= 3 else None
+    if node.op not in ("call_function", "call_method"):
+        return None
+    shape = _shape(node)
+    if node.target in _CAT:
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
+        out = shape
+        if out is not None and len(out) >= 2 and _dim(node, 1) % len(out) == 1 and \
+                all(isinstance(t, fx.Node) for t in tensors):
+            return "cat", tuple(tensors), None
+    elif node.target in _CHUNK and node.args and isinstance(node.args[0], fx.Node):
+        n = node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks")
+        x = _shape(node.args[0])
+        if isinstance(n, int) and x is not None and len(x) >= 2 and _dim(node, 2) % len(x) == 1 and \
+                all(u.target is operator.getitem and isinstance(u.args[1], int) for u in node.users):
+            return "chunk", (node.args[0],), n
+    elif node.target is operator.getitem and isinstance(node.args[0], fx.Node) and \
+            node.args[0].target in _CHUNK and isinstance(node.args[1], int):
+        return "item", (node.args[0],), node.args[1]
+    shuffled = _shuffle_at(node)
+    if shuffled is not None:
+        return "shuffle", (shuffled[0],), shuffled[1]
+    return None
+
+
+@dataclass
+class Region:
+    """The traced nodes of one stream: a program of cat / chunk / item / shuffle steps, in graph order."""
+    steps: list[tuple[fx.Node, str, tuple[fx.Node, ...], object]]
+    nodes: set[fx.Node]                       # the steps' nodes and the shuffles' inner ones
+    inputs: list[fx.Node] = field(default_factory=list)   # tensors entering (the producers' outputs)
+    exits: list[fx.Node] = field(default_factory=list)    # steps read from outside
+    why: str | None = None                                # set when the walk finds it cannot be cut
+    entering: dict = field(default_factory=dict)          # input -> the group it carries (the walk's)
+    exit_gid: dict = field(default_factory=dict)          # exit -> the group its readers join
+    shifted: str | None = None                            # an input carries a constant where cut
+
+
+def find_regions(traced: fx.GraphModule) -> list[Region]:
+    """The streams of `traced` that hold at least one channel shuffle."""
+    ops = {}
+    for node in traced.graph.nodes:
+        op = _stream_op(node, traced)
+        if op is not None:
+            ops[node] = op
+    inner = {n: v2 for v2, (kind, _, _) in ops.items() if kind == "shuffle" and v2.op != "call_module"
+             for n in _shuffle_at(v2)[2]}
+    seen, regions = set(), []
+    for seed, (kind, _, _) in ops.items():
+        if kind != "shuffle" or seed in seen:
+            continue
+        todo, members = [seed], set()
+        while todo:
+            n = todo.pop()
+            if n in members:
+                continue
+            members.add(n)
+            todo += [a for a in ops[n][1] if a in ops]
+            todo += [u for u in n.users if u in ops and n in ops[u][1]]
+            todo += [inner[u] for u in n.users if u in inner and ops[inner[u]][1][0] is n]
+        seen |= members
+        steps = [(n, *ops[n]) for n in traced.graph.nodes if n in members]
+        nodes = members | {i for n in members if ops[n][0] == "shuffle" and n.op != "call_module"
+                           for i in _shuffle_at(n)[2]}
+        region = Region(steps, nodes)
+        for n, _, tensors, _ in steps:
+            region.inputs += [t for t in tensors if t not in members and t not in region.inputs]
+        shape_reads = ("size", "dim")
+        for n, kind, _, _ in steps:
+            outside = [u for u in n.users if u not in nodes and not (u.op == "call_method" and u.target in shape_reads)
+                       and not (u.target is getattr)]
+            if outside and kind != "chunk":
+                region.exits.append(n)
+            elif outside:
+                region.why = f"chunk {n.name} of a shuffled stream used whole"
+        regions.append(region)
+    return regions
+
+
+def run(steps, streams: dict[fx.Node, torch.Tensor]) -> dict[fx.Node, object] | None:
+    """Replay `steps` on 1-D tensors of channel ids (one per input), as the model's code would run them
+    at those widths; None where it would fail (a shuffle of a width g does not divide, a missing chunk)."""
+    val = dict(streams)
+    for node, kind, tensors, arg in steps:
+        if kind == "cat":
+            val[node] = torch.cat([val[t] for t in tensors])
+        elif kind == "chunk":
+            val[node] = torch.chunk(val[tensors[0]], arg)
+        elif kind == "item":
+            parts = val[tensors[0]]
+            if arg >= len(parts) or len(parts[arg]) == 0:
+                return None
+            val[node] = parts[arg]
+        else:
+            x = val[tensors[0]]
+            if len(x) % arg:
+                return None
+            val[node] = x.view(arg, -1).t().flatten()
+    return val
+
+
+@dataclass
+class Shuffle:
+    """A shuffled stream as one group: its channels are the producers' output channels side by side
+    (producer i owns ids [i·width, (i+1)·width)). `index[member]` holds, per channel position of a member
+    (a producer's rows, a reader's input columns, a per-channel module's entries), the id there."""
+    steps: list                    # (step, kind, inputs, argument), steps and inputs numbered
+    inputs: list[int]              # in producer order
+    exits: list[int]
+    producers: list[str]
+    width: int
+    index: dict[str, torch.Tensor]
+    exit_of: dict[str, int]        # reader -> which exit it reads (producer-side members: absent)
+    fate: torch.Tensor             # per id: the exit it reaches
+    _plans: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.producers) * self.width
+
+    def plan(self, m: int) -> torch.Tensor | None:
+        """[producers, exits] counts: of m channels kept per producer, how many reach each exit when the
+        smaller model runs; None when it cannot run at width m, or when a producer's kept channels, in
+        their order, could not be the ones that reach those exits."""
+        if m not in self._plans:
+            self._plans[m] = self._plan(m)
+        return self._plans[m]
+
+    def _plan(self, m: int) -> torch.Tensor | None:
+        if not 1 <= m <= self.width:
+            return None
+        val = run(self.steps, {x: torch.arange(i * m, (i + 1) * m) for i, x in enumerate(self.inputs)})
+        if val is None:
+            return None
+        slot_exit = torch.full((len(self.producers) * m,), -1)
+        for e, node in enumerate(self.exits):
+            slot_exit[val[node]] = e
+        if (slot_exit < 0).any():
+            return None
+        counts = torch.zeros(len(self.producers), len(self.exits), dtype=torch.long)
+        for p in range(len(self.producers)):
+            mine, orig = slot_exit[p * m:(p + 1) * m], self.fate[p * self.width:(p + 1) * self.width]
+            # the kept channels, sorted, run in the same exit order as the model's own: block by block
+            rank = {int(e): r for r, e in enumerate(torch.unique_consecutive(orig))}
+            ranks = torch.tensor([rank.get(int(e), -1) for e in mine])
+            if (ranks < 0).any() or (ranks[1:] < ranks[:-1]).any():
+                return None
+            counts[p] = torch.bincount(mine, minlength=len(self.exits))
+        have = torch.stack([torch.bincount(self.fate[p * self.width:(p + 1) * self.width], minlength=len(self.exits))
+                            for p in range(len(self.producers))])
+        return counts if (counts <= have).all() else None
+
+    def widths(self) -> list[int]:
+        """Every width m (channels per producer) a cut may keep."""
+        return [m for m in range(1, self.width + 1) if self.plan(m) is not None]
+
+    def at_least(self, m: int, round_to: int = 1) -> int:
+        """The smallest width a cut may keep of at least m (a multiple of round_to when one is)."""
+        ok = [w for w in self.widths() if w >= m]
+        return next((w for w in ok if w % round_to == 0), ok[0])
+
+    def keep(self, m: int, scores: torch.Tensor | None = None) -> torch.Tensor:
+        """Ids kept at width m: per producer and exit, the channels the plan says, highest `scores` first
+        (the first ones without scores). Ascending."""
+        counts, out = self.plan(m), []
+        for p in range(len(self.producers)):
+            for e in range(len(self.exits)):
+                ids = p * self.width + torch.nonzero(self.fate[p * self.width:(p + 1) * self.width] == e).flatten()
+                k = int(counts[p, e])
+                if scores is not None:
+                    ids = ids[torch.argsort(-scores[ids].double(), stable=True)[:k]]
+                out.append(ids[:k])
+        return torch.cat(out).sort().values
+
+    def fill(self, keep_mask: torch.Tensor, round_to: int = 1) -> torch.Tensor:
+        """The smallest keep set over `keep_mask` a cut may keep (channels taken back stay as they are)."""
+        need = torch.zeros(len(self.producers), len(self.exits), dtype=torch.long)
+        for p in range(len(self.producers)):
+            span = slice(p * self.width, (p + 1) * self.width)
+            need[p] = torch.bincount(self.fate[span][keep_mask[span]], minlength=len(self.exits))
+        ok = [m for m in self.widths() if (self.plan(m) >= need).all()]
+        m = next((w for w in ok if w % round_to == 0), ok[0])
+        out, counts = keep_mask.clone(), self.plan(m)
+        for p in range(len(self.producers)):
+            for e in range(len(self.exits)):
+                ids = p * self.width + torch.nonzero(self.fate[p * self.width:(p + 1) * self.width] == e).flatten()
+                spare = ids[~out[ids]]
+                out[spare[: int(counts[p, e]) - int(out[ids].sum())]] = True
+        return out
+
+    def check(self, keep: torch.Tensor) -> str | None:
+        """Why `keep` (ascending ids) is no cut of this stream, or None."""
+        per = torch.bincount(keep // self.width, minlength=len(self.producers))
+        m = int(per[0])
+        if (per != m).any():
+            return f"a shuffled stream keeps as many channels of each producer, got {per.tolist()}"
+        counts = self.plan(m)
+        if counts is None:
+            return f"a shuffled stream cannot run at {m} channels per producer (widths it can: {self.widths()[:8]}...)"
+        for p in range(len(self.producers)):
+            got = torch.bincount(self.fate[keep[keep // self.width == p]], minlength=len(self.exits))
+            if (got != counts[p]).any():
+                return f"{self.producers[p]} keeps {got.tolist()} channels per reader, the stream at width {m} " \
+                       f"delivers {counts[p].tolist()}"
+        return None
+
+    def _where(self, member: str) -> torch.Tensor:
+        index = self.index[member]
+        where = torch.full((self.size,), -1, dtype=torch.long)
+        where[index] = torch.arange(len(index))
+        return where
+
+    def places(self, member: str, ids: torch.Tensor) -> torch.Tensor:
+        """Where `member` holds those of channels `ids` it has, in the model as it is."""
+        at = self._where(member)[torch.as_tensor(ids, dtype=torch.long)]
+        return at[at >= 0]
+
+    def positions(self, member: str, keep: torch.Tensor) -> torch.Tensor:
+        """The positions of `member`'s channels to keep (`keep`: ascending ids a cut may keep), in the
+        order the cut model has them there."""
+        if member not in self.exit_of:  # a producer's rows (and its own per-channel modules): in order
+            return self.places(member, keep)
+        where = self._where(member)
+        streams = {x: keep[(keep // self.width) == i] for i, x in enumerate(self.inputs)}
+        return where[run(self.steps, streams)[self.exits[self.exit_of[member]]]]
+
+
+def visit(w, region: Region, node: fx.Node) -> None:
+    """The walk meets a node of `region`: note the groups entering it; an exit starts a group of its own
+    (its readers join it as usual), assembled with the producers' after the walk (`assemble`)."""
+    entering = region.entering
+    for a in node.all_input_nodes:
+        if a not in region.inputs or a in entering:
+            continue
+        label = w.label.get(a)
+        if label is None or len(label) != 1 or label[0][1] != 1 or w.axis.get(a) != 1:
+            region.why = region.why or f"{a.name} enters the shuffled stream at {node.name} as no single group " \
+                                       "of channels on axis 1"
+            for gid, _ in label or ():
+                w.g.get(gid).blockers.append(region.why)
+            continue
+        entering[a] = label[0][0]
+        if w.shifted.get(a):
+            region.shifted = w.shifted[a]
+    if node in region.exits:
+        w.start(node, _shape(node)[1])
+        region.exit_gid[node] = w.label[node][0][0]
+
+
+def _plain_reader(m) -> bool:
+    from .ops import CONV
+    from .std_conv import is_std_conv
+    return (isinstance(m, torch.nn.Linear) or (isinstance(m, CONV) and m.groups == 1)) and not is_std_conv(m)
+
+
+def _per_channel(m) -> bool:
+    from .ops import BATCHNORM, CONV
+    from .std_conv import is_std_conv
+    depthwise = isinstance(m, CONV) and m.groups == m.in_channels == m.out_channels
+    return (isinstance(m, BATCHNORM) or depthwise) and not is_std_conv(m)
+
+
+def _members_problem(w, grp) -> str | None:
+    """Why a group's members cannot be cut as part of a stream (only plain readers and per-channel
+    modules, each reading these channels alone), or None."""
+    if grp.parameters or grp.counters or grp.layout or grp.along or grp.cells or grp.blocks > 1 or grp.before \
+            or grp.passthrough_per or grp.repeats:
+        return "its channels meet more than plain convs, BatchNorms and depthwise convs"
+    for name, per in grp.consumers:
+        if per != 1 or not _plain_reader(w.modules[name]) or len(w.members.get(name, ())) != 1:
+            return f"{name} reads them in a way a stream cut does not follow"
+    for name in grp.passthrough:
+        if not _per_channel(w.modules[name]) or len(w.members.get(name, ())) != 1:
+            return f"{name} reads them in a way a stream cut does not follow"
+    return None
+
+
+def assemble(w, regions: list[Region]) -> None:
+    """After the walk: each stream whose producers and readers allow it becomes one group (`Shuffle`);
+    else every group meeting it stays whole, with why."""
+    for region in regions:
+        entering, exit_gid = region.entering, region.exit_gid
+        parts = [entering.get(x) for x in region.inputs] + [exit_gid.get(e) for e in region.exits]
+        live = [gid for gid in parts if gid is not None and w.g.find(gid) in w.g.groups]
+        why = region.why or _problem(w, region, entering, exit_gid)
+        if isinstance(why, str):
+            for gid in live:
+                w.g.get(gid).blockers.append(f"a shuffled stream ({region.exits[0].name if region.exits else '?'}): "
+                                             f"{why}")
+            continue
+        shuffle = why
+        ins = [w.g.get(entering[x]) for x in region.inputs]
+        outs = [w.g.get(exit_gid[e]) for e in region.exits]
+        gid = w.g.new(shuffle.size)
+        grp = w.g.groups[gid]
+        for g in ins + outs:
+            grp.passthrough += g.passthrough
+            grp.consumers += g.consumers
+            grp.blockers += g.blockers
+            grp.shifts += g.shifts
+        grp.producers = list(shuffle.producers)
+        if region.shifted:
+            grp.shifts.append(f"the stream carries {region.shifted}")
+        grp.shuffle = shuffle
+        for g in ins + outs:
+            del w.g.groups[g.id]
+            w.g.parent[g.id] = gid
+
+
+def _problem(w, region: Region, entering: dict, exit_gid: dict) -> "str | Shuffle":
+    """The stream as a `Shuffle`, or why it cannot be cut."""
+    if not region.exits or len(entering) != len(region.inputs) or len(exit_gid) != len(region.exits):
+        return "its channels are not all followed"
+    roots = [w.g.find(g) for g in [*entering.values(), *exit_gid.values()]]
+    if len(set(roots)) != len(roots) or any(r not in w.g.groups for r in roots):
+        return "its inputs or readers share channels with each other"
+    ins = [w.g.groups[w.g.find(entering[x])] for x in region.inputs]
+    outs = [w.g.groups[w.g.find(exit_gid[e])] for e in region.exits]
+    for g in ins:
+        if len(g.producers) != 1 or not _plain_reader(w.modules[g.producers[0]]) or \
+                len(w.produced.get(g.producers[0], ())) != 1:
+            return f"an input is not the output of one plain conv or Linear ({g.producers or 'none'})"
+    if any(g.producers for g in outs):
+        return "a reader's channels are produced elsewhere too"
+    for g in ins + outs:
+        problem = _members_problem(w, g)
+        if problem:
+            return problem
+    width = ins[0].size
+    if any(g.size != width for g in ins):
+        return f"its producers differ in width ({sorted({g.size for g in ins})})"
+    val = run(region.steps, {x: torch.arange(i * width, (i + 1) * width) for i, x in enumerate(region.inputs)})
+    if val is None:
+        return "replaying it on channel ids failed"
+    reached = torch.cat([val[e] for e in region.exits])
+    size = width * len(ins)
+    if len(reached) != size or not torch.equal(reached.sort().values, torch.arange(size)):
+        return "a channel of it reaches no reader, or two"
+    fate = torch.empty(size, dtype=torch.long)
+    for e, node in enumerate(region.exits):
+        fate[val[node]] = e
+    for i in range(len(ins)):
+        blocks = torch.unique_consecutive(fate[i * width:(i + 1) * width])
+        if len(blocks) != len(set(blocks.tolist())):
+            return f"{ins[i].producers[0]}'s channels reach its readers interleaved"
+    index, exit_of = {}, {}
+    for i, g in enumerate(ins):
+        for name in [*g.producers, *g.passthrough, *(n for n, _ in g.consumers)]:
+            index[name] = torch.arange(i * width, (i + 1) * width)
+    for e, g in enumerate(outs):
+        for name in [*g.passthrough, *(n for n, _ in g.consumers)]:
+            index[name], exit_of[name] = val[region.exits[e]], e
+    if len(index) != sum(len(g.producers) + len(g.passthrough) + len(g.consumers) for g in ins + outs):
+        return "a module reads it in two places"
+    # the program on numbers, not traced nodes (a group is copied with the model; a node drags its graph along)
+    number = {n: i for i, n in enumerate(n for n, *_ in region.steps)}
+    number.update({x: -1 - i for i, x in enumerate(region.inputs)})
+    steps = [(number[n], kind, tuple(number[t] for t in tensors), arg) for n, kind, tensors, arg in region.steps]
+    return Shuffle(steps, [number[x] for x in region.inputs], [number[e] for e in region.exits],
+                   [g.producers[0] for g in ins], width, index, exit_of, fate)
