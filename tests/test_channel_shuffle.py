@@ -1,0 +1,178 @@
+"""Channel shuffle (shuffle.py): a ShuffleNet stage's stream is cut exactly, or left whole with why."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from compress.structured import (apply_structure, channel_groups, channel_importance, drop_lowest, group_keep_count,
+                                 harvest, remove_channels, zero_channels)
+from compress.structured.budget import random_kept
+from compress.structured.structure import cut_differs, reference_outputs
+
+
+def _randomise_norms(model: nn.Module) -> nn.Module:
+    """BatchNorm statistics and affine parameters away from their identity start (else a wrong column
+    order could hide behind equal channels)."""
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
+    return model.eval()
+
+
+def _streams(groups):
+    return [g for g in groups if g.shuffle is not None]
+
+
+def _cut_equals_masked(model: nn.Module, group, keep: torch.Tensor, x: torch.Tensor) -> float:
+    masked, cut = copy.deepcopy(model), copy.deepcopy(model)
+    drop = torch.tensor(sorted(set(range(group.size)) - set(keep.tolist())), dtype=torch.long)
+    zero_channels(masked, copy.deepcopy(group), drop)
+    remove_channels(cut, copy.deepcopy(group), keep)
+    with torch.no_grad():
+        want, got = masked(x), cut(x)
+    assert got.shape == want.shape
+    return float((want - got).abs().max() / want.abs().max())
+
+
+class Probe(nn.Module):
+    """A stream of three producers through nn.ChannelShuffle(3), chunked in three; a second stream of
+    two producers through a functional shuffle of 4 blocks with a depthwise conv and BatchNorm
+    reading it, and a Linear reading the pooled stream."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 12, 1), nn.Conv2d(3, 12, 3, padding=1), nn.Conv2d(3, 12, 1)
+        self.shuffle = nn.ChannelShuffle(3)
+        self.p, self.q = nn.Conv2d(12, 8, 3, padding=1), nn.Conv2d(24, 8, 1)
+        self.dw, self.bn = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        s = self.shuffle(torch.cat([self.a(x), torch.relu(self.b(x)), self.c(x)], 1))
+        first, second, third = s.chunk(3, dim=1)
+        y = torch.cat([self.p(torch.relu(first)), self.q(torch.cat([second, third], 1))], 1)
+        b, c, h, w = y.shape
+        y = y.view(b, 4, c // 4, h, w).transpose(1, 2).reshape(b, -1, h, w)
+        return self.fc(self.bn(self.dw(y)).mean((2, 3)))
+
+
+def test_probe_streams_are_groups_cut_exactly_at_random_widths():
+    model = _randomise_norms(Probe())
+    x = torch.randn(2, 3, 8, 8)
+    streams = _streams(channel_groups(model, x))
+    assert [(g.size, g.prunable) for g in streams] == [(36, True), (16, True)]
+    first, second = streams
+    assert first.producers == ["a", "b", "c"] and second.producers == ["p", "q"]
+    assert first.shuffle.widths() == list(range(1, 13))  # three producers: any width shuffles in 3 blocks
+    assert second.shuffle.widths() == [2, 4, 6, 8]  # two: 4 blocks need an even width
+    gen = torch.Generator().manual_seed(3)
+    for group in streams:
+        for m in group.shuffle.widths()[:-1]:
+            keep = random_kept(group, m * len(group.producers), gen)
+            assert _cut_equals_masked(model, group, keep, x) < 1e-5
+
+
+def test_a_keep_set_the_stream_cannot_deliver_is_refused():
+    model = _randomise_norms(torchvision.models.shufflenet_v2_x0_5())
+    x = torch.randn(2, 3, 64, 64)
+    stage2 = _streams(channel_groups(model, x))[0]
+    s = stage2.shuffle
+    first = torch.cat([p * s.width + torch.arange(12) for p in range(len(s.producers))])  # 12 of 24, all at the front
+    assert s.check(first) is not None
+    with pytest.raises(ValueError, match="channels per reader"):
+        remove_channels(copy.deepcopy(model), copy.deepcopy(stage2), first)
+    uneven = s.keep(12)[1:]
+    with pytest.raises(ValueError, match="as many channels of each producer"):
+        remove_channels(copy.deepcopy(model), copy.deepcopy(stage2), uneven)
+
+
+def test_shufflenet_streams_cut_exactly_in_every_stage():
+    model = _randomise_norms(torchvision.models.shufflenet_v2_x0_5())
+    x = torch.randn(2, 3, 64, 64)
+    streams = _streams(channel_groups(model, x))
+    assert [g.key for g in streams] == ["stage2.0.branch1.2", "stage3.0.branch1.2", "stage4.0.branch1.2"]
+    assert [len(g.producers) for g in streams] == [5, 9, 5] and all(g.prunable for g in streams)
+    gen = torch.Generator().manual_seed(1)
+    for group in streams:
+        keep = random_kept(group, group_keep_count(group, 0.3), gen)
+        assert len(keep) < group.size
+        assert _cut_equals_masked(model, group, keep, x) < 1e-5
+
+
+def test_wrong_column_order_would_be_caught():
+    """The readers of a stream take their columns in the cut model's order, not the kept ones' own order:
+    taking them in the original order gives a different model (so the exactness test above can fail)."""
+    model = _randomise_norms(torchvision.models.shufflenet_v2_x0_5())
+    x = torch.randn(2, 3, 64, 64)
+    group = _streams(channel_groups(model, x))[0]
+    keep = random_kept(group, group_keep_count(group, 0.5), torch.Generator().manual_seed(2))
+    reader = next(n for n in group.shuffle.exit_of if n in dict(group.consumers))
+    in_order = group.shuffle.places(reader, keep).sort().values
+    assert not torch.equal(group.shuffle.positions(reader, keep), in_order)
+
+
+def test_harvest_removes_a_dropped_stream_and_replays_on_a_fresh_model():
+    model = _randomise_norms(torchvision.models.shufflenet_v2_x0_5())
+    x = torch.randn(2, 3, 64, 64)
+    groups = _streams(channel_groups(model, x))
+    for group in groups:
+        drop = drop_lowest(group, channel_importance(model, group), group.size // 2)
+        zero_channels(model, group, drop)
+    reference = reference_outputs(model, (3, 64, 64))
+    record = harvest(model, (3, 64, 64))
+    assert cut_differs(reference, model) is None
+    stream_keys = {g.key for g in groups}
+    assert stream_keys <= set(record["keep"]), record.get("whole")
+    for g in groups:  # half asked; the narrowest width the stream runs at that keeps at least half
+        producers = len(g.producers)
+        assert record["widths"][g.key] == (g.size, producers * g.shuffle.at_least(-(-(g.size - g.size // 2) // producers)))
+    assert record["macs_after"] < record["macs_before"]
+    fresh = _randomise_norms(torchvision.models.shufflenet_v2_x0_5())
+    apply_structure(fresh, record, (3, 64, 64))
+    assert [tuple(p.shape) for p in fresh.parameters()] == [tuple(p.shape) for p in model.parameters()]
+    fresh.load_state_dict(model.state_dict())
+    assert cut_differs(reference, fresh) is None
+    bad = {**record, "keep": {**record["keep"], "stage2.0.branch1.2": record["keep"]["stage2.0.branch1.2"][1:]}}
+    with pytest.raises(ValueError, match="stage2.0.branch1.2"):
+        apply_structure(_randomise_norms(torchvision.models.shufflenet_v2_x0_5()), bad, (3, 64, 64))
+
+
+class GroupedReader(nn.Module):
+    """A shuffle read by a grouped conv (ShuffleNet V1's pointwise group conv): not cut."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+        self.g = nn.Conv2d(16, 4, 1, groups=2)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        b, c, h, w = y.shape
+        return self.g(y.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w))
+
+
+class LiteralShuffle(GroupedReader):
+    """A shuffle whose sizes are written in the code: a cut model would not run, so nothing is cut."""
+
+    def __init__(self):
+        super().__init__()
+        self.g = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        return self.g(y.view(y.shape[0], 2, 8, 4, 4).transpose(1, 2).reshape(y.shape[0], 16, 4, 4))
+
+
+@pytest.mark.parametrize("net,why", [(GroupedReader, "shuffled stream"), (LiteralShuffle, "reshape")])
+def test_streams_it_cannot_follow_stay_whole_with_why(net, why):
+    groups = channel_groups(net(), torch.randn(2, 3, 4, 4))
+    a = next(g for g in groups if "a" in g.producers)
+    assert not a.prunable and why in a.blockers[0]
