@@ -102,6 +102,9 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor, c
     if group.contiguous and len(keep) and int(keep[-1] - keep[0]) + 1 != len(keep):
         raise ValueError(f"group of {group.producers}: a conv along the channels needs the kept channels to be one "
                          f"run, got {keep.tolist()[:8]}...")
+    if group.shuffle is not None and group.shuffle.spent:
+        raise ValueError(f"group of {group.producers[0]}: a shuffled stream cut already (trace the cut model to cut "
+                         "it again)")
     if group.shuffle is not None and (why := group.shuffle.check(keep)) is not None:
         raise ValueError(f"group of {group.producers[0]}: {why}")
     if group.shifts and not constants_folded and len(keep) < group.size:
@@ -118,7 +121,7 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor, c
         raise
     group.size = len(keep)
     if group.shuffle is not None:  # its places were the uncut model's: trace the cut one to cut again
-        group.blockers.append("cut already (a shuffled stream: trace the cut model to cut it again)")
+        group.shuffle.spent = True
 
 
 def _cut(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:

@@ -196,6 +196,7 @@ class Shuffle:
     index: dict[str, torch.Tensor]
     exit_of: dict[str, int]        # reader -> which exit it reads (producer-side members: absent)
     fate: torch.Tensor             # per id: the exit it reaches
+    spent: bool = False            # cut already: its places are the uncut model's
     _plans: dict = field(default_factory=dict)
 
     @property
