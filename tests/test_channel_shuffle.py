@@ -176,3 +176,26 @@ def test_streams_it_cannot_follow_stay_whole_with_why(net, why):
     groups = channel_groups(net(), torch.randn(2, 3, 4, 4))
     a = next(g for g in groups if "a" in g.producers)
     assert not a.prunable and why in a.blockers[0]
+
+
+class TokenShuffle(nn.Module):
+    """A shuffle of tokens ([B, L, C], channels last): no channel stream; the ordinary rules carry the
+    channels through it, as before there was a stream rule."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        b, n, c = y.shape
+        return self.b(y.view(b, 2, n // 2, c).transpose(1, 2).reshape(b, n, c))
+
+
+def test_a_token_shuffle_is_left_to_the_ordinary_rules():
+    model, x = TokenShuffle().eval(), torch.randn(2, 8, 6)
+    groups = channel_groups(model, x)
+    a = next(g for g in groups if g.producers == ["a"])
+    assert a.prunable and a.shuffle is None
+    keep = random_kept(a, group_keep_count(a, 0.5), torch.Generator().manual_seed(0))
+    assert _cut_equals_masked(model, a, keep, x) < 1e-5

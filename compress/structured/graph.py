@@ -521,14 +521,22 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
     Parameters, same state_dict keys)."""
     prepare_attention(model, example)
     traced = _trace(model, example)
-    w = Walk(traced, model)
-    regions = shuffled.find_regions(traced)
-    try:
-        _walk(w, traced, regions)
-        shuffled.assemble(w, regions)
-    except Exception as e:  # a rule met a case it does not know: refuse the model, never crash
-        raise ValueError(f"channel graph of {type(model).__name__}: {type(e).__name__}: "
-                         f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
+    regions, failed = shuffled.find_regions(traced), {}
+    while True:  # a shuffled stream that cannot be one group is walked again with the ordinary rules
+        w = Walk(traced, model)
+        for region in regions:
+            region.reset()
+        try:
+            _walk(w, traced, regions)
+            now = shuffled.assemble(w, regions)
+        except Exception as e:  # a rule met a case it does not know: refuse the model, never crash
+            raise ValueError(f"channel graph of {type(model).__name__}: {type(e).__name__}: "
+                             f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
+        if not now:
+            break
+        failed.update(now)
+        regions = [r for r in regions if r not in now]
+    shuffled.explain(w, failed)
     _block_shared(w, traced, model)
     _block_branch_reads(w, traced)
     _prove_width_attributes(w, model, example)

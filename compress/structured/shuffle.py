@@ -107,17 +107,23 @@ def _stream_op(node: fx.Node, traced: fx.GraphModule):
     return None
 
 
-@dataclass
+@dataclass(eq=False)
 class Region:
     """The traced nodes of one stream: a program of cat / chunk / item / shuffle steps, in graph order."""
     steps: list[tuple[fx.Node, str, tuple[fx.Node, ...], object]]
     nodes: set[fx.Node]                       # the steps' nodes and the shuffles' inner ones
     inputs: list[fx.Node] = field(default_factory=list)   # tensors entering (the producers' outputs)
     exits: list[fx.Node] = field(default_factory=list)    # steps read from outside
+    defect: str | None = None                             # why it cannot be cut, seen in the graph alone
     why: str | None = None                                # set when the walk finds it cannot be cut
     entering: dict = field(default_factory=dict)          # input -> the group it carries (the walk's)
     exit_gid: dict = field(default_factory=dict)          # exit -> the group its readers join
     shifted: str | None = None                            # an input carries a constant where cut
+    foreign: bool = False  # its inputs are no channels on axis 1 (tokens shuffled): the ordinary rules' case
+
+    def reset(self) -> None:
+        """Forget what a walk noted (before another walk)."""
+        self.entering, self.exit_gid, self.why, self.shifted, self.foreign = {}, {}, None, None, False
 
 
 def find_regions(traced: fx.GraphModule) -> list[Region]:
@@ -156,7 +162,7 @@ def find_regions(traced: fx.GraphModule) -> list[Region]:
             if outside and kind != "chunk":
                 region.exits.append(n)
             elif outside:
-                region.why = f"chunk {n.name} of a shuffled stream used whole"
+                region.defect = f"chunk {n.name} used whole"
         regions.append(region)
     return regions
 
@@ -318,11 +324,12 @@ def visit(w, region: Region, node: fx.Node) -> None:
         if a not in region.inputs or a in entering:
             continue
         label = w.label.get(a)
-        if label is None or len(label) != 1 or label[0][1] != 1 or w.axis.get(a) != 1:
-            region.why = region.why or f"{a.name} enters the shuffled stream at {node.name} as no single group " \
-                                       "of channels on axis 1"
-            for gid, _ in label or ():
-                w.g.get(gid).blockers.append(region.why)
+        if label is None or w.axis.get(a) != 1:
+            region.foreign = True
+            region.why = region.why or f"{a.name} enters it at {node.name} with no channels on axis 1"
+            continue
+        if len(label) != 1 or label[0][1] != 1:
+            region.why = region.why or f"{a.name} enters it at {node.name} as no single group of channels"
             continue
         entering[a] = label[0][0]
         if w.shifted.get(a):
@@ -360,20 +367,21 @@ def _members_problem(w, grp) -> str | None:
     return None
 
 
-def assemble(w, regions: list[Region]) -> None:
-    """After the walk: each stream whose producers and readers allow it becomes one group (`Shuffle`);
-    else every group meeting it stays whole, with why."""
+def assemble(w, regions: list[Region]) -> dict[Region, str]:
+    """After the walk: each stream whose producers and readers allow it becomes one group (`Shuffle`).
+    Returns the streams that cannot, with why, and then changes nothing: the caller walks again without
+    them, leaving their ops to the ordinary rules (which block what they do not follow)."""
+    built, failed = [], {}
     for region in regions:
+        got = region.defect or region.why or _problem(w, region, region.entering, region.exit_gid)
+        if isinstance(got, str):
+            failed[region] = got
+        else:
+            built.append((region, got))
+    if failed:
+        return failed
+    for region, shuffle in built:
         entering, exit_gid = region.entering, region.exit_gid
-        parts = [entering.get(x) for x in region.inputs] + [exit_gid.get(e) for e in region.exits]
-        live = [gid for gid in parts if gid is not None and w.g.find(gid) in w.g.groups]
-        why = region.why or _problem(w, region, entering, exit_gid)
-        if isinstance(why, str):
-            for gid in live:
-                w.g.get(gid).blockers.append(f"a shuffled stream ({region.exits[0].name if region.exits else '?'}): "
-                                             f"{why}")
-            continue
-        shuffle = why
         ins = [w.g.get(entering[x]) for x in region.inputs]
         outs = [w.g.get(exit_gid[e]) for e in region.exits]
         gid = w.g.new(shuffle.size)
@@ -390,6 +398,21 @@ def assemble(w, regions: list[Region]) -> None:
         for g in ins + outs:
             del w.g.groups[g.id]
             w.g.parent[g.id] = gid
+    return {}
+
+
+def explain(w, failed: dict[Region, str]) -> None:
+    """Say why each stream that is a channel stream could not be cut, first, on the groups entering it
+    that the ordinary rules left whole."""
+    for region, why in failed.items():
+        if region.foreign:
+            continue
+        message = f"a shuffled stream ({region.exits[0].name if region.exits else region.steps[-1][0].name}): {why}"
+        for x in region.inputs:
+            for gid, _ in w.label.get(x, ()):
+                grp = w.g.get(gid)
+                if grp.blockers and message not in grp.blockers:
+                    grp.blockers.insert(0, message)
 
 
 def _problem(w, region: Region, entering: dict, exit_gid: dict) -> "str | Shuffle":
