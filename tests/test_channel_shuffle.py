@@ -199,3 +199,32 @@ def test_a_token_shuffle_is_left_to_the_ordinary_rules():
     assert a.prunable and a.shuffle is None
     keep = random_kept(a, group_keep_count(a, 0.5), torch.Generator().manual_seed(0))
     assert _cut_equals_masked(model, a, keep, x) < 1e-5
+
+
+class OneConvBranch(nn.Module):
+    """ShuffleNet's block with a branch of one conv: that conv reads the stream and writes into it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+        self.branch, self.head = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+    @staticmethod
+    def shuffle(y):
+        b, c, h, w = y.shape
+        return y.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+    def forward(self, x):
+        s = self.shuffle(torch.cat([self.a(x), self.b(x)], 1))
+        keep, go = s.chunk(2, dim=1)
+        return self.head(self.shuffle(torch.cat([keep, torch.relu(self.branch(go))], 1)))
+
+
+def test_a_conv_reading_and_writing_one_stream_is_cut_in_both_roles():
+    model, x = OneConvBranch().eval(), torch.randn(2, 3, 6, 6)
+    stream = _streams(channel_groups(model, x))
+    assert len(stream) == 1 and stream[0].prunable and stream[0].producers == ["a", "b", "branch"]
+    gen = torch.Generator().manual_seed(4)
+    for m in stream[0].shuffle.widths()[:-1]:
+        keep = random_kept(stream[0], 3 * m, gen)
+        assert _cut_equals_masked(model, stream[0], keep, x) < 1e-5

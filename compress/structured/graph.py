@@ -96,7 +96,7 @@ class ChannelGroup:
         per, repeat = self.layout.get(producer, (1, 1))
         channels = torch.as_tensor(channels, dtype=torch.long)
         if self.shuffle is not None:
-            return self.shuffle.places(producer, channels.sort().values)
+            return self.shuffle.places(producer, channels.sort().values, rows=True)
         if per == 1 and repeat == 1:
             return torch.cat([offset + channels for offset in self.out_offsets(producer)])
         one = (channels[:, None] * per + torch.arange(per)[None, :]).flatten()
@@ -108,7 +108,7 @@ class ChannelGroup:
         per, repeat = self.layout.get(producer, (1, 1))
         if self.shuffle is not None:  # the producer's channels in their places, zeros elsewhere
             out = flat.new_zeros(self.size, flat.shape[1])
-            out[self.shuffle.index[producer].to(flat.device)] = flat
+            out[self.shuffle.rows[producer].to(flat.device)] = flat
             return out
         if per == 1 and repeat == 1:
             return torch.cat([flat[o:o + self.size] for o in self.out_offsets(producer)], 1)
@@ -119,7 +119,7 @@ class ChannelGroup:
         other groups (a split group's other parts)."""
         per, repeat = self.layout.get(producer, (1, 1))
         if self.shuffle is not None:
-            return self.shuffle.index[producer].clone()
+            return self.shuffle.rows[producer].clone()
         if per != 1 or repeat != 1:
             return (torch.arange(self.size * per) // per).repeat(repeat)
         out = torch.full((total,), self.size, dtype=torch.long)

@@ -192,13 +192,15 @@ def run(steps, streams: dict[fx.Node, torch.Tensor]) -> dict[fx.Node, object] | 
 @dataclass
 class Shuffle:
     """A shuffled stream as one group: its channels are the producers' output channels side by side
-    (producer i owns ids [i·width, (i+1)·width)). `index[member]` holds, per channel position of a member
-    (a producer's rows, a reader's input columns, a per-channel module's entries), the id there."""
+    (producer i owns ids [i·width, (i+1)·width)). `rows[producer]` holds the id of each of its output rows,
+    `index[member]` the id at each channel position of a reader (its input columns) or per-channel module
+    (its entries): a conv may write the stream's channels and read them too."""
     steps: list                    # (step, kind, inputs, argument), steps and inputs numbered
     inputs: list[int]              # in producer order
     exits: list[int]
     producers: list[str]
     width: int
+    rows: dict[str, torch.Tensor]
     index: dict[str, torch.Tensor]
     exit_of: dict[str, int]        # reader -> which exit it reads (producer-side members: absent)
     fate: torch.Tensor             # per id: the exit it reaches
@@ -295,15 +297,16 @@ class Shuffle:
                        f"delivers {counts[p].tolist()}"
         return None
 
-    def _where(self, member: str) -> torch.Tensor:
-        index = self.index[member]
+    def _where(self, member: str, rows: bool = False) -> torch.Tensor:
+        index = (self.rows if rows else self.index)[member]
         where = torch.full((self.size,), -1, dtype=torch.long)
         where[index] = torch.arange(len(index))
         return where
 
-    def places(self, member: str, ids: torch.Tensor) -> torch.Tensor:
-        """Where `member` holds those of channels `ids` it has, in the model as it is."""
-        at = self._where(member)[torch.as_tensor(ids, dtype=torch.long)]
+    def places(self, member: str, ids: torch.Tensor, rows: bool = False) -> torch.Tensor:
+        """Where `member` holds those of channels `ids` it has (among its output rows, with `rows`), in the
+        model as it is."""
+        at = self._where(member, rows)[torch.as_tensor(ids, dtype=torch.long)]
         return at[at >= 0]
 
     def positions(self, member: str, keep: torch.Tensor) -> torch.Tensor:
@@ -451,18 +454,19 @@ def _problem(w, region: Region, entering: dict, exit_gid: dict) -> "str | Shuffl
         blocks = torch.unique_consecutive(fate[i * width:(i + 1) * width])
         if len(blocks) != len(set(blocks.tolist())):
             return f"{ins[i].producers[0]}'s channels reach its readers interleaved"
+    rows = {g.producers[0]: torch.arange(i * width, (i + 1) * width) for i, g in enumerate(ins)}
     index, exit_of = {}, {}
     for i, g in enumerate(ins):
-        for name in [*g.producers, *g.passthrough, *(n for n, _ in g.consumers)]:
+        for name in [*g.passthrough, *(n for n, _ in g.consumers)]:
             index[name] = torch.arange(i * width, (i + 1) * width)
     for e, g in enumerate(outs):
         for name in [*g.passthrough, *(n for n, _ in g.consumers)]:
             index[name], exit_of[name] = val[region.exits[e]], e
-    if len(index) != sum(len(g.producers) + len(g.passthrough) + len(g.consumers) for g in ins + outs):
+    if len(index) != sum(len(g.passthrough) + len(g.consumers) for g in ins + outs):
         return "a module reads it in two places"
     # the program on numbers, not traced nodes (a group is copied with the model; a node drags its graph along)
     number = {n: i for i, n in enumerate(n for n, *_ in region.steps)}
     number.update({x: -1 - i for i, x in enumerate(region.inputs)})
     steps = [(number[n], kind, tuple(number[t] for t in tensors), arg) for n, kind, tensors, arg in region.steps]
     return Shuffle(steps, [number[x] for x in region.inputs], [number[e] for e in region.exits],
-                   [g.producers[0] for g in ins], width, index, exit_of, fate)
+                   [g.producers[0] for g in ins], width, rows, index, exit_of, fate)
