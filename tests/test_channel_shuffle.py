@@ -228,3 +228,114 @@ def test_a_conv_reading_and_writing_one_stream_is_cut_in_both_roles():
     for m in stream[0].shuffle.widths()[:-1]:
         keep = random_kept(stream[0], 3 * m, gen)
         assert _cut_equals_masked(model, stream[0], keep, x) < 1e-5
+
+
+def _shuf(y, g):
+    b, c, h, w = y.shape
+    return y.view(b, g, c // g, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class _Pair(nn.Module):
+    def __init__(self, readers: int = 16):
+        super().__init__()
+        self.a, self.b, self.c, self.d = (nn.Conv2d(3, 8, 1) for _ in range(4))
+        self.o, self.r = nn.Conv2d(3, 16, 1), nn.Conv2d(readers, 5, 1)
+
+
+class TwoStreamsAdded(_Pair):
+    def forward(self, x):
+        return self.r(_shuf(torch.cat([self.a(x), self.b(x)], 1), 2) + _shuf(torch.cat([self.c(x), self.d(x)], 1), 4))
+
+
+class BranchOnWidth(_Pair):
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        z = _shuf(y, 2)
+        if y.shape[1] == 16:
+            z = z * 2
+        return self.r(z)
+
+
+class SizedByAnother(_Pair):
+    def forward(self, x):
+        y, o = torch.cat([self.a(x), self.b(x)], 1), self.o(x)
+        b, c, h, w = o.shape
+        return self.r(y.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)) + self.r(o)
+
+
+class SizesAnother(_Pair):
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        b, c, h, w = y.shape
+        o = self.o(x).reshape(b, c, h * w).reshape(b, c, h, w)
+        return self.r(y.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)) + self.r(o)
+
+
+class SwapsBatch(_Pair):
+    """transpose(-4, -3) of a 4-D view is dims 0 and 1: no channel shuffle."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.r = nn.Conv1d(3, 8, 1), nn.Conv1d(3, 8, 1), nn.Conv1d(16, 5, 1)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        b, c, n = y.shape
+        return self.r(y.view(b, 2, c // 2, n).transpose(-4, -3).reshape(b, c, n))
+
+
+@pytest.mark.parametrize("net", [TwoStreamsAdded, BranchOnWidth, SizedByAnother, SizesAnother, SwapsBatch])
+def test_what_a_stream_cut_cannot_follow_is_never_cut_wrong(net):
+    """Found by a hostile pass: each of these was cut into a wrong or broken model once."""
+    model = _randomise_norms(net())
+    x = torch.randn(2, 3, 8) if net is SwapsBatch else torch.randn(2, 3, 8, 8)
+    groups = channel_groups(model, x)
+    assert any(g.producers for g in groups)
+    for g in groups:
+        if g.prunable:
+            keep = random_kept(g, group_keep_count(g, 0.5), torch.Generator().manual_seed(0))
+            if len(keep) < g.size:
+                assert _cut_equals_masked(model, g, keep, x) < 1e-5, g.key
+    streamed = [g for g in groups if {"a", "b"} <= set(g.producers)]
+    assert streamed and not any(g.prunable for g in streamed)
+
+
+class ChannelsLastReader(_Pair):
+    """Other written forms: torch's own channel_shuffle, the transpose as a permute, and a Linear reading
+    the stream with its channels last."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = torch.channel_shuffle(torch.cat([self.a(x), self.b(x)], 1), 2)
+        b, c, h, w = y.shape
+        y = y.view(b, 4, c // 4, h, w).permute(0, 2, 1, 3, 4).reshape(b, c, h, w)
+        return self.fc(torch.relu(y).permute(0, 2, 3, 1)).mean((1, 2))
+
+
+def test_other_written_shuffles_and_a_channels_last_reader_are_cut_and_harvested():
+    model, x = _randomise_norms(ChannelsLastReader()), torch.randn(2, 3, 8, 8)
+    stream = _streams(channel_groups(model, x))
+    assert len(stream) == 1 and stream[0].prunable and stream[0].shuffle.widths() == [2, 4, 6, 8]
+    keep = random_kept(stream[0], 8, torch.Generator().manual_seed(0))
+    assert _cut_equals_masked(model, stream[0], keep, x) < 1e-5
+    zero_channels(model, stream[0], drop_lowest(stream[0], channel_importance(model, stream[0]), 8))
+    reference = reference_outputs(model, (3, 8, 8))
+    record = harvest(model, (3, 8, 8))
+    assert record["widths"]["a"] == (16, 8) and cut_differs(reference, model) is None
+
+
+def test_a_stream_that_runs_at_no_smaller_width_says_so():
+    class Three(_Pair):
+        def __init__(self):  # three producers of 4 channels, 4 blocks: a width of 4 each, or nothing
+            super().__init__()
+            self.a, self.b, self.c = (nn.Conv2d(3, 4, 1) for _ in range(3))
+            self.s, self.r = nn.ChannelShuffle(4), nn.Conv2d(12, 5, 1)
+
+        def forward(self, x):
+            return self.r(self.s(torch.cat([self.a(x), self.b(x), self.c(x)], 1)))
+    groups = channel_groups(Three().eval(), torch.randn(2, 3, 4, 4))
+    a = next(g for g in groups if "a" in g.producers)
+    assert not a.prunable and "no smaller width" in a.blockers[0]

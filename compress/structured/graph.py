@@ -522,13 +522,20 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
     prepare_attention(model, example)
     traced = _trace(model, example)
     regions, failed = shuffled.find_regions(traced), {}
+    for node, dims in _branch_reads(traced):  # a branch on a stream's width: the ordinary rules block it
+        ndim = Walk.ndim(node) or 0
+        if dims is None or not ndim or \
+                1 in {j for d in dims for j in ([d % ndim] if isinstance(d, int) else range(ndim)[d])}:
+            for region in regions:
+                if node in region.nodes:
+                    region.defect = region.defect or f"the model's code branches on the channel count of {node.name}"
     while True:  # a shuffled stream that cannot be one group is walked again with the ordinary rules
         w = Walk(traced, model)
         for region in regions:
             region.reset()
         try:
             _walk(w, traced, regions)
-            now = shuffled.assemble(w, regions)
+            now = shuffled.assemble(w, regions, traced)
         except Exception as e:  # a rule met a case it does not know: refuse the model, never crash
             raise ValueError(f"channel graph of {type(model).__name__}: {type(e).__name__}: "
                              f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
@@ -682,14 +689,19 @@ def _opaque(traced: fx.GraphModule, path: str, m: nn.Module) -> str | None:
     return opaque.get(path) or opaque.get(type(m))
 
 
-def _block_branch_reads(w: Walk, traced: fx.GraphModule) -> None:
-    """A branch (or assert) in the model's code that read a channel count took the example's way; after a
-    cut it could take another, so the channels it read stay."""
+def _branch_reads(traced: fx.GraphModule) -> list[tuple[fx.Node, tuple | None]]:
+    """The tensors a branch (or assert) in the model's code read the shape of, with the dims read."""
     reads = list(traced.meta.get("branch_reads", ()))
     for n in traced.graph.nodes:  # torch._assert stays in the graph (fx wraps it) instead of branching
         if n.op == "call_function" and n.target is torch._assert and isinstance(n.args[0], fx.Node):
             reads += _dims_read(_condition(n.args[0]))
-    for node, dims in reads:
+    return reads
+
+
+def _block_branch_reads(w: Walk, traced: fx.GraphModule) -> None:
+    """A branch (or assert) in the model's code that read a channel count took the example's way; after a
+    cut it could take another, so the channels it read stay."""
+    for node, dims in _branch_reads(traced):
         if node not in w.label:
             continue
         ndim = w.ndim(node)

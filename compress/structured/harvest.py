@@ -153,7 +153,7 @@ def _stream_keep(model: nn.Module, group: ChannelGroup, idx: torch.Tensor, examp
         if inp is None:
             gone[at[here]] = False
             continue
-        zero = (inp.float().cpu().transpose(0, 1).flatten(1) == 0).all(1)
+        zero = (inp.float().cpu().movedim(s.axis[name], 0).flatten(1) == 0).all(1)
         gone[at[here & ~zero]] = False
     if not gone.any():
         return None

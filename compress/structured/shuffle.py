@@ -29,6 +29,8 @@ _CAT = {torch.cat, torch.concat, "cat"}
 _CHUNK = {torch.chunk, "chunk"}
 _RESHAPE = {"view", "reshape", torch.reshape}
 _TRANSPOSE = {torch.transpose, "transpose"}
+_NATIVE_SHUFFLE = {nn.functional.channel_shuffle, torch.channel_shuffle, nn.functional.native_channel_shuffle,
+                   torch.native_channel_shuffle}
 
 
 def _shape(node) -> tuple | None:
@@ -45,10 +47,42 @@ def _only_user(node: fx.Node) -> fx.Node | None:
     return users[0] if len(users) == 1 else None
 
 
+def _swaps_blocks(t: fx.Node, rank: int) -> bool:
+    """Whether `t` swaps dims 1 and 2 of a `rank`-dim tensor and nothing else (transpose or permute)."""
+    if t.target in _TRANSPOSE:
+        dims = t.args[1:3]
+        return len(dims) == 2 and all(isinstance(d, int) for d in dims) and sorted(d % rank for d in dims) == [1, 2]
+    if t.target in ("permute", torch.permute):
+        dims = t.args[1] if len(t.args) == 2 and isinstance(t.args[1], (tuple, list)) else t.args[1:]
+        return all(isinstance(d, int) for d in dims) and [d % rank for d in dims] == [0, 2, 1, *range(3, rank)]
+    return False
+
+
+def _read_from(arg, x: fx.Node) -> bool:
+    """Whether a size argument is computed from x's shape alone (`x.size()`, `x.shape`, arithmetic on
+    them): the smaller model then computes it from its own width."""
+    todo, seen = [arg], set()
+    while todo:
+        n = todo.pop()
+        if not isinstance(n, fx.Node) or n in seen:
+            continue
+        seen.add(n)
+        if (n.op == "call_method" and n.target == "size") or \
+                (n.op == "call_function" and n.target is getattr and n.args[1:] == ("shape",)):
+            if n.args[0] is not x:
+                return False
+        elif n.op == "call_function" and getattr(n.target, "__module__", None) == "_operator":
+            todo += n.all_input_nodes
+        else:
+            return False
+    return True
+
+
 def _shuffle_at(v2: fx.Node) -> tuple[fx.Node, int, tuple[fx.Node, ...]] | None:
     """(input, g, inner nodes) when `v2` ends a channel shuffle of its input x [B, C, ...]:
-    view(B, g, C//g, ...) → transpose(1, 2) → (contiguous) → view(B, C, ...), with g written in the code
-    and C // g and C taken from the tensor (nodes, or -1), so that the smaller model shuffles its own width."""
+    view(B, g, C//g, ...) → transpose(1, 2) (or the permute) → (contiguous) → view(B, C, ...), with g written
+    in the code and C // g and C computed from x's shape (or -1), so that the smaller model shuffles its
+    own width."""
     if v2.op != "call_method" or v2.target not in _RESHAPE or not v2.args:
         return None
     t = v2.args[0]
@@ -56,33 +90,73 @@ def _shuffle_at(v2: fx.Node) -> tuple[fx.Node, int, tuple[fx.Node, ...]] | None:
     if isinstance(t, fx.Node) and t.op == "call_method" and t.target == "contiguous":
         inner.append(t)
         t = t.args[0]
-    if not (isinstance(t, fx.Node) and t.target in _TRANSPOSE and sorted(a % 5 for a in t.args[1:3]) == [1, 2]):
-        return None
-    v1 = t.args[0]
+    v1 = t.args[0] if isinstance(t, fx.Node) and t.args else None
     if not (isinstance(v1, fx.Node) and v1.target in _RESHAPE and v1.args and isinstance(v1.args[0], fx.Node)):
         return None
     x = v1.args[0]
     before, mid, after = _shape(x), _shape(v1), _shape(v2)
     if before is None or mid is None or after != before or len(before) < 2 or len(mid) != len(before) + 1 or \
-            mid[0] != before[0] or mid[1] * mid[2] != before[1] or mid[3:] != before[2:] or mid[1] < 2:
+            mid[0] != before[0] or mid[1] * mid[2] != before[1] or mid[3:] != before[2:] or mid[1] < 2 or \
+            not _swaps_blocks(t, len(mid)):
         return None
     sizes = v1.args[1:] if len(v1.args) > 2 else (v1.args[1] if len(v1.args) > 1 else ())
     outs = v2.args[1:] if len(v2.args) > 2 else (v2.args[1] if len(v2.args) > 1 else ())
     if len(sizes) != len(mid) or len(outs) != len(before) or sizes[1] != mid[1] or \
-            not (isinstance(sizes[2], fx.Node) or sizes[2] == -1) or not (isinstance(outs[1], fx.Node) or outs[1] == -1):
+            not (sizes[2] == -1 or (isinstance(sizes[2], fx.Node) and _read_from(sizes[2], x))) or \
+            not (outs[1] == -1 or (isinstance(outs[1], fx.Node) and _read_from(outs[1], x))):
         return None
     if any(_only_user(n) is None for n in (v1, t, *inner)):
         return None
     return x, mid[1], (v1, t, *inner)
 
 
+def _inner(node: fx.Node) -> tuple[fx.Node, ...]:
+    """The view, transpose (and contiguous) a written-out shuffle ending at `node` goes through; () else."""
+    found = _shuffle_at(node)
+    return found[2] if found else ()
+
+
+def _channel_count_read(n: fx.Node, views: set[fx.Node]) -> fx.Node | None:
+    """A node outside the stream's own shuffles (`views`) that uses n's channel count, or None."""
+    ndim = len(_shape(n) or ())
+    todo = []
+    for u in n.users:
+        if u.op == "call_method" and u.target == "size":
+            d = u.args[1] if len(u.args) > 1 else u.kwargs.get("dim")
+            if d is None:
+                todo += [v for v in u.users if not (v.target is operator.getitem and isinstance(v.args[1], int)
+                                                    and ndim and v.args[1] % ndim != 1)]
+            elif not (isinstance(d, int) and ndim and d % ndim != 1):
+                todo.append(u)
+        elif u.op == "call_function" and u.target is getattr and u.args[1:] == ("shape",):
+            todo += [v for v in u.users if not (v.target is operator.getitem and isinstance(v.args[1], int)
+                                                and ndim and v.args[1] % ndim != 1)]
+    seen = set()
+    while todo:
+        v = todo.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        if v in views:
+            continue
+        if v.op == "call_function" and getattr(v.target, "__module__", None) == "_operator":
+            todo += list(v.users)
+            continue
+        return v
+    return None
+
+
 def _stream_op(node: fx.Node, traced: fx.GraphModule):
     """(kind, tensor inputs, argument) for a cat / chunk / chunk item along dim 1 or a shuffle, or None."""
+    shape = _shape(node)
     if node.op == "call_module" and type(traced.get_submodule(node.target)) is nn.ChannelShuffle and \
             len(node.args) == 1 and isinstance(node.args[0], fx.Node):
-        shape = _shape(node)
         return ("shuffle", (node.args[0],), traced.get_submodule(node.target).groups) \
             if shape is not None and len(shape) >= 3 else None
+    if node.target in _NATIVE_SHUFFLE and node.args and isinstance(node.args[0], fx.Node):
+        g = node.args[1] if len(node.args) > 1 else node.kwargs.get("groups")
+        return ("shuffle", (node.args[0],), g) if isinstance(g, int) and shape is not None and len(shape) >= 3 \
+            else None
     if node.op not in ("call_function", "call_method"):
         return None
     shape = _shape(node)
@@ -133,8 +207,7 @@ def find_regions(traced: fx.GraphModule) -> list[Region]:
         op = _stream_op(node, traced)
         if op is not None:
             ops[node] = op
-    inner = {n: v2 for v2, (kind, _, _) in ops.items() if kind == "shuffle" and v2.op != "call_module"
-             for n in _shuffle_at(v2)[2]}
+    inner = {n: v2 for v2 in ops for n in _inner(v2)}
     seen, regions = set(), []
     for seed, (kind, _, _) in ops.items():
         if kind != "shuffle" or seed in seen:
@@ -150,11 +223,15 @@ def find_regions(traced: fx.GraphModule) -> list[Region]:
             todo += [inner[u] for u in n.users if u in inner and ops[inner[u]][1][0] is n]
         seen |= members
         steps = [(n, *ops[n]) for n in traced.graph.nodes if n in members]
-        nodes = members | {i for n in members if ops[n][0] == "shuffle" and n.op != "call_module"
-                           for i in _shuffle_at(n)[2]}
+        nodes = members | {i for n in members for i in _inner(n)}
         region = Region(steps, nodes)
         for n, _, tensors, _ in steps:
             region.inputs += [t for t in tensors if t not in members and t not in region.inputs]
+        views = {v for n in members if _inner(n) for v in (n, _inner(n)[0])}
+        for n in nodes:
+            reader = _channel_count_read(n, views)
+            if reader is not None and region.defect is None:
+                region.defect = f"{reader.name} reads the channel count of {n.name}"
         shape_reads = ("size", "dim")
         for n, kind, _, _ in steps:
             outside = [u for u in n.users if u not in nodes and not (u.op == "call_method" and u.target in shape_reads)
@@ -204,6 +281,7 @@ class Shuffle:
     index: dict[str, torch.Tensor]
     exit_of: dict[str, int]        # reader -> which exit it reads (producer-side members: absent)
     fate: torch.Tensor             # per id: the exit it reaches
+    axis: dict[str, int]           # reader -> the channel axis of its input
     spent: bool = False            # cut already: its places are the uncut model's
     _plans: dict = field(default_factory=dict)
 
@@ -370,17 +448,23 @@ def _members_problem(w, grp) -> str | None:
     return None
 
 
-def assemble(w, regions: list[Region]) -> dict[Region, str]:
+def assemble(w, regions: list[Region], traced: fx.GraphModule) -> dict[Region, str]:
     """After the walk: each stream whose producers and readers allow it becomes one group (`Shuffle`).
     Returns the streams that cannot, with why, and then changes nothing: the caller walks again without
     them, leaving their ops to the ordinary rules (which block what they do not follow)."""
-    built, failed = [], {}
+    built, failed, owner = [], {}, {}
+    called = {n.target: n for n in traced.graph.nodes if n.op == "call_module"}
     for region in regions:
-        got = region.defect or region.why or _problem(w, region, region.entering, region.exit_gid)
+        got = region.defect or region.why or _problem(w, region, region.entering, region.exit_gid, called)
+        for gid in [*region.entering.values(), *region.exit_gid.values()]:  # two streams meeting (an add)
+            other = owner.setdefault(w.g.find(gid), region)
+            if other is not region:
+                failed[other] = got = "its channels meet another stream's"
         if isinstance(got, str):
             failed[region] = got
         else:
             built.append((region, got))
+    built = [(r, b) for r, b in built if r not in failed]
     if failed:
         return failed
     for region, shuffle in built:
@@ -418,19 +502,21 @@ def explain(w, failed: dict[Region, str]) -> None:
                     grp.blockers.insert(0, message)
 
 
-def _problem(w, region: Region, entering: dict, exit_gid: dict) -> "str | Shuffle":
-    """The stream as a `Shuffle`, or why it cannot be cut."""
+def _problem(w, region: Region, entering: dict, exit_gid: dict, called: dict) -> "str | Shuffle":
+    """The stream as a `Shuffle`, or why it cannot be cut. `called`: module path -> its call node."""
     if not region.exits or len(entering) != len(region.inputs) or len(exit_gid) != len(region.exits):
         return "its channels are not all followed"
     roots = [w.g.find(g) for g in [*entering.values(), *exit_gid.values()]]
-    if len(set(roots)) != len(roots) or any(r not in w.g.groups for r in roots):
-        return "its inputs or readers share channels with each other"
+    if any(r not in w.g.groups for r in roots):
+        return "a reader cuts it apart (a split or slice outside the stream's own chunks)"
+    if len(set(roots)) != len(roots):
+        return "its inputs or readers share channels with each other (a residual add, or the same tensor twice)"
     ins = [w.g.groups[w.g.find(entering[x])] for x in region.inputs]
     outs = [w.g.groups[w.g.find(exit_gid[e])] for e in region.exits]
-    for g in ins:
+    for x, g in zip(region.inputs, ins):
         if len(g.producers) != 1 or not _plain_reader(w.modules[g.producers[0]]) or \
                 len(w.produced.get(g.producers[0], ())) != 1:
-            return f"an input is not the output of one plain conv or Linear ({g.producers or 'none'})"
+            return f"{x.name} enters it from no single plain conv or Linear ({', '.join(g.producers) or 'none'})"
     if any(g.producers for g in outs):
         return "a reader's channels are produced elsewhere too"
     for g in ins + outs:
@@ -455,7 +541,12 @@ def _problem(w, region: Region, entering: dict, exit_gid: dict) -> "str | Shuffl
         if len(blocks) != len(set(blocks.tolist())):
             return f"{ins[i].producers[0]}'s channels reach its readers interleaved"
     rows = {g.producers[0]: torch.arange(i * width, (i + 1) * width) for i, g in enumerate(ins)}
-    index, exit_of = {}, {}
+    index, exit_of, axis = {}, {}, {}
+    for g in outs:
+        for name in [*g.passthrough, *(n for n, _ in g.consumers)]:
+            if name not in called:
+                return f"{name} reads it through a functional call"
+            axis[name] = w.axis.get(called[name].args[0], 1)
     for i, g in enumerate(ins):
         for name in [*g.passthrough, *(n for n, _ in g.consumers)]:
             index[name] = torch.arange(i * width, (i + 1) * width)
@@ -468,5 +559,8 @@ def _problem(w, region: Region, entering: dict, exit_gid: dict) -> "str | Shuffl
     number = {n: i for i, n in enumerate(n for n, *_ in region.steps)}
     number.update({x: -1 - i for i, x in enumerate(region.inputs)})
     steps = [(number[n], kind, tuple(number[t] for t in tensors), arg) for n, kind, tensors, arg in region.steps]
-    return Shuffle(steps, [number[x] for x in region.inputs], [number[e] for e in region.exits],
-                   [g.producers[0] for g in ins], width, rows, index, exit_of, fate)
+    shuffle = Shuffle(steps, [number[x] for x in region.inputs], [number[e] for e in region.exits],
+                      [g.producers[0] for g in ins], width, rows, index, exit_of, fate, axis)
+    if shuffle.widths() == [width]:
+        return f"it runs at no smaller width than its own {width} channels per producer"
+    return shuffle
