@@ -521,29 +521,7 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
     Parameters, same state_dict keys)."""
     prepare_attention(model, example)
     traced = _trace(model, example)
-    regions, failed = shuffled.find_regions(traced), {}
-    for node, dims in _branch_reads(traced):  # a branch on a stream's width: the ordinary rules block it
-        ndim = Walk.ndim(node) or 0
-        if dims is None or not ndim or \
-                1 in {j for d in dims for j in ([d % ndim] if isinstance(d, int) else range(ndim)[d])}:
-            for region in regions:
-                if node in region.nodes:
-                    region.defect = region.defect or f"the model's code branches on the channel count of {node.name}"
-    while True:  # a shuffled stream that cannot be one group is walked again with the ordinary rules
-        w = Walk(traced, model)
-        for region in regions:
-            region.reset()
-        try:
-            _walk(w, traced, regions)
-            now = shuffled.assemble(w, regions, traced)
-        except Exception as e:  # a rule met a case it does not know: refuse the model, never crash
-            raise ValueError(f"channel graph of {type(model).__name__}: {type(e).__name__}: "
-                             f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
-        if not now:
-            break
-        failed.update(now)
-        regions = [r for r in regions if r not in now]
-    shuffled.explain(w, failed)
+    w = _walk_streams(traced, model)
     _block_shared(w, traced, model)
     _block_branch_reads(w, traced)
     _prove_width_attributes(w, model, example)
@@ -596,6 +574,35 @@ def channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
         grp.repeats = {name: [[(w.g.get(gid), per) for gid, per in segs] for segs in reads]
                        for name, reads in grp.repeats.items()}
     return sorted(w.g.groups.values(), key=lambda grp: grp.id)
+
+
+def _walk_streams(traced: fx.GraphModule, model: nn.Module) -> Walk:
+    """The walk, with each shuffled stream (shuffle.py) one group where it can be, else walked again with
+    the ordinary rules (which block what they do not follow) and why it could not be said first.
+    Raises ValueError where a rule meets a case it does not know (the model is refused, never crashed)."""
+    regions, failed = shuffled.find_regions(traced), {}
+    for node, dims in _branch_reads(traced):  # a branch on a stream's width: left to the ordinary rules
+        ndim = Walk.ndim(node) or 0
+        if dims is None or not ndim or \
+                1 in {j for d in dims for j in ([d % ndim] if isinstance(d, int) else range(ndim)[d])}:
+            for region in regions:
+                if node in region.nodes:
+                    region.defect = region.defect or f"the model's code branches on the channel count of {node.name}"
+    while True:
+        w = Walk(traced, model)
+        for region in regions:
+            region.reset()
+        try:
+            _walk(w, traced, regions)
+            now = shuffled.assemble(w, regions, traced)
+        except Exception as e:  # a rule met a case it does not know: refuse the model, never crash
+            raise ValueError(f"channel graph of {type(model).__name__}: {type(e).__name__}: "
+                             f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
+        if not now:
+            shuffled.explain(w, failed)
+            return w
+        failed.update(now)
+        regions = [r for r in regions if r not in now]
 
 
 def _prove_width_attributes(w: Walk, model: nn.Module, example: torch.Tensor) -> None:
