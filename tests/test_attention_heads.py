@@ -766,3 +766,36 @@ def test_pvt_v2_attention_is_swapped_for_a_twin_and_its_heads_and_reduction_are_
     remove_channels(smaller, next(g for g in channel_groups(smaller, x) if g.key == heads.key), torch.tensor([0, 2, 4]))
     attn = smaller.stages[2].blocks[0].attn
     assert (attn.num_heads, attn.attn_dim, attn.kv.out_features, attn.proj.in_features) == (3, 96, 192, 96)
+
+
+@pytest.mark.parametrize("size", [16, 12])
+def test_twins_attentions_are_swapped_for_twins_and_cut_exactly(size):
+    """Twins' windowed attention (`LocallyGroupedAttn`, zero-padded to whole windows at 16 x 16) and its
+    global one (`GlobalSubSampleAttn`, PVT's) reshaped their heads' output to the input's width (and the
+    global one its reduction's): heads and stream stayed whole (twins_svt_small lost 13% of its MACs, 53%
+    now). The twins compute the same under the same keys; heads, reductions and stream are cut exactly."""
+    from timm.models.twins import GlobalSubSampleAttn, LocallyGroupedAttn, Twins
+    from compress.structured.pvt_attention import LocalHeadsAttention, PvtHeadsAttention
+
+    torch.manual_seed(0)
+    for theirs, make in ((LocallyGroupedAttn(32, num_heads=4, ws=7), LocalHeadsAttention.from_twins),
+                         (GlobalSubSampleAttn(32, num_heads=4, sr_ratio=2), PvtHeadsAttention.from_twins)):
+        theirs.eval()
+        ours = make(theirs).eval()
+        for fused, side in ((True, 14), (False, 14), (True, size)):  # 14: whole windows, no padding
+            theirs.fused_attn = ours.fused_attn = fused
+            x = torch.randn(2, side * side, 32)
+            with torch.no_grad():
+                assert torch.allclose(ours(x, (side, side)), theirs(x, (side, side)), atol=1e-6)
+        assert list(ours.state_dict()) == list(theirs.state_dict())
+
+    model = Twins(img_size=size * 4, num_classes=10, embed_dims=(16, 32, 64), num_heads=(1, 2, 4), mlp_ratios=(2, 2, 2),
+                  depths=(2, 2, 2), wss=(7, 7, 7), sr_ratios=(4, 2, 1))
+    model, x = _randomise_norms(model).eval(), torch.randn(2, 3, size * 4, size * 4)
+    groups = channel_groups(model, x)
+    assert isinstance(model.blocks[0][0].attn, LocalHeadsAttention)
+    assert isinstance(model.blocks[0][1].attn, PvtHeadsAttention)
+    heads = [g for g in groups if g.layout and g.prunable]
+    assert len(heads) == 6 and [g.size for g in heads] == [1, 1, 2, 2, 4, 4]
+    cut, diff, _ = cut_vs_masked(model, x, ratio=0.4)
+    assert cut >= 15 and diff < 1e-4
