@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from ..modes import evaluating
 from .outputs import output_tensors
 from .levit_attention import LevitDownsampleHeadsAttention, LevitHeadsAttention
-from .metaformer_attention import MetaFormerHeadsAttention
+from .metaformer_attention import ChannelHeadsAttention, MetaFormerHeadsAttention
 from .pvt_attention import LocalHeadsAttention, PvtHeadsAttention
 from .window_attention import PartitionHeadsAttention, WindowHeadsAttention, WindowHeadsAttentionV2
 
@@ -174,7 +174,9 @@ _TWINS = {"torchvision.models.swin_transformer.ShiftedWindowAttention": WindowHe
           "timm.models.levit.AttentionDownsample": LevitDownsampleHeadsAttention.from_timm,
           "timm.models.pvt_v2.Attention": PvtHeadsAttention.from_timm,
           "timm.models.twins.GlobalSubSampleAttn": PvtHeadsAttention.from_twins,
-          "timm.models.twins.LocallyGroupedAttn": LocalHeadsAttention.from_twins}
+          "timm.models.twins.LocallyGroupedAttn": LocalHeadsAttention.from_twins,
+          "timm.models.davit.WindowAttention": MetaFormerHeadsAttention.from_davit,
+          "timm.models.davit.ChannelAttention": ChannelHeadsAttention.from_davit}
 
 
 def _swap_for(m: nn.Module, parent: nn.Module):
@@ -188,7 +190,7 @@ def prepare_attention(model: nn.Module, example: torch.Tensor | None = None) -> 
     """Swap, in place, every convertible nn.MultiheadAttention for the `HeadsAttention` computing the
     same (same Parameters, same state_dict keys), except inside torch's own Transformer layers (whose
     fast path reads nn.MultiheadAttention's internals), and torchvision's Swin (V1, V2) and MaxViT
-    attention and timm's MetaFormer, LeViT, PVT-v2 and Twins attention for their twins (window_attention.py,
+    attention and timm's MetaFormer, LeViT, PVT-v2, Twins and DaViT attention for their twins (window_attention.py,
     metaformer_attention.py, levit_attention.py, pvt_attention.py). With an `example` input the model is run before
     and after (eval mode, a seeded random batch shaped like it, else the example itself): if it fails
     or computes otherwise after the swap (code that reads what only nn.MultiheadAttention has), every

@@ -311,7 +311,8 @@ QKV_ATTENTION = {"timm.layers.attention.Attention": True, "timm.models.vision_tr
                  "compress.structured.window_attention.WindowHeadsAttentionV2": False,
                  "compress.structured.window_attention.PartitionHeadsAttention": False,  # MaxViT's
                  "compress.structured.metaformer_attention.MetaFormerHeadsAttention": True,  # timm's CAFormer
-                 "compress.structured.pvt_attention.LocalHeadsAttention": True}  # timm's Twins (windows)
+                 "compress.structured.pvt_attention.LocalHeadsAttention": True,  # timm's Twins (windows)
+                 "compress.structured.metaformer_attention.ChannelHeadsAttention": True}  # timm's DaViT
 # the attributes holding (fused qkv Linear, output Linear, head count) where they are not qkv / proj / num_heads
 QKV_NAMES = {"compress.structured.window_attention.PartitionHeadsAttention": ("to_qkv", "merge", "n_heads")}
 
