@@ -20,6 +20,7 @@ from .outputs import output_tensors
 from .levit_attention import LevitDownsampleHeadsAttention, LevitHeadsAttention
 from .metaformer_attention import ChannelHeadsAttention, MetaFormerHeadsAttention
 from .pvt_attention import LocalHeadsAttention, PvtHeadsAttention
+from .tinyvit_attention import TinyVitHeadsAttention
 from .window_attention import PartitionHeadsAttention, WindowHeadsAttention, WindowHeadsAttentionV2
 
 _KEYS = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias"}
@@ -176,7 +177,8 @@ _TWINS = {"torchvision.models.swin_transformer.ShiftedWindowAttention": WindowHe
           "timm.models.twins.GlobalSubSampleAttn": PvtHeadsAttention.from_twins,
           "timm.models.twins.LocallyGroupedAttn": LocalHeadsAttention.from_twins,
           "timm.models.davit.WindowAttention": MetaFormerHeadsAttention.from_davit,
-          "timm.models.davit.ChannelAttention": ChannelHeadsAttention.from_davit}
+          "timm.models.davit.ChannelAttention": ChannelHeadsAttention.from_davit,
+          "timm.models.tiny_vit.Attention": TinyVitHeadsAttention.from_timm}
 
 
 def _swap_for(m: nn.Module, parent: nn.Module):
@@ -190,7 +192,7 @@ def prepare_attention(model: nn.Module, example: torch.Tensor | None = None) -> 
     """Swap, in place, every convertible nn.MultiheadAttention for the `HeadsAttention` computing the
     same (same Parameters, same state_dict keys), except inside torch's own Transformer layers (whose
     fast path reads nn.MultiheadAttention's internals), and torchvision's Swin (V1, V2) and MaxViT
-    attention and timm's MetaFormer, LeViT, PVT-v2, Twins and DaViT attention for their twins (window_attention.py,
+    attention and timm's MetaFormer, LeViT, PVT-v2, Twins, DaViT and TinyViT attention for their twins (window_attention.py,
     metaformer_attention.py, levit_attention.py, pvt_attention.py). With an `example` input the model is run before
     and after (eval mode, a seeded random batch shaped like it, else the example itself): if it fails
     or computes otherwise after the swap (code that reads what only nn.MultiheadAttention has), every
