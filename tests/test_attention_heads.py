@@ -522,6 +522,16 @@ def test_metaformer_attention_is_swapped_for_a_twin_and_its_heads_and_stream_are
     assert (smaller.attn.num_heads, smaller.attn.attn_dim, smaller.attn.proj.in_features) == (2, 16, 16)
 
 
+def _computes_as_theirs(ours: nn.Module, theirs: nn.Module, x: torch.Tensor) -> None:
+    """A twin computes what timm's module does, with the fused attention kernel and without, under the
+    same state_dict keys."""
+    for fused in (True, False):
+        theirs.fused_attn = ours.fused_attn = fused
+        with torch.no_grad():
+            assert torch.allclose(ours(x), theirs(x), atol=1e-6)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+
+
 def _swapped_heads(model: nn.Module, x: torch.Tensor, path: str, twin: type, producer: str):
     """The attention at `path` after channel_groups swapped it (a `twin`), and its heads' group, prunable
     (produced by its `producer`)."""
@@ -814,7 +824,8 @@ def test_davit_attentions_are_swapped_for_twins_and_cut_exactly():
     over its own channels) reshaped their heads' output to the input's width: heads and stream stayed
     whole (davit_tiny lost 12% of its MACs, 51% now). The twins compute the same under the same keys."""
     from timm.models.davit import ChannelAttention, DaVit, WindowAttention
-    from compress.structured.metaformer_attention import ChannelHeadsAttention, MetaFormerHeadsAttention
+    from compress.structured.channel_attention import ChannelHeadsAttention
+    from compress.structured.metaformer_attention import MetaFormerHeadsAttention
 
     torch.manual_seed(0)
     x = torch.randn(2, 49, 32)
@@ -847,13 +858,7 @@ def test_tinyvit_attention_is_swapped_for_a_twin_without_its_cache_and_its_heads
     with torch.no_grad():
         theirs.attention_biases.normal_()
     theirs.eval()
-    ours = TinyVitHeadsAttention.from_timm(theirs).eval()
-    x = torch.randn(2, 9, 32)
-    for fused in (True, False):
-        theirs.fused_attn = ours.fused_attn = fused
-        with torch.no_grad():
-            assert torch.allclose(ours(x), theirs(x), atol=1e-6)
-    assert list(ours.state_dict()) == list(theirs.state_dict())
+    _computes_as_theirs(TinyVitHeadsAttention.from_timm(theirs).eval(), theirs, torch.randn(2, 9, 32))
 
     model = TinyVit(num_classes=10, embed_dims=(16, 32, 64), depths=(1, 1, 1), num_heads=(1, 2, 4), drop_path_rate=0.0,
                     window_sizes=(4, 4, 4))
@@ -870,3 +875,30 @@ def test_tinyvit_attention_is_swapped_for_a_twin_without_its_cache_and_its_heads
         (2, 2 * attn.val_dim, 2, 2 * attn.val_dim)
     with torch.no_grad():
         model(x), model(x)  # eval mode twice: nothing cached from before the cut
+
+
+def test_xcit_cross_covariance_attention_is_swapped_for_a_twin_and_its_heads_are_cut():
+    """XCiT's XCA (each head attends over its own channels, q and k normalised, a temperature per head)
+    reshaped its heads' output to the input's width: its heads stayed whole (xcit_tiny_12_p16_224 lost 21%
+    of its MACs, 36% now; its stream stays whole for its Fourier position encoding). The twin computes the
+    same under the same keys; heads are cut with their temperature."""
+    from timm.models.xcit import XCA, Xcit
+    from compress.structured.channel_attention import XcaHeadsAttention
+
+    torch.manual_seed(0)
+    theirs = XCA(32, num_heads=4).eval()
+    with torch.no_grad():
+        theirs.temperature.uniform_(0.5, 2.0)
+    _computes_as_theirs(XcaHeadsAttention.from_timm(theirs).eval(), theirs, torch.randn(2, 9, 32))
+
+    model = Xcit(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=4, cls_attn_layers=1, num_classes=10)
+    model, x = _randomise_norms(model).eval(), torch.randn(2, 3, 64, 64)
+    for attn in (m for m in model.modules() if isinstance(m, XCA)):
+        with torch.no_grad():
+            attn.temperature.uniform_(0.5, 2.0)
+    attn, heads = _swapped_heads(model, x, "blocks.1.attn", XcaHeadsAttention, "qkv")
+    assert heads.size == 4 and ("blocks.1.attn.temperature", 0) in heads.parameters
+    cut, diff, _ = cut_vs_masked(model, x, ratio=0.5)
+    assert cut >= 4 and diff < 1e-4
+    remove_channels(model, next(g for g in channel_groups(model, x) if g.key == heads.key), torch.tensor([1, 2]))
+    assert (attn.num_heads, attn.attn_dim, attn.temperature.shape[0]) == (2, 16, 2)

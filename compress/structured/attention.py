@@ -18,7 +18,8 @@ from torch.nn import functional as F
 from ..modes import evaluating
 from .outputs import output_tensors
 from .levit_attention import LevitDownsampleHeadsAttention, LevitHeadsAttention
-from .metaformer_attention import ChannelHeadsAttention, MetaFormerHeadsAttention
+from .channel_attention import ChannelHeadsAttention, XcaHeadsAttention
+from .metaformer_attention import MetaFormerHeadsAttention
 from .pvt_attention import LocalHeadsAttention, PvtHeadsAttention
 from .tinyvit_attention import TinyVitHeadsAttention
 from .window_attention import PartitionHeadsAttention, WindowHeadsAttention, WindowHeadsAttentionV2
@@ -178,7 +179,8 @@ _TWINS = {"torchvision.models.swin_transformer.ShiftedWindowAttention": WindowHe
           "timm.models.twins.LocallyGroupedAttn": LocalHeadsAttention.from_twins,
           "timm.models.davit.WindowAttention": MetaFormerHeadsAttention.from_davit,
           "timm.models.davit.ChannelAttention": ChannelHeadsAttention.from_davit,
-          "timm.models.tiny_vit.Attention": TinyVitHeadsAttention.from_timm}
+          "timm.models.tiny_vit.Attention": TinyVitHeadsAttention.from_timm,
+          "timm.models.xcit.XCA": XcaHeadsAttention.from_timm}
 
 
 def _swap_for(m: nn.Module, parent: nn.Module):
@@ -192,8 +194,8 @@ def prepare_attention(model: nn.Module, example: torch.Tensor | None = None) -> 
     """Swap, in place, every convertible nn.MultiheadAttention for the `HeadsAttention` computing the
     same (same Parameters, same state_dict keys), except inside torch's own Transformer layers (whose
     fast path reads nn.MultiheadAttention's internals), and torchvision's Swin (V1, V2) and MaxViT
-    attention and timm's MetaFormer, LeViT, PVT-v2, Twins, DaViT and TinyViT attention for their twins (window_attention.py,
-    metaformer_attention.py, levit_attention.py, pvt_attention.py). With an `example` input the model is run before
+    attention and timm's MetaFormer, LeViT, PVT-v2, Twins, DaViT, TinyViT and XCiT attention for their twins (window_attention.py,
+    metaformer_attention.py, levit_attention.py, pvt_attention.py, channel_attention.py, tinyvit_attention.py). With an `example` input the model is run before
     and after (eval mode, a seeded random batch shaped like it, else the example itself): if it fails
     or computes otherwise after the swap (code that reads what only nn.MultiheadAttention has), every
     swap is undone; a model that runs on neither is left as it is. Returns the paths swapped."""

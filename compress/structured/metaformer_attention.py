@@ -1,5 +1,5 @@
 """timm's MetaFormer attention (CAFormer's, and DaViT's window attention, the same) with heads and a
-residual stream that can be cut; DaViT's channel attention the same way (`ChannelHeadsAttention`).
+residual stream that can be cut.
 
 timm's `metaformer.Attention` reshapes its heads' output to the width of its input
 (`x.transpose(1, 2).reshape(B, N, C)` with `B, N, C = x.shape`), which equals heads × head_dim only
@@ -49,27 +49,3 @@ class MetaFormerHeadsAttention(nn.Module):
             x = self.attn_drop(((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)) @ v
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, self.attn_dim)))
 
-
-class ChannelHeadsAttention(nn.Module):
-    """timm's davit.ChannelAttention as it computes it (each head attends over its own head_dim channels:
-    softmax(kᵀv), applied to q), reshaping the heads' output to its own `attn_dim`. A zeroed head's
-    softmax is uniform over zero q: it outputs exact zeros, so heads are cut whole as timm's Attention's."""
-
-    def __init__(self, qkv: nn.Linear, proj: nn.Linear, num_heads: int, head_dim: int, scale: float):
-        super().__init__()
-        self.qkv, self.proj = qkv, proj
-        self.num_heads, self.head_dim, self.scale = num_heads, head_dim, scale
-        self.attn_dim = num_heads * head_dim
-
-    @classmethod
-    def from_davit(cls, m: nn.Module) -> ChannelHeadsAttention:
-        """The same attention as timm's davit.ChannelAttention `m`, sharing its modules and Parameters."""
-        new = cls(m.qkv, m.proj, m.num_heads, m.qkv.out_features // (3 * m.num_heads), m.scale)
-        return new.train(m.training)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = ((k * self.scale).transpose(-1, -2) @ v).softmax(dim=-1)
-        x = (attn @ q.transpose(-1, -2)).transpose(-1, -2)
-        return self.proj(x.transpose(1, 2).reshape(b, n, self.attn_dim))

@@ -312,7 +312,8 @@ QKV_ATTENTION = {"timm.layers.attention.Attention": True, "timm.models.vision_tr
                  "compress.structured.window_attention.PartitionHeadsAttention": False,  # MaxViT's
                  "compress.structured.metaformer_attention.MetaFormerHeadsAttention": True,  # timm's CAFormer
                  "compress.structured.pvt_attention.LocalHeadsAttention": True,  # timm's Twins (windows)
-                 "compress.structured.metaformer_attention.ChannelHeadsAttention": True}  # timm's DaViT
+                 "compress.structured.channel_attention.ChannelHeadsAttention": True,  # timm's DaViT
+                 "compress.structured.channel_attention.XcaHeadsAttention": True}  # timm's XCiT
 # the attributes holding (fused qkv Linear, output Linear, head count) where they are not qkv / proj / num_heads
 QKV_NAMES = {"compress.structured.window_attention.PartitionHeadsAttention": ("to_qkv", "merge", "n_heads")}
 
@@ -343,6 +344,9 @@ def qkv_attention(w, node, m) -> None:
     table = getattr(m, "relative_position_bias_table", None)
     if isinstance(table, nn.Parameter) and table.dim() == 2 and table.shape[1] == heads:
         grp.parameters.append((f"{name}.relative_position_bias_table", 1))
+    temperature = getattr(m, "temperature", None)  # XCiT: one per head
+    if isinstance(temperature, nn.Parameter) and temperature.dim() >= 1 and temperature.shape[0] == heads:
+        grp.parameters.append((f"{name}.temperature", 0))
     scale, mlp = getattr(m, "logit_scale", None), getattr(m, "cpb_mlp", None)  # Swin V2: one of each per head
     if isinstance(scale, nn.Parameter) and scale.dim() >= 1 and scale.shape[0] == heads:
         grp.parameters.append((f"{name}.logit_scale", 0))
