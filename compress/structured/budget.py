@@ -46,7 +46,8 @@ def unit_round(round_to: int, unit: int) -> int:
 
 def group_keep_count(group: ChannelGroup, ratio: float, round_to: int = 1, pow2: bool = False) -> int:
     """`keep_count` for a group: per block for a grouped conv's; for a shuffled stream the same width
-    in every producer, the nearest its shuffles can run at (shuffle.py), all its producers' channels."""
+    in every producer, the smallest its shuffles can run at from the count asked (shuffle.py), all its
+    producers' channels."""
     if group.shuffle is not None:
         s = group.shuffle
         return len(s.producers) * s.at_least(keep_count(s.width, ratio, round_to, pow2), round_to)
@@ -59,8 +60,8 @@ def drop_lowest(group: ChannelGroup, scores: torch.Tensor, count: int) -> torch.
     `count`, the lowest within what each producer sends each reader). Ascending."""
     if group.shuffle is None:
         return lowest(scores, count, group.blocks, group.contiguous)
-    s, producers = group.shuffle, len(group.shuffle.producers)
-    kept = s.keep(s.at_least(-(-(group.size - int(count)) // producers)), scores.flatten().cpu())
+    s = group.shuffle
+    kept = s.keep(s.width_for(group.size - int(count)), scores.flatten().cpu())
     mask = torch.ones(group.size, dtype=torch.bool)
     mask[kept] = False
     return torch.nonzero(mask).flatten()
@@ -69,7 +70,7 @@ def drop_lowest(group: ChannelGroup, scores: torch.Tensor, count: int) -> torch.
 def first_kept(group: ChannelGroup, count: int) -> torch.Tensor:
     """Channel indices keeping `count` of `group`: the first ones of each block (for counting MACs)."""
     if group.shuffle is not None:
-        return group.shuffle.keep(group.shuffle.at_least(count // len(group.shuffle.producers)))
+        return group.shuffle.keep(group.shuffle.width_for(count))
     width, per = group.size // group.blocks, count // group.blocks
     return torch.cat([b * width + torch.arange(per) for b in range(group.blocks)])
 
@@ -79,7 +80,7 @@ def random_kept(group: ChannelGroup, count: int, generator: torch.Generator) -> 
     the group needs it): keep sets that no scoring rule would pick, for checking a cut."""
     if group.shuffle is not None:
         s = group.shuffle
-        return s.keep(s.at_least(count // len(s.producers)), torch.rand(group.size, generator=generator))
+        return s.keep(s.width_for(count), torch.rand(group.size, generator=generator))
     if group.contiguous:
         start = int(torch.randint(group.size - count + 1, (1,), generator=generator))
         return torch.arange(start, start + count)

@@ -580,29 +580,35 @@ def _walk_streams(traced: fx.GraphModule, model: nn.Module) -> Walk:
     """The walk, with each shuffled stream (shuffle.py) one group where it can be, else walked again with
     the ordinary rules (which block what they do not follow) and why it could not be said first.
     Raises ValueError where a rule meets a case it does not know (the model is refused, never crashed)."""
-    regions, failed = shuffled.find_regions(traced), {}
-    for node, dims in _branch_reads(traced):  # a branch on a stream's width: left to the ordinary rules
-        ndim = Walk.ndim(node) or 0
-        if dims is None or not ndim or \
-                1 in {j for d in dims for j in ([d % ndim] if isinstance(d, int) else range(ndim)[d])}:
+    failed: dict = {}
+    try:
+        regions = shuffled.find_regions(traced)
+        for node, dims in _branch_reads(traced):  # a branch on a stream's width: left to the ordinary rules
             for region in regions:
-                if node in region.nodes:
+                if node in region.nodes and _reads_dim(node, dims, 1):
                     region.defect = region.defect or f"the model's code branches on the channel count of {node.name}"
-    while True:
-        w = Walk(traced, model)
-        for region in regions:
-            region.reset()
-        try:
+        while True:
+            w = Walk(traced, model)
+            for region in regions:
+                region.reset()
             _walk(w, traced, regions)
             now = shuffled.assemble(w, regions, traced)
-        except Exception as e:  # a rule met a case it does not know: refuse the model, never crash
-            raise ValueError(f"channel graph of {type(model).__name__}: {type(e).__name__}: "
-                             f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
-        if not now:
-            shuffled.explain(w, failed)
-            return w
-        failed.update(now)
-        regions = [r for r in regions if r not in now]
+            if not now:
+                shuffled.explain(w, failed)
+                return w
+            failed.update(now)
+            regions = [r for r in regions if r not in now]
+    except Exception as e:  # a rule met a case it does not know: refuse the model, never crash
+        raise ValueError(f"channel graph of {type(model).__name__}: {type(e).__name__}: "
+                         f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
+
+
+def _reads_dim(node: fx.Node, dims: tuple | None, axis: int) -> bool:
+    """Whether shape reads of `node` at `dims` (None: maybe any) read its dim `axis`."""
+    ndim = Walk.ndim(node)
+    if dims is None or ndim is None:
+        return True
+    return axis % ndim in {j for d in dims for j in ([d % ndim] if isinstance(d, int) else range(ndim)[d])}
 
 
 def _prove_width_attributes(w: Walk, model: nn.Module, example: torch.Tensor) -> None:
@@ -709,12 +715,7 @@ def _block_branch_reads(w: Walk, traced: fx.GraphModule) -> None:
     """A branch (or assert) in the model's code that read a channel count took the example's way; after a
     cut it could take another, so the channels it read stay."""
     for node, dims in _branch_reads(traced):
-        if node not in w.label:
-            continue
-        ndim = w.ndim(node)
-        read = None if dims is None or ndim is None else \
-            {j for d in dims for j in ([d % ndim] if isinstance(d, int) else range(ndim)[d])}
-        if read is None or w.axis[node] in read:
+        if node in w.label and _reads_dim(node, dims, w.axis[node]):
             why = f"the model's code branches on the channel count of {node.name}"
             for gid, _ in w.label[node]:
                 if why not in w.g.get(gid).blockers:

@@ -140,10 +140,12 @@ def _fill_run(keep_mask: torch.Tensor, round_to: int = 1) -> torch.Tensor:
 def _stream_keep(model: nn.Module, group: ChannelGroup, idx: torch.Tensor, example: torch.Tensor,
                  round_to: int) -> torch.Tensor | None:
     """The channels of a shuffled stream to keep when `idx` are dead: those that are exact zeros where
-    every reader reads them go (nothing to fold), the widths its shuffles allow taken back; None when
-    nothing goes."""
+    every reader reads them (in the stream, or straight from a producer) go, nothing folded; the widths its
+    shuffles allow taken back. None when nothing goes."""
     s = group.shuffle
-    readers = [n for n in [*group.passthrough, *(c for c, _ in group.consumers)] if n in s.exit_of]
+    # a producer's own per-channel module (its BatchNorm) may turn a constant into the stream's zero
+    readers = [n for n in [*group.passthrough, *(c for c, _ in group.consumers)]
+               if n in s.exit_of or n not in group.passthrough]
     inputs = _consumer_inputs(model, readers, example)
     gone = torch.zeros(group.size, dtype=torch.bool)
     gone[idx] = True

@@ -1194,6 +1194,9 @@ def concat(w, node, m) -> None:
     tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
     dim = argument(node, 1, "dim", 0)
     ndim = w.ndim(node)
+    if not isinstance(tensors, (list, tuple)) or not isinstance(dim, int) or ndim is None:
+        w.block(node, f"concatenation {node.name} of tensors or along a dim computed at run time")
+        return
     parts = [w.label.get(t) if isinstance(t, fx.Node) else None for t in tensors]
     axes = {w.axis.get(t) for t in tensors if isinstance(t, fx.Node) and t in w.label}
     if all(p is not None for p in parts) and len(axes) == 1 and dim % ndim == next(iter(axes)):

@@ -108,20 +108,16 @@ class PvtHeadsAttention(nn.Module):
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, self.attn_dim)))
 
 
-def _plain(m, cls) -> bool:
-    return type(m) is cls
-
-
 def pvt_attention(w, node, m: PvtHeadsAttention) -> None:
     """The channel rule of the twin (see the module docstring)."""
     name, x = node.target, w.first(node)
     heads, dim = m.num_heads, m.head_dim
     width = m.q.in_features
-    sr_ok = m.sr is None or (_plain(m.sr, nn.Conv2d) and m.sr.groups == 1 and m.sr.in_channels == width
-                             and _plain(m.norm, nn.LayerNorm) and m.norm.normalized_shape == (m.sr.out_channels,)
-                             and (m.pool is None or _plain(m.pool, nn.AdaptiveAvgPool2d))
-                             and (m.act is None or _plain(m.act, nn.GELU)))
-    ok = all(_plain(t, nn.Linear) for t in (m.q, m.kv, m.proj)) and m.q.out_features == heads * dim \
+    sr_ok = m.sr is None or (type(m.sr) is nn.Conv2d and m.sr.groups == 1 and m.sr.in_channels == width
+                             and type(m.norm) is nn.LayerNorm and m.norm.normalized_shape == (m.sr.out_channels,)
+                             and (m.pool is None or type(m.pool) is nn.AdaptiveAvgPool2d)
+                             and (m.act is None or type(m.act) is nn.GELU))
+    ok = all(type(t) is nn.Linear for t in (m.q, m.kv, m.proj)) and m.q.out_features == heads * dim \
         and m.kv.out_features == 2 * heads * dim and m.proj.in_features == heads * dim and sr_ok \
         and (m.sr is not None or m.kv.in_features == width) and (m.sr is None or m.kv.in_features == m.sr.out_channels)
     if not ok or (x in w.label and w.axis[x] != w.ndim(x) - 1):

@@ -159,17 +159,16 @@ def _stream_op(node: fx.Node, traced: fx.GraphModule):
             else None
     if node.op not in ("call_function", "call_method"):
         return None
-    shape = _shape(node)
     if node.target in _CAT:
         tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
-        out = shape
-        if out is not None and len(out) >= 2 and _dim(node, 1) % len(out) == 1 and \
-                all(isinstance(t, fx.Node) for t in tensors):
+        dim = _dim(node, 1)
+        if shape is not None and len(shape) >= 2 and isinstance(dim, int) and dim % len(shape) == 1 and \
+                isinstance(tensors, (list, tuple)) and all(isinstance(t, fx.Node) for t in tensors):
             return "cat", tuple(tensors), None
     elif node.target in _CHUNK and node.args and isinstance(node.args[0], fx.Node):
         n = node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks")
-        x = _shape(node.args[0])
-        if isinstance(n, int) and x is not None and len(x) >= 2 and _dim(node, 2) % len(x) == 1 and \
+        x, dim = _shape(node.args[0]), _dim(node, 2)
+        if isinstance(n, int) and x is not None and len(x) >= 2 and isinstance(dim, int) and dim % len(x) == 1 and \
                 all(u.target is operator.getitem and isinstance(u.args[1], int) for u in node.users):
             return "chunk", (node.args[0],), n
     elif node.target is operator.getitem and isinstance(node.args[0], fx.Node) and \
@@ -266,7 +265,7 @@ def run(steps, streams: dict[fx.Node, torch.Tensor]) -> dict[fx.Node, object] | 
     return val
 
 
-@dataclass
+@dataclass(eq=False)
 class Shuffle:
     """A shuffled stream as one group: its channels are the producers' output channels side by side
     (producer i owns ids [i·width, (i+1)·width)). `rows[producer]` holds the id of each of its output rows,
@@ -281,7 +280,7 @@ class Shuffle:
     index: dict[str, torch.Tensor]
     exit_of: dict[str, int]        # reader -> which exit it reads (producer-side members: absent)
     fate: torch.Tensor             # per id: the exit it reaches
-    axis: dict[str, int]           # reader -> the channel axis of its input
+    axis: dict[str, int]           # reader or per-channel module -> the channel axis of its input
     spent: bool = False            # cut already: its places are the uncut model's
     _plans: dict = field(default_factory=dict)
 
@@ -330,6 +329,11 @@ class Shuffle:
         ok = [w for w in self.widths() if w >= m]
         return next((w for w in ok if w % round_to == 0), ok[0])
 
+    def width_for(self, count: int) -> int:
+        """The width (channels per producer) a cut keeping about `count` of the stream's channels keeps:
+        the smallest allowed one with at least as many."""
+        return self.at_least(-(-int(count) // len(self.producers)))
+
     def keep(self, m: int, scores: torch.Tensor | None = None) -> torch.Tensor:
         """Ids kept at width m: per producer and exit, the channels the plan says, highest `scores` first
         (the first ones without scores). Ascending."""
@@ -367,7 +371,9 @@ class Shuffle:
             return f"a shuffled stream keeps as many channels of each producer, got {per.tolist()}"
         counts = self.plan(m)
         if counts is None:
-            return f"a shuffled stream cannot run at {m} channels per producer (widths it can: {self.widths()[:8]}...)"
+            widths = self.widths()
+            return f"a shuffled stream cannot run at {m} channels per producer (widths it can: " \
+                   f"{', '.join(map(str, widths[:8]))}{', ...' if len(widths) > 8 else ''})"
         for p in range(len(self.producers)):
             got = torch.bincount(self.fate[keep[keep // self.width == p]], minlength=len(self.exits))
             if (got != counts[p]).any():
@@ -455,7 +461,7 @@ def assemble(w, regions: list[Region], traced: fx.GraphModule) -> dict[Region, s
     built, failed, owner = [], {}, {}
     called = {n.target: n for n in traced.graph.nodes if n.op == "call_module"}
     for region in regions:
-        got = region.defect or region.why or _problem(w, region, region.entering, region.exit_gid, called)
+        got = region.defect or region.why or _stream_or_why(w, region, region.entering, region.exit_gid, called)
         for gid in [*region.entering.values(), *region.exit_gid.values()]:  # two streams meeting (an add)
             other = owner.setdefault(w.g.find(gid), region)
             if other is not region:
@@ -464,7 +470,6 @@ def assemble(w, regions: list[Region], traced: fx.GraphModule) -> dict[Region, s
             failed[region] = got
         else:
             built.append((region, got))
-    built = [(r, b) for r, b in built if r not in failed]
     if failed:
         return failed
     for region, shuffle in built:
@@ -502,7 +507,7 @@ def explain(w, failed: dict[Region, str]) -> None:
                     grp.blockers.insert(0, message)
 
 
-def _problem(w, region: Region, entering: dict, exit_gid: dict, called: dict) -> "str | Shuffle":
+def _stream_or_why(w, region: Region, entering: dict, exit_gid: dict, called: dict) -> "Shuffle | str":
     """The stream as a `Shuffle`, or why it cannot be cut. `called`: module path -> its call node."""
     if not region.exits or len(entering) != len(region.inputs) or len(exit_gid) != len(region.exits):
         return "its channels are not all followed"
@@ -511,6 +516,9 @@ def _problem(w, region: Region, entering: dict, exit_gid: dict, called: dict) ->
         return "a reader cuts it apart (a split or slice outside the stream's own chunks)"
     if len(set(roots)) != len(roots):
         return "its inputs or readers share channels with each other (a residual add, or the same tensor twice)"
+    sized = {w.g.find(gid) for gids, *_ in w.width_checks for gid, _ in w.resolve([(g, 1) for g in gids])}
+    if sized & set(roots):  # the attribute a cut would set counts one producer's or reader's share
+        return "a reshape or split sizes part of it by an attribute"
     ins = [w.g.groups[w.g.find(entering[x])] for x in region.inputs]
     outs = [w.g.groups[w.g.find(exit_gid[e])] for e in region.exits]
     for x, g in zip(region.inputs, ins):
@@ -542,7 +550,7 @@ def _problem(w, region: Region, entering: dict, exit_gid: dict, called: dict) ->
             return f"{ins[i].producers[0]}'s channels reach its readers interleaved"
     rows = {g.producers[0]: torch.arange(i * width, (i + 1) * width) for i, g in enumerate(ins)}
     index, exit_of, axis = {}, {}, {}
-    for g in outs:
+    for g in ins + outs:
         for name in [*g.passthrough, *(n for n, _ in g.consumers)]:
             if name not in called:
                 return f"{name} reads it through a functional call"
