@@ -25,6 +25,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from ..modes import evaluating
 from . import lite_attention, ops, split  # noqa: F401  (registers the built-in rules)
 from . import shuffle as shuffled
+from .stream_graph import Region, find_regions
 from . import width_attributes
 from .width_attributes import get_count
 from .attention import prepare_attention
@@ -582,7 +583,7 @@ def _walk_streams(traced: fx.GraphModule, model: nn.Module) -> Walk:
     Raises ValueError where a rule meets a case it does not know (the model is refused, never crashed)."""
     failed: dict = {}
     try:
-        regions = shuffled.find_regions(traced)
+        regions = find_regions(traced)
         for node, dims in _branch_reads(traced):  # a branch on a stream's width: left to the ordinary rules
             for region in regions:
                 if node in region.nodes and _reads_dim(node, dims, 1):
@@ -660,7 +661,7 @@ def _prove_width_attributes(w: Walk, model: nn.Module, example: torch.Tensor) ->
                 w.g.groups[root].counters.append(counter)
 
 
-def _walk(w: Walk, traced: fx.GraphModule, regions: list[shuffled.Region] = ()) -> None:
+def _walk(w: Walk, traced: fx.GraphModule, regions: list[Region] = ()) -> None:
     protected: list[int] = []
     region_of = {n: r for r in regions for n in r.nodes}
     for node in traced.graph.nodes:
