@@ -111,13 +111,15 @@ def test_wrong_column_order_would_be_caught(monkeypatch):
     """The readers of a stream take their columns in the cut model's order, not the kept ones' own order:
     taking them in the original order gives a different model, which the exactness check sees."""
     from compress.structured.shuffle import Shuffle
-    model = _randomise_norms(torchvision.models.shufflenet_v2_x0_5())
+    torch.manual_seed(0)
+    full = _randomise_norms(torchvision.models.shufflenet_v2_x0_5())
+    model = nn.Sequential(full.conv1, full.maxpool, full.stage2, full.stage3[0]).eval()  # up to the stream's readers
     x = torch.randn(2, 3, 64, 64)
     group = _streams(channel_groups(model, x))[0]
     keep = random_kept(group, group_keep_count(group, 0.5), torch.Generator().manual_seed(2))
     assert _cut_equals_masked(model, group, keep, x) < 1e-5
     monkeypatch.setattr(Shuffle, "positions", lambda self, member, kept: self.places(member, kept).sort().values)
-    assert _cut_equals_masked(model, group, keep, x) > 1e-4  # what the harvest's own check refuses
+    assert _cut_equals_masked(model, group, keep, x) > 1e-2  # measured 0.11-0.25 over seeds
 
 
 def test_harvest_removes_a_dropped_stream_and_replays_on_a_fresh_model():
