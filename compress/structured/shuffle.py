@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
-from .stream_graph import Region, _shape
+from .stream_graph import Region, shape_of
 
 def run(steps, streams: dict[fx.Node, torch.Tensor]) -> dict[fx.Node, object] | None:
     """Replay `steps` on 1-D tensors of channel ids (one per input), as the model's code would run them
@@ -208,7 +208,7 @@ def visit(w, region: Region, node: fx.Node) -> None:
         if w.shifted.get(a):
             region.shifted = w.shifted[a]
     if node in region.exits:
-        w.start(node, _shape(node)[1])
+        w.start(node, shape_of(node)[1])
         region.exit_gid[node] = w.label[node][0][0]
 
 

@@ -23,7 +23,8 @@ _NATIVE_SHUFFLE = {nn.functional.channel_shuffle, torch.channel_shuffle, nn.func
                    torch.native_channel_shuffle}
 
 
-def _shape(node) -> tuple | None:
+def shape_of(node) -> tuple | None:
+    """The shape fx recorded for a traced tensor node, or None (not a node, or not a tensor)."""
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     return tuple(meta.shape) if hasattr(meta, "shape") else None
 
@@ -84,7 +85,7 @@ def _shuffle_at(v2: fx.Node) -> tuple[fx.Node, int, tuple[fx.Node, ...]] | None:
     if not (isinstance(v1, fx.Node) and v1.target in _RESHAPE and v1.args and isinstance(v1.args[0], fx.Node)):
         return None
     x = v1.args[0]
-    before, mid, after = _shape(x), _shape(v1), _shape(v2)
+    before, mid, after = shape_of(x), shape_of(v1), shape_of(v2)
     if before is None or mid is None or after != before or len(before) < 2 or len(mid) != len(before) + 1 or \
             mid[0] != before[0] or mid[1] * mid[2] != before[1] or mid[3:] != before[2:] or mid[1] < 2 or \
             not _swaps_blocks(t, len(mid)):
@@ -108,7 +109,7 @@ def _inner(node: fx.Node) -> tuple[fx.Node, ...]:
 
 def _channel_count_read(n: fx.Node, views: set[fx.Node]) -> fx.Node | None:
     """A node outside the stream's own shuffles (`views`) that uses n's channel count, or None."""
-    ndim = len(_shape(n) or ())
+    ndim = len(shape_of(n) or ())
     todo = []
     for u in n.users:
         if u.op == "call_method" and u.target == "size":
@@ -138,7 +139,7 @@ def _channel_count_read(n: fx.Node, views: set[fx.Node]) -> fx.Node | None:
 
 def _stream_op(node: fx.Node, traced: fx.GraphModule):
     """(kind, tensor inputs, argument) for a cat / chunk / chunk item along dim 1 or a shuffle, or None."""
-    shape = _shape(node)
+    shape = shape_of(node)
     if node.op == "call_module" and type(traced.get_submodule(node.target)) is nn.ChannelShuffle and \
             len(node.args) == 1 and isinstance(node.args[0], fx.Node):
         return ("shuffle", (node.args[0],), traced.get_submodule(node.target).groups) \
@@ -157,7 +158,7 @@ def _stream_op(node: fx.Node, traced: fx.GraphModule):
             return "cat", tuple(tensors), None
     elif node.target in _CHUNK and node.args and isinstance(node.args[0], fx.Node):
         n = node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks")
-        x, dim = _shape(node.args[0]), _dim(node, 2)
+        x, dim = shape_of(node.args[0]), _dim(node, 2)
         if isinstance(n, int) and x is not None and len(x) >= 2 and isinstance(dim, int) and dim % len(x) == 1 and \
                 all(u.target is operator.getitem and isinstance(u.args[1], int) for u in node.users):
             return "chunk", (node.args[0],), n
